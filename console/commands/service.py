@@ -1,0 +1,93 @@
+"""sai daemon, sai status, sai pause, sai resume."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from daemon.client import DaemonClient
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from console.cli import add_json_flag
+
+    daemon = sub.add_parser("daemon", help="run the daemon in the foreground (for systemd)")
+    daemon.set_defaults(handler=run_daemon, needs_daemon=False)
+    status = sub.add_parser("status", help="the daemon, its worker and its queue")
+    add_json_flag(status)
+    status.set_defaults(handler=show_status, needs_daemon=True)
+    for name, method, text in (("pause", "queue.pause", "stop starting jobs (running ones finish)"),
+                               ("resume", "queue.resume", "start jobs again")):
+        p = sub.add_parser(name, help=text)
+        add_json_flag(p)
+        p.set_defaults(handler=_queue_call(method), needs_daemon=True)
+
+
+async def run_daemon(args: argparse.Namespace, client: None) -> int:
+    from pathlib import Path
+
+    from daemon import config, logs, service
+
+    try:
+        cfg = config.load(args.config)
+    except config.ConfigError as exc:
+        print(f"sai daemon: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    logs.setup(cfg.daemon.log_level)
+    from daemon import paths
+
+    socket_path = paths.socket_path(args.socket, cfg.daemon.socket)
+    state_dir = Path(args.state_dir) if args.state_dir else None
+    return await service.run(cfg, socket_path, state_dir)
+
+
+def _human_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    return f"{minutes}m {secs}s"
+
+
+async def show_status(args: argparse.Namespace, client: DaemonClient) -> int:
+    from console.cli import print_json
+
+    status: dict[str, Any] = await client.call("daemon.status")
+    if args.json:
+        print_json(status)
+        return 0
+    worker, queue = status["worker"], status["queue"]
+    lines = [
+        ("daemon", f"{status['installation']} pid {status['pid']} up {_human_duration(status['uptime'])}"
+                   f"{' (embedded)' if status['embedded'] else ''}"),
+        ("socket", status["socket"]),
+        ("model", f"{worker.get('model_id') or '-'} on {worker.get('device') or '-'} ({worker.get('dtype') or '-'})"),
+        ("worker", f"{worker['state']} pid {worker.get('pid') or '-'} restarts {worker['restarts']}"
+                   + (f" last error: {worker['last_error']}" if worker.get("last_error") else "")),
+        ("queue", f"{'PAUSED' if queue['paused'] else 'running'}: {queue['queued']} queued, {queue['running']} running"),
+        ("you", f"{status['you']['user']} ({status['you']['role']})"),
+    ]
+    for key, value in lines:
+        print(f"{key:<8} {value}")
+    return 0
+
+
+def _queue_call(method: str) -> Any:
+    async def handler(args: argparse.Namespace, client: DaemonClient) -> int:
+        from console.cli import print_json
+
+        result = await client.call(method)
+        if args.json:
+            print_json(result)
+        else:
+            print(f"queue {'paused' if result['paused'] else 'running'}: {result['queued']} queued, "
+                  f"{result['running']} running")
+        return 0
+
+    return handler
+

@@ -1,0 +1,184 @@
+"""Moves work from the queue to the worker and results to the output path.
+
+One loop: when the worker is free and the queue is not paused, take the next batch, run it,
+hand the images to the output path in the thread pool (overlapping the next generation), and
+record the outcome. A dead worker is restarted with backoff and its jobs re-queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import Executor
+from typing import Any, Callable, Protocol
+
+from daemon.queue.jobs import CANCELLED, FAILED, RUNNING, SUCCEEDED, Job
+from daemon.queue.manager import QueueManager
+from daemon.worker.supervisor import BatchFailed, BatchResult, WorkerCrashed, WorkerLoadFailed, WorkerSupervisor
+
+log = logging.getLogger("sai.dispatch")
+
+
+class OutputSink(Protocol):
+    def write(self, job: Job, index: int, shape: tuple[int, ...], pixels: bytes) -> dict[str, Any]:
+        """Turn one generated image into stored output files (runs in a worker thread)."""
+
+
+class Dispatcher:
+    def __init__(self, manager: QueueManager, worker: WorkerSupervisor, sink: OutputSink, executor: Executor,
+                 max_batch: int) -> None:
+        self.manager = manager
+        self.worker = worker
+        self.sink = sink
+        self.executor = executor
+        self.max_batch = max_batch
+        self.current: list[Job] = []
+        self.cancel_requested: dict[str, str] = {}
+        self.finishing: set[asyncio.Task[None]] = set()
+        self.stopping = False
+        self._abandon = False
+        self._batch_task: asyncio.Task[None] | None = None
+        self._backoff = 1.0
+        self._start_lock = asyncio.Lock()
+        self.on_worker_event: Callable[[str, dict[str, Any]], Any] = lambda kind, data: None
+
+    async def run(self) -> None:
+        work = self.manager.work
+        while not self.stopping:
+            await work.wait()
+            work.clear()
+            if self.stopping:
+                break
+            if self.manager.paused or not self.manager.queued():
+                continue
+            if not self.worker.alive and not await self._start_worker():
+                continue
+            batch = self.manager.next_batch()
+            if not batch:
+                continue
+            work.set()
+            self._batch_task = asyncio.create_task(self._run_batch(batch), name="sai-batch")
+            await asyncio.wait([self._batch_task])
+
+    async def warm_up(self) -> None:
+        """Load the model at start-up so the first job does not wait for it."""
+        if await self._start_worker():
+            self.manager.work.set()
+
+    async def _start_worker(self) -> bool:
+        async with self._start_lock:
+            if self.worker.alive:
+                return True
+            return await self._spawn_worker()
+
+    async def _spawn_worker(self) -> bool:
+        try:
+            info = await self.worker.start()
+        except WorkerLoadFailed as exc:
+            log.error("worker could not start: %s; retrying in %.0f s", exc, self._backoff)
+            self.on_worker_event("start_failed", {"error": str(exc)})
+            await asyncio.sleep(self._backoff)
+            self._backoff = min(self._backoff * 2, 60.0)
+            self.manager.work.set()
+            return False
+        self._backoff = 1.0
+        self._start_lock = asyncio.Lock()
+        self.on_worker_event("ready", info)
+        return True
+
+    def _items(self, batch: list[Job]) -> list[dict[str, Any]]:
+        return [{"job_id": job.job_id, "index": i, "prompt": job.prompt, "negative_prompt": job.negative_prompt,
+                 "seed": (int(job.params["seed"]) + i) % 2**32} for job in batch for i in range(job.count)]
+
+    def _on_progress(self, batch: list[Job], step: int, steps: int) -> None:
+        self.manager.progress(batch, step, steps)
+        stopped = [job for job in batch if job.job_id in self.cancel_requested and job.state == RUNNING]
+        if stopped:
+            task = asyncio.create_task(self._cancelled(stopped))
+            self.finishing.add(task)
+            task.add_done_callback(self.finishing.discard)
+
+    async def _cancelled(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            job.state = "cancelling"
+        by = {self.cancel_requested.get(job.job_id, "") for job in jobs}
+        await self.manager.finish(jobs, CANCELLED, f"cancelled by {', '.join(sorted(by))} while running")
+
+    async def _run_batch(self, batch: list[Job]) -> None:
+        await self.manager.mark_running(batch)
+        self.current = batch
+        head = batch[0].params
+        command = {"width": head["width"], "height": head["height"], "steps": head["steps"],
+                   "guidance": head["guidance"], "chunk": self.max_batch, "items": self._items(batch)}
+        log.info("running batch of %d job(s), %d image(s): %s", len(batch), len(command["items"]),
+                 " ".join(job.job_id for job in batch))
+        try:
+            result = await self.worker.run_batch(command, lambda s, n: self._on_progress(batch, s, n))
+        except WorkerCrashed as exc:
+            live = [job for job in batch if job.state == RUNNING]
+            failed = await self.manager.requeue(live, str(exc), count_attempt=not self._abandon)
+            self.on_worker_event("crashed", {"error": str(exc), "jobs": [j.job_id for j in batch],
+                                             "failed": [j.job_id for j in failed]})
+            if not self._abandon:
+                await asyncio.sleep(self._backoff)
+                self._backoff = min(self._backoff * 2, 60.0)
+            return
+        except BatchFailed as exc:
+            live = [job for job in batch if job.state == RUNNING]
+            await self.manager.finish(live, FAILED, f"generation failed: {exc}")
+            return
+        finally:
+            self.current = []
+        self._backoff = 1.0
+        done = [job for job in batch if job.state == RUNNING]
+        cancelled = [job for job in done if job.job_id in result.cancelled or job.job_id in self.cancel_requested]
+        if cancelled:
+            await self._cancelled(cancelled)
+        for job in batch:
+            self.cancel_requested.pop(job.job_id, None)
+        finished = [job for job in done if job not in cancelled]
+        if finished:
+            task = asyncio.create_task(self._write_outputs(finished, result), name="sai-outputs")
+            self.finishing.add(task)
+            task.add_done_callback(self.finishing.discard)
+
+    async def _write_outputs(self, jobs: list[Job], result: BatchResult) -> None:
+        loop = asyncio.get_running_loop()
+        for job in jobs:
+            try:
+                outputs = []
+                for index in range(job.count):
+                    if (job.job_id, index) not in result.images:
+                        raise RuntimeError(f"the worker returned no image {index}")
+                    shape, pixels = result.images[(job.job_id, index)]
+                    outputs.append(await loop.run_in_executor(self.executor, self.sink.write, job, index,
+                                                              shape, pixels))
+            except Exception as exc:
+                log.exception("writing outputs of %s failed", job.job_id)
+                await self.manager.finish([job], FAILED, f"writing outputs failed: {exc}")
+                continue
+            job.outputs = outputs
+            await self.manager.finish([job], SUCCEEDED)
+
+    async def cancel_running(self, job: Job, by: str) -> None:
+        self.cancel_requested[job.job_id] = by
+        try:
+            self.worker.cancel([job.job_id])
+        except WorkerCrashed:
+            pass
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop taking work; let the running batch finish within `grace` seconds, else put it back."""
+        self.stopping = True
+        self.manager.work.set()
+        if self._batch_task is not None and not self._batch_task.done():
+            log.info("waiting up to %.0f s for the running batch to finish", grace)
+            done, _ = await asyncio.wait([self._batch_task], timeout=grace)
+            if not done:
+                log.warning("running batch did not finish within %.0f s; putting it back in the queue", grace)
+                self._abandon = True
+                await self.worker.kill()
+                await asyncio.gather(self._batch_task, return_exceptions=True)
+        if self.finishing:
+            await asyncio.gather(*self.finishing, return_exceptions=True)
+        await self.worker.stop()

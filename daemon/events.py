@@ -1,0 +1,59 @@
+"""Publish/subscribe for the event topics that clients follow (`events.subscribe`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from daemon.protocol import TOPICS
+
+log = logging.getLogger("sai.events")
+
+
+class Subscription:
+    """One client's feed. A client that stops reading loses progress events first; if even
+    state changes back up, the feed is closed so the client reconnects and reloads."""
+
+    def __init__(self, topics: set[str], maxsize: int = 2048) -> None:
+        self.topics = topics
+        self.queue: asyncio.Queue[tuple[str, dict[str, Any]] | None] = asyncio.Queue(maxsize)
+        self.overflowed = False
+
+    def offer(self, topic: str, data: dict[str, Any]) -> None:
+        if self.overflowed or topic not in self.topics:
+            return
+        if self.queue.full():
+            if data.get("kind") == "progress":
+                return
+            self.overflowed = True
+            while not self.queue.empty():
+                self.queue.get_nowait()
+            self.queue.put_nowait(None)
+            return
+        self.queue.put_nowait((topic, data))
+
+    async def get(self) -> tuple[str, dict[str, Any]] | None:
+        return await self.queue.get()
+
+
+class EventBus:
+    def __init__(self) -> None:
+        self._subs: set[Subscription] = set()
+        self.published = 0
+
+    def subscribe(self, topics: set[str]) -> Subscription:
+        unknown = topics - set(TOPICS)
+        if unknown:
+            raise ValueError(f"unknown topic {sorted(unknown)[0]!r}; topics: {', '.join(TOPICS)}")
+        sub = Subscription(topics)
+        self._subs.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        self._subs.discard(sub)
+
+    def publish(self, topic: str, data: dict[str, Any]) -> None:
+        self.published += 1
+        for sub in list(self._subs):
+            sub.offer(topic, data)

@@ -1,0 +1,137 @@
+"""Stable-Diffusion-shaped pipelines with seeded random weights, built offline from code.
+
+`tiny` exercises the whole real stack in seconds on a CPU (its images are noise);
+`sd15-shaped` has SD 1.5's sizes for benchmarks. Both are saved in the diffusers layout and
+then loaded through the ordinary `from_pretrained(..., local_files_only=True)` path.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+MAX_TOKENS = 77
+
+
+@dataclass(frozen=True)
+class Shape:
+    unet_channels: tuple[int, ...]
+    unet_layers: int
+    attention_head_dim: int
+    vae_channels: tuple[int, ...]
+    text_hidden: int
+    text_layers: int
+    text_heads: int
+    text_intermediate: int
+    norm_groups: int
+    down_blocks: tuple[str, ...]
+    up_blocks: tuple[str, ...]
+
+
+SHAPES = {
+    # Attention only at the lower resolution: at 512² the top level would attend over 4096 tokens.
+    "tiny": Shape((32, 64), 1, 8, (32, 32, 32, 32), 32, 2, 4, 37, 32,
+                  ("DownBlock2D", "CrossAttnDownBlock2D"), ("CrossAttnUpBlock2D", "UpBlock2D")),
+    "sd15-shaped": Shape((320, 640, 1280, 1280), 2, 8, (128, 256, 512, 512), 768, 12, 12, 3072, 32,
+                         ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                         ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3),
+}
+
+
+def _byte_level_vocab() -> dict[str, int]:
+    """The GPT-2 byte-to-symbol table, each symbol also with `</w>`, plus CLIP's two specials."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) \
+        + list(range(ord("®"), ord("ÿ") + 1))
+    symbols: list[str] = []
+    extra = 0
+    for byte in range(256):
+        if byte in printable:
+            symbols.append(chr(byte))
+        else:
+            symbols.append(chr(256 + extra))
+            extra += 1
+    vocab = {s: i for i, s in enumerate(symbols)}
+    vocab.update({s + "</w>": 256 + i for i, s in enumerate(symbols)})
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return vocab
+
+
+def build(name: str, target: Path, seed: int = 0) -> Path:
+    """Build model `name` into `target` once (concurrent builders wait on a lock)."""
+    shape = SHAPES[name]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = target.parent / f".{target.name}.lock"
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / "model_index.json").is_file():
+            return target
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+        try:
+            _build_into(shape, staging, seed)
+            (staging / "sai-model.json").write_text(json.dumps({"name": name, "seed": seed}))
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(staging, target)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _build_into(shape: Shape, out: Path, seed: int) -> None:
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=64,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=shape.unet_channels,
+        layers_per_block=shape.unet_layers,
+        down_block_types=shape.down_blocks,
+        up_block_types=shape.up_blocks,
+        cross_attention_dim=shape.text_hidden,
+        attention_head_dim=shape.attention_head_dim,
+        norm_num_groups=shape.norm_groups,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=shape.vae_channels,
+        down_block_types=("DownEncoderBlock2D",) * len(shape.vae_channels),
+        up_block_types=("UpDecoderBlock2D",) * len(shape.vae_channels),
+        layers_per_block=1 if shape.unet_layers == 1 else 2,
+        norm_num_groups=shape.norm_groups,
+        sample_size=512,
+    )
+    vocab = _byte_level_vocab()
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(vocab),
+        hidden_size=shape.text_hidden,
+        intermediate_size=shape.text_intermediate,
+        num_attention_heads=shape.text_heads,
+        num_hidden_layers=shape.text_layers,
+        max_position_embeddings=MAX_TOKENS,
+        bos_token_id=vocab["<|startoftext|>"],
+        eos_token_id=vocab["<|endoftext|>"],
+        pad_token_id=vocab["<|endoftext|>"],
+    ))
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=MAX_TOKENS)
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        num_train_timesteps=1000, steps_offset=1, prediction_type="epsilon",
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(out, safe_serialization=True)

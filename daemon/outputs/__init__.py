@@ -1,0 +1,11 @@
+"""Output protection: watermarks, PNG metadata, manifests and signatures, encrypted atomic writes.
+
+The daemon calls `daemon.outputs.pipeline.protect_image` in its thread pool. This package module
+imports nothing heavy (no OpenCV, no numpy) so the error classes and `atomic` stay cheap.
+"""
+
+from __future__ import annotations
+
+from daemon.crypto import OutputError
+
+__all__ = ["OutputError"]

@@ -1,0 +1,182 @@
+"""What a submit must pass before it is queued: ranges, prompt hygiene, policy, rate limits."""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from daemon.config import Config
+from daemon.protocol import RATE_LIMITED, REFUSED_BY_POLICY, RpcError, invalid_params
+from daemon.queue.jobs import PRIORITIES
+
+SEED_MAX = 2**32 - 1
+
+
+@dataclass
+class Admitted:
+    params: dict[str, Any]
+    prompt: str
+    negative_prompt: str
+    priority: int
+    risk: float
+    warnings: list[str] = field(default_factory=list)
+
+
+def clean_prompt(text: str, field_name: str, max_chars: int, warnings: list[str]) -> str:
+    """NFC, control and format characters removed (bidi overrides, zero-width), whitespace folded."""
+    text = unicodedata.normalize("NFC", text)
+    kept = []
+    removed = 0
+    for ch in text:
+        category = unicodedata.category(ch)
+        if ch in "\t\n\r":
+            kept.append(" ")
+        elif category in ("Cc", "Cf", "Cs", "Co", "Cn"):
+            removed += 1
+        else:
+            kept.append(ch)
+    cleaned = " ".join("".join(kept).split())
+    if removed:
+        warnings.append(f"{field_name}: removed {removed} control or invisible character(s)")
+    if len(cleaned) > max_chars:
+        raise invalid_params(field_name, f"{len(cleaned)} characters; at most {max_chars} are accepted")
+    return cleaned
+
+
+class PromptPolicy:
+    """Blocked terms and patterns refuse a prompt; flagged terms raise its risk score."""
+
+    def __init__(self, blocked_terms: list[str], blocked_patterns: list[str], flagged_terms: list[str],
+                 flag_weight: float) -> None:
+        self.blocked = [(f"term {t!r}", self._word(t)) for t in blocked_terms]
+        self.blocked += [(f"pattern {p!r}", re.compile(p, re.IGNORECASE)) for p in blocked_patterns]
+        self.flagged = [(t, self._word(t)) for t in flagged_terms]
+        self.flag_weight = flag_weight
+
+    @staticmethod
+    def _word(term: str) -> re.Pattern[str]:
+        return re.compile(rf"(?<!\w){re.escape(unicodedata.normalize('NFKC', term).casefold())}(?!\w)")
+
+    def check(self, field_name: str, text: str) -> tuple[float, list[str]]:
+        folded = unicodedata.normalize("NFKC", text).casefold()
+        for rule, regex in self.blocked:
+            if regex.search(folded) or regex.search(text):
+                raise RpcError(REFUSED_BY_POLICY, f"refused by policy: {field_name} matches blocked {rule}",
+                               {"field": field_name, "rule": rule})
+        hits = [term for term, regex in self.flagged if regex.search(folded)]
+        return self.flag_weight * len(hits), [f"{field_name}: flagged term {t!r}" for t in hits]
+
+
+class TokenCounter:
+    """Counts prompt tokens with the model's own tokenizer.json when there is one (no torch)."""
+
+    def __init__(self, tokenizer_json: Path | None, max_tokens: int = 77) -> None:
+        self.max_tokens = max_tokens
+        self._tokenizer: Any = None
+        if tokenizer_json is not None and tokenizer_json.is_file():
+            from tokenizers import Tokenizer
+
+            self._tokenizer = Tokenizer.from_file(str(tokenizer_json))
+
+    def count(self, text: str) -> tuple[int, bool]:
+        """(tokens, exact): an estimate from the word count when no tokenizer is at hand."""
+        if self._tokenizer is not None:
+            return len(self._tokenizer.encode(text).ids), True
+        return math.ceil(len(text.split()) * 1.3) + 2, False
+
+
+class TokenBucket:
+    def __init__(self, rate_per_second: float, burst: int) -> None:
+        self.rate = rate_per_second
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.stamp = time.monotonic()
+
+    def take(self) -> float:
+        """0 when a token was taken, else the seconds until one is available."""
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / self.rate
+
+
+class Admission:
+    def __init__(self, config: Config, tokens: TokenCounter | None = None) -> None:
+        self.limits = config.limits
+        self.defaults = config.defaults
+        self.queue = config.queue
+        pol = config.policy
+        self.policy = PromptPolicy(pol.blocked_terms, pol.blocked_patterns, pol.flagged_terms, pol.flag_weight)
+        self.tokens = tokens or TokenCounter(None)
+        self._buckets: dict[int, TokenBucket] = {}
+
+    def rate_limit(self, uid: int, user: str, queued_by_user: int) -> None:
+        if queued_by_user >= self.queue.max_queued_per_user:
+            raise RpcError(RATE_LIMITED, f"{user} already has {queued_by_user} jobs queued, the most allowed; "
+                           "wait for some to finish or cancel some", {"retry_after": None,
+                                                                      "queued": queued_by_user})
+        bucket = self._buckets.get(uid)
+        if bucket is None:
+            bucket = self._buckets[uid] = TokenBucket(self.queue.rate_per_minute / 60.0, self.queue.burst)
+        wait = bucket.take()
+        if wait > 0:
+            raise RpcError(RATE_LIMITED, f"rate limit for {user}: {self.queue.rate_per_minute:g} submits per "
+                           f"minute; try again in {wait:.1f} s", {"retry_after": round(wait, 3)})
+
+    def _int_in(self, name: str, value: int, low: int, high: int) -> int:
+        if not low <= value <= high:
+            raise invalid_params(name, f"{value} is out of range; allowed {low} to {high}")
+        return value
+
+    def admit(self, prompt: str, negative_prompt: str, width: int | None, height: int | None,
+              steps: int | None, guidance: float | None, seed: int | None, priority: str | None,
+              count: int | None, reproducible: bool) -> Admitted:
+        lim, d = self.limits, self.defaults
+        warnings: list[str] = []
+        prompt = clean_prompt(prompt, "prompt", lim.max_prompt_chars, warnings)
+        if not prompt:
+            raise invalid_params("prompt", "empty after removing control characters and spaces")
+        negative_prompt = clean_prompt(negative_prompt, "negative_prompt", lim.max_prompt_chars, warnings)
+        width = d.width if width is None else width
+        height = d.height if height is None else height
+        for name, side in (("width", width), ("height", height)):
+            self._int_in(name, side, lim.min_side, lim.max_side)
+            if side % 8:
+                raise invalid_params(name, f"{side} is not a multiple of 8")
+        if width * height > lim.max_pixels:
+            raise invalid_params("width", f"{width}×{height} is {width * height} pixels; at most "
+                                 f"{lim.max_pixels} are allowed (reduce width or height)")
+        steps = self._int_in("steps", d.steps if steps is None else steps, 1, lim.max_steps)
+        guidance = float(d.guidance if guidance is None else guidance)
+        if not math.isfinite(guidance) or not 0 <= guidance <= lim.max_guidance:
+            raise invalid_params("guidance", f"{guidance} is out of range; allowed 0 to {lim.max_guidance}")
+        count = self._int_in("count", d.count if count is None else count, 1, lim.max_count)
+        if seed is not None:
+            self._int_in("seed", seed, 0, SEED_MAX)
+        priority = d.priority if priority is None else priority
+        if priority not in PRIORITIES:
+            raise invalid_params("priority", f"{priority!r} is not one of {', '.join(PRIORITIES)}")
+        risk = 0.0
+        for name, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+            if text:
+                added, flags = self.policy.check(name, text)
+                risk += added
+                warnings += flags
+        n_tokens, exact = self.tokens.count(prompt)
+        if n_tokens > self.tokens.max_tokens:
+            about = "" if exact else "about "
+            warnings.append(f"prompt is {about}{n_tokens} tokens; the text encoder reads "
+                            f"{self.tokens.max_tokens}, the rest is ignored")
+            risk += 0.1
+        params = {"width": width, "height": height, "steps": steps, "guidance": guidance, "seed": seed,
+                  "count": count, "reproducible": reproducible}
+        return Admitted(params, prompt, negative_prompt, PRIORITIES.index(priority), round(min(1.0, risk), 3),
+                        warnings)

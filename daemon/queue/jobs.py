@@ -1,0 +1,87 @@
+"""Job records and their states."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+from daemon.timefmt import rfc3339
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+FINISHED = frozenset({SUCCEEDED, FAILED, CANCELLED})
+PRIORITIES = ("low", "normal", "high", "critical")
+PRIORITY_RANK = {name: rank for rank, name in enumerate(PRIORITIES)}
+
+# Parameters that must match for jobs to share one pipeline call.
+SHAPE_KEYS = ("width", "height", "steps", "guidance")
+
+
+def new_job_id() -> str:
+    return "j" + secrets.token_hex(6)
+
+
+@dataclass
+class Job:
+    job_id: str
+    seq: int
+    state: str
+    priority: int
+    params: dict[str, Any]
+    prompt: str
+    negative_prompt: str
+    user: str
+    uid: int
+    created_at: float
+    enqueued_at: float
+    client_token: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    progress: float = 0.0
+    error: str | None = None
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    attempts: int = 0
+    risk: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+    model_id: str = ""
+
+    @property
+    def priority_name(self) -> str:
+        return PRIORITIES[self.priority]
+
+    @property
+    def count(self) -> int:
+        return int(self.params["count"])
+
+    @property
+    def reproducible(self) -> bool:
+        return bool(self.params.get("reproducible"))
+
+    def shape(self) -> tuple[Any, ...]:
+        return (self.model_id, self.params.get("scheduler", ""), *(self.params[k] for k in SHAPE_KEYS))
+
+    def to_api(self, show_prompt: bool) -> dict[str, Any]:
+        params = dict(self.params)
+        if show_prompt:
+            params["prompt"] = self.prompt
+            params["negative_prompt"] = self.negative_prompt
+        return {
+            "job_id": self.job_id,
+            "state": self.state,
+            "priority": self.priority_name,
+            "params": params,
+            "prompt_visible": show_prompt,
+            "user": self.user,
+            "uid": self.uid,
+            "created_at": rfc3339(self.created_at),
+            "started_at": rfc3339(self.started_at),
+            "finished_at": rfc3339(self.finished_at),
+            "progress": round(self.progress, 4),
+            "error": self.error,
+            "outputs": self.outputs,
+            "attempts": self.attempts,
+            "risk": self.risk,
+            "warnings": self.warnings,
+            "model_id": self.model_id,
+        }

@@ -1,0 +1,267 @@
+"""The queue's operations: submit, get, list, cancel, reprioritise, pause and resume.
+
+Queued and running jobs live in memory (and in SQLite); finished ones only in SQLite. Every
+change is committed before the caller hears about it, then published on the `job`/`queue` topics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import secrets
+import time
+from typing import Any, Awaitable, Callable
+
+from daemon.auth import Peer, Role
+from daemon.config import Config
+from daemon.events import EventBus
+from daemon.protocol import CONFLICT, NOT_FOUND, NOT_PERMITTED, RpcError
+from daemon.queue import scheduler
+from daemon.queue.admission import Admission
+from daemon.queue.jobs import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, Job, new_job_id
+from daemon.queue.store import JobStore
+
+log = logging.getLogger("sai.queue")
+
+Auditor = Callable[[Peer | None, str, str, dict[str, Any]], Awaitable[Any]]
+
+
+async def not_audited(peer: Peer | None, action: str, subject: str, details: dict[str, Any]) -> None:
+    """Stands in until the daemon connects its audit log."""
+
+
+class QueueManager:
+    def __init__(self, store: JobStore, admission: Admission, bus: EventBus, config: Config,
+                 model_id: Callable[[], str]) -> None:
+        self.store = store
+        self.admission = admission
+        self.bus = bus
+        self.config = config
+        self.policy = scheduler.Policy(config.queue.aging_seconds, config.queue.max_batch)
+        self.model_id = model_id
+        self.active: dict[str, Job] = {}
+        self.paused = False
+        self.work = asyncio.Event()
+        self._seq = 0
+        self._tokens: dict[tuple[int, str], asyncio.Future[str]] = {}
+        self.audit: Auditor = not_audited
+
+    async def recover(self) -> list[Job]:
+        """Load unfinished jobs; those that were running go back to the queue (or fail past the limit)."""
+        self._seq = await self.store.next_seq()
+        self.paused = (await self.store.get_setting("paused")) == "1" or self.config.queue.start_paused
+        recovered: list[Job] = []
+        for job in await self.store.unfinished():
+            if job.state == RUNNING:
+                if job.attempts >= self.config.queue.max_attempts:
+                    self._finish(job, FAILED, f"interrupted {job.attempts} times while running "
+                                              "(daemon or worker died); not retried again")
+                else:
+                    job.state, job.progress, job.started_at = QUEUED, 0.0, None
+                    self.active[job.job_id] = job
+                recovered.append(job)
+            else:
+                self.active[job.job_id] = job
+        await self.store.save_many(recovered)
+        if self.paused:
+            await self.store.set_setting("paused", "1")
+        self.work.set()
+        return recovered
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def queued(self) -> list[Job]:
+        return [job for job in self.active.values() if job.state == QUEUED]
+
+    def running(self) -> list[Job]:
+        return [job for job in self.active.values() if job.state == RUNNING]
+
+    def position(self, job: Job) -> int | None:
+        if job.state != QUEUED:
+            return None
+        return scheduler.position_of(job, self.queued(), time.time(), self.policy.aging_seconds)
+
+    @staticmethod
+    def may_see_prompt(peer: Peer, job: Job) -> bool:
+        return peer.role >= Role.ADMIN or peer.uid == job.uid
+
+    def view(self, peer: Peer, job: Job) -> dict[str, Any]:
+        data = job.to_api(self.may_see_prompt(peer, job))
+        data["position"] = self.position(job)
+        return data
+
+    async def get(self, job_id: str) -> Job:
+        job = self.active.get(job_id) or await self.store.get(job_id)
+        if job is None:
+            raise RpcError(NOT_FOUND, f"no job {job_id}", {"job_id": job_id})
+        return job
+
+    async def list(self, state: str | None, limit: int) -> list[Job]:
+        now = time.time()
+        live = [job for job in self.active.values() if state in (None, job.state)]
+        running = [job for job in live if job.state == RUNNING]
+        queued = scheduler.order([job for job in live if job.state == QUEUED], now, self.policy.aging_seconds)
+        jobs = running + queued
+        if state is None or state in FINISHED:
+            jobs += await self.store.finished(state, max(0, limit - len(jobs)))
+        return jobs[:limit]
+
+    def status(self) -> dict[str, Any]:
+        return {"paused": self.paused, "queued": len(self.queued()), "running": len(self.running())}
+
+    # -- changing ------------------------------------------------------------------------------
+
+    def _publish_state(self, job: Job) -> None:
+        self.bus.publish("job", {"kind": "state", "job_id": job.job_id, "state": job.state,
+                                 "job": job.to_api(show_prompt=False)})
+
+    def _publish_queue(self, kind: str) -> None:
+        self.bus.publish("queue", {"kind": kind, **self.status()})
+
+    async def submit(self, peer: Peer, client_token: str | None, **params: Any) -> dict[str, Any]:
+        if client_token is not None:
+            existing = await self._by_token(peer, client_token)
+            if existing is not None:
+                return self._submit_reply(existing, duplicate=True)
+        self.admission.rate_limit(peer.uid, peer.user, sum(1 for j in self.queued() if j.uid == peer.uid))
+        try:
+            admitted = self.admission.admit(**params)
+        except RpcError as exc:
+            await self.audit(peer, "job.refuse", "", {"code": exc.code, "reason": exc.message,
+                                                      **({"rule": exc.data["rule"]} if exc.data and "rule" in exc.data else {})})
+            raise
+        if admitted.params["seed"] is None:
+            admitted.params["seed"] = secrets.randbelow(2**32)
+        now = time.time()
+        self._seq += 1
+        job = Job(job_id=new_job_id(), seq=self._seq, state=QUEUED, priority=admitted.priority,
+                  params=admitted.params, prompt=admitted.prompt, negative_prompt=admitted.negative_prompt,
+                  user=peer.user, uid=peer.uid, created_at=now, enqueued_at=now, client_token=client_token,
+                  risk=admitted.risk, warnings=admitted.warnings, model_id=self.model_id())
+        token_key = (peer.uid, client_token) if client_token is not None else None
+        if token_key:
+            self._tokens[token_key] = asyncio.get_running_loop().create_future()
+        try:
+            await self.store.insert(job)
+        finally:
+            if token_key:
+                self._tokens.pop(token_key).set_result(job.job_id)
+        self.active[job.job_id] = job
+        prompt_hash = hashlib.sha256(job.prompt.encode()).hexdigest()
+        await self.audit(peer, "job.submit", job.job_id, {"priority": job.priority_name, "risk": job.risk,
+                                                          "prompt_sha256": prompt_hash, **job.params})
+        self._publish_state(job)
+        self.work.set()
+        return self._submit_reply(job)
+
+    async def _by_token(self, peer: Peer, token: str) -> Job | None:
+        pending = self._tokens.get((peer.uid, token))
+        if pending is not None:
+            return await self.get(await asyncio.shield(pending))
+        return await self.store.by_token(peer.uid, token)
+
+    def _submit_reply(self, job: Job, duplicate: bool = False) -> dict[str, Any]:
+        reply = {"job_id": job.job_id, "position": self.position(job), "risk": job.risk,
+                 "warnings": job.warnings, "state": job.state}
+        if duplicate:
+            reply["duplicate"] = True
+        return reply
+
+    def _check_owner(self, peer: Peer, job: Job, action: str) -> None:
+        if peer.uid != job.uid and peer.role < Role.ADMIN:
+            raise RpcError(NOT_PERMITTED, f"{action} of {job.user}'s job {job.job_id} needs the admin role; "
+                           f"{peer.user} is {peer.role.label}", {"needed": "admin", "have": peer.role.label})
+
+    async def cancel(self, peer: Peer, job_id: str, on_running: Callable[[Job], Any]) -> dict[str, Any]:
+        job = await self.get(job_id)
+        self._check_owner(peer, job, "cancel")
+        if job.state in FINISHED:
+            raise RpcError(CONFLICT, f"job {job_id} already {job.state}; nothing to cancel", {"state": job.state})
+        await self.audit(peer, "job.cancel", job_id, {"state": job.state})
+        if job.state == QUEUED:
+            self._finish(job, CANCELLED, f"cancelled by {peer.user}")
+            await self.store.save(job)
+            self._publish_state(job)
+            return {"job_id": job_id, "state": job.state}
+        await on_running(job)
+        return {"job_id": job_id, "state": "cancelling"}
+
+    async def set_priority(self, peer: Peer, job_id: str, priority: int) -> dict[str, Any]:
+        job = await self.get(job_id)
+        self._check_owner(peer, job, "reprioritising")
+        if job.state != QUEUED:
+            raise RpcError(CONFLICT, f"job {job_id} is {job.state}; only a queued job's priority can change",
+                           {"state": job.state})
+        old = job.priority_name
+        job.priority = priority
+        await self.store.save(job)
+        await self.audit(peer, "job.priority", job_id, {"from": old, "to": job.priority_name})
+        self._publish_state(job)
+        return {"job_id": job_id, "priority": job.priority_name, "position": self.position(job)}
+
+    async def set_paused(self, peer: Peer | None, paused: bool) -> dict[str, Any]:
+        changed = self.paused != paused
+        self.paused = paused
+        await self.store.set_setting("paused", "1" if paused else "0")
+        if changed:
+            await self.audit(peer, "queue.pause" if paused else "queue.resume", "", {})
+            self._publish_queue("paused" if paused else "resumed")
+            self.work.set()
+        return self.status()
+
+    # -- the dispatcher's side -----------------------------------------------------------------
+
+    def next_batch(self, image_budget: int | None = None) -> list[Job]:
+        return scheduler.pick_batch(self.queued(), time.time(), self.policy, image_budget)
+
+    async def mark_running(self, jobs: list[Job]) -> None:
+        now = time.time()
+        for job in jobs:
+            job.state, job.started_at, job.progress, job.error = RUNNING, now, 0.0, None
+            job.attempts += 1
+        await self.store.save_many(jobs)
+        for job in jobs:
+            self._publish_state(job)
+
+    def progress(self, jobs: list[Job], step: int, steps: int) -> None:
+        fraction = step / steps if steps else 0.0
+        for job in jobs:
+            if job.state == RUNNING:
+                job.progress = fraction
+                self.bus.publish("job", {"kind": "progress", "job_id": job.job_id, "progress": round(fraction, 4),
+                                         "step": step, "steps": steps})
+
+    def _finish(self, job: Job, state: str, error: str | None = None) -> None:
+        job.state, job.finished_at, job.error = state, time.time(), error
+        if state != "succeeded":
+            job.progress = job.progress if state == CANCELLED else 0.0
+        self.active.pop(job.job_id, None)
+
+    async def finish(self, jobs: list[Job], state: str, error: str | None = None) -> None:
+        for job in jobs:
+            self._finish(job, state, error)
+            if state == "succeeded":
+                job.progress = 1.0
+        await self.store.save_many(jobs)
+        for job in jobs:
+            self._publish_state(job)
+        self.work.set()
+
+    async def requeue(self, jobs: list[Job], reason: str, count_attempt: bool = True) -> list[Job]:
+        """Back to the queue after an interruption; jobs past the attempt limit fail instead.
+        Returns the jobs that failed."""
+        failed = []
+        for job in jobs:
+            if not count_attempt:
+                job.attempts = max(0, job.attempts - 1)
+            if job.attempts >= self.config.queue.max_attempts:
+                self._finish(job, FAILED, f"{reason}; gave up after {job.attempts} attempts")
+                failed.append(job)
+            else:
+                job.state, job.progress, job.started_at = QUEUED, 0.0, None
+        await self.store.save_many(jobs)
+        for job in jobs:
+            self._publish_state(job)
+        self.work.set()
+        return failed

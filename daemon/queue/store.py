@@ -1,0 +1,188 @@
+"""Jobs in SQLite (WAL, synchronous=FULL) through aiosqlite, with group commit.
+
+Writers enqueue statements; one task commits everything waiting in a single transaction and only
+then resolves each writer's future. So a reply saying "queued" always follows a durable commit,
+and many concurrent submits share one fsync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+from typing import Any, Protocol
+
+import aiosqlite
+
+from daemon.queue.jobs import FINISHED, Job
+
+log = logging.getLogger("sai.queue")
+
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL UNIQUE,
+    state TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    params TEXT NOT NULL,
+    prompt BLOB NOT NULL,
+    negative_prompt BLOB NOT NULL,
+    user TEXT NOT NULL,
+    uid INTEGER NOT NULL,
+    client_token TEXT,
+    created_at REAL NOT NULL,
+    enqueued_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    progress REAL NOT NULL DEFAULT 0,
+    error TEXT,
+    outputs TEXT NOT NULL DEFAULT '[]',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    risk REAL NOT NULL DEFAULT 0,
+    warnings TEXT NOT NULL DEFAULT '[]',
+    model_id TEXT NOT NULL DEFAULT ''
+);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_client_token ON jobs(uid, client_token) WHERE client_token IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, seq);
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+COLUMNS = ("seq", "job_id", "state", "priority", "params", "prompt", "negative_prompt", "user", "uid",
+           "client_token", "created_at", "enqueued_at", "started_at", "finished_at", "progress", "error",
+           "outputs", "attempts", "risk", "warnings", "model_id")
+MUTABLE = ("state", "priority", "enqueued_at", "started_at", "finished_at", "progress", "error",
+           "outputs", "attempts")
+
+
+class TextSealer(Protocol):
+    """How prompts are stored: plaintext here; the outputs layer swaps in envelope encryption."""
+
+    def seal(self, text: str, job_id: str) -> bytes: ...
+
+    def open(self, blob: bytes) -> str: ...
+
+
+class PlainText:
+    def seal(self, text: str, job_id: str) -> bytes:
+        return text.encode("utf-8")
+
+    def open(self, blob: bytes) -> str:
+        return bytes(blob).decode("utf-8")
+
+
+class JobStore:
+    def __init__(self, db: aiosqlite.Connection, sealer: TextSealer, max_group: int = 1024) -> None:
+        self._db = db
+        self.sealer = sealer
+        self._pending: asyncio.Queue[tuple[str, tuple[Any, ...], asyncio.Future[None]]] = asyncio.Queue()
+        self._max_group = max_group
+        self._writer = asyncio.create_task(self._write_loop(), name="sai-jobstore-writer")
+        self.commits = 0
+
+    @classmethod
+    async def open(cls, path: Path, sealer: TextSealer | None = None) -> "JobStore":
+        db = await aiosqlite.connect(path)
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA synchronous=FULL")
+        await db.execute("PRAGMA busy_timeout=5000")
+        await db.executescript(SCHEMA)
+        await db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        await db.commit()
+        return cls(db, sealer or PlainText())
+
+    async def close(self) -> None:
+        await self._pending.join()
+        self._writer.cancel()
+        await self._db.close()
+
+    async def _write_loop(self) -> None:
+        while True:
+            group = [await self._pending.get()]
+            while len(group) < self._max_group and not self._pending.empty():
+                group.append(self._pending.get_nowait())
+            try:
+                for sql, args, _ in group:
+                    await self._db.execute(sql, args)
+                await self._db.commit()
+                self.commits += 1
+                for _, _, fut in group:
+                    if not fut.done():
+                        fut.set_result(None)
+            except Exception as exc:
+                log.error("job store commit failed: %s", exc)
+                await self._db.rollback()
+                for _, _, fut in group:
+                    if not fut.done():
+                        fut.set_exception(exc)
+            finally:
+                for _ in group:
+                    self._pending.task_done()
+
+    async def _write(self, sql: str, args: tuple[Any, ...]) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.put_nowait((sql, args, fut))
+        await fut
+
+    async def next_seq(self) -> int:
+        async with self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM jobs") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def insert(self, job: Job) -> None:
+        values = (job.seq, job.job_id, job.state, job.priority, json.dumps(job.params),
+                  self.sealer.seal(job.prompt, job.job_id), self.sealer.seal(job.negative_prompt, job.job_id),
+                  job.user, job.uid, job.client_token, job.created_at, job.enqueued_at, job.started_at,
+                  job.finished_at, job.progress, job.error, json.dumps(job.outputs), job.attempts, job.risk,
+                  json.dumps(job.warnings), job.model_id)
+        await self._write(f"INSERT INTO jobs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
+                          values)
+
+    async def save(self, job: Job) -> None:
+        """Write the job's mutable fields."""
+        values = (job.state, job.priority, job.enqueued_at, job.started_at, job.finished_at, job.progress,
+                  job.error, json.dumps(job.outputs), job.attempts, job.job_id)
+        await self._write(f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in MUTABLE)} WHERE job_id = ?", values)
+
+    async def save_many(self, jobs: list[Job]) -> None:
+        await asyncio.gather(*(self.save(job) for job in jobs))
+
+    def _row(self, row: Any) -> Job:
+        data = dict(zip(COLUMNS, row))
+        for key in ("params", "outputs", "warnings"):
+            data[key] = json.loads(data[key])
+        data["prompt"] = self.sealer.open(data["prompt"])
+        data["negative_prompt"] = self.sealer.open(data["negative_prompt"])
+        return Job(**data)
+
+    async def _select(self, where: str, args: tuple[Any, ...] = ()) -> list[Job]:
+        async with self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM jobs {where}", args) as cur:
+            return [self._row(row) for row in await cur.fetchall()]
+
+    async def unfinished(self) -> list[Job]:
+        marks = ", ".join("?" * len(FINISHED))
+        return await self._select(f"WHERE state NOT IN ({marks}) ORDER BY seq", tuple(FINISHED))
+
+    async def get(self, job_id: str) -> Job | None:
+        jobs = await self._select("WHERE job_id = ?", (job_id,))
+        return jobs[0] if jobs else None
+
+    async def by_token(self, uid: int, token: str) -> Job | None:
+        jobs = await self._select("WHERE uid = ? AND client_token = ?", (uid, token))
+        return jobs[0] if jobs else None
+
+    async def finished(self, state: str | None, limit: int) -> list[Job]:
+        if state:
+            return await self._select("WHERE state = ? ORDER BY seq DESC LIMIT ?", (state, limit))
+        marks = ", ".join("?" * len(FINISHED))
+        return await self._select(f"WHERE state IN ({marks}) ORDER BY seq DESC LIMIT ?", (*FINISHED, limit))
+
+    async def get_setting(self, key: str) -> str | None:
+        async with self._db.execute("SELECT value FROM settings WHERE key = ?", (key,)) as cur:
+            row = await cur.fetchone()
+        return row[0] if row else None
+
+    async def set_setting(self, key: str, value: str) -> None:
+        await self._write("INSERT INTO settings (key, value) VALUES (?, ?) "
+                          "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))

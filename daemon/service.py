@@ -1,0 +1,177 @@
+"""The daemon's lifecycle: `startup`, `serve`, `shutdown`, and signal handling, in one place."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import signal
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from daemon import __version__, paths
+from daemon.api import load_all
+from daemon.auth import Peer
+from daemon.config import Config
+from daemon.dispatch import Dispatcher
+from daemon.events import EventBus
+from daemon.queue.admission import Admission, TokenCounter
+from daemon.queue.manager import QueueManager
+from daemon.queue.store import JobStore
+from daemon.results import PlainPngSink
+from daemon.server import AlreadyRunning, SocketServer
+from daemon.worker.supervisor import WorkerSupervisor
+
+log = logging.getLogger("sai.daemon")
+
+
+class Daemon:
+    def __init__(self, config: Config, socket_path: Path | None = None, state_dir: Path | None = None,
+                 embedded: bool = False) -> None:
+        self.config = config
+        self.socket_path = socket_path or paths.socket_path(None, config.daemon.socket)
+        self.state_dir = (state_dir or paths.state_dir(None, config.daemon.state_dir)).absolute()
+        self.embedded = embedded
+        self.installation = config.daemon.installation or socket.gethostname()
+        self.outputs_dir = self.state_dir / "outputs"
+        self.executor = ThreadPoolExecutor(max_workers=max(2, (os.cpu_count() or 2)), thread_name_prefix="sai-cpu")
+        self.bus = EventBus()
+        self.started_at = time.time()
+        self._stop = asyncio.Event()
+        self._state_lock: int | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.store: JobStore
+        self.queue: QueueManager
+        self.worker: WorkerSupervisor
+        self.dispatcher: Dispatcher
+        self.server: SocketServer
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def _lock_state(self) -> None:
+        for sub in ("", "outputs", "models"):
+            (self.state_dir / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.state_dir / "daemon.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise AlreadyRunning(f"another daemon is using the state directory {self.state_dir}") from None
+        self._state_lock = fd
+
+    async def startup(self) -> None:
+        load_all()
+        self._lock_state()
+        try:
+            await self._open_parts()
+        except BaseException:
+            self._release_state()
+            raise
+
+    async def _open_parts(self) -> None:
+        cfg = self.config
+        self.store = await JobStore.open(self.state_dir / "jobs.sqlite3")
+        self.queue = QueueManager(self.store, Admission(cfg, self._token_counter()), self.bus, cfg,
+                                  model_id=lambda: self.worker.info.get("model_id") or cfg.model.name)
+        recovered = await self.queue.recover()
+        if recovered:
+            log.warning("recovered %d job(s) that were running when the daemon stopped", len(recovered))
+        self.worker = WorkerSupervisor({
+            "model": cfg.model.name, "path": cfg.model.path, "config_dir": cfg.model.config_dir,
+            "device": cfg.model.device, "scheduler": cfg.model.scheduler, "threads": cfg.model.threads,
+            "state_dir": str(self.state_dir)})
+        self.dispatcher = Dispatcher(self.queue, self.worker, PlainPngSink(self.outputs_dir), self.executor,
+                                     cfg.queue.max_batch)
+        self.dispatcher.on_worker_event = self._worker_event
+        self.server = SocketServer(self.socket_path, self, cfg.auth, self.bus, cfg.daemon.socket_group)
+        await self.server.start()
+        self._tasks.append(asyncio.create_task(self.dispatcher.run(), name="sai-dispatch"))
+        self._tasks.append(asyncio.create_task(self.dispatcher.warm_up(), name="sai-warm-up"))
+        log.info("daemon %s started (pid %d, state %s, queue %s)", __version__, os.getpid(), self.state_dir,
+                 "paused" if self.queue.paused else "running")
+
+    def _token_counter(self) -> TokenCounter:
+        tokenizer = self.state_dir / "models" / self.config.model.name / "tokenizer" / "tokenizer.json"
+        return TokenCounter(tokenizer if not self.config.model.path else None)
+
+    def _worker_event(self, kind: str, data: dict[str, Any]) -> None:
+        if kind == "ready":
+            tokenizer = Path(data.get("path", "")) / "tokenizer" / "tokenizer.json"
+            self.queue.admission.tokens = TokenCounter(tokenizer, int(data.get("max_tokens", 77)))
+        self.bus.publish("queue", {"kind": f"worker.{kind}", **self.queue.status(),
+                                   "worker": self.worker.status()})
+
+    async def serve(self) -> None:
+        await self._stop.wait()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def shutdown(self) -> None:
+        log.info("shutting down: no new connections, draining the running batch")
+        await self.server.stop_accepting()
+        await self.dispatcher.shutdown(self.config.daemon.shutdown_grace)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.server.close()
+        await self.store.close()
+        self.executor.shutdown(wait=True)
+        self._release_state()
+        log.info("daemon stopped")
+
+    def _release_state(self) -> None:
+        if self._state_lock is not None:
+            os.close(self._state_lock)
+            self._state_lock = None
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        log.info("received %s", sig.name)
+        self.request_stop()
+
+    async def run_blocking(self, fn: Any, *args: Any) -> Any:
+        """Run CPU-heavy or blocking work in the thread pool, never on the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    # -- what status reports -----------------------------------------------------------------
+
+    def status(self, peer: Peer) -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "installation": self.installation,
+            "host": socket.gethostname(),
+            "embedded": self.embedded,
+            "socket": str(self.socket_path),
+            "state_dir": str(self.state_dir),
+            "started_at": self.started_at,
+            "uptime": round(time.time() - self.started_at, 3),
+            "queue": self.queue.status(),
+            "worker": self.worker.status(),
+            "you": {"user": peer.user, "uid": peer.uid, "role": peer.role.label},
+        }
+
+
+async def run(config: Config, socket_path: Path | None, state_dir: Path | None) -> int:
+    """`sai daemon`: run in the foreground until SIGTERM or SIGINT; exit 0 after a clean drain."""
+    daemon = Daemon(config, socket_path, state_dir)
+    try:
+        await daemon.startup()
+    except AlreadyRunning as exc:
+        log.error("not starting: %s", exc)
+        return 2
+    daemon.install_signal_handlers()
+    try:
+        await daemon.serve()
+    finally:
+        await daemon.shutdown()
+    return 0

@@ -1,0 +1,214 @@
+"""The daemon's side of the worker: start it, send batches, collect progress and images,
+notice when it dies."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from daemon.worker.ipc import pack, read_message
+
+log = logging.getLogger("sai.worker")
+
+WORKER_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "DIFFUSERS_VERBOSITY": "error",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TOKENIZERS_PARALLELISM": "false",
+    "PYTHONWARNINGS": "ignore",
+}
+
+
+class WorkerError(Exception):
+    """The worker could not run a batch."""
+
+
+class WorkerCrashed(WorkerError):
+    """The worker process ended while it had work."""
+
+
+class WorkerLoadFailed(WorkerError):
+    """The worker could not load the model; the message says why."""
+
+
+class BatchFailed(WorkerError):
+    def __init__(self, kind: str, error: str) -> None:
+        super().__init__(error)
+        self.kind = kind
+
+
+@dataclass
+class BatchResult:
+    images: dict[tuple[str, int], tuple[tuple[int, ...], bytes]] = field(default_factory=dict)
+    cancelled: set[str] = field(default_factory=set)
+    memory: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Running:
+    batch_id: str
+    on_progress: Callable[[int, int], None]
+    result: BatchResult = field(default_factory=BatchResult)
+    done: asyncio.Future[BatchResult] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class WorkerSupervisor:
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = spec
+        self.process: asyncio.subprocess.Process | None = None
+        self.info: dict[str, Any] = {}
+        self.state = "stopped"
+        self.last_error: str | None = None
+        self.restarts = 0
+        self.started_at: float | None = None
+        self._running: _Running | None = None
+        self._ready: asyncio.Future[dict[str, Any]] | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._batches = 0
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process and self.process.returncode is None else None
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+    def status(self) -> dict[str, Any]:
+        return {"state": self.state, "pid": self.pid, "restarts": self.restarts, "last_error": self.last_error,
+                "model_id": self.info.get("model_id"), "device": self.info.get("device"),
+                "dtype": self.info.get("dtype"), "weights_sha256": self.info.get("weights_sha256"),
+                "memory": self.info.get("memory", {})}
+
+    async def start(self, timeout: float = 600.0) -> dict[str, Any]:
+        """Spawn the worker and wait until its model is loaded."""
+        self.state = "starting"
+        env = {**os.environ, **WORKER_ENV}
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "daemon.worker.main", json.dumps(self.spec),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env)
+        loop = asyncio.get_running_loop()
+        self._ready = loop.create_future()
+        self._reader = asyncio.create_task(self._read_loop(self.process), name="sai-worker-reader")
+        try:
+            self.info = await asyncio.wait_for(asyncio.shield(self._ready), timeout)
+        except (WorkerError, asyncio.TimeoutError) as exc:
+            self.state = "failed"
+            self.last_error = str(exc) or "timed out loading the model"
+            await self.kill()
+            raise WorkerLoadFailed(self.last_error) from exc
+        self.started_at = time.time()
+        self.state = "ready"
+        log.info("worker ready: pid %s, model %s on %s (%s), loaded in %.1f s", self.process.pid,
+                 self.info["model_id"], self.info["device"], self.info["dtype"], self.info["load_seconds"])
+        return self.info
+
+    async def _read_loop(self, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None
+        try:
+            while (message := await read_message(process.stdout)) is not None:
+                self._handle(*message)
+        except (asyncio.IncompleteReadError, json.JSONDecodeError, ValueError) as exc:
+            log.error("worker protocol broken: %s", exc)
+        returncode = await process.wait()
+        if process is not self.process:
+            return
+        reason = self._exit_reason(returncode)
+        if self.state not in ("stopping", "stopped"):
+            self.state = "crashed"
+            self.last_error = reason
+            log.error("worker %s", reason)
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_exception(WorkerLoadFailed(self.last_error or reason))
+        if self._running is not None and not self._running.done.done():
+            self._running.done.set_exception(WorkerCrashed(reason))
+
+    @staticmethod
+    def _exit_reason(returncode: int) -> str:
+        if returncode < 0:
+            try:
+                name = signal.Signals(-returncode).name
+            except ValueError:
+                name = str(-returncode)
+            return f"worker process was killed by {name}"
+        return f"worker process exited with status {returncode}"
+
+    def _handle(self, message: dict[str, Any], payload: bytes | None) -> None:
+        event = message.get("ev")
+        if event == "ready" and self._ready is not None and not self._ready.done():
+            self._ready.set_result(message)
+            return
+        if event == "load_failed":
+            self.last_error = message.get("error", "model load failed")
+            if self._ready is not None and not self._ready.done():
+                self._ready.set_exception(WorkerLoadFailed(self.last_error))
+            return
+        running = self._running
+        if running is None or message.get("batch_id") != running.batch_id:
+            return
+        if event == "progress":
+            running.on_progress(int(message["step"]), int(message["steps"]))
+        elif event == "image" and payload is not None:
+            running.result.images[(message["job_id"], int(message["index"]))] = (tuple(message["shape"]), payload)
+        elif event == "done":
+            running.result.cancelled = set(message.get("cancelled", []))
+            running.result.memory = message.get("memory", {})
+            self.info["memory"] = running.result.memory
+            running.done.set_result(running.result)
+        elif event == "failed":
+            self.info["memory"] = message.get("memory", {})
+            running.done.set_exception(BatchFailed(message.get("kind", "error"), message.get("error", "")))
+
+    def _send(self, command: dict[str, Any]) -> None:
+        if not self.alive or self.process is None or self.process.stdin is None:
+            raise WorkerCrashed(self.last_error or "worker is not running")
+        self.process.stdin.write(pack(command))
+
+    async def run_batch(self, command: dict[str, Any], on_progress: Callable[[int, int], None]) -> BatchResult:
+        """Run one batch; raise WorkerCrashed if the process dies, BatchFailed if the batch errors."""
+        self._batches += 1
+        batch_id = f"b{self._batches}"
+        self._running = _Running(batch_id, on_progress)
+        self.state = "busy"
+        try:
+            self._send({**command, "op": "run", "batch_id": batch_id})
+            return await self._running.done
+        finally:
+            self._running = None
+            if self.state == "busy":
+                self.state = "ready"
+
+    def cancel(self, job_ids: list[str]) -> None:
+        if self.alive:
+            self._send({"op": "cancel", "job_ids": job_ids})
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Ask the worker to exit after its current batch; kill it if it does not."""
+        if not self.alive:
+            self.state = "stopped"
+            return
+        self.state = "stopping"
+        try:
+            self._send({"op": "shutdown"})
+            assert self.process is not None
+            await asyncio.wait_for(self.process.wait(), timeout)
+        except (WorkerError, asyncio.TimeoutError, ConnectionError):
+            await self.kill()
+        if self._reader:
+            await asyncio.gather(self._reader, return_exceptions=True)
+        self.state = "stopped"
+
+    async def kill(self) -> None:
+        if self.alive and self.process is not None:
+            self.process.kill()
+            await self.process.wait()
