@@ -133,16 +133,25 @@ class SocketServer:
         sock.setblocking(False)
         return sock
 
-    async def start(self) -> None:
+    def claim(self) -> None:
+        """Take the lock beside the socket and clear a stale socket file; before anything else opens."""
         if len(str(self.path).encode()) > 107:
             raise OSError(f"socket path {self.path} is longer than the 107 bytes Unix sockets allow")
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
         self._take_lock()
         if self.path.exists() or self.path.is_symlink():
             if self._answers():
+                self.release()
                 raise AlreadyRunning(f"another daemon answers on {self.path}")
             log.warning("removing stale socket %s", self.path)
             self.path.unlink()
+
+    def release(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    async def start(self) -> None:
         sock = self._bind()
         self._server = await asyncio.start_unix_server(self._accept, sock=sock, limit=protocol.STREAM_LIMIT)
         log.info("listening on %s", self.path)
@@ -161,9 +170,7 @@ class SocketServer:
             self.path.unlink()
         except FileNotFoundError:
             pass
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        self.release()
 
     # -- one connection --------------------------------------------------------------------
 
@@ -190,6 +197,7 @@ class SocketServer:
             except asyncio.IncompleteReadError:
                 return  # end of stream, perhaps mid-request: nothing to answer
             except asyncio.LimitOverrunError:
+                await self._discard_line(reader)
                 await conn.send(protocol.error(None, RpcError(
                     INVALID_REQUEST, f"invalid request: line longer than {protocol.MAX_LINE} bytes; closing")))
                 return
@@ -201,6 +209,24 @@ class SocketServer:
             task = asyncio.create_task(self._answer(conn, line))
             self._tasks.add(task)
             task.add_done_callback(lambda t: (self._tasks.discard(t), slots.release()))
+
+    @staticmethod
+    async def _discard_line(reader: asyncio.StreamReader, budget: int = 64 * protocol.MAX_LINE,
+                            timeout: float = 5.0) -> None:
+        """Read past the rest of an overlong line (bounded), so the sender can read our error
+        instead of meeting a reset connection."""
+        async def drain() -> None:
+            seen = 0
+            while seen < budget:
+                chunk = await reader.read(protocol.MAX_LINE)
+                if not chunk or b"\n" in chunk:
+                    return
+                seen += len(chunk)
+
+        try:
+            await asyncio.wait_for(drain(), timeout)
+        except (asyncio.TimeoutError, ConnectionError):
+            pass
 
     async def _answer(self, conn: Connection, line: bytes) -> None:
         try:

@@ -65,12 +65,25 @@ class Daemon:
 
     async def startup(self) -> None:
         load_all()
-        self._lock_state()
+        self.server = SocketServer(self.socket_path, self, self.config.auth, self.bus,
+                                   self.config.daemon.socket_group)
+        self.server.claim()
+        try:
+            self._lock_state()
+        except BaseException:
+            self.server.release()
+            raise
         try:
             await self._open_parts()
         except BaseException:
-            self._release_state()
+            await self._close_parts()
             raise
+
+    async def _close_parts(self) -> None:
+        if hasattr(self, "store"):
+            await self.store.close()
+        self.server.release()
+        self._release_state()
 
     async def _open_parts(self) -> None:
         cfg = self.config
@@ -87,10 +100,10 @@ class Daemon:
         self.dispatcher = Dispatcher(self.queue, self.worker, PlainPngSink(self.outputs_dir), self.executor,
                                      cfg.queue.max_batch)
         self.dispatcher.on_worker_event = self._worker_event
-        self.server = SocketServer(self.socket_path, self, cfg.auth, self.bus, cfg.daemon.socket_group)
         await self.server.start()
         self._tasks.append(asyncio.create_task(self.dispatcher.run(), name="sai-dispatch"))
-        self._tasks.append(asyncio.create_task(self.dispatcher.warm_up(), name="sai-warm-up"))
+        if cfg.model.preload:
+            self._tasks.append(asyncio.create_task(self.dispatcher.warm_up(), name="sai-warm-up"))
         log.info("daemon %s started (pid %d, state %s, queue %s)", __version__, os.getpid(), self.state_dir,
                  "paused" if self.queue.paused else "running")
 

@@ -14,6 +14,8 @@ MAX_PREVIEW_SIDE = 1024
 
 def rpc_error(exc: OutputError) -> RpcError:
     """An OutputError as the RPC error a client sees (never any key or plaintext in it)."""
+    if exc.field in ("job_id", "index") and type(exc) is OutputError:
+        return invalid_params(exc.field, str(exc))
     code = NOT_FOUND if isinstance(exc, MissingOutputError) else CONFLICT
     return RpcError(code, str(exc), exc.to_dict())
 

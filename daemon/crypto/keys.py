@@ -86,6 +86,10 @@ def _unb64(text: str) -> bytes:
     return base64.b64decode(text.encode("ascii"), validate=True)
 
 
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
 class _Sealer:
     """AES-256-GCM under a key derived once from the passphrase with scrypt."""
 
@@ -162,8 +166,7 @@ class KeyStore:
     def _create(cls, keys_dir: Path, passphrase: str | None, scrypt_log2_n: int) -> "KeyStore":
         ensure_dir(keys_dir, 0o700)
         ensure_dir(keys_dir / "kek", 0o700)
-        meta: dict = {"format": FORMAT, "sealed": passphrase is not None, "seal": None,
-                      "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        meta: dict = {"format": FORMAT, "sealed": passphrase is not None, "seal": None, "created_at": _now()}
         sealer = None
         if passphrase is not None:
             if not passphrase:
@@ -287,8 +290,7 @@ class KeyStore:
             pending = self.keys_dir / (self._signing_name() + ".next")
             skid = self._write_signing_key(signing, pending)
             self.previous_signing_key, self.previous_signing_kid = self._signing_key, self.signing_kid
-            self._meta.update(current_kek=kek_id, signing_kid=skid,
-                              rotated_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+            self._meta.update(current_kek=kek_id, signing_kid=skid, rotated_at=_now())
             self._write_meta()  # the commit point
             os.replace(pending, self.keys_dir / self._signing_name())
             fsync_dir(self.keys_dir)
@@ -335,8 +337,8 @@ class KeyStore:
             raw = self._sealer.unseal(data, b"sai-signing\0" + (kid or self.signing_kid).encode())
             return Ed25519PrivateKey.from_private_bytes(raw)
         except InvalidTag:
-            pass
-        raise KeyStoreError(f"sealed signing key {path} is damaged (authentication failed)", path=str(path))
+            raise KeyStoreError(f"sealed signing key {path} is damaged (authentication failed)",
+                                path=str(path)) from None
 
     def _load_signing_key(self) -> None:
         path = self.keys_dir / self._signing_name()

@@ -50,7 +50,7 @@ class OutputSettings:
     margin: float = 0.02
     opacity: float = 0.6
     angle: float = 0.0
-    scale: float = 0.035
+    scale: float = 0.045
     color: str = "#ffffff"
     outline: str = "#000000"
     tile_spacing: float = 2.0
@@ -156,6 +156,21 @@ def mark_spec(settings: OutputSettings, info: OutputInfo, created: datetime) -> 
                     tile_spacing=settings.tile_spacing)
 
 
+def mark_image(rgb: np.ndarray, info: OutputInfo, settings: OutputSettings, created: datetime,
+               timings: dict[str, float] | None = None) -> tuple[np.ndarray, MarkSpec | None, bool]:
+    """Both watermarks as configured: (marked image, visible spec or None, invisible applied?)."""
+    timings = {} if timings is None else timings
+    start = time.perf_counter()
+    spec = mark_spec(settings, info, created) if settings.visible else None
+    image = apply_visible(rgb, spec) if spec else rgb
+    middle = time.perf_counter()
+    invisible = settings.invisible and watermark.can_carry(image.shape)
+    if invisible:
+        image = watermark.embed_invisible(image, watermark.fingerprint(info.job_id), settings.invisible_strength)
+    timings["visible"], timings["invisible"] = middle - start, time.perf_counter() - middle
+    return image, spec, invisible
+
+
 def protect_image(rgb: np.ndarray, info: OutputInfo, keystore: "KeyStore", settings: OutputSettings,
                   out_dir: Path) -> ProtectedOutput:
     """Watermark, encode, sign, encrypt and atomically write one image. Returns paths, hashes, timings."""
@@ -166,6 +181,8 @@ def protect_image(rgb: np.ndarray, info: OutputInfo, keystore: "KeyStore", setti
         raise OutputError(f"output {manifest_path.name} already exists; outputs are written once", field="file")
     created = info.created or datetime.now(timezone.utc)
     timings: dict[str, float] = {}
+    image, spec, invisible = mark_image(rgb, info, settings, created, timings)
+    fp = watermark.fingerprint(info.job_id)
     clock = time.perf_counter()
 
     def lap(step: str) -> None:
@@ -174,14 +191,6 @@ def protect_image(rgb: np.ndarray, info: OutputInfo, keystore: "KeyStore", setti
         timings[step] = now - clock
         clock = now
 
-    spec = mark_spec(settings, info, created) if settings.visible else None
-    image = apply_visible(rgb, spec) if spec else rgb
-    lap("visible")
-    fp = watermark.fingerprint(info.job_id)
-    invisible = settings.invisible and watermark.can_carry(image.shape)
-    if invisible:
-        image = watermark.embed_invisible(image, fp, settings.invisible_strength)
-    lap("invisible")
     fields: dict[str, Any] = {
         "job_id": info.job_id, "index": info.index, "params": info.params, "prompt": info.prompt,
         "negative_prompt": info.negative_prompt or None, "seed": info.seed, "model_id": info.model_id,
@@ -212,7 +221,7 @@ def protect_image(rgb: np.ndarray, info: OutputInfo, keystore: "KeyStore", setti
     }
     data = manifest_bytes(manifest)
     signature = sign(data, signing_key)
-    lap("sign")
+    lap("manifest")
     atomic_write(sig_path, signature)
     atomic_write(manifest_path, data)
     lap("write_manifest")
@@ -244,5 +253,5 @@ def rotate_outputs(out_dir: Path, keystore: "KeyStore") -> dict[str, Any]:
 # Verification, export, preview and inspection live in daemon.outputs.verify; import them from here.
 from daemon.outputs.verify import export_output, inspect_png, preview_output, preview_png, verify_output  # noqa: E402
 
-__all__ = ["OutputSettings", "OutputInfo", "ProtectedOutput", "protect_image", "rotate_outputs", "output_paths",
+__all__ = ["OutputSettings", "OutputInfo", "ProtectedOutput", "protect_image", "mark_image", "rotate_outputs", "output_paths",
            "export_output", "verify_output", "preview_png", "preview_output", "inspect_png"]

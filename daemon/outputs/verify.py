@@ -74,11 +74,17 @@ def _verify_one(sai_path: Path, manifest_path: Path, sig_path: Path,
 
 
 def _targets(target: str | Path, out_dir: Path, index: int | None) -> list[tuple[Path, Path, Path]]:
-    text = str(target)
-    for suffix in SUFFIXES:
-        if text.endswith(suffix):
-            stem = Path(text[: -len(suffix)])
-            return [(Path(f"{stem}.png.sai"), Path(f"{stem}.manifest.json"), Path(f"{stem}.manifest.sig"))]
+    """A Path names one output by any of its three files; a str is a job id (never a path, so a
+    job id from a client cannot point outside the outputs directory)."""
+    if isinstance(target, Path):
+        text = str(target)
+        for suffix in SUFFIXES:
+            if text.endswith(suffix):
+                stem = text[: -len(suffix)]
+                return [(Path(f"{stem}.png.sai"), Path(f"{stem}.manifest.json"), Path(f"{stem}.manifest.sig"))]
+        raise MissingOutputError(f"{target} is not a .png.sai, .manifest.json or .manifest.sig file",
+                                 path=text)
+    text = target
     if index is not None:
         return [output_paths(out_dir, text, index)]
     output_paths(out_dir, text, 0)  # validates the job id
@@ -97,8 +103,8 @@ def verify_output(target: str | Path, out_dir: Path, public_keys: PublicKeys, in
                   current_signing_kid: str | None = None) -> dict[str, Any]:
     """Check signatures and hashes of one output file or all of a job's outputs, decrypting nothing.
 
-    `target`: a path to a .png.sai / .manifest.json / .manifest.sig, or a job id (all its images,
-    or image `index`). Returns {"ok", "target", "outputs": [per-output report]}.
+    `target`: a Path to a .png.sai / .manifest.json / .manifest.sig, or a job id as a str (all its
+    images, or image `index`). Returns {"ok", "target", "outputs": [per-output report]}.
     """
     keys = _keys(public_keys)
     if current_signing_kid is None and hasattr(public_keys, "signing_kid"):
@@ -177,6 +183,9 @@ def inspect_png(path: Path, outputs_dir: Path | None = None) -> dict[str, Any]:
     """What a PNG says about itself: metadata, the invisible fingerprint and the job it matches,
     and whether the visible mark is there. Works on exported files, offline, with no key."""
     data = _read(Path(path), "image")
+    if data[:4] == envelope.MAGIC:
+        raise FormatError(f"{path} is an encrypted output; inspect reads exported PNGs: run "
+                          f"`sai export JOB -o FILE.png` first, or `sai verify {path}`", field="png", path=str(path))
     try:
         rgb, text = read_png(data)
     except ValueError as exc:

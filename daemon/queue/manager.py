@@ -44,7 +44,7 @@ class QueueManager:
         self.paused = False
         self.work = asyncio.Event()
         self._seq = 0
-        self._tokens: dict[tuple[int, str], asyncio.Future[str]] = {}
+        self._tokens: dict[tuple[int, str], asyncio.Future[str | None]] = {}
         self.audit: Auditor = not_audited
 
     async def recover(self) -> list[Job]:
@@ -120,16 +120,36 @@ class QueueManager:
         self.bus.publish("queue", {"kind": kind, **self.status()})
 
     async def submit(self, peer: Peer, client_token: str | None, **params: Any) -> dict[str, Any]:
-        if client_token is not None:
-            existing = await self._by_token(peer, client_token)
+        """Queue a job; with a `client_token`, a retry (even a concurrent one) returns the same job."""
+        if client_token is None:
+            return self._submit_reply(await self._submit_new(peer, None, params))
+        key = (peer.uid, client_token)
+        while (pending := self._tokens.get(key)) is not None:
+            job_id = await asyncio.shield(pending)
+            if job_id is not None:
+                return self._submit_reply(await self.get(job_id), duplicate=True)
+        claim: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._tokens[key] = claim
+        job_id = None
+        try:
+            existing = await self.store.by_token(peer.uid, client_token)
             if existing is not None:
+                job_id = existing.job_id
                 return self._submit_reply(existing, duplicate=True)
+            job = await self._submit_new(peer, client_token, params)
+            job_id = job.job_id
+            return self._submit_reply(job)
+        finally:
+            del self._tokens[key]
+            claim.set_result(job_id)
+
+    async def _submit_new(self, peer: Peer, client_token: str | None, params: dict[str, Any]) -> Job:
         self.admission.rate_limit(peer.uid, peer.user, sum(1 for j in self.queued() if j.uid == peer.uid))
         try:
             admitted = self.admission.admit(**params)
         except RpcError as exc:
-            await self.audit(peer, "job.refuse", "", {"code": exc.code, "reason": exc.message,
-                                                      **({"rule": exc.data["rule"]} if exc.data and "rule" in exc.data else {})})
+            rule = {"rule": exc.data["rule"]} if exc.data and "rule" in exc.data else {}
+            await self.audit(peer, "job.refuse", "", {"code": exc.code, "reason": exc.message, **rule})
             raise
         if admitted.params["seed"] is None:
             admitted.params["seed"] = secrets.randbelow(2**32)
@@ -139,27 +159,14 @@ class QueueManager:
                   params=admitted.params, prompt=admitted.prompt, negative_prompt=admitted.negative_prompt,
                   user=peer.user, uid=peer.uid, created_at=now, enqueued_at=now, client_token=client_token,
                   risk=admitted.risk, warnings=admitted.warnings, model_id=self.model_id())
-        token_key = (peer.uid, client_token) if client_token is not None else None
-        if token_key:
-            self._tokens[token_key] = asyncio.get_running_loop().create_future()
-        try:
-            await self.store.insert(job)
-        finally:
-            if token_key:
-                self._tokens.pop(token_key).set_result(job.job_id)
+        await self.store.insert(job)
         self.active[job.job_id] = job
         prompt_hash = hashlib.sha256(job.prompt.encode()).hexdigest()
         await self.audit(peer, "job.submit", job.job_id, {"priority": job.priority_name, "risk": job.risk,
                                                           "prompt_sha256": prompt_hash, **job.params})
         self._publish_state(job)
         self.work.set()
-        return self._submit_reply(job)
-
-    async def _by_token(self, peer: Peer, token: str) -> Job | None:
-        pending = self._tokens.get((peer.uid, token))
-        if pending is not None:
-            return await self.get(await asyncio.shield(pending))
-        return await self.store.by_token(peer.uid, token)
+        return job
 
     def _submit_reply(self, job: Job, duplicate: bool = False) -> dict[str, Any]:
         reply = {"job_id": job.job_id, "position": self.position(job), "risk": job.risk,

@@ -1,0 +1,73 @@
+"""audit.tail, audit.verify, audit.checkpoint, audit.proof, audit.consistency, audit.export:
+thin wrappers over daemon.audit.log.AuditLog (`ctx.daemon.audit`)."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from daemon.api.registry import CallContext, Role, method
+from daemon.protocol import CONFLICT, RpcError, invalid_params
+
+
+@contextmanager
+def _params(field: str) -> Iterator[None]:
+    """A ValueError from the log (out-of-range index or size) as -32602 naming `field`."""
+    try:
+        yield
+    except ValueError as exc:
+        raise invalid_params(field, str(exc)) from None
+
+
+@method("audit.tail", role=Role.VIEWER)
+async def tail(ctx: CallContext, limit: int = 50, action: str | None = None, actor: str | None = None,
+               before_seq: int | None = None) -> dict[str, Any]:
+    """The latest entries, oldest first: `{entries: [...], size}`. `actor` is a user name or uid."""
+    if not 1 <= limit <= 1000:
+        raise invalid_params("limit", "must be between 1 and 1000")
+    log = ctx.daemon.audit
+    entries = await log.tail(limit=limit, action=action, actor=actor, before_seq=before_seq)
+    return {"entries": entries, "size": log.size}
+
+
+@method("audit.verify", role=Role.VIEWER)
+async def verify(ctx: CallContext, deep: bool = False, against: str | None = None) -> dict[str, Any]:
+    """`{ok, size, first_bad, reason}`; `against` is a checkpoint note saved earlier."""
+    return await ctx.daemon.audit.verify(deep=deep, against=against)
+
+
+@method("audit.checkpoint", role=Role.VIEWER)
+async def checkpoint(ctx: CallContext) -> dict[str, Any]:
+    """A signed checkpoint of the log as it is now: `{checkpoint}` (C2SP signed note text)."""
+    return {"checkpoint": await ctx.daemon.audit.checkpoint()}
+
+
+@method("audit.proof", role=Role.VIEWER)
+async def proof(ctx: CallContext, index: int, tree_size: int | None = None) -> dict[str, Any]:
+    """Inclusion proof of entry `index`: `{index, tree_size, leaf_hash, hashes, root_hash}` (hex)."""
+    with _params("index" if tree_size is None else "tree_size"):
+        return await ctx.daemon.audit.proof(index, tree_size)
+
+
+@method("audit.consistency", role=Role.VIEWER)
+async def consistency(ctx: CallContext, first: int, second: int | None = None) -> dict[str, Any]:
+    """Consistency proof between two sizes: `{first, second, hashes, first_root, second_root}` (hex)."""
+    with _params("first" if second is None else "second"):
+        return await ctx.daemon.audit.consistency(first, second)
+
+
+@method("audit.export", role=Role.ADMIN)
+async def export(ctx: CallContext, directory: str) -> dict[str, Any]:
+    """Write entries, checkpoints and public keys into `directory` (absolute, new or empty, on the
+    daemon's host, written as the daemon's user): the manifest, plus `directory`."""
+    path = Path(directory)
+    if not path.is_absolute():
+        raise invalid_params("directory", "must be an absolute path")
+    log = ctx.daemon.audit
+    await log.append(ctx.peer.actor(), "audit.export", str(path), {})
+    try:
+        manifest = await log.export(path)
+    except (FileExistsError, NotADirectoryError, PermissionError) as exc:
+        raise RpcError(CONFLICT, f"cannot export to {path}: {exc}") from None
+    return {"directory": str(path), **manifest}

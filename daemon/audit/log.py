@@ -1,0 +1,525 @@
+"""The audit log: an append-only, signed Merkle log in SQLite (WAL, synchronous=FULL).
+
+Appends are group-committed: `append()` queues the entry and waits; one committer task hands
+everything queued so far to a single writer thread, which numbers, hashes and signs the entries,
+extends the tree, inserts the entries and the tree nodes they complete, writes a checkpoint when
+one is due, and commits, all in one transaction and one fsync. Concurrent appends therefore
+share a commit, and none resolves before its entry is durable.
+
+Reads (tail, proofs, checkpoints) go through aiosqlite on a second connection; verification and
+export open their own read-only connection in a worker thread, so none of them blocks the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import os
+import pwd
+import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import aiosqlite
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from daemon.audit import checkpoint as cpmod
+from daemon.audit import merkle
+from daemon.audit.entry import (INIT_ACTION, ROTATE_ACTION, check_action, check_actor, check_details,
+                                check_subject, entry_bytes, key_id, leaf_hash, utc_now)
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS audit_entries (
+    seq INTEGER PRIMARY KEY,          -- leaf index, from 0
+    entry TEXT NOT NULL,              -- canonical entry bytes (UTF-8 JSON)
+    leaf_hash BLOB NOT NULL,          -- SHA-256(0x00 || entry)
+    signature BLOB NOT NULL           -- Ed25519 over leaf_hash
+);
+CREATE INDEX IF NOT EXISTS audit_entries_action ON audit_entries (json_extract(entry, '$.action'));
+CREATE INDEX IF NOT EXISTS audit_entries_user ON audit_entries (json_extract(entry, '$.actor.user'));
+CREATE TABLE IF NOT EXISTS audit_nodes (
+    level INTEGER NOT NULL, idx INTEGER NOT NULL, hash BLOB NOT NULL,
+    PRIMARY KEY (level, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS audit_checkpoints (
+    tree_size INTEGER PRIMARY KEY, root_hash BLOB NOT NULL, note TEXT NOT NULL, created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit_keys (
+    key_id TEXT PRIMARY KEY, public_key BLOB NOT NULL, first_seq INTEGER NOT NULL, created_at TEXT NOT NULL
+);
+"""
+FORMAT_VERSION = "1"
+MAX_TAIL = 1000
+
+
+class AuditKeyMismatch(ValueError):
+    """The signing key given to `open` is not the key the log is currently signed with."""
+
+
+class AuditClosed(RuntimeError):
+    pass
+
+
+def own_actor() -> dict[str, Any]:
+    uid = os.getuid()
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = f"uid{uid}"
+    return {"uid": uid, "user": user, "pid": os.getpid()}
+
+
+def connect_writer(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=10000")
+    conn.executescript(SCHEMA)
+    return conn
+
+
+def entry_dict(seq: int, text: str, leaf: bytes, signature: bytes) -> dict[str, Any]:
+    """A stored entry as the API returns it: the entry fields plus hex leaf hash and signature."""
+    entry = json.loads(text)
+    entry["seq"] = seq
+    entry["leaf_hash"] = leaf.hex()
+    entry["signature"] = signature.hex()
+    return entry
+
+
+Record = tuple[dict[str, Any], str, str, str, str]
+"""(actor, action, subject, details JSON, time) of an entry waiting to be written."""
+
+
+class _Writer:
+    """Owns the write connection and the tree's right edge; runs only on the writer thread."""
+
+    def __init__(self, path: Path, key: Ed25519PrivateKey, origin: str, every_entries: int) -> None:
+        self.conn = connect_writer(path)
+        self.key, self.kid = key, key_id(key.public_key().public_bytes_raw())
+        self.every_entries = every_entries
+        meta = dict(self.conn.execute("SELECT name, value FROM audit_meta").fetchall())
+        self.origin = meta.get("origin", origin)
+        last = self.conn.execute("SELECT max(seq) FROM audit_entries").fetchone()[0]
+        size = 0 if last is None else last + 1
+        self.frontier = merkle.Frontier(size, self._fetch(merkle.root_plan(size)))
+        row = self.conn.execute("SELECT tree_size, note FROM audit_checkpoints ORDER BY tree_size DESC LIMIT 1").fetchone()
+        self.cp_size, self.cp_note = (row[0], row[1]) if row else (-1, None)
+        self.cp_time = time.monotonic()
+        self.commits = 0
+        self.entries_written = 0
+
+    @property
+    def size(self) -> int:
+        return self.frontier.size
+
+    def _fetch(self, keys: list[merkle.NodeKey]) -> list[bytes]:
+        out = []
+        for level, idx in keys:
+            if level == 0:
+                row = self.conn.execute("SELECT leaf_hash FROM audit_entries WHERE seq = ?", (idx,)).fetchone()
+            else:
+                row = self.conn.execute("SELECT hash FROM audit_nodes WHERE level = ? AND idx = ?", (level, idx)).fetchone()
+            if row is None:
+                raise RuntimeError(f"the audit tree is damaged: node ({level}, {idx}) is missing; "
+                                   "run `sai audit verify --deep`")
+            out.append(row[0])
+        return out
+
+    def active_key_id(self) -> str | None:
+        """The key the next entry must be signed with, as the stored log says."""
+        row = self.conn.execute("SELECT entry FROM audit_entries ORDER BY seq DESC LIMIT 1").fetchone()
+        if row is None:
+            return None
+        last = json.loads(row[0])
+        if last["action"] == ROTATE_ACTION:
+            return str(last["details"]["new_key_id"])
+        return str(last["key_id"])
+
+    def initialise(self, origin: str) -> dict[str, Any]:
+        """A new log: meta, the first key, entry 0 announcing it, and the first checkpoint."""
+        raw = self.key.public_key().public_bytes_raw()
+        self.origin = cpmod.check_origin(origin)
+        details = {"origin": origin, "key_id": self.kid, "public_key": base64.b64encode(raw).decode(), "format": 1}
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.executemany("INSERT INTO audit_meta VALUES (?, ?)",
+                                  [("origin", origin), ("format", FORMAT_VERSION)])
+            self.conn.execute("INSERT INTO audit_keys VALUES (?, ?, 0, ?)", (self.kid, raw, utc_now()))
+            entries = self._insert([(own_actor(), INIT_ACTION, origin, check_details(details), utc_now())])
+            self._checkpoint()
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+        return entries[0]
+
+    def _rollback(self) -> None:
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
+
+    def _insert(self, records: Iterable[Record]) -> list[dict[str, Any]]:
+        rows, nodes, out = [], [], []
+        key, kid, frontier = self.key, self.kid, self.frontier
+        for actor, action, subject, details_json, stamp in records:
+            seq = frontier.size
+            data = entry_bytes(seq, stamp, actor, action, subject, details_json, kid)
+            leaf = leaf_hash(data)
+            signature = key.sign(leaf)
+            nodes.extend(frontier.append(leaf))
+            text = data.decode("utf-8")
+            rows.append((seq, text, leaf, signature))
+            out.append((seq, text, leaf, signature))
+        self.conn.executemany("INSERT INTO audit_entries VALUES (?, ?, ?, ?)", rows)
+        self.conn.executemany("INSERT OR REPLACE INTO audit_nodes VALUES (?, ?, ?)", nodes)
+        return [entry_dict(*row) for row in out]
+
+    def write(self, records: list[Record]) -> list[dict[str, Any]]:
+        """One group commit."""
+        before = self.frontier.copy()
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            entries = self._insert(records)
+            if self.size - self.cp_size >= self.every_entries:
+                self._checkpoint()
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            self.frontier = before
+            raise
+        self.commits += 1
+        self.entries_written += len(entries)
+        return entries
+
+    def _checkpoint(self) -> str:
+        root = self.frontier.root()
+        note = cpmod.sign(self.origin, self.size, root, self.key)
+        self.conn.execute("INSERT OR REPLACE INTO audit_checkpoints VALUES (?, ?, ?, ?)",
+                          (self.size, root, note, utc_now()))
+        self.cp_size, self.cp_note, self.cp_time = self.size, note, time.monotonic()
+        return note
+
+    def checkpoint(self) -> str:
+        """A checkpoint of the current size (the stored one if it is current and by this key)."""
+        if self.cp_note and self.cp_size == self.size:
+            mine = cpmod.key_hash(self.origin, self.key.public_key().public_bytes_raw())
+            if any(h == mine for _, h, _ in cpmod.parse(self.cp_note).signatures):
+                return self.cp_note
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            note = self._checkpoint()
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+        return note
+
+    def rotate(self, new_key: Ed25519PrivateKey, actor: dict[str, Any]) -> dict[str, Any]:
+        """Announce `new_key` in an entry signed by the current key, checkpoint with the current
+        key, then sign with the new one from the next entry on."""
+        raw = new_key.public_key().public_bytes_raw()
+        new_kid = key_id(raw)
+        if new_kid == self.kid:
+            raise ValueError("the new audit signing key is the current one")
+        details = {"old_key_id": self.kid, "new_key_id": new_kid, "new_public_key": base64.b64encode(raw).decode()}
+        before = self.frontier.copy()
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            entry = self._insert([(actor, ROTATE_ACTION, new_kid, check_details(details), utc_now())])[0]
+            self.conn.execute("INSERT OR REPLACE INTO audit_keys VALUES (?, ?, ?, ?)",
+                              (new_kid, raw, self.size, utc_now()))
+            self._checkpoint()
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            self.frontier = before
+            raise
+        self.key, self.kid = new_key, new_kid
+        return entry
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class AuditLog:
+    """See the module docstring. Create with `await AuditLog.open(...)`."""
+
+    def __init__(self) -> None:
+        raise TypeError("use `await AuditLog.open(...)`")
+
+    @classmethod
+    async def open(cls, path: Path, signing_key: Ed25519PrivateKey, origin: str, *,
+                   checkpoint_every_entries: int = 1000, checkpoint_every_seconds: float = 60.0,
+                   commit_max_batch: int = 1024, commit_max_delay_ms: float = 0.0,
+                   previous_key: Ed25519PrivateKey | None = None) -> "AuditLog":
+        """Open or create the log at `path`.
+
+        A new log records `origin` (the installation name, also the checkpoint key name) and
+        starts with entry 0 (`audit.init`) announcing `signing_key`; an existing log keeps the
+        origin it was created with (see `.origin`). If the log is signed with another key,
+        AuditKeyMismatch is raised, unless `previous_key` is that key: then the rotation to
+        `signing_key` is recorded first (recovery from a crash in the middle of a rotation).
+        """
+        cpmod.check_origin(origin)
+        if checkpoint_every_entries < 1 or checkpoint_every_seconds <= 0 or commit_max_batch < 1:
+            raise ValueError("checkpoint intervals and the commit batch must be positive")
+        self = object.__new__(cls)
+        self.path = Path(path)
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="audit-writer")
+        loop = asyncio.get_running_loop()
+        self._writer = await loop.run_in_executor(
+            self._executor, _Writer, self.path, signing_key, origin, checkpoint_every_entries)
+        try:
+            await loop.run_in_executor(self._executor, self._adopt_key, signing_key, previous_key, origin)
+            self._reader = await aiosqlite.connect(str(self.path))
+            await self._reader.execute("PRAGMA busy_timeout=10000")
+        except BaseException:
+            await loop.run_in_executor(self._executor, self._writer.close)
+            self._executor.shutdown()
+            raise
+        self.origin = self._writer.origin
+        self._every_seconds = checkpoint_every_seconds
+        self._max_batch = commit_max_batch
+        self._delay = commit_max_delay_ms / 1000.0
+        self._pending: list[tuple[Record, asyncio.Future[dict[str, Any]]]] = []
+        self._wake = asyncio.Event()
+        self._subscribers: list[Callable[[dict[str, Any]], Any]] = []
+        self._closing = False
+        self._closed = False
+        self._committer = asyncio.create_task(self._commit_loop(), name="audit-committer")
+        return self
+
+    def _adopt_key(self, key: Ed25519PrivateKey, previous: Ed25519PrivateKey | None, origin: str) -> None:
+        w = self._writer
+        active = w.active_key_id()
+        if active is None:
+            w.initialise(origin)
+            return
+        if active == w.kid:
+            return
+        if previous is not None and key_id(previous.public_key().public_bytes_raw()) == active:
+            w.key, w.kid = previous, active
+            w.rotate(key, own_actor())
+            return
+        raise AuditKeyMismatch(f"the audit log at {self.path} is signed with key {active}, not with the given key "
+                               f"{w.kid}; keep the old key until its rotation is recorded")
+
+    @property
+    def size(self) -> int:
+        """Entries committed so far."""
+        return self._writer.size
+
+    @property
+    def key_id(self) -> str:
+        return self._writer.kid
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Group commits and entries written by `append` since open (average batch = ratio)."""
+        return {"commits": self._writer.commits, "entries": self._writer.entries_written}
+
+    def subscribe(self, callback: Callable[[dict[str, Any]], Any]) -> Callable[[], None]:
+        """Call `callback(entry)` after each entry commits (the `audit` event topic). Returns an
+        unsubscribe function."""
+        self._subscribers.append(callback)
+        return lambda: self._subscribers.remove(callback) if callback in self._subscribers else None
+
+    async def append(self, actor: Mapping[str, Any], action: str, subject: str,
+                     details: Mapping[str, Any]) -> dict[str, Any]:
+        """Record one action; returns the stored entry once it is durably committed.
+
+        `details` must hold no secrets and no prompt text: record hashes (`prompt_sha256`).
+        Keys such as `prompt`, `negative_prompt` or `passphrase` are refused with ValueError.
+        """
+        if self._closing:
+            raise AuditClosed("the audit log is closed")
+        record = (check_actor(actor), check_action(action), check_subject(subject), check_details(details), utc_now())
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending.append((record, fut))
+        self._wake.set()
+        return await fut
+
+    async def _commit_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        w = self._writer
+        while True:
+            timeout = None
+            if w.size > w.cp_size:
+                timeout = max(0.0, w.cp_time + self._every_seconds - time.monotonic())
+            if not self._pending and not self._closing:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+                except asyncio.TimeoutError:
+                    pass
+            self._wake.clear()
+            if self._delay and 0 < len(self._pending) < self._max_batch and not self._closing:
+                await asyncio.sleep(self._delay)
+            while self._pending:
+                batch = self._pending[: self._max_batch]
+                del self._pending[: self._max_batch]
+                try:
+                    entries = await loop.run_in_executor(self._executor, w.write, [r for r, _ in batch])
+                except Exception as exc:  # the whole batch failed and was rolled back
+                    log.error("audit commit failed: %s", exc)
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    continue
+                for (_, fut), entry in zip(batch, entries):
+                    if not fut.done():
+                        fut.set_result(entry)
+                self._publish(entries)
+            if w.size > w.cp_size and time.monotonic() - w.cp_time >= self._every_seconds:
+                await loop.run_in_executor(self._executor, w.checkpoint)
+            if self._closing and not self._pending:
+                return
+
+    def _publish(self, entries: list[dict[str, Any]]) -> None:
+        for entry in entries:
+            for callback in list(self._subscribers):
+                try:
+                    callback(entry)
+                except Exception:
+                    log.exception("audit subscriber failed")
+
+    async def _in_writer(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._closed:
+            raise AuditClosed("the audit log is closed")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def checkpoint(self) -> str:
+        """Write (if the stored one is not current) and return a signed checkpoint of the log."""
+        return await self._in_writer(self._writer.checkpoint)
+
+    async def latest_checkpoint(self) -> str | None:
+        async with self._reader.execute(
+                "SELECT note FROM audit_checkpoints ORDER BY tree_size DESC LIMIT 1") as cur:
+            row = await cur.fetchone()
+        return row[0] if row else None
+
+    async def checkpoints(self, since: int = 0) -> list[dict[str, Any]]:
+        async with self._reader.execute("SELECT tree_size, note, created_at FROM audit_checkpoints "
+                                        "WHERE tree_size >= ? ORDER BY tree_size", (since,)) as cur:
+            return [{"tree_size": s, "checkpoint": n, "created_at": c} for s, n, c in await cur.fetchall()]
+
+    async def rotate_signing_key(self, new_key: Ed25519PrivateKey, actor: Mapping[str, Any]) -> dict[str, Any]:
+        """Announce `new_key` in an entry signed by the current key, then switch to it."""
+        entry = await self._in_writer(self._writer.rotate, new_key, check_actor(actor))
+        self._publish([entry])
+        return entry
+
+    async def tail(self, limit: int = 50, action: str | None = None, actor: str | None = None,
+                   before_seq: int | None = None) -> list[dict[str, Any]]:
+        """The latest `limit` entries (oldest first), optionally of one action and/or one actor
+        (user name, or uid when all digits), before sequence number `before_seq`."""
+        limit = max(1, min(int(limit), MAX_TAIL))
+        where, params = [], []
+        if action:
+            where.append("json_extract(entry, '$.action') = ?")
+            params.append(action)
+        if actor:
+            if actor.isdigit():
+                where.append("(json_extract(entry, '$.actor.user') = ? OR json_extract(entry, '$.actor.uid') = ?)")
+                params += [actor, int(actor)]
+            else:
+                where.append("json_extract(entry, '$.actor.user') = ?")
+                params.append(actor)
+        if before_seq is not None:
+            where.append("seq < ?")
+            params.append(before_seq)
+        sql = ("SELECT seq, entry, leaf_hash, signature FROM audit_entries"
+               + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY seq DESC LIMIT ?")
+        async with self._reader.execute(sql, (*params, limit)) as cur:
+            rows = await cur.fetchall()
+        return [entry_dict(*row) for row in reversed(rows)]
+
+    async def _nodes(self, keys: set[merkle.NodeKey]) -> dict[merkle.NodeKey, bytes]:
+        """Fetch tree nodes in two keyed queries (leaves from the entries, the rest from nodes)."""
+        out: dict[merkle.NodeKey, bytes] = {}
+        leaves = sorted(i for level, i in keys if level == 0)
+        inner = sorted(k for k in keys if k[0] > 0)
+        if leaves:
+            sql = f"SELECT seq, leaf_hash FROM audit_entries WHERE seq IN ({','.join('?' * len(leaves))})"
+            async with self._reader.execute(sql, leaves) as cur:
+                out.update({(0, s): h for s, h in await cur.fetchall()})
+        if inner:
+            sql = ("SELECT level, idx, hash FROM audit_nodes WHERE (level, idx) IN (VALUES "
+                   + ",".join("(?, ?)" for _ in inner) + ")")
+            async with self._reader.execute(sql, [v for k in inner for v in k]) as cur:
+                out.update({(lv, i): h for lv, i, h in await cur.fetchall()})
+        missing = keys - out.keys()
+        if missing:
+            raise RuntimeError(f"the audit tree is damaged: nodes {sorted(missing)[:3]} are missing; "
+                               "run `sai audit verify --deep`")
+        return out
+
+    def _size_arg(self, size: int | None, what: str) -> int:
+        current = self.size
+        if size is None:
+            return current
+        if not 0 < size <= current:
+            raise ValueError(f"{what} {size} is not between 1 and the log size {current}")
+        return size
+
+    async def proof(self, index: int, tree_size: int | None = None) -> dict[str, Any]:
+        """Inclusion proof of entry `index` (its leaf index) in the tree of `tree_size` entries."""
+        size = self._size_arg(tree_size, "tree_size")
+        if not 0 <= index < size:
+            raise ValueError(f"index {index} is not an entry of a tree of {size} entries")
+        plan = merkle.inclusion_plan(index, size)
+        root_plan = merkle.root_plan(size)
+        nodes = await self._nodes(merkle.needed([*plan, root_plan, [(0, index)]]))
+        return {"index": index, "tree_size": size, "leaf_hash": nodes[(0, index)].hex(),
+                "hashes": [h.hex() for h in merkle.resolve(plan, nodes)],
+                "root_hash": merkle.fold([nodes[k] for k in root_plan]).hex()}
+
+    async def consistency(self, first: int, second: int | None = None) -> dict[str, Any]:
+        """Consistency proof that the tree of `first` entries is a prefix of that of `second`."""
+        second = self._size_arg(second, "second")
+        if not 0 < first <= second:
+            raise ValueError(f"first {first} must be between 1 and second {second}")
+        plan = merkle.consistency_plan(first, second)
+        p1, p2 = merkle.root_plan(first), merkle.root_plan(second)
+        nodes = await self._nodes(merkle.needed([*plan, p1, p2]))
+        return {"first": first, "second": second, "hashes": [h.hex() for h in merkle.resolve(plan, nodes)],
+                "first_root": merkle.fold([nodes[k] for k in p1]).hex(),
+                "second_root": merkle.fold([nodes[k] for k in p2]).hex()}
+
+    async def verify(self, deep: bool = False, against: str | None = None,
+                     workers: int | None = None) -> dict[str, Any]:
+        """Check the log (see daemon.audit.verify); runs in a worker thread on a snapshot."""
+        from daemon.audit.verify import verify_db
+
+        return await asyncio.to_thread(verify_db, self.path, deep, against, None, workers)
+
+    async def export(self, directory: Path) -> dict[str, Any]:
+        """Write entries, checkpoints and public keys to `directory` (new or empty) for
+        `verify_export`; a fresh checkpoint is written first so that it covers every entry."""
+        from daemon.audit.export import write_export
+
+        await self.checkpoint()
+        return await asyncio.to_thread(write_export, self.path, Path(directory))
+
+    async def close(self) -> None:
+        """Commit what is queued, write a final checkpoint, and close."""
+        if self._closed:
+            return
+        self._closing = True
+        self._wake.set()
+        try:
+            await self._committer
+        finally:
+            try:
+                await self._in_writer(self._writer.checkpoint)
+            finally:
+                self._closed = True
+                await asyncio.get_running_loop().run_in_executor(self._executor, self._writer.close)
+                self._executor.shutdown()
+                await self._reader.close()

@@ -1,0 +1,99 @@
+"""Pure parts: config layering and checks, ordering and aging, role resolution, framing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from daemon import config as config_mod
+from daemon.auth import Role, resolve_role
+from daemon.protocol import RpcError, decode, encode, parse_request
+from daemon.queue import scheduler
+from daemon.queue.jobs import QUEUED, Job
+
+
+def make_job(seq: int, priority: int, enqueued_at: float = 0.0, width: int = 64, count: int = 1,
+             reproducible: bool = False) -> Job:
+    return Job(job_id=f"j{seq}", seq=seq, state=QUEUED, priority=priority,
+               params={"width": width, "height": 64, "steps": 4, "guidance": 7.5, "seed": 1, "count": count,
+                       "reproducible": reproducible},
+               prompt="p", negative_prompt="", user="u", uid=1, created_at=enqueued_at, enqueued_at=enqueued_at)
+
+
+def test_order_is_priority_then_fifo():
+    jobs = [make_job(1, 0), make_job(2, 1), make_job(3, 3), make_job(4, 1), make_job(5, 2)]
+    assert [j.seq for j in scheduler.order(jobs, now=0, aging_seconds=0)] == [3, 5, 2, 4, 1]
+
+
+def test_aging_lifts_a_waiting_low_job_one_level_per_interval():
+    old_low = make_job(1, 0, enqueued_at=0)
+    new_normal = make_job(2, 1, enqueued_at=100)
+    new_high = make_job(3, 2, enqueued_at=100)
+    assert scheduler.effective_rank(old_low, now=100, aging_seconds=60) == 1
+    assert [j.seq for j in scheduler.order([new_normal, old_low], 100, 60)] == [1, 2]  # tie: FIFO
+    assert [j.seq for j in scheduler.order([new_high, old_low], 100, 60)] == [3, 1]
+    assert [j.seq for j in scheduler.order([new_high, old_low], 130, 60)] == [1, 3]
+    assert scheduler.effective_rank(old_low, now=10_000, aging_seconds=60) == 3  # capped at critical
+    assert [j.seq for j in scheduler.order([new_normal, old_low], 100, 0)] == [2, 1]  # aging off
+
+
+def test_pick_batch_groups_same_shape_within_limit():
+    policy = scheduler.Policy(aging_seconds=0, max_batch=4)
+    jobs = [make_job(1, 1, count=2), make_job(2, 1, width=128), make_job(3, 1), make_job(4, 1, count=2),
+            make_job(5, 1)]
+    assert [j.seq for j in scheduler.pick_batch(jobs, 0, policy)] == [1, 3, 5]
+    assert [j.seq for j in scheduler.pick_batch(jobs, 0, policy, image_budget=2)] == [1]
+    assert [j.seq for j in scheduler.pick_batch([make_job(1, 1, reproducible=True), make_job(2, 1)], 0, policy)] == [1]
+    assert [j.seq for j in scheduler.pick_batch([make_job(1, 1), make_job(2, 1, reproducible=True)], 0, policy)] == [1]
+
+
+def test_config_rejects_unknown_keys_and_wrong_types(tmp_path):
+    bad = tmp_path / "bad.toml"
+    for text, key, words in (("[queue]\nmax_batch = 'four'\n", "queue.max_batch", "must be an integer"),
+                             ("[queue]\nmax_bacth = 4\n", "queue.max_bacth", "unknown key"),
+                             ("[nope]\nx = 1\n", "nope", "unknown section"),
+                             ("[queue]\nmax_batch = 0\n", "queue.max_batch", "greater than 0"),
+                             ("[policy]\nblocked_patterns = ['(']\n", "policy.blocked_patterns", "not a valid regular"),
+                             ("[auth]\nunknown = 'admin'\n", "auth.unknown", "one of viewer, refuse"),
+                             ("not toml [", "(file)", "not valid TOML")):
+        bad.write_text(text)
+        with pytest.raises(config_mod.ConfigError) as info:
+            config_mod.load(bad, environ={}, system_file=None)
+        assert info.value.key == key and words in info.value.reason and info.value.source == str(bad)
+
+
+def test_config_layers_file_then_environment(tmp_path):
+    good = tmp_path / "good.toml"
+    good.write_text("[queue]\nmax_batch = 2\naging_seconds = 5\n")
+    cfg = config_mod.load(good, environ={"SAI_QUEUE_MAX_BATCH": "7", "SAI_DAEMON_INSTALLATION": "lab-3"},
+                          system_file=None)
+    assert cfg.queue.max_batch == 7 and cfg.queue.aging_seconds == 5.0 and cfg.daemon.installation == "lab-3"
+    with pytest.raises(config_mod.ConfigError) as info:
+        config_mod.load(None, environ={"SAI_QUEUE_MAX_BATCH": "many"}, system_file=None)
+    assert info.value.source == "environment" and info.value.key == "queue.max_batch"
+
+
+def test_role_resolution_order():
+    auth = config_mod.load(None, environ={}, system_file=None).auth
+    assert resolve_role("root", 0, (), auth, daemon_uid=0) is Role.ADMIN
+    assert resolve_role("alice", 1000, (), auth, daemon_uid=0) is Role.VIEWER
+    cfg = config_mod.load(None, environ={}, system_file=None).replace(
+        auth__unknown="refuse", auth__operator_groups=["artists"], auth__viewer_users=["root"])
+    assert resolve_role("alice", 1000, (), cfg.auth, daemon_uid=0) is None
+    assert resolve_role("alice", 1000, ("artists",), cfg.auth, daemon_uid=0) is Role.OPERATOR
+    assert resolve_role("root", 0, (), cfg.auth, daemon_uid=0) is Role.VIEWER  # a user rule beats own uid
+
+
+def test_framing_round_trip_and_errors():
+    message = {"jsonrpc": "2.0", "id": 1, "method": "job.submit", "params": {"prompt": "é✓"}}
+    line = encode(message)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1 and decode(line) == message
+    assert parse_request(message).params == {"prompt": "é✓"}
+    assert parse_request({"jsonrpc": "2.0", "method": "x"}).is_notification
+    with pytest.raises(RpcError) as info:
+        parse_request({"jsonrpc": "2.0", "id": True, "method": "x"})
+    assert info.value.code == -32600
+    with pytest.raises(RpcError):
+        decode(b"\x80")
+    assert json.loads(encode({"a": "\u2028"}))["a"] == "\u2028"
