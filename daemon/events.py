@@ -53,6 +53,10 @@ class EventBus:
     def unsubscribe(self, sub: Subscription) -> None:
         self._subs.discard(sub)
 
+    def wants(self, topic: str) -> bool:
+        """Whether anyone follows `topic`: publishers skip building events nobody reads."""
+        return any(topic in sub.topics for sub in self._subs)
+
     def publish(self, topic: str, data: dict[str, Any]) -> None:
         self.published += 1
         for sub in list(self._subs):

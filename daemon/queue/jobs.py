@@ -22,8 +22,10 @@ def new_job_id() -> str:
     return "j" + secrets.token_hex(6)
 
 
-@dataclass
+@dataclass(eq=False)
 class Job:
+    """One job; compared by identity (two records of one job are never alive at once)."""
+
     job_id: str
     seq: int
     state: str

@@ -3,10 +3,12 @@ starves, and batching of jobs that share a shape."""
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
+from collections import Counter
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Iterator
 
-from daemon.queue.jobs import PRIORITY_RANK, Job
+from daemon.queue.jobs import PRIORITIES, PRIORITY_RANK, Job
 
 TOP_RANK = PRIORITY_RANK["critical"]
 
@@ -30,9 +32,63 @@ def order(queued: Iterable[Job], now: float, aging_seconds: float) -> list[Job]:
     return sorted(queued, key=lambda job: (-effective_rank(job, now, aging_seconds), job.seq))
 
 
-def position_of(job: Job, queued: Iterable[Job], now: float, aging_seconds: float) -> int:
-    """1-based place in the start order (1: runs next)."""
-    return order(queued, now, aging_seconds).index(job) + 1
+class QueueIndex:
+    """Queued jobs bucketed by base priority, each bucket in submission order.
+
+    Within a bucket, submission order is also waiting order, so the jobs that aging has lifted
+    to at least a given rank are a prefix of the bucket: a job's place in the start order costs
+    a few bisections per priority instead of sorting the queue on every submit.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: list[list[Job]] = [[] for _ in PRIORITIES]
+        self._seqs: list[list[int]] = [[] for _ in PRIORITIES]
+        self._enqueued: list[list[float]] = [[] for _ in PRIORITIES]
+        self._per_uid: Counter[int] = Counter()
+
+    def __len__(self) -> int:
+        return sum(len(bucket) for bucket in self._jobs)
+
+    def __iter__(self) -> Iterator[Job]:
+        for bucket in self._jobs:
+            yield from bucket
+
+    def count_for(self, uid: int) -> int:
+        return self._per_uid[uid]
+
+    def add(self, job: Job) -> None:
+        q = job.priority
+        i = bisect_left(self._seqs[q], job.seq)
+        self._seqs[q].insert(i, job.seq)
+        self._enqueued[q].insert(i, job.enqueued_at)
+        self._jobs[q].insert(i, job)
+        self._per_uid[job.uid] += 1
+
+    def remove(self, job: Job) -> None:
+        q = job.priority
+        i = bisect_left(self._seqs[q], job.seq)
+        if i < len(self._seqs[q]) and self._jobs[q][i] is job:
+            del self._seqs[q][i], self._enqueued[q][i], self._jobs[q][i]
+            self._per_uid[job.uid] -= 1
+
+    def _at_least(self, q: int, rank: int, now: float, aging_seconds: float) -> int:
+        """How many jobs of bucket `q` have an effective rank of at least `rank` (a prefix)."""
+        if rank <= q:
+            return len(self._seqs[q])
+        if rank > TOP_RANK or aging_seconds <= 0:
+            return 0
+        return bisect_right(self._enqueued[q], now - (rank - q) * aging_seconds)
+
+    def position(self, job: Job, now: float, aging_seconds: float) -> int:
+        """1-based place of a queued job in the start order (1: runs next)."""
+        rank = effective_rank(job, now, aging_seconds)
+        ahead = 0
+        for q in range(len(PRIORITIES)):
+            earlier = bisect_left(self._seqs[q], job.seq)
+            above = self._at_least(q, rank + 1, now, aging_seconds)
+            level = self._at_least(q, rank, now, aging_seconds)
+            ahead += above + min(level, earlier) - min(above, earlier)
+        return ahead + 1
 
 
 def pick_batch(queued: Iterable[Job], now: float, policy: Policy, image_budget: int | None = None) -> list[Job]:

@@ -97,3 +97,27 @@ def test_framing_round_trip_and_errors():
     with pytest.raises(RpcError):
         decode(b"\x80")
     assert json.loads(encode({"a": "\u2028"}))["a"] == "\u2028"
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=200, deadline=None)
+@given(jobs=st.lists(st.tuples(st.integers(0, 3), st.floats(0, 1000)), min_size=1, max_size=40),
+       now=st.floats(1000, 2000), aging=st.sampled_from([0.0, 30.0, 120.0, 400.0]),
+       removed=st.sets(st.integers(0, 39)))
+def test_queue_index_positions_match_the_sorted_start_order(jobs, now, aging, removed):
+    """The bisection shortcut must agree with sorting the whole queue, for any mix and aging."""
+    times = sorted(t for _, t in jobs)  # submission order is waiting order
+    queued = [make_job(i + 1, p, enqueued_at=times[i]) for i, (p, _) in enumerate(jobs)]
+    index = scheduler.QueueIndex()
+    for job in queued:
+        index.add(job)
+    for i in sorted(removed):
+        if i < len(queued):
+            index.remove(queued[i])
+    alive = [job for i, job in enumerate(queued) if i not in removed]
+    expected = scheduler.order(alive, now, aging)
+    assert len(index) == len(alive)
+    assert [index.position(job, now, aging) for job in expected] == list(range(1, len(alive) + 1))

@@ -1,0 +1,131 @@
+"""A real `sai daemon` in a subprocess on a temporary socket: for tests and benchmarks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from daemon.client import DaemonClient
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def to_toml(config: dict[str, dict[str, Any]]) -> str:
+    """Flat `[section]` tables of scalars and lists (JSON literals are valid TOML for those)."""
+    lines = []
+    for section, values in config.items():
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+def merged(*configs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for config in configs:
+        for section, values in config.items():
+            out.setdefault(section, {}).update(values)
+    return out
+
+
+@dataclass
+class DaemonProcess:
+    socket: Path
+    state_dir: Path
+    config_file: Path
+    log_file: Path
+    proc: subprocess.Popen[bytes] | None = None
+    clients: list[DaemonClient] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, root: Path, config: dict[str, dict[str, Any]], state_dir: Path | None = None,
+               model_dir: Path | None = None) -> "DaemonProcess":
+        """Lay out a config file and state dir under `root`; link a prebuilt tiny model if given."""
+        state = state_dir or root / "state"
+        (state / "models").mkdir(parents=True, exist_ok=True)
+        if model_dir is not None and not (state / "models" / "tiny").exists():
+            (state / "models" / "tiny").symlink_to(model_dir)
+        config_file = root / "config.toml"
+        config_file.write_text(to_toml(config))
+        return cls(root / "d.sock", state, config_file, root / "daemon.log")
+
+    def start(self, wait: bool = True, timeout: float = 60.0) -> "DaemonProcess":
+        self._log = self.log_file.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "console.cli", "daemon", "--socket", str(self.socket),
+             "--state-dir", str(self.state_dir), "--config", str(self.config_file)],
+            stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT,
+            env={**os.environ, "SAI_SOCKET": str(self.socket), "XDG_CONFIG_HOME": str(self.socket.parent)})
+        if wait:
+            self.wait_answering(timeout)
+        return self
+
+    def wait_answering(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.read_log()}")
+            probe = socket.socket(socket.AF_UNIX)
+            try:
+                probe.connect(str(self.socket))
+                return
+            except OSError:
+                time.sleep(0.05)
+            finally:
+                probe.close()
+        raise TimeoutError(f"daemon did not answer within {timeout} s:\n{self.read_log()}")
+
+    def read_log(self) -> str:
+        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+
+    async def client(self) -> DaemonClient:
+        client = await DaemonClient.connect(self.socket)
+        self.clients.append(client)
+        return client
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def worker_pids(self) -> list[int]:
+        assert self.proc is not None
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
+        return [int(pid) for pid in out.split()]
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            children = self.worker_pids()
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            for pid in children:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        if hasattr(self, "_log"):
+            self._log.close()
+
+
+def build_tiny(target: Path) -> Path:
+    """Build the tiny model in a subprocess, so the caller never imports torch."""
+    subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; "
+                    "from daemon.models.builders import build; build('tiny', Path(sys.argv[1]))", str(target)],
+                   check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True)
+    return target
