@@ -15,14 +15,37 @@ import sys
 import threading
 import time
 import traceback
+from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from daemon.worker.ipc import SyncWriter
 
 
 class Cancelled(Exception):
     """Raised from the step callback when every job in the running chunk was cancelled."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA raises OutOfMemoryError; the CPU allocator raises a RuntimeError or MemoryError."""
+    import torch
+
+    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
+
+
+def cap_address_space(headroom_mb: int) -> None:
+    """Limit the process to its current address space plus `headroom_mb` (0: no limit)."""
+    import resource
+
+    if headroom_mb <= 0:
+        return
+    with open("/proc/self/status") as status:
+        size = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
+    limit = size + headroom_mb * 2**20
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
 class Worker:
@@ -54,6 +77,7 @@ class Worker:
         path = resolve(model, Path(self.spec["state_dir"]))
         digest = weights_sha256(path)
         self.pipe = load_pipeline(path, model, self.device, dtype, self.spec.get("scheduler", "euler"))
+        cap_address_space(int(self.spec.get("memory_headroom_mb", 0)))
         self.out.send({"ev": "ready", "model_id": model.model_id, "weights_sha256": digest,
                        "path": str(path), "device": self.device, "dtype": str(dtype).removeprefix("torch."),
                        "max_tokens": int(self.pipe.tokenizer.model_max_length),
@@ -100,57 +124,93 @@ class Worker:
             return job_id in self.cancelled
 
     def run(self, batch: dict[str, Any]) -> None:
+        """Generate every item of the batch, `chunk` images per pipeline call.
+
+        Out of memory, a chunk is split in halves and retried after freeing what can be freed;
+        only a single image that does not fit fails the batch, with a message saying what to change.
+        """
         import torch
 
         batch_id = batch["batch_id"]
         items: list[dict[str, Any]] = batch["items"]
         chunk_size = max(1, int(batch.get("chunk", len(items))))
-        chunks = [items[i:i + chunk_size] for i in range(0, len(items), chunk_size)]
+        pending = deque(items[i:i + chunk_size] for i in range(0, len(items), chunk_size))
         steps = int(batch["steps"])
-        total = len(chunks) * steps
+        total = len(items) * steps
+        done = 0
         if self.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        try:
-            for number, chunk in enumerate(chunks):
-                active = [item for item in chunk if not self.is_cancelled(item["job_id"])]
-                if not active:
+        while pending:
+            chunk = pending.popleft()
+            active = [item for item in chunk if not self.is_cancelled(item["job_id"])]
+            if not active:
+                done += len(chunk) * steps
+                continue
+            try:
+                images = self._generate(batch, active, steps, lambda step, n=len(active), base=done: self.out.send(
+                    {"ev": "progress", "batch_id": batch_id, "step": base + step * n, "steps": total}))
+            except Cancelled:
+                done += len(chunk) * steps
+                continue
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    traceback.print_exc(file=sys.stderr)
+                    self._fail(batch_id, "error", f"{type(exc).__name__}: {exc}")
+                    return
+                self._free_memory()
+                if len(active) > 1:
+                    half = len(active) // 2
+                    print(f"worker: out of memory with {len(active)} images of {batch['width']}x{batch['height']}; "
+                          f"retrying as {half} + {len(active) - half}", file=sys.stderr)
+                    self.out.send({"ev": "oom_split", "batch_id": batch_id, "images": len(active)})
+                    pending.appendleft(active[half:])
+                    pending.appendleft(active[:half])
                     continue
-
-                def on_step(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any],
-                            active: list[dict[str, Any]] = active, number: int = number) -> dict[str, Any]:
-                    if all(self.is_cancelled(item["job_id"]) for item in active):
-                        raise Cancelled()
-                    done = number * steps + step + 1
-                    self.out.send({"ev": "progress", "batch_id": batch_id, "step": done, "steps": total})
-                    return kwargs
-
-                try:
-                    result = self.pipe(
-                        prompt=[item["prompt"] for item in active],
-                        negative_prompt=[item.get("negative_prompt") or "" for item in active],
-                        width=int(batch["width"]), height=int(batch["height"]),
-                        num_inference_steps=steps, guidance_scale=float(batch["guidance"]),
-                        generator=[torch.Generator(self.device).manual_seed(int(item["seed"])) for item in active],
-                        output_type="np", callback_on_step_end=on_step,
-                    )
-                except Cancelled:
-                    continue
-                images = (result.images * 255).round().clip(0, 255).astype("uint8")
-                for item, image in zip(active, images):
-                    if self.is_cancelled(item["job_id"]):
-                        continue
+                self._fail(batch_id, "oom", f"out of memory generating one {batch['width']}x{batch['height']} image "
+                           f"in {steps} steps on {self.device} ({type(exc).__name__}); reduce width and height, "
+                           "or free memory on the device")
+                return
+            done += len(chunk) * steps
+            for item, image in zip(active, images):
+                if not self.is_cancelled(item["job_id"]):
                     self.out.send({"ev": "image", "batch_id": batch_id, "job_id": item["job_id"],
                                    "index": item["index"], "shape": list(image.shape)}, image.tobytes())
-        except Exception as exc:  # reported to the daemon, which fails or retries the jobs
-            kind = "oom" if isinstance(exc, (MemoryError, torch.OutOfMemoryError)) else "error"
-            traceback.print_exc(file=sys.stderr)
-            self.out.send({"ev": "failed", "batch_id": batch_id, "kind": kind,
-                           "error": f"{type(exc).__name__}: {exc}", "memory": self.memory()})
-            return
         with self.lock:
             cancelled = sorted({item["job_id"] for item in items} & self.cancelled)
             self.cancelled.difference_update(item["job_id"] for item in items)
         self.out.send({"ev": "done", "batch_id": batch_id, "cancelled": cancelled, "memory": self.memory()})
+
+    def _generate(self, batch: dict[str, Any], active: list[dict[str, Any]], steps: int,
+                  report: Callable[[int], None]) -> Any:
+        import torch
+
+        def on_step(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            if all(self.is_cancelled(item["job_id"]) for item in active):
+                raise Cancelled()
+            report(step + 1)
+            return kwargs
+
+        result = self.pipe(
+            prompt=[item["prompt"] for item in active],
+            negative_prompt=[item.get("negative_prompt") or "" for item in active],
+            width=int(batch["width"]), height=int(batch["height"]),
+            num_inference_steps=steps, guidance_scale=float(batch["guidance"]),
+            generator=[torch.Generator(self.device).manual_seed(int(item["seed"])) for item in active],
+            output_type="np", callback_on_step_end=on_step,
+        )
+        return (result.images * 255).round().clip(0, 255).astype("uint8")
+
+    def _free_memory(self) -> None:
+        import gc
+
+        import torch
+
+        gc.collect()
+        if self.device == "cuda":
+            torch.cuda.empty_cache()
+
+    def _fail(self, batch_id: str, kind: str, error: str) -> None:
+        self.out.send({"ev": "failed", "batch_id": batch_id, "kind": kind, "error": error, "memory": self.memory()})
 
 
 def main() -> int:
