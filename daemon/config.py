@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from daemon.monitor.checks import MONITOR_CHECKS
+
 DEFAULT_FILE = Path(__file__).resolve().parent.parent / "config" / "default.toml"
 SYSTEM_FILE = Path("/etc/secure-ai-studio/config.toml")
 ENV_PREFIX = "SAI_"
@@ -81,8 +83,15 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "policy.flagged_terms": _strings,
     "policy.blocked_patterns": _regexes,
     "model.device": _one_of("auto", "cpu", "cuda"),
+    "model.memory_headroom_mb": _non_negative,
+    "worker.crash_loop_count": _positive,
+    "worker.crash_window": _positive,
+    "worker.max_backoff": _positive,
+    "worker.leak_window": lambda v: None if v >= 3 else "must be 3 or more",
+    "worker.leak_slope_mb": _positive,
     "model.scheduler": _one_of("euler", "ddim", "dpm"),
     "defaults.priority": _one_of(*PRIORITIES),
+    **MONITOR_CHECKS,
 }
 
 

@@ -2,18 +2,23 @@
 
 One loop: when the worker is free and the queue is not paused, take the next batch, run it,
 hand the images to the output path in the thread pool (overlapping the next generation), and
-record the outcome. A dead worker is restarted with backoff and its jobs re-queued.
+record the outcome. A dead worker is restarted with backoff and its jobs re-queued; a crash
+loop stops the restarts and pauses the queue; a leaking worker is drained and restarted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import deque
 from concurrent.futures import Executor
 from typing import Any, Callable, Protocol
 
 from daemon.queue.jobs import CANCELLED, FAILED, RUNNING, SUCCEEDED, Job
+from daemon.config import Section
 from daemon.queue.manager import QueueManager
+from daemon.worker.leak import LeakDetector
 from daemon.worker.supervisor import BatchFailed, BatchResult, WorkerCrashed, WorkerLoadFailed, WorkerSupervisor
 
 log = logging.getLogger("sai.dispatch")
@@ -26,7 +31,7 @@ class OutputSink(Protocol):
 
 class Dispatcher:
     def __init__(self, manager: QueueManager, worker: WorkerSupervisor, sink: OutputSink, executor: Executor,
-                 max_batch: int) -> None:
+                 max_batch: int, policy: Section) -> None:
         self.manager = manager
         self.worker = worker
         self.sink = sink
@@ -40,6 +45,11 @@ class Dispatcher:
         self._batch_task: asyncio.Task[None] | None = None
         self._backoff = 1.0
         self._start_lock = asyncio.Lock()
+        self.policy = policy
+        self.crashes: deque[float] = deque()
+        self.halted: str | None = None
+        self.leak = LeakDetector(policy.leak_window, policy.leak_slope_mb)
+        self._restart_reason: str | None = None
         self.on_worker_event: Callable[[str, dict[str, Any]], Any] = lambda kind, data: None
 
     async def run(self) -> None:
@@ -49,7 +59,9 @@ class Dispatcher:
             work.clear()
             if self.stopping:
                 break
-            if self.manager.paused or not self.manager.queued():
+            if self._restart_reason is not None:
+                await self._restart(self._restart_reason)
+            if self.manager.paused or not self.manager.queued() or self.halted:
                 continue
             if not self.worker.alive and not await self._start_worker():
                 continue
@@ -78,11 +90,10 @@ class Dispatcher:
             log.error("worker could not start: %s; retrying in %.0f s", exc, self._backoff)
             self.on_worker_event("start_failed", {"error": str(exc)})
             await asyncio.sleep(self._backoff)
-            self._backoff = min(self._backoff * 2, 60.0)
+            self._backoff = min(self._backoff * 2, self.policy.max_backoff)
             self.manager.work.set()
             return False
         self._backoff = 1.0
-        self._start_lock = asyncio.Lock()
         self.on_worker_event("ready", info)
         return True
 
@@ -117,11 +128,8 @@ class Dispatcher:
         except WorkerCrashed as exc:
             live = [job for job in batch if job.state == RUNNING]
             failed = await self.manager.requeue(live, str(exc), count_attempt=not self._abandon)
-            self.on_worker_event("crashed", {"error": str(exc), "jobs": [j.job_id for j in batch],
-                                             "failed": [j.job_id for j in failed]})
             if not self._abandon:
-                await asyncio.sleep(self._backoff)
-                self._backoff = min(self._backoff * 2, 60.0)
+                await self._crashed(str(exc), batch, failed)
             return
         except BatchFailed as exc:
             live = [job for job in batch if job.state == RUNNING]
@@ -130,6 +138,7 @@ class Dispatcher:
         finally:
             self.current = []
         self._backoff = 1.0
+        self._check_leak(result.memory.get("rss"))
         done = [job for job in batch if job.state == RUNNING]
         cancelled = [job for job in done if job.job_id in result.cancelled or job.job_id in self.cancel_requested]
         if cancelled:
@@ -159,6 +168,57 @@ class Dispatcher:
                 continue
             job.outputs = outputs
             await self.manager.finish([job], SUCCEEDED)
+
+    async def _crashed(self, reason: str, batch: list[Job], failed: list[Job]) -> None:
+        """Count the crash; K crashes in T seconds halt restarts and pause the queue."""
+        now = time.monotonic()
+        self.crashes.append(now)
+        while self.crashes and now - self.crashes[0] > self.policy.crash_window:
+            self.crashes.popleft()
+        details = {"error": reason, "jobs": [j.job_id for j in batch], "quarantined": [j.job_id for j in failed],
+                   "crashes": len(self.crashes)}
+        self.on_worker_event("crashed", details)
+        if len(self.crashes) >= self.policy.crash_loop_count:
+            self.halted = (f"worker crashed {len(self.crashes)} times in {self.policy.crash_window:.0f} s; "
+                           f"last: {reason}")
+            log.critical("%s; not restarting it, queue paused (run `sai worker restart` when fixed)", self.halted)
+            await self.manager.set_paused(None, True)
+            self.on_worker_event("crash_loop", {**details, "error": self.halted})
+            return
+        log.warning("restarting the worker in %.0f s", self._backoff)
+        await asyncio.sleep(self._backoff)
+        self._backoff = min(self._backoff * 2, self.policy.max_backoff)
+
+    def _check_leak(self, rss: float | None) -> None:
+        slope = self.leak.add(rss)
+        if slope is None:
+            return
+        message = (f"worker memory grows {slope:.1f} MiB per batch over the last {self.leak.window} batches "
+                   f"(threshold {self.policy.leak_slope_mb:g})")
+        log.warning("possible leak: %s", message)
+        self.on_worker_event("leak", {"error": message, "slope_mb": round(slope, 2), "rss": rss,
+                                      "auto_restart": self.policy.leak_auto_restart})
+        self.leak.reset()
+        if self.policy.leak_auto_restart:
+            self.request_restart(f"leak: {message}")
+
+    def request_restart(self, reason: str) -> dict[str, Any]:
+        """Restart the worker once its current batch is done (at once when idle)."""
+        self._restart_reason = reason
+        self.halted = None
+        self.crashes.clear()
+        self.manager.work.set()
+        return {"restarting": True, "after_batch": bool(self.current), "reason": reason}
+
+    async def _restart(self, reason: str) -> None:
+        self._restart_reason = None
+        log.info("restarting the worker: %s", reason)
+        await self.worker.stop()
+        self.leak.reset()
+        self._backoff = 1.0
+        if await self._start_worker():
+            self.on_worker_event("restarted", {"reason": reason})
+        self.manager.work.set()
 
     async def cancel_running(self, job: Job, by: str) -> None:
         self.cancel_requested[job.job_id] = by

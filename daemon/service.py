@@ -16,13 +16,18 @@ from typing import Any
 from daemon import __version__, paths
 from daemon.api import load_all
 from daemon.auth import Peer
-from daemon.config import Config
+from daemon.config import Config, ConfigError
+from daemon.crypto import OutputError
+from daemon.crypto.envelope import PromptSealer
+from daemon.crypto.keys import KeyStore, resolve_passphrase
 from daemon.dispatch import Dispatcher
 from daemon.events import EventBus
+from daemon.outputs.atomic import ensure_dir, remove_stale_temps
+from daemon.outputs.pipeline import OutputSettings
+from daemon.outputs.sink import KeyMaintenance, ProtectedSink
 from daemon.queue.admission import Admission, TokenCounter
 from daemon.queue.manager import QueueManager
 from daemon.queue.store import JobStore
-from daemon.results import PlainPngSink
 from daemon.server import AlreadyRunning, SocketServer
 from daemon.worker.supervisor import WorkerSupervisor
 
@@ -44,6 +49,10 @@ class Daemon:
         self._stop = asyncio.Event()
         self._state_lock: int | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+        self.keystore: KeyStore
+        self.keys_created = False
+        self.output_settings: OutputSettings
+        self.key_maintenance: KeyMaintenance
         self.store: JobStore
         self.queue: QueueManager
         self.worker: WorkerSupervisor
@@ -85,9 +94,27 @@ class Daemon:
         self.server.release()
         self._release_state()
 
+    async def _open_keys_and_outputs(self) -> None:
+        """Keys (created on first start; a sealed store needs its passphrase), the outputs directory
+        (0700, a crash's temp files removed) and the watermark/output settings."""
+        cfg = self.config
+        self.output_settings = OutputSettings.from_config(cfg.values)
+        keys_dir = self.state_dir / "keys"
+        self.keys_created = KeyStore.is_sealed(keys_dir) is None  # first start: for the audit log
+        passphrase = resolve_passphrase(keys_dir, seal_new=cfg.keys.sealed)
+        self.keystore = await self.run_blocking(
+            lambda: KeyStore.open(keys_dir, passphrase, scrypt_log2_n=cfg.keys.scrypt_log2_n))
+        ensure_dir(self.outputs_dir, 0o700)
+        removed = await self.run_blocking(remove_stale_temps, self.outputs_dir)
+        if removed:
+            log.warning("removed %d unfinished temp file(s) from %s", len(removed), self.outputs_dir)
+
     async def _open_parts(self) -> None:
         cfg = self.config
-        self.store = await JobStore.open(self.state_dir / "jobs.sqlite3")
+        await self._open_keys_and_outputs()
+        self.store = await JobStore.open(self.state_dir / "jobs.sqlite3", PromptSealer(self.keystore))
+        self.key_maintenance = KeyMaintenance(self.keystore, self.store, self.outputs_dir, self.run_blocking)
+        await self.key_maintenance.resume_prompts()
         self.queue = QueueManager(self.store, Admission(cfg, self._token_counter()), self.bus, cfg,
                                   model_id=lambda: self.worker.info.get("model_id") or cfg.model.name)
         recovered = await self.queue.recover()
@@ -96,12 +123,15 @@ class Daemon:
         self.worker = WorkerSupervisor({
             "model": cfg.model.name, "path": cfg.model.path, "config_dir": cfg.model.config_dir,
             "device": cfg.model.device, "scheduler": cfg.model.scheduler, "threads": cfg.model.threads,
+            "memory_headroom_mb": cfg.model.memory_headroom_mb, "pipeline_wrapper": cfg.worker.pipeline_wrapper,
             "state_dir": str(self.state_dir)})
-        self.dispatcher = Dispatcher(self.queue, self.worker, PlainPngSink(self.outputs_dir), self.executor,
-                                     cfg.queue.max_batch)
+        sink = ProtectedSink(self.keystore, self.output_settings, self.outputs_dir,
+                             lambda: self.worker.info.get("weights_sha256") or "")
+        self.dispatcher = Dispatcher(self.queue, self.worker, sink, self.executor, cfg.queue.max_batch, cfg.worker)
         self.dispatcher.on_worker_event = self._worker_event
         await self.server.start()
         self._tasks.append(asyncio.create_task(self.dispatcher.run(), name="sai-dispatch"))
+        self._tasks.append(asyncio.create_task(self.key_maintenance.resume_outputs(), name="sai-rewrap"))
         if cfg.model.preload:
             self._tasks.append(asyncio.create_task(self.dispatcher.warm_up(), name="sai-warm-up"))
         log.info("daemon %s started (pid %d, state %s, queue %s)", __version__, os.getpid(), self.state_dir,
@@ -115,8 +145,9 @@ class Daemon:
         if kind == "ready":
             tokenizer = Path(data.get("path", "")) / "tokenizer" / "tokenizer.json"
             self.queue.admission.tokens = TokenCounter(tokenizer, int(data.get("max_tokens", 77)))
-        self.bus.publish("queue", {"kind": f"worker.{kind}", **self.queue.status(),
-                                   "worker": self.worker.status()})
+        details = {k: v for k, v in data.items() if k not in ("memory", "path")}
+        self.bus.publish("queue", {**details, "kind": f"worker.{kind}", **self.queue.status(),
+                                   "worker": {**self.worker.status(), "halted": self.dispatcher.halted}})
 
     async def serve(self) -> None:
         await self._stop.wait()
@@ -169,7 +200,7 @@ class Daemon:
             "started_at": self.started_at,
             "uptime": round(time.time() - self.started_at, 3),
             "queue": self.queue.status(),
-            "worker": self.worker.status(),
+            "worker": {**self.worker.status(), "halted": self.dispatcher.halted},
             "you": {"user": peer.user, "uid": peer.uid, "role": peer.role.label},
         }
 
@@ -179,7 +210,7 @@ async def run(config: Config, socket_path: Path | None, state_dir: Path | None) 
     daemon = Daemon(config, socket_path, state_dir)
     try:
         await daemon.startup()
-    except AlreadyRunning as exc:
+    except (AlreadyRunning, ConfigError, OutputError) as exc:
         log.error("not starting: %s", exc)
         return 2
     daemon.install_signal_handlers()

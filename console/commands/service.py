@@ -17,6 +17,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     status = sub.add_parser("status", help="the daemon, its worker and its queue")
     add_json_flag(status)
     status.set_defaults(handler=show_status, needs_daemon=True)
+    worker = sub.add_parser("worker", help="the generation worker")
+    worker_sub = worker.add_subparsers(dest="worker_command", metavar="ACTION", required=True)
+    restart = worker_sub.add_parser("restart", help="restart the worker after its current batch (admin)")
+    restart.add_argument("--reason", default="", help="recorded in the audit log")
+    add_json_flag(restart)
+    restart.set_defaults(handler=restart_worker, needs_daemon=True)
     for name, method, text in (("pause", "queue.pause", "stop starting jobs (running ones finish)"),
                                ("resume", "queue.resume", "start jobs again")):
         p = sub.add_parser(name, help=text)
@@ -69,11 +75,23 @@ async def show_status(args: argparse.Namespace, client: DaemonClient) -> int:
         ("model", f"{worker.get('model_id') or '-'} on {worker.get('device') or '-'} ({worker.get('dtype') or '-'})"),
         ("worker", f"{worker['state']} pid {worker.get('pid') or '-'} restarts {worker['restarts']}"
                    + (f" last error: {worker['last_error']}" if worker.get("last_error") else "")),
+        *([("HALTED", f"{worker['halted']} (sai worker restart)")] if worker.get("halted") else []),
         ("queue", f"{'PAUSED' if queue['paused'] else 'running'}: {queue['queued']} queued, {queue['running']} running"),
         ("you", f"{status['you']['user']} ({status['you']['role']})"),
     ]
     for key, value in lines:
         print(f"{key:<8} {value}")
+    return 0
+
+
+async def restart_worker(args: argparse.Namespace, client: DaemonClient) -> int:
+    from console.cli import print_json
+
+    reply = await client.call("worker.restart", reason=args.reason)
+    if args.json:
+        print_json(reply)
+    else:
+        print("worker restarting " + ("after the running batch" if reply["after_batch"] else "now"))
     return 0
 
 

@@ -12,12 +12,14 @@ from daemon.protocol import CONFLICT, NOT_FOUND, RpcError, invalid_params
 MAX_PREVIEW_SIDE = 1024
 
 
-def rpc_error(exc: OutputError) -> RpcError:
-    """An OutputError as the RPC error a client sees (never any key or plaintext in it)."""
+def rpc_error(exc: OutputError, action: str | None = None) -> RpcError:
+    """An OutputError as the RPC error a client sees (never any key or plaintext in it); `action`
+    ("export of j123 image 0") prefixes the message so an operator knows which output failed."""
     if exc.field in ("job_id", "index") and type(exc) is OutputError:
         return invalid_params(exc.field, str(exc))
     code = NOT_FOUND if isinstance(exc, MissingOutputError) else CONFLICT
-    return RpcError(code, str(exc), exc.to_dict())
+    message = f"{action} refused: {exc}" if action else str(exc)
+    return RpcError(code, message, exc.to_dict())
 
 
 @method("output.verify", role=Role.VIEWER)
@@ -44,12 +46,12 @@ async def preview(ctx: CallContext, job_id: str, index: int = 0, max_side: int =
         raise invalid_params("max_side", f"must be between 16 and {MAX_PREVIEW_SIDE}")
     queue = ctx.daemon.queue
     job = await queue.get(job_id)
-    queue._check_owner(ctx.peer, job, "preview")
+    queue.check_owner(ctx.peer, job, "preview")
     try:
         png = await ctx.daemon.run_blocking(preview_output, ctx.daemon.outputs_dir, job_id, index,
                                             ctx.daemon.keystore, max_side)
     except OutputError as exc:
-        raise rpc_error(exc) from None
+        raise rpc_error(exc, f"preview of {job_id} image {index}") from None
     width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
     await queue.audit(ctx.peer, "output.preview", job_id, {"index": index, "max_side": max_side})
     return {"job_id": job_id, "index": index, "width": width, "height": height,
@@ -58,16 +60,13 @@ async def preview(ctx: CallContext, job_id: str, index: int = 0, max_side: int =
 
 @method("keys.rotate", role=Role.ADMIN)
 async def rotate(ctx: CallContext) -> dict[str, Any]:
-    """New KEK and signing key, then every .png.sai re-wrapped (headers only): `{kek_id, signing_kid,
-    previous_signing_kid, outputs: {rewrapped, already_current, failed}}`."""
-    from daemon.outputs.pipeline import rotate_outputs
-
-    keystore = ctx.daemon.keystore
-    old_kek, old_signing = keystore.current_kek_id, keystore.signing_kid
-    kek_id, signing_kid = await ctx.daemon.run_blocking(keystore.rotate)
-    report = await ctx.daemon.run_blocking(rotate_outputs, ctx.daemon.outputs_dir, keystore)
-    details = {"old_kek": old_kek, "new_kek": kek_id, "old_signing_kid": old_signing,
-               "new_signing_kid": signing_kid, "rewrapped": report["rewrapped"], "failed": len(report["failed"])}
-    await ctx.daemon.queue.audit(ctx.peer, "keys.rotate", signing_kid, details)
-    return {"kek_id": kek_id, "signing_kid": signing_kid, "previous_kek_id": old_kek,
-            "previous_signing_kid": old_signing, "outputs": report}
+    """New KEK and signing key, then every .png.sai and every prompt in the database re-wrapped
+    (headers only, nothing re-encrypted): `{kek_id, signing_kid, previous_kek_id, previous_signing_kid,
+    outputs: {kid, rewrapped, already_current, failed}, prompts: {rewrapped, failed}}`."""
+    result = await ctx.daemon.key_maintenance.rotate()
+    details = {"old_kek": result["previous_kek_id"], "new_kek": result["kek_id"],
+               "old_signing_kid": result["previous_signing_kid"], "new_signing_kid": result["signing_kid"],
+               "rewrapped": result["outputs"]["rewrapped"], "failed": len(result["outputs"]["failed"]),
+               "prompts_rewrapped": result["prompts"]["rewrapped"], "prompts_failed": len(result["prompts"]["failed"])}
+    await ctx.daemon.queue.audit(ctx.peer, "keys.rotate", result["signing_kid"], details)
+    return result

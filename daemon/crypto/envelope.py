@@ -24,6 +24,8 @@ import base64
 import json
 import secrets
 import struct
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -226,3 +228,57 @@ def decrypt_text(blob: bytes, keystore: "KeyStore", job_id: str | None = None) -
     if job_id is not None and header["job_id"] != job_id:
         raise HeaderError(f"encrypted text belongs to job {header['job_id']!r}, not {job_id!r}", field="job_id")
     return plaintext.decode("utf-8")
+
+
+def reseal_text(blob: bytes, job_id: str, keystore: "KeyStore") -> bytes | None:
+    """A database text blob brought under the current KEK, or None when it already is.
+
+    A blob without the SAIE magic is plaintext from a build that stored prompts unencrypted: it is
+    encrypted now. A SAIE blob under an older KEK is re-wrapped (ciphertext unchanged).
+    """
+    data = bytes(blob)
+    if data[:4] != MAGIC:
+        return encrypt_text(data.decode("utf-8"), job_id, keystore)
+    new = rewrap(data, keystore)
+    return None if new == data else new
+
+
+class PromptSealer:
+    """The job store's TextSealer: prompts are SAIE blobs (text/plain) bound to their job id.
+
+    Opening a blob costs tens of microseconds (header checks, unwrap, GCM), and `job.list` reads
+    up to thousands of rows on the event loop, so recently opened blobs are remembered (LRU, keyed
+    by the exact blob and job id: a changed or re-wrapped blob is opened afresh). The plaintext
+    stays in this process's memory only, where the queue holds live jobs' prompts anyway.
+    """
+
+    def __init__(self, keystore: "KeyStore", cache_size: int = 4096) -> None:
+        self.keystore = keystore
+        self._cache: OrderedDict[tuple[str, bytes], str] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+
+    def seal(self, text: str, job_id: str) -> bytes:
+        blob = encrypt_text(text, job_id, self.keystore)
+        self._remember((job_id, blob), text)
+        return blob
+
+    def open(self, blob: bytes, job_id: str) -> str:
+        key = (job_id, bytes(blob))
+        with self._lock:
+            text = self._cache.get(key)
+            if text is not None:
+                self._cache.move_to_end(key)
+                return text
+        text = decrypt_text(key[1], self.keystore, job_id)
+        self._remember(key, text)
+        return text
+
+    def _remember(self, key: tuple[str, bytes], text: str) -> None:
+        if self._cache_size <= 0:
+            return
+        with self._lock:
+            self._cache[key] = text
+            self._cache.move_to_end(key)
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)

@@ -47,6 +47,8 @@ class Job:
     risk: float = 0.0
     warnings: list[str] = field(default_factory=list)
     model_id: str = ""
+    isolate: bool = False
+    """Run alone: set after its batch crashed the worker, so a poison job is found and quarantined."""
 
     @property
     def priority_name(self) -> str:
@@ -59,6 +61,10 @@ class Job:
     @property
     def reproducible(self) -> bool:
         return bool(self.params.get("reproducible"))
+
+    @property
+    def runs_alone(self) -> bool:
+        return self.reproducible or self.isolate
 
     def shape(self) -> tuple[Any, ...]:
         return (self.model_id, self.params.get("scheduler", ""), *(self.params[k] for k in SHAPE_KEYS))

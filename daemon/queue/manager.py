@@ -41,6 +41,7 @@ class QueueManager:
         self.policy = scheduler.Policy(config.queue.aging_seconds, config.queue.max_batch)
         self.model_id = model_id
         self.active: dict[str, Job] = {}
+        self.index = scheduler.QueueIndex()
         self.paused = False
         self.work = asyncio.Event()
         self._seq = 0
@@ -59,10 +60,10 @@ class QueueManager:
                                               "(daemon or worker died); not retried again")
                 else:
                     job.state, job.progress, job.started_at = QUEUED, 0.0, None
-                    self.active[job.job_id] = job
+                    self._activate(job)
                 recovered.append(job)
             else:
-                self.active[job.job_id] = job
+                self._activate(job)
         await self.store.save_many(recovered)
         if self.paused:
             await self.store.set_setting("paused", "1")
@@ -71,8 +72,13 @@ class QueueManager:
 
     # -- reading -------------------------------------------------------------------------------
 
+    def _activate(self, job: Job) -> None:
+        self.active[job.job_id] = job
+        if job.state == QUEUED:
+            self.index.add(job)
+
     def queued(self) -> list[Job]:
-        return [job for job in self.active.values() if job.state == QUEUED]
+        return list(self.index)
 
     def running(self) -> list[Job]:
         return [job for job in self.active.values() if job.state == RUNNING]
@@ -80,15 +86,15 @@ class QueueManager:
     def position(self, job: Job) -> int | None:
         if job.state != QUEUED:
             return None
-        return scheduler.position_of(job, self.queued(), time.time(), self.policy.aging_seconds)
+        return self.index.position(job, time.time(), self.policy.aging_seconds)
 
     @staticmethod
     def may_see_prompt(peer: Peer, job: Job) -> bool:
         return peer.role >= Role.ADMIN or peer.uid == job.uid
 
-    def view(self, peer: Peer, job: Job) -> dict[str, Any]:
+    def view(self, peer: Peer, job: Job, position: int | None = None) -> dict[str, Any]:
         data = job.to_api(self.may_see_prompt(peer, job))
-        data["position"] = self.position(job)
+        data["position"] = position if position is not None else self.position(job)
         return data
 
     async def get(self, job_id: str) -> Job:
@@ -107,12 +113,19 @@ class QueueManager:
             jobs += await self.store.finished(state, max(0, limit - len(jobs)))
         return jobs[:limit]
 
+    def oldest_wait(self) -> float | None:
+        """Seconds the longest-waiting queued job has waited (None: nothing queued)."""
+        oldest = min((job.enqueued_at for job in self.index), default=None)
+        return None if oldest is None else max(0.0, time.time() - oldest)
+
     def status(self) -> dict[str, Any]:
-        return {"paused": self.paused, "queued": len(self.queued()), "running": len(self.running())}
+        return {"paused": self.paused, "queued": len(self.index), "running": len(self.running())}
 
     # -- changing ------------------------------------------------------------------------------
 
     def _publish_state(self, job: Job) -> None:
+        if not self.bus.wants("job"):
+            return
         self.bus.publish("job", {"kind": "state", "job_id": job.job_id, "state": job.state,
                                  "job": job.to_api(show_prompt=False)})
 
@@ -144,7 +157,7 @@ class QueueManager:
             claim.set_result(job_id)
 
     async def _submit_new(self, peer: Peer, client_token: str | None, params: dict[str, Any]) -> Job:
-        self.admission.rate_limit(peer.uid, peer.user, sum(1 for j in self.queued() if j.uid == peer.uid))
+        self.admission.rate_limit(peer.uid, peer.user, self.index.count_for(peer.uid))
         try:
             admitted = self.admission.admit(**params)
         except RpcError as exc:
@@ -160,7 +173,7 @@ class QueueManager:
                   user=peer.user, uid=peer.uid, created_at=now, enqueued_at=now, client_token=client_token,
                   risk=admitted.risk, warnings=admitted.warnings, model_id=self.model_id())
         await self.store.insert(job)
-        self.active[job.job_id] = job
+        self._activate(job)
         prompt_hash = hashlib.sha256(job.prompt.encode()).hexdigest()
         await self.audit(peer, "job.submit", job.job_id, {"priority": job.priority_name, "risk": job.risk,
                                                           "prompt_sha256": prompt_hash, **job.params})
@@ -175,14 +188,15 @@ class QueueManager:
             reply["duplicate"] = True
         return reply
 
-    def _check_owner(self, peer: Peer, job: Job, action: str) -> None:
+    def check_owner(self, peer: Peer, job: Job, action: str) -> None:
+        """Refuse unless `peer` owns `job` or is an admin (-32001, naming the role needed)."""
         if peer.uid != job.uid and peer.role < Role.ADMIN:
             raise RpcError(NOT_PERMITTED, f"{action} of {job.user}'s job {job.job_id} needs the admin role; "
                            f"{peer.user} is {peer.role.label}", {"needed": "admin", "have": peer.role.label})
 
     async def cancel(self, peer: Peer, job_id: str, on_running: Callable[[Job], Any]) -> dict[str, Any]:
         job = await self.get(job_id)
-        self._check_owner(peer, job, "cancel")
+        self.check_owner(peer, job, "cancel")
         if job.state in FINISHED:
             raise RpcError(CONFLICT, f"job {job_id} already {job.state}; nothing to cancel", {"state": job.state})
         await self.audit(peer, "job.cancel", job_id, {"state": job.state})
@@ -196,12 +210,14 @@ class QueueManager:
 
     async def set_priority(self, peer: Peer, job_id: str, priority: int) -> dict[str, Any]:
         job = await self.get(job_id)
-        self._check_owner(peer, job, "reprioritising")
+        self.check_owner(peer, job, "reprioritising")
         if job.state != QUEUED:
             raise RpcError(CONFLICT, f"job {job_id} is {job.state}; only a queued job's priority can change",
                            {"state": job.state})
         old = job.priority_name
+        self.index.remove(job)
         job.priority = priority
+        self.index.add(job)
         await self.store.save(job)
         await self.audit(peer, "job.priority", job_id, {"from": old, "to": job.priority_name})
         self._publish_state(job)
@@ -225,6 +241,7 @@ class QueueManager:
     async def mark_running(self, jobs: list[Job]) -> None:
         now = time.time()
         for job in jobs:
+            self.index.remove(job)
             job.state, job.started_at, job.progress, job.error = RUNNING, now, 0.0, None
             job.attempts += 1
         await self.store.save_many(jobs)
@@ -236,10 +253,13 @@ class QueueManager:
         for job in jobs:
             if job.state == RUNNING:
                 job.progress = fraction
-                self.bus.publish("job", {"kind": "progress", "job_id": job.job_id, "progress": round(fraction, 4),
-                                         "step": step, "steps": steps})
+                if self.bus.wants("job"):
+                    self.bus.publish("job", {"kind": "progress", "job_id": job.job_id,
+                                             "progress": round(fraction, 4), "step": step, "steps": steps})
 
     def _finish(self, job: Job, state: str, error: str | None = None) -> None:
+        if job.state == QUEUED:
+            self.index.remove(job)
         job.state, job.finished_at, job.error = state, time.time(), error
         if state != "succeeded":
             job.progress = job.progress if state == CANCELLED else 0.0
@@ -256,17 +276,21 @@ class QueueManager:
         self.work.set()
 
     async def requeue(self, jobs: list[Job], reason: str, count_attempt: bool = True) -> list[Job]:
-        """Back to the queue after an interruption; jobs past the attempt limit fail instead.
-        Returns the jobs that failed."""
+        """Back to the queue after an interruption; jobs past the attempt limit are quarantined
+        (failed, with the reason). Jobs of a crashed batch run alone from then on, so one poison
+        job cannot take the others down with it. Returns the jobs that failed."""
         failed = []
         for job in jobs:
             if not count_attempt:
                 job.attempts = max(0, job.attempts - 1)
+            elif len(jobs) > 1:
+                job.isolate = True
             if job.attempts >= self.config.queue.max_attempts:
-                self._finish(job, FAILED, f"{reason}; gave up after {job.attempts} attempts")
+                self._finish(job, FAILED, f"quarantined after {job.attempts} attempts; last: {reason}")
                 failed.append(job)
             else:
                 job.state, job.progress, job.started_at = QUEUED, 0.0, None
+                self.index.add(job)
         await self.store.save_many(jobs)
         for job in jobs:
             self._publish_state(job)

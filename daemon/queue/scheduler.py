@@ -94,7 +94,8 @@ class QueueIndex:
 def pick_batch(queued: Iterable[Job], now: float, policy: Policy, image_budget: int | None = None) -> list[Job]:
     """The head job plus queued jobs of the same shape, up to `max_batch` images in all.
 
-    A `reproducible` job runs alone (a batch may change pixels by 1/255). A head job whose count
+    A `reproducible` job runs alone (a batch may change pixels by 1/255), and so does a job whose
+    batch crashed the worker. A head job whose count
     alone exceeds the limit still runs: the worker splits it into pipeline calls of `max_batch`.
     """
     ranked = order(queued, now, policy.aging_seconds)
@@ -103,13 +104,13 @@ def pick_batch(queued: Iterable[Job], now: float, policy: Policy, image_budget: 
     head = ranked[0]
     batch = [head]
     limit = policy.max_batch if image_budget is None else max(1, min(policy.max_batch, image_budget))
-    if head.reproducible or policy.max_batch <= 1:
+    if head.runs_alone or policy.max_batch <= 1:
         return batch
     images = head.count
     for job in ranked[1:]:
         if images >= limit:
             break
-        if job.reproducible or job.shape() != head.shape() or images + job.count > limit:
+        if job.runs_alone or job.shape() != head.shape() or images + job.count > limit:
             continue
         batch.append(job)
         images += job.count

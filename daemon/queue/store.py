@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
 import aiosqlite
 
@@ -57,19 +57,35 @@ MUTABLE = ("state", "priority", "enqueued_at", "started_at", "finished_at", "pro
 
 
 class TextSealer(Protocol):
-    """How prompts are stored: plaintext here; the outputs layer swaps in envelope encryption."""
+    """How prompts are stored. The daemon passes `daemon.crypto.envelope.PromptSealer` (SAIE blobs
+    bound to the job id); `PlainText` is for tests of the queue alone."""
 
     def seal(self, text: str, job_id: str) -> bytes: ...
 
-    def open(self, blob: bytes) -> str: ...
+    def open(self, blob: bytes, job_id: str) -> str: ...
 
 
 class PlainText:
     def seal(self, text: str, job_id: str) -> bytes:
         return text.encode("utf-8")
 
-    def open(self, blob: bytes) -> str:
+    def open(self, blob: bytes, job_id: str) -> str:
         return bytes(blob).decode("utf-8")
+
+
+# transform(blob, job_id) -> the blob to store instead, or None to leave it as it is.
+BlobTransform = Callable[[bytes, str], "bytes | None"]
+Runner = Callable[..., Awaitable[Any]]
+
+
+def _transform_rows(transform: BlobTransform, rows: list[Any]) -> list[tuple[bytes, bytes, str]]:
+    changed = []
+    for _, job_id, prompt, negative in rows:
+        new_prompt, new_negative = transform(bytes(prompt), job_id), transform(bytes(negative), job_id)
+        if new_prompt is not None or new_negative is not None:
+            changed.append((new_prompt if new_prompt is not None else bytes(prompt),
+                            new_negative if new_negative is not None else bytes(negative), job_id))
+    return changed
 
 
 class JobStore:
@@ -87,6 +103,7 @@ class JobStore:
         await db.execute("PRAGMA journal_mode=WAL")
         await db.execute("PRAGMA synchronous=FULL")
         await db.execute("PRAGMA busy_timeout=5000")
+        await db.execute("PRAGMA secure_delete=ON")  # replaced prompt blobs are zeroed, not left in free pages
         await db.executescript(SCHEMA)
         await db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         await db.commit()
@@ -152,8 +169,8 @@ class JobStore:
         data = dict(zip(COLUMNS, row))
         for key in ("params", "outputs", "warnings"):
             data[key] = json.loads(data[key])
-        data["prompt"] = self.sealer.open(data["prompt"])
-        data["negative_prompt"] = self.sealer.open(data["negative_prompt"])
+        data["prompt"] = self.sealer.open(data["prompt"], data["job_id"])
+        data["negative_prompt"] = self.sealer.open(data["negative_prompt"], data["job_id"])
         return Job(**data)
 
     async def _select(self, where: str, args: tuple[Any, ...] = ()) -> list[Job]:
@@ -186,3 +203,31 @@ class JobStore:
     async def set_setting(self, key: str, value: str) -> None:
         await self._write("INSERT INTO settings (key, value) VALUES (?, ?) "
                           "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+
+    async def reseal_prompts(self, transform: BlobTransform, run: Runner | None = None,
+                             batch: int = 256) -> int:
+        """Rewrite the stored prompt blobs of every job through `transform(blob, job_id)` (None: keep).
+
+        Key rotation re-wraps them with it; start-up encrypts rows an older build stored in plain
+        text. Rows are read `batch` at a time in `seq` order; `run(fn, *args)` (the daemon's thread
+        pool) computes the new blobs off the event loop, and each batch's updates share one group
+        commit. Prompt columns are written nowhere else after insert, so this cannot race a save.
+        Returns the number of rows rewritten; ends with a WAL checkpoint so that replaced blobs do
+        not linger in the log.
+        """
+        last, rewritten = 0, 0
+        while True:
+            async with self._db.execute("SELECT seq, job_id, prompt, negative_prompt FROM jobs WHERE seq > ? "
+                                        "ORDER BY seq LIMIT ?", (last, batch)) as cur:
+                rows = list(await cur.fetchall())
+            if not rows:
+                break
+            last = rows[-1][0]
+            changed = (await run(_transform_rows, transform, rows) if run is not None
+                       else _transform_rows(transform, rows))
+            await asyncio.gather(*(self._write("UPDATE jobs SET prompt = ?, negative_prompt = ? WHERE job_id = ?",
+                                               values) for values in changed))
+            rewritten += len(changed)
+        if rewritten:
+            await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return rewritten

@@ -7,6 +7,7 @@ read by a separate thread so they take effect at the next denoising step.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import queue
@@ -77,6 +78,9 @@ class Worker:
         path = resolve(model, Path(self.spec["state_dir"]))
         digest = weights_sha256(path)
         self.pipe = load_pipeline(path, model, self.device, dtype, self.spec.get("scheduler", "euler"))
+        if self.spec.get("pipeline_wrapper"):
+            module, _, name = self.spec["pipeline_wrapper"].partition(":")
+            self.pipe = getattr(importlib.import_module(module), name)(self.pipe)
         cap_address_space(int(self.spec.get("memory_headroom_mb", 0)))
         self.out.send({"ev": "ready", "model_id": model.model_id, "weights_sha256": digest,
                        "path": str(path), "device": self.device, "dtype": str(dtype).removeprefix("torch."),

@@ -92,6 +92,8 @@ class WorkerSupervisor:
 
     async def start(self, timeout: float = 600.0) -> dict[str, Any]:
         """Spawn the worker and wait until its model is loaded."""
+        if self.process is not None:
+            self.restarts += 1
         self.state = "starting"
         env = {**os.environ, **WORKER_ENV}
         self.process = await asyncio.create_subprocess_exec(

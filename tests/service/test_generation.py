@@ -3,9 +3,33 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import io
 
 import numpy as np
 from PIL import Image
+
+# Outputs are encrypted at rest: the tests read them back through `output.export`, as a client does.
+# The visible mark carries the job id, so tests comparing pixels across jobs turn it off.
+UNMARKED = {"watermark": {"visible": False}}
+
+
+async def exported_png(client, job: dict, index: int = 0) -> bytes:
+    """The decrypted PNG of output `index`, fetched in chunks and checked against the reported hash."""
+    chunks, offset, reply = [], 0, None
+    while reply is None or not reply["eof"]:
+        reply = await client.call("output.export", job_id=job["job_id"], index=index, offset=offset)
+        chunks.append(base64.b64decode(reply["data"]))
+        offset += len(chunks[-1])
+    png = b"".join(chunks)
+    assert hashlib.sha256(png).hexdigest() == reply["sha256"] == job["outputs"][index]["png_sha256"]
+    return png
+
+
+async def exported_pixels(client, job: dict, index: int = 0) -> np.ndarray:
+    with Image.open(io.BytesIO(await exported_png(client, job, index))) as image:
+        return np.asarray(image.convert("RGB"))
 
 
 async def test_submit_produces_png_of_requested_size(make_daemon, client_of, wait_for):
@@ -18,7 +42,8 @@ async def test_submit_produces_png_of_requested_size(make_daemon, client_of, wai
     assert job["progress"] == 1.0 and job["started_at"] and job["finished_at"]
     assert [o["index"] for o in job["outputs"]] == [0, 1]
     for output in job["outputs"]:
-        with Image.open(output["path"]) as image:
+        assert output["path"].endswith(f"-{output['index']}.png.sai") and (output["width"], output["height"]) == (96, 64)
+        with Image.open(io.BytesIO(await exported_png(client, job, output["index"]))) as image:
             assert image.size == (96, 64) and image.mode == "RGB"
 
 
@@ -56,18 +81,18 @@ async def test_start_order_is_priority_then_fifo(make_daemon, client_of, wait_fo
 
 
 async def test_same_seed_gives_identical_pixels(make_daemon, client_of, wait_for):
-    daemon = make_daemon()
+    daemon = make_daemon(UNMARKED)
     client = await client_of(daemon)
     params = dict(prompt="reproducible", seed=1234, reproducible=True)
     first, second = [await wait_for(client, (await client.call("job.submit", **params))["job_id"]) for _ in range(2)]
     other = await wait_for(client, (await client.call("job.submit", **{**params, "seed": 1235}))["job_id"])
-    pixels = [np.asarray(Image.open(job["outputs"][0]["path"])) for job in (first, second, other)]
+    pixels = [await exported_pixels(client, job) for job in (first, second, other)]
     assert np.array_equal(pixels[0], pixels[1])
     assert not np.array_equal(pixels[0], pixels[2])
 
 
 async def test_compatible_jobs_run_as_one_batch(make_daemon, client_of, wait_for):
-    daemon = make_daemon({"queue": {"max_batch": 4, "start_paused": True}})
+    daemon = make_daemon({"queue": {"max_batch": 4, "start_paused": True}, **UNMARKED})
     client = await client_of(daemon)
     same = [(await client.call("job.submit", prompt=f"batch {i}", seed=i))["job_id"] for i in range(3)]
     alone = (await client.call("job.submit", prompt="other size", width=128))["job_id"]
@@ -79,10 +104,10 @@ async def test_compatible_jobs_run_as_one_batch(make_daemon, client_of, wait_for
     assert jobs[alone]["started_at"] != jobs[same[0]]["started_at"]
     assert jobs[solo]["started_at"] not in {jobs[j]["started_at"] for j in [*same, alone]}
     # A batch changes pixels by at most 1/255 compared with running alone.
-    batched = np.asarray(Image.open(jobs[same[0]]["outputs"][0]["path"])).astype(int)
+    batched = (await exported_pixels(client, jobs[same[0]])).astype(int)
     rerun = await wait_for(client, (await client.call("job.submit", prompt="batch 0", seed=0,
                                                        reproducible=True))["job_id"])
-    alone_pixels = np.asarray(Image.open(rerun["outputs"][0]["path"])).astype(int)
+    alone_pixels = (await exported_pixels(client, rerun)).astype(int)
     assert np.abs(batched - alone_pixels).max() <= 1
 
 

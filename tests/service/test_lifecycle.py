@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+ROOT = Path(__file__).resolve().parents[2]
 
 NO_WORKER = {"model": {"preload": False}, "queue": {"start_paused": True}}
 
@@ -127,10 +127,12 @@ async def test_kill_9_loses_no_job_and_runs_each_exactly_once(make_daemon, clien
     listed = (await client.call("job.list", limit=100))["jobs"]
     assert sorted(j["job_id"] for j in listed) == sorted([running, *queued])
     outputs_dir = again.state_dir / "outputs"
-    for job in jobs:
+    for job in jobs:  # each image written exactly once, as encrypted file + manifest + signature
         files = sorted(p.name for p in outputs_dir.glob(f"{job['job_id']}-*"))
-        assert files == [f"{job['job_id']}-{i}.png" for i in range(job["params"]["count"])]
-    assert not list(outputs_dir.glob(".*.tmp"))
+        assert files == sorted(f"{job['job_id']}-{i}.{suffix}" for i in range(job["params"]["count"])
+                               for suffix in ("png.sai", "manifest.json", "manifest.sig"))
+        assert (await client.call("output.verify", job_id=job["job_id"]))["ok"]
+    assert not list(outputs_dir.glob(".*.tmp*"))
 
 
 async def test_worker_killed_mid_job_is_restarted_and_the_job_retried(make_daemon, client_of, wait_for):

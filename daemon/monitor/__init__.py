@@ -1,0 +1,20 @@
+"""Monitoring: a sampler (host, processes, GPUs through NVML) into a ring buffer, per-minute history in
+SQLite, alert rules with hysteresis, and a Prometheus view.
+
+The package imports lightly: `daemon.config` uses `daemon.monitor.checks` for its key checks, and
+psutil, aiosqlite and prometheus_client load only with `Monitor` (from `daemon.monitor.service`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["Monitor"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Monitor":
+        from daemon.monitor.service import Monitor
+
+        return Monitor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
