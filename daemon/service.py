@@ -15,7 +15,7 @@ from typing import Any
 
 from daemon import __version__, paths
 from daemon.api import load_all
-from daemon.auth import Peer
+from daemon.auth import Peer, in_process_peer
 from daemon.config import Config, ConfigError
 from daemon.crypto import OutputError
 from daemon.crypto.envelope import PromptSealer
@@ -24,10 +24,12 @@ from daemon.dispatch import Dispatcher
 from daemon.events import EventBus
 from daemon.outputs.atomic import ensure_dir, remove_stale_temps
 from daemon.outputs.pipeline import OutputSettings
+from daemon.monitor import Monitor
 from daemon.outputs.sink import KeyMaintenance, ProtectedSink
 from daemon.queue.admission import Admission, TokenCounter
 from daemon.queue.manager import QueueManager
 from daemon.queue.store import JobStore
+from daemon.reactions import Reactions
 from daemon.server import AlreadyRunning, SocketServer
 from daemon.worker.supervisor import WorkerSupervisor
 
@@ -58,6 +60,9 @@ class Daemon:
         self.worker: WorkerSupervisor
         self.dispatcher: Dispatcher
         self.server: SocketServer
+        self.monitor: Monitor
+        self.reactions = Reactions(self)
+        self.own_peer = in_process_peer()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -89,6 +94,8 @@ class Daemon:
             raise
 
     async def _close_parts(self) -> None:
+        if hasattr(self, "monitor"):
+            await self.monitor.close()
         if hasattr(self, "store"):
             await self.store.close()
         self.server.release()
@@ -128,7 +135,14 @@ class Daemon:
         sink = ProtectedSink(self.keystore, self.output_settings, self.outputs_dir,
                              lambda: self.worker.info.get("weights_sha256") or "")
         self.dispatcher = Dispatcher(self.queue, self.worker, sink, self.executor, cfg.queue.max_batch, cfg.worker)
-        self.dispatcher.on_worker_event = self._worker_event
+        self.dispatcher.on_worker_event = self.reactions.worker_event
+        self.queue.on_finished = self.reactions.job_finished
+        self.queue.audit = self.audit_action
+        self.monitor = await Monitor.open(cfg, self.state_dir, self.outputs_dir, self.bus,
+                                          worker_pid=lambda: self.worker.pid,
+                                          worker_memory=lambda: self.worker.info.get("memory"),
+                                          queue_wait=self.queue.oldest_wait, audit=self.audit_action)
+        self.monitor.start()
         await self.server.start()
         self._tasks.append(asyncio.create_task(self.dispatcher.run(), name="sai-dispatch"))
         self._tasks.append(asyncio.create_task(self.key_maintenance.resume_outputs(), name="sai-rewrap"))
@@ -141,13 +155,13 @@ class Daemon:
         tokenizer = self.state_dir / "models" / self.config.model.name / "tokenizer" / "tokenizer.json"
         return TokenCounter(tokenizer if not self.config.model.path else None)
 
-    def _worker_event(self, kind: str, data: dict[str, Any]) -> None:
-        if kind == "ready":
-            tokenizer = Path(data.get("path", "")) / "tokenizer" / "tokenizer.json"
-            self.queue.admission.tokens = TokenCounter(tokenizer, int(data.get("max_tokens", 77)))
-        details = {k: v for k, v in data.items() if k not in ("memory", "path")}
-        self.bus.publish("queue", {**details, "kind": f"worker.{kind}", **self.queue.status(),
-                                   "worker": {**self.worker.status(), "halted": self.dispatcher.halted}})
+    async def audit_action(self, peer: Peer | None, action: str, subject: str, details: dict[str, Any]) -> None:
+        """Record a state change in the audit log; `peer` None means the daemon itself."""
+        audit = getattr(self, "audit", None)
+        if audit is None:
+            return
+        actor = (peer or self.own_peer).actor()
+        await audit.append(actor, action, subject, details)
 
     async def serve(self) -> None:
         await self._stop.wait()
@@ -162,6 +176,8 @@ class Daemon:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.reactions.drain()
+        await self.monitor.close()
         await self.server.close()
         await self.store.close()
         self.executor.shutdown(wait=True)

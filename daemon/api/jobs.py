@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from daemon.api.registry import CallContext, Role, method
-from daemon.protocol import invalid_params
+from daemon.protocol import UNAVAILABLE, RpcError, invalid_params
 from daemon.queue.jobs import PRIORITIES, STATES
 
 Priority = Literal["low", "normal", "high", "critical"]
@@ -19,6 +19,9 @@ async def submit(ctx: CallContext, prompt: str, negative_prompt: str = "", width
                  client_token: str | None = None, reproducible: bool = False) -> dict[str, Any]:
     if client_token is not None and not 1 <= len(client_token) <= 128:
         raise invalid_params("client_token", "must be 1 to 128 characters")
+    refusal = ctx.daemon.monitor.disk_refusal()
+    if refusal:
+        raise RpcError(UNAVAILABLE, refusal, {"reason": "disk"})
     return await ctx.daemon.queue.submit(
         ctx.peer, client_token, prompt=prompt, negative_prompt=negative_prompt, width=width, height=height,
         steps=steps, guidance=guidance, seed=seed, priority=priority, count=count, reproducible=reproducible)

@@ -47,6 +47,7 @@ class QueueManager:
         self._seq = 0
         self._tokens: dict[tuple[int, str], asyncio.Future[str | None]] = {}
         self.audit: Auditor = not_audited
+        self.on_finished: Callable[[Job], Any] = lambda job: None
 
     async def recover(self) -> list[Job]:
         """Load unfinished jobs; those that were running go back to the queue (or fail past the limit)."""
@@ -273,6 +274,7 @@ class QueueManager:
         await self.store.save_many(jobs)
         for job in jobs:
             self._publish_state(job)
+            self.on_finished(job)
         self.work.set()
 
     async def requeue(self, jobs: list[Job], reason: str, count_attempt: bool = True) -> list[Job]:
@@ -294,5 +296,7 @@ class QueueManager:
         await self.store.save_many(jobs)
         for job in jobs:
             self._publish_state(job)
+        for job in failed:
+            self.on_finished(job)
         self.work.set()
         return failed

@@ -62,6 +62,9 @@ async def test_crash_loop_stops_restarts_pauses_and_manual_restart_recovers(make
     assert "crashed 2 times" in loop["error"] and "SIGKILL" in loop["error"]
     status = await client.call("daemon.status")
     assert status["queue"]["paused"] is True and status["worker"]["halted"]
+    alerts = {a["key"]: a for a in (await client.call("alerts.list", state="active"))["alerts"]}
+    assert alerts["worker.crash_loop"]["severity"] == "critical" and "SIGKILL" in alerts["worker.crash_loop"]["message"]
+    assert alerts["worker.crash"]["severity"] == "warning"
     assert (await client.call("job.get", job_id=job_id))["state"] == "queued"
     reply = await client.call("worker.restart", reason="fixed the driver")
     assert reply["restarting"] is True
@@ -69,6 +72,8 @@ async def test_crash_loop_stops_restarts_pauses_and_manual_restart_recovers(make
     await client.call("queue.resume")
     job = await wait_for(client, job_id, timeout=300)
     assert job["state"] == "succeeded" and job["attempts"] == 3
+    active = {a["key"] for a in (await client.call("alerts.list", state="active"))["alerts"]}
+    assert "worker.crash_loop" not in active
 
 
 async def test_a_poison_job_is_isolated_then_quarantined(make_daemon, client_of, wait_for):
