@@ -42,8 +42,14 @@ def bare_inserts(path: Path, n: int) -> float:
     return n / elapsed
 
 
-async def daemon_submits(daemon: DaemonProcess, clients: int, per_client: int) -> tuple[float, int]:
+async def daemon_submits(daemon: DaemonProcess, clients: int, per_client: int) -> tuple[float, int, float]:
+    """(submits/s, jobs queued afterwards, daemon CPU seconds spent)."""
+    import psutil
+
     conns = [await DaemonClient.connect(daemon.socket) for _ in range(clients)]
+    assert daemon.proc is not None
+    proc = psutil.Process(daemon.proc.pid)
+    cpu_before = sum(proc.cpu_times()[:2])
 
     async def one(client: DaemonClient, k: int) -> None:
         for i in range(per_client):
@@ -52,10 +58,11 @@ async def daemon_submits(daemon: DaemonProcess, clients: int, per_client: int) -
     started = time.perf_counter()
     await asyncio.gather(*(one(c, k) for k, c in enumerate(conns)))
     elapsed = time.perf_counter() - started
+    cpu = sum(proc.cpu_times()[:2]) - cpu_before
     status = await conns[0].call("daemon.status")
     for c in conns:
         await c.close()
-    return clients * per_client / elapsed, status["queue"]["queued"]
+    return clients * per_client / elapsed, status["queue"]["queued"], cpu
 
 
 def main() -> int:
@@ -74,7 +81,7 @@ def main() -> int:
             "model": {"preload": False}})
         daemon.start()
         try:
-            rate, queued = asyncio.run(daemon_submits(daemon, args.clients, per_client))
+            rate, queued, cpu = asyncio.run(daemon_submits(daemon, args.clients, per_client))
         finally:
             daemon.stop()
     print(f"submit benchmark: {args.clients} clients, {total} submits, paused queue, {os.cpu_count()} CPUs")
@@ -82,6 +89,9 @@ def main() -> int:
     print(f"  daemon job.submit, durable before reply (group commit): {rate:10.0f} submits/s"
           f"   ({queued} jobs queued afterwards)")
     print(f"  ratio daemon / bare inserts: {rate / bare:.2f}")
+    per_submit = cpu / total
+    print(f"  daemon CPU per submit: {per_submit * 1e3:.3f} ms (one core's ceiling: {1 / per_submit:.0f} submits/s)"
+          f"; machine load {os.getloadavg()[0]:.2f}")
     print(f"  target >= {TARGET:.0f} submits/s: {'met' if rate >= TARGET else 'NOT met'}")
     return 0 if queued == total else 1
 

@@ -85,6 +85,15 @@ async def _run(args: argparse.Namespace) -> int:
         await client.close()
 
 
+def _event_loop_run(coro: Any) -> Any:
+    """uvloop where it is installed (the daemon's framing and socket work run faster), else asyncio."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -93,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_console(args)
     try:
-        return asyncio.run(_run(args))
+        return _event_loop_run(_run(args))
     except RpcError as exc:
         return fail(exc.message)
     except DaemonUnavailable as exc:

@@ -44,6 +44,8 @@ class Method:
     handler: Handler
     params: dict[str, inspect.Parameter]
     hints: dict[str, Any]
+    checks: dict[str, Callable[[Any], bool]]
+    required: frozenset[str]
 
 
 METHODS: dict[str, Method] = {}
@@ -54,7 +56,9 @@ def method(name: str, role: Role) -> Callable[[Handler], Handler]:
         signature = inspect.signature(handler)
         params = dict(list(signature.parameters.items())[1:])  # drop ctx
         hints = typing.get_type_hints(handler)
-        METHODS[name] = Method(name, role, handler, params, hints)
+        checks = {p: _checker(hints.get(p, Any)) for p in params}
+        required = frozenset(p for p, spec in params.items() if spec.default is inspect.Parameter.empty)
+        METHODS[name] = Method(name, role, handler, params, hints, checks, required)
         return handler
 
     return register
@@ -67,30 +71,34 @@ def lookup(name: str) -> Method:
         raise RpcError(METHOD_NOT_FOUND, f"no such method: {name}") from None
 
 
-def _accepts(value: Any, hint: Any) -> bool:
+def _checker(hint: Any) -> Callable[[Any], bool]:
+    """A predicate for values of type `hint`, built once when the method is registered."""
     if hint is Any:
-        return True
+        return lambda value: True
     origin = typing.get_origin(hint)
     if origin in (Union, types.UnionType):
-        return any(_accepts(value, arg) for arg in typing.get_args(hint))
+        options = [_checker(arg) for arg in typing.get_args(hint)]
+        return lambda value: any(check(value) for check in options)
     if origin is typing.Literal:
-        return value in typing.get_args(hint)
+        allowed = typing.get_args(hint)
+        return lambda value: value in allowed
     if hint is type(None):
-        return value is None
+        return lambda value: value is None
     if hint is bool:
-        return isinstance(value, bool)
+        return lambda value: isinstance(value, bool)
     if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+        return lambda value: isinstance(value, int) and not isinstance(value, bool)
     if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        return lambda value: isinstance(value, (int, float)) and not isinstance(value, bool)
     if origin in (list, tuple):
         args = typing.get_args(hint)
-        return isinstance(value, list) and (not args or all(_accepts(v, args[0]) for v in value))
+        item = _checker(args[0]) if args else (lambda value: True)
+        return lambda value: isinstance(value, list) and all(item(v) for v in value)
     if origin is dict or hint is dict:
-        return isinstance(value, dict)
+        return lambda value: isinstance(value, dict)
     if isinstance(hint, type):
-        return isinstance(value, hint)
-    return True
+        return lambda value: isinstance(value, hint)
+    return lambda value: True
 
 
 def _describe(hint: Any) -> str:
@@ -109,17 +117,16 @@ def _describe(hint: Any) -> str:
 
 def bind(m: Method, params: dict[str, Any]) -> dict[str, Any]:
     """Check `params` against the handler's signature; return the keyword arguments."""
-    unknown = sorted(set(params) - set(m.params))
-    if unknown:
-        raise invalid_params(unknown[0], f"unknown parameter for {m.name}; accepted: {', '.join(m.params) or 'none'}")
-    for name, param in m.params.items():
+    for name in params:
+        if name not in m.checks:
+            raise invalid_params(name, f"unknown parameter for {m.name}; accepted: {', '.join(m.params) or 'none'}")
+    for name in m.required:
         if name not in params:
-            if param.default is inspect.Parameter.empty:
-                raise invalid_params(name, "required")
-            continue
-        hint = m.hints.get(name, Any)
-        if not _accepts(params[name], hint):
-            raise invalid_params(name, f"must be {_describe(hint)}, got {type(params[name]).__name__}")
+            raise invalid_params(name, "required")
+    for name, value in params.items():
+        if not m.checks[name](value):
+            hint = m.hints.get(name, Any)
+            raise invalid_params(name, f"must be {_describe(hint)}, got {type(value).__name__}")
     return params
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from datetime import datetime, timezone
 from json.encoder import encode_basestring  # type: ignore[attr-defined]
@@ -23,6 +22,8 @@ ROTATE_ACTION = "audit.key_rotate"
 
 ENTRY_KEYS = ("action", "actor", "details", "key_id", "seq", "subject", "time")
 ACTOR_KEYS = ("pid", "uid", "user")
+_ENTRY_KEY_SET = frozenset(ENTRY_KEYS)
+_ACTOR_KEY_SET = frozenset(ACTOR_KEYS)
 ROTATE_PREFIX = ('{"action":' + encode_basestring(ROTATE_ACTION) + ",").encode()
 """Canonical entries start with their action (the first key in sorted order), so rotation
 entries can be found without parsing every entry."""
@@ -35,6 +36,8 @@ FORBIDDEN_DETAIL_KEYS = frozenset({
 (e.g. `prompt_sha256`); a details dict with one of these keys, at any depth, is refused."""
 
 MAX_DETAILS_BYTES = 16 * 1024
+_CONTAINERS = (dict, list, tuple)
+"""What details may nest (other mapping types are refused by json.dumps anyway)."""
 ACTION_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*$")
 
 
@@ -49,41 +52,36 @@ def check_details(details: Mapping[str, Any]) -> str:
     Raises ValueError for a forbidden key (prompt text, secrets), a value JSON cannot carry
     exactly, or details larger than MAX_DETAILS_BYTES.
     """
-    if not isinstance(details, Mapping):
+    if type(details) is not dict and not isinstance(details, Mapping):
         raise ValueError(f"audit details must be a dict, not {type(details).__name__}")
-    _check_value(details, "details")
-    text = canonical_json(dict(details))
-    size = len(text.encode("utf-8"))
+    _check_keys(details, "details")
+    try:
+        text = canonical_json(dict(details))
+        size = len(text.encode("utf-8"))
+    except ValueError as exc:  # NaN or infinity; a lone surrogate (UnicodeEncodeError)
+        raise ValueError(f"audit details cannot be recorded: {exc}") from None
+    except TypeError as exc:  # bytes, sets, objects...
+        raise ValueError(f"audit details cannot be recorded: {exc}") from None
     if size > MAX_DETAILS_BYTES:
         raise ValueError(f"audit details are {size} bytes; at most {MAX_DETAILS_BYTES} (record hashes, not content)")
     return text
 
 
-def _check_value(value: Any, where: str) -> None:
-    if value is None or isinstance(value, (bool, int)):
-        return
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"audit {where} is {value!r}: only finite numbers can be recorded")
-        return
-    if isinstance(value, str):
-        _check_text(value, where)
-        return
-    if isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            _check_value(item, f"{where}[{i}]")
-        return
-    if isinstance(value, Mapping):
+def _check_keys(value: Any, where: str) -> None:
+    """Every key a string and none forbidden, at any depth (scalars are left to json.dumps)."""
+    if type(value) is dict or isinstance(value, Mapping):
         for key, item in value.items():
-            if not isinstance(key, str):
+            if type(key) is not str:
                 raise ValueError(f"audit {where} has a non-string key {key!r}")
-            _check_text(key, f"{where} key")
             if key.lower() in FORBIDDEN_DETAIL_KEYS:
                 raise ValueError(f"audit {where} may not carry {key!r}: record a hash "
                                  f"(e.g. {key.lower()}_sha256), never prompt text or secrets")
-            _check_value(item, f"{where}.{key}")
-        return
-    raise ValueError(f"audit {where} has a {type(value).__name__}, which JSON cannot carry")
+            if type(item) in _CONTAINERS:
+                _check_keys(item, f"{where}.{key}")
+    else:
+        for i, item in enumerate(value):
+            if type(item) in _CONTAINERS:
+                _check_keys(item, f"{where}[{i}]")
 
 
 def _check_text(text: str, where: str) -> None:
@@ -95,10 +93,10 @@ def _check_text(text: str, where: str) -> None:
 
 def check_actor(actor: Mapping[str, Any]) -> dict[str, Any]:
     """`{"uid": int, "user": str, "pid": int}`, nothing else."""
-    if not isinstance(actor, Mapping) or set(actor) != set(ACTOR_KEYS):
+    if not (type(actor) is dict or isinstance(actor, Mapping)) or actor.keys() != _ACTOR_KEY_SET:
         raise ValueError(f"audit actor must have exactly uid, user and pid, got {actor!r}")
     uid, user, pid = actor["uid"], actor["user"], actor["pid"]
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (uid, pid)) or not isinstance(user, str):
+    if type(uid) is not int or type(pid) is not int or type(user) is not str:
         raise ValueError(f"audit actor needs integer uid and pid and a string user, got {actor!r}")
     _check_text(user, "actor user")
     return {"uid": uid, "user": user, "pid": pid}
@@ -132,27 +130,33 @@ def canonical_entry(entry: Mapping[str, Any]) -> bytes:
 
 
 def parse_entry(data: bytes) -> dict[str, Any]:
-    """Parse canonical entry bytes; ValueError unless they are exactly canonical and well-formed."""
+    """Parse canonical entry bytes; ValueError unless they are exactly canonical and well-formed.
+
+    (Hot on the deep verification path, hence type() checks and the byte template rather
+    than a second full serialisation.)
+    """
     try:
         entry = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"not a JSON entry: {exc}") from None
-    if not isinstance(entry, dict) or tuple(sorted(entry)) != ENTRY_KEYS:
+    if type(entry) is not dict or entry.keys() != _ENTRY_KEY_SET:
         raise ValueError("entry does not have exactly the fields " + ", ".join(ENTRY_KEYS))
+    actor, details = entry["actor"], entry["details"]
+    if (type(actor) is not dict or actor.keys() != _ACTOR_KEY_SET or type(actor["uid"]) is not int
+            or type(actor["pid"]) is not int or type(actor["user"]) is not str):
+        raise ValueError("actor must have exactly an integer uid and pid and a string user")
+    if (type(entry["seq"]) is not int or type(details) is not dict or type(entry["action"]) is not str
+            or type(entry["subject"]) is not str or type(entry["key_id"]) is not str or type(entry["time"]) is not str):
+        raise ValueError("seq must be an integer, details an object, the other fields strings")
+    if not ACTION_RE.match(entry["action"]):
+        raise ValueError(f"action {entry['action']!r} is not dotted lower-case words")
     try:
-        check_actor(entry["actor"])
-        check_action(entry["action"])
-        check_subject(entry["subject"])
-        if not isinstance(entry["details"], dict):
-            raise ValueError("details is not an object")
-        if not isinstance(entry["seq"], int) or isinstance(entry["seq"], bool):
-            raise ValueError("seq is not an integer")
-        if not isinstance(entry["key_id"], str) or not isinstance(entry["time"], str):
-            raise ValueError("key_id and time must be strings")
-        if canonical_entry(entry) != data:
-            raise ValueError("entry bytes are not in canonical form")
-    except (ValueError, TypeError) as exc:
-        raise ValueError(str(exc)) from None
+        again = entry_bytes(entry["seq"], entry["time"], actor, entry["action"], entry["subject"],
+                            canonical_json(details), entry["key_id"])
+    except ValueError as exc:
+        raise ValueError(f"entry cannot be re-encoded: {exc}") from None
+    if again != data:
+        raise ValueError("entry bytes are not in canonical form")
     return entry
 
 

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from daemon.audit.entry import canonical_entry, key_id, utc_now
-from daemon.audit.verify import BadRow, Row
+from daemon.audit.verify import Row
 
 FORMAT = "secure-ai-studio/audit-export"
 VERSION = 1
@@ -72,7 +72,7 @@ def write_export(db_path: Path, directory: Path) -> dict[str, Any]:
 
 
 def line_entry(line: bytes, seq: int) -> tuple[bytes, bytes, bytes]:
-    """(entry bytes, leaf hash, signature) of one export line; BadRow if it cannot be read.
+    """(entry bytes, leaf hash, signature) of one export line; ValueError if it cannot be read.
 
     Lines as written here end with the two extra members, so the entry bytes are the line
     without them; any other layout is parsed and re-canonicalised (the documented rule).
@@ -85,7 +85,7 @@ def line_entry(line: bytes, seq: int) -> tuple[bytes, bytes, bytes]:
         leaf, sig = bytes.fromhex(obj.pop("leaf_hash")), bytes.fromhex(obj.pop("signature"))
         return canonical_entry(obj), leaf, sig
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise BadRow(seq, f"entry {seq}: line {seq + 1} of entries.jsonl cannot be read ({exc})") from None
+        raise ValueError(f"entry {seq}: line {seq + 1} of entries.jsonl cannot be read ({exc})") from None
 
 
 class ExportSource:
@@ -126,6 +126,7 @@ class ExportSource:
         except OSError as exc:
             raise ExportError(f"{directory} has no readable entries.jsonl: {exc.strerror}") from None
         self.size = len(self._offsets)
+        self.row_errors: dict[int, str] = {}
 
     def rows(self, start: int, end: int) -> Iterator[Row]:
         if start >= end:
@@ -133,8 +134,16 @@ class ExportSource:
         with open(self.directory / "entries.jsonl", "rb") as f:  # its own position: reads interleave
             f.seek(self._offsets[start])
             for seq in range(start, end):
-                data, leaf, sig = line_entry(f.readline(), seq)
+                line = f.readline()
+                try:
+                    data, leaf, sig = line_entry(line, seq)
+                except ValueError as exc:  # reported as this entry's failure: its leaf cannot match
+                    self.row_errors[seq] = str(exc)
+                    data, leaf, sig = line, b"", b""
                 yield seq, data, leaf, sig
+
+    def light_rows(self, start: int, end: int) -> Iterator[tuple[bytes, bytes]]:
+        return ((data, leaf) for _, data, leaf, _ in self.rows(start, end))
 
     def nodes(self, level: int, lo: int, hi: int) -> dict[int, bytes] | None:
         return None

@@ -24,35 +24,28 @@ import base64
 import binascii
 import collections
 import hashlib
-import multiprocessing
+import itertools
 import os
 import sqlite3
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Collection, Iterator, Protocol
+from typing import Any, Collection, Iterable, Iterator, Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from daemon.audit import checkpoint as cpmod
-from daemon.audit import merkle
+from daemon.audit import merkle, parallel
 from daemon.audit.entry import INIT_ACTION, ROTATE_ACTION, ROTATE_PREFIX, key_id, parse_entry
 
 CHUNK_LEVEL = 14
 CHUNK = 1 << CHUNK_LEVEL
 POOL_MIN_ENTRIES = 20_000
-"""Deep checks of fewer signatures than this run in the calling thread (a pool costs ~1 s to start)."""
-POOL_BATCH = 4096
+"""Deep checks of fewer entries than this run in the calling thread (a pool costs ~1 s to start)."""
+PARALLEL_FAST_MIN = 200_000
+"""The fast path hashes chunks in the pool from this many covered entries on."""
 
 Row = tuple[int, bytes, bytes, bytes]
-
-
-class BadRow(Exception):
-    """A row a source cannot even read (e.g. a malformed export line)."""
-
-    def __init__(self, seq: int, reason: str) -> None:
-        super().__init__(reason)
-        self.seq, self.reason = seq, reason
 
 
 class Source(Protocol):
@@ -65,71 +58,15 @@ class Source(Protocol):
 
     def rows(self, start: int, end: int) -> Iterator[Row]: ...
 
+    def light_rows(self, start: int, end: int) -> Iterator[tuple[bytes, bytes]]:
+        """(entry bytes, leaf hash) of entries [start, end), in order: the fast path's read."""
+
     def nodes(self, level: int, lo: int, hi: int) -> dict[int, bytes] | None:
         """Stored tree nodes of `level` with index in [lo, hi), or None if the source keeps none."""
 
 
 def result(size: int, first_bad: int | None = None, reason: str | None = None) -> dict[str, Any]:
     return {"ok": first_bad is None and reason is None, "size": size, "first_bad": first_bad, "reason": reason}
-
-
-def _verify_batch(start: int, public_raw: bytes, leaves: bytes, signatures: bytes) -> int | None:
-    """Pool worker: the first position in the batch whose signature fails, or None."""
-    key = Ed25519PublicKey.from_public_bytes(public_raw)
-    for i in range(len(leaves) // 32):
-        try:
-            key.verify(signatures[64 * i: 64 * i + 64], leaves[32 * i: 32 * i + 32])
-        except InvalidSignature:
-            return start + i
-    return None
-
-
-class _Signatures:
-    """Signature checks of the deep path: inline, or batched into a process pool."""
-
-    def __init__(self, workers: int) -> None:
-        self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1 else None
-        self.limit = 2 * workers
-        self.futures: collections.deque[Future[int | None]] = collections.deque()
-        self.batch: tuple[int, bytes, list[bytes], list[bytes]] | None = None
-        self.first_bad: int | None = None
-
-    def add(self, pos: int, public_raw: bytes, leaf: bytes, signature: bytes) -> bool:
-        """Queue (pool) or do (inline) one check; False when an inline check failed."""
-        if self.pool is None:
-            try:
-                Ed25519PublicKey.from_public_bytes(public_raw).verify(signature, leaf)
-            except InvalidSignature:
-                return False
-            return True
-        b = self.batch
-        if b is None or b[1] != public_raw or b[0] + len(b[2]) != pos or len(b[2]) >= POOL_BATCH:
-            self.flush()
-            self.batch = b = (pos, public_raw, [], [])
-        b[2].append(leaf)
-        b[3].append(signature if len(signature) == 64 else bytes(64))
-        return True
-
-    def flush(self) -> None:
-        if self.batch and self.pool is not None:
-            start, raw, leaves, sigs = self.batch
-            self.futures.append(self.pool.submit(_verify_batch, start, raw, b"".join(leaves), b"".join(sigs)))
-            while len(self.futures) > self.limit:
-                self._collect(self.futures.popleft())
-        self.batch = None
-
-    def _collect(self, fut: Future[int | None]) -> None:
-        bad = fut.result()
-        if bad is not None and (self.first_bad is None or bad < self.first_bad):
-            self.first_bad = bad
-
-    def finish(self) -> int | None:
-        self.flush()
-        while self.futures:
-            self._collect(self.futures.popleft())
-        if self.pool is not None:
-            self.pool.shutdown()
-        return self.first_bad
 
 
 class _Verifier:
@@ -143,9 +80,12 @@ class _Verifier:
         self.announced: list[tuple[int, bytes]] = []
         """(seq of the entry announcing it, raw key): which keys may sign a checkpoint of a size."""
         self.proven = 0
-        if workers is None:
-            workers = os.cpu_count() or 1
-        self.sigs = _Signatures(workers if deep and self.size >= POOL_MIN_ENTRIES else 0)
+        self.workers = (os.cpu_count() or 1) if workers is None else workers
+        self.pool: ProcessPoolExecutor | None = None
+        self.sigs: parallel.Signatures | None = None
+        if self.workers > 1 and deep and self.size >= POOL_MIN_ENTRIES:
+            self.pool = parallel.make_pool(self.workers)
+            self.sigs = parallel.Signatures(self.pool, self.workers)
 
     def fail(self, seq: int, reason: str) -> None:
         if self.bad is None or seq < self.bad[0]:
@@ -155,86 +95,149 @@ class _Verifier:
         try:
             return self._run()
         finally:
-            self.sigs.finish()
+            if self.pool is not None:
+                self.pool.shutdown(cancel_futures=True)
 
     def _run(self) -> dict[str, Any]:
         by_size: dict[int, list[tuple[str, bool]]] = collections.defaultdict(list)
         for label, note in self.src.checkpoints:
             by_size[label].append((note, False))
-        external_size: int | None = None
         if self.against is not None:
             try:
-                external_size = cpmod.parse(self.against).size
+                external = cpmod.parse(self.against).size
             except cpmod.CheckpointError as exc:
                 return result(self.size, None, f"the checkpoint to check against is not valid: {exc}")
-            by_size[external_size].append((self.against, True))
+            by_size[external].append((self.against, True))
         stored = [s for s, notes in by_size.items() if any(not ext for _, ext in notes) and s <= self.size]
         tail_from = max(stored, default=0)
         sizes = sorted(s for s in by_size if 0 < s <= self.size)
         if 0 in by_size:
             self._checkpoints(0, merkle.EMPTY_ROOT, by_size[0])
-        frontier = merkle.Frontier()
-        rows = self.src.rows(0, self.size)
-        pos, stop, next_cp = 0, False, 0
-        while pos < self.size and not stop:
-            c0, leaves = pos, []
-            sha = hashlib.sha256
-            try:
-                for seq, data, leaf, sig in rows:
-                    if seq != pos:
-                        self.fail(pos, f"entry {pos} is missing (the next stored entry is {seq})")
-                        stop = True
-                        break
-                    h = sha(b"\x00" + data).digest()
-                    if h != leaf:
-                        self.fail(pos, f"entry {pos} does not match its leaf hash: it was changed after it was written")
-                        stop = True
-                        break
-                    if self.deep or pos >= tail_from or pos == 0 or data.startswith(ROTATE_PREFIX):
-                        reason = self._check_entry(pos, data, leaf, sig, apply=True)
-                        if reason:
-                            self.fail(pos, reason)
-                            stop = True
-                            break
-                    leaves.append(h)
-                    pos += 1
-                    if pos - c0 == CHUNK:
-                        break
-                else:
-                    if pos < self.size:
-                        self.fail(pos, f"entries {pos} to {self.size - 1} are missing")
-                        stop = True
-            except BadRow as exc:
-                self.fail(exc.seq, exc.reason)
-                stop = True
+        frontier, next_cp = merkle.Frontier(), 0
+        scans = self._start_scans(tail_from, sizes)
+        for c0 in range(0, self.size, CHUNK):
+            c1 = min(c0 + CHUNK, self.size)
+            scan = self._take_scan(c0, c1, scans.pop(c0).result()) if c0 in scans else None
+            if scan is not None:
+                while self.bad is None and next_cp < len(sizes) and sizes[next_cp] <= c1:
+                    s = sizes[next_cp]
+                    next_cp += 1
+                    self._checkpoints(s, merkle.fold(frontier.hashes() + scan.subtrees[s - c0]), by_size[s])
+                if self.bad is not None:
+                    break
+                frontier.push_subtree(CHUNK_LEVEL, scan.root)  # type: ignore[arg-type]
+                continue
+            leaves = self._scan(c0, c1, tail_from)
+            end = c0 + len(leaves)
             levels = merkle.levels(leaves)
             if self.deep and leaves:
                 self._check_nodes(c0, levels)
-            while next_cp < len(sizes) and sizes[next_cp] <= pos:
+            while self.bad is None and next_cp < len(sizes) and sizes[next_cp] <= end:
                 s = sizes[next_cp]
                 next_cp += 1
-                root = merkle.fold(frontier.hashes() + merkle.chunk_subtrees(levels, s - c0))
-                if not self._checkpoints(s, root, by_size[s]):
-                    stop = True
-                    break
-            if not stop and len(leaves) == CHUNK:
-                made = frontier.push_subtree(CHUNK_LEVEL, levels[-1][0])
-                if self.deep:
-                    for level, index, h in made:
+                self._checkpoints(s, merkle.fold(frontier.hashes() + merkle.chunk_subtrees(levels, s - c0)), by_size[s])
+            if self.bad is not None:
+                break
+            if len(leaves) == CHUNK:
+                for level, index, h in frontier.push_subtree(CHUNK_LEVEL, levels[-1][0]):
+                    if self.deep:
                         self._check_node(level, index, h)
-        if stop and self.bad is not None:
+        if self.bad is not None:
             self._localize(self.proven, self.bad[0])
-        bad_sig = self.sigs.finish()
+        bad_sig = self.sigs.finish() if self.sigs is not None else None
         if bad_sig is not None:
             self.fail(bad_sig, f"entry {bad_sig}: the signature does not verify")
         if self.bad is None:
-            self._beyond_end(by_size, external_size)
+            self._beyond_end(by_size)
         if self.bad is None and self.trusted is not None:
             if not any(raw in self.trusted for _, _, raw in self.key_history):
                 return result(self.size, None, "no key of this log's key chain is among the trusted keys")
         return result(self.size, *(self.bad if self.bad else (None, None)))
 
-    def _beyond_end(self, by_size: dict[int, list[tuple[str, bool]]], external_size: int | None) -> None:
+    def _start_scans(self, tail_from: int, sizes: list[int]) -> dict[int, Future[parallel.ChunkScan]]:
+        """Fast path on a big database: hash the checkpointed chunks in the pool, ahead of use."""
+        path = getattr(self.src, "path", None)
+        if self.deep or path is None or self.workers < 2 or tail_from < PARALLEL_FAST_MIN:
+            return {}
+        self.pool = parallel.make_pool(self.workers)
+        scans = {}
+        for c0 in range(0, tail_from - CHUNK + 1, CHUNK):
+            offsets = [s - c0 for s in sizes if c0 < s <= c0 + CHUNK]
+            scans[c0] = self.pool.submit(parallel.scan_chunk, str(path), c0, c0 + CHUNK, CHUNK_LEVEL, offsets)
+        return scans
+
+    def _take_scan(self, c0: int, c1: int, scan: parallel.ChunkScan) -> parallel.ChunkScan | None:
+        """A pool scan of [c0, c1) if it found nothing wrong (else None: the chunk is scanned
+        here, which names the failure). Entry 0 and key rotations are checked in full here."""
+        if scan.count != c1 - c0 or scan.mismatch is not None or scan.root is None:
+            return None
+        for i in sorted(set(scan.rotations) | ({0} if c0 == 0 else set())):
+            seq, data, leaf, sig = next(iter(self.src.rows(c0 + i, c0 + i + 1)))
+            reason = self._check_entry(c0 + i, data, leaf, sig, apply=True)
+            if reason:
+                self.fail(c0 + i, reason)
+                return None
+        return scan
+
+    def _scan(self, c0: int, c1: int, tail_from: int) -> list[bytes]:
+        """Leaf hashes of entries [c0, c1), cut at the first bad entry (which is recorded).
+
+        Entries that no checkpoint covers (from `tail_from` on), entry 0, key rotations, and on
+        the deep path every entry, are checked in full; the rest only hashed, to be proven by
+        the checkpoints over the tree.
+        """
+        full = self.deep or c1 > tail_from
+        rows: list[Row] = []
+        if full:
+            rows = list(self.src.rows(c0, c1))
+            datas, stored = [r[1] for r in rows], [r[2] for r in rows]
+        else:
+            light = list(self.src.light_rows(c0, c1))
+            datas, stored = [r[0] for r in light], [r[1] for r in light]
+        limit = len(datas)
+        if limit != c1 - c0 or full:  # a short range means a gap: find it by sequence number
+            if not full:
+                rows, full = list(self.src.rows(c0, c1)), True
+                datas, stored = [r[1] for r in rows], [r[2] for r in rows]
+            limit = self._contiguous([r[0] for r in rows], c0, c1)
+        sha = hashlib.sha256
+        leaves = [sha(b"\x00" + d).digest() for d in datas[:limit]]
+        if leaves != stored[:limit]:
+            k = next(i for i, (a, b) in enumerate(zip(leaves, stored)) if a != b)
+            errors = getattr(self.src, "row_errors", {})
+            self.fail(c0 + k, errors.get(c0 + k) or
+                      f"entry {c0 + k} does not match its leaf hash: it was changed after it was written")
+            limit = k
+        checks: Iterable[int]
+        if self.deep:
+            checks = range(limit)
+        else:
+            wanted = set(range(max(tail_from - c0, 0), limit))
+            if c0 == 0 and limit:
+                wanted.add(0)
+            if any(map(bytes.startswith, datas[:limit], itertools.repeat(ROTATE_PREFIX))):
+                wanted.update(i for i in range(limit) if datas[i].startswith(ROTATE_PREFIX))
+            checks = sorted(wanted)
+        for i in checks:
+            sig = rows[i][3] if full else next(iter(self.src.rows(c0 + i, c0 + i + 1)))[3]
+            reason = self._check_entry(c0 + i, datas[i], leaves[i], sig, apply=True)
+            if reason:
+                self.fail(c0 + i, reason)
+                limit = i
+                break
+        del leaves[limit:]
+        return leaves
+
+    def _contiguous(self, seqs: list[int], c0: int, c1: int) -> int:
+        """How many rows from c0 on are numbered c0, c0 + 1, ...; records the first gap."""
+        if seqs == list(range(c0, c0 + len(seqs))) and len(seqs) == c1 - c0:
+            return len(seqs)
+        k = next((i for i, s in enumerate(seqs) if s != c0 + i), len(seqs))
+        after = f"the next stored entry is {seqs[k]}" if k < len(seqs) else "no entry follows"
+        self.fail(c0 + k, f"entry {c0 + k} is missing ({after})")
+        return k
+
+    def _beyond_end(self, by_size: dict[int, list[tuple[str, bool]]]) -> None:
         for s in sorted(s for s in by_size if s > self.size):
             for note, external in by_size[s]:
                 if external:
@@ -272,21 +275,19 @@ class _Verifier:
         """Fast path: check [start, end) in full to name the first bad entry there, if any."""
         if self.deep or start >= end:
             return False
-        try:
-            for pos, (seq, data, leaf, sig) in enumerate(self.src.rows(start, end), start):
-                if seq != pos:
-                    self.fail(pos, f"entry {pos} is missing (the next stored entry is {seq})")
-                    return True
-                if merkle.leaf_hash(data) != leaf:
-                    self.fail(pos, f"entry {pos} does not match its leaf hash: it was changed after it was written")
-                    return True
-                reason = self._check_entry(pos, data, leaf, sig, apply=False)
-                if reason:
-                    self.fail(pos, reason)
-                    return True
-        except BadRow as exc:
-            self.fail(exc.seq, exc.reason)
-            return True
+        errors = getattr(self.src, "row_errors", {})
+        for pos, (seq, data, leaf, sig) in enumerate(self.src.rows(start, end), start):
+            if seq != pos:
+                self.fail(pos, f"entry {pos} is missing (the next stored entry is {seq})")
+                return True
+            if merkle.leaf_hash(data) != leaf:
+                self.fail(pos, errors.get(pos) or
+                          f"entry {pos} does not match its leaf hash: it was changed after it was written")
+                return True
+            reason = self._check_entry(pos, data, leaf, sig, apply=False)
+            if reason:
+                self.fail(pos, reason)
+                return True
         return False
 
     def _key_at(self, pos: int) -> tuple[str, bytes] | None:
@@ -314,7 +315,7 @@ class _Verifier:
         kid, raw = current
         if e["key_id"] != kid:
             return f"entry {pos} names signing key {e['key_id']}, but the key in force is {kid}"
-        if apply and self.deep and self.sigs.pool is not None:
+        if apply and self.sigs is not None:
             self.sigs.add(pos, raw, leaf, sig)
         else:
             try:
@@ -404,7 +405,8 @@ class DbSource:
     """A read-only snapshot of the live log (one read transaction for everything)."""
 
     def __init__(self, path: Path) -> None:
-        self.conn = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True,
+        self.path = Path(path).resolve()
+        self.conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True,
                                     isolation_level=None, check_same_thread=False)
         self.conn.text_factory = bytes
         self.conn.execute("BEGIN")
@@ -421,6 +423,10 @@ class DbSource:
         return iter(self.conn.execute(
             "SELECT seq, entry, leaf_hash, signature FROM audit_entries WHERE seq >= ? AND seq < ? ORDER BY seq",
             (start, end)))
+
+    def light_rows(self, start: int, end: int) -> Iterator[tuple[bytes, bytes]]:
+        return iter(self.conn.execute(
+            "SELECT entry, leaf_hash FROM audit_entries WHERE seq >= ? AND seq < ? ORDER BY seq", (start, end)))
 
     def nodes(self, level: int, lo: int, hi: int) -> dict[int, bytes] | None:
         return dict(self.conn.execute("SELECT idx, hash FROM audit_nodes WHERE level = ? AND idx >= ? AND idx < ?",

@@ -237,6 +237,8 @@ def reseal_text(blob: bytes, job_id: str, keystore: "KeyStore") -> bytes | None:
     encrypted now. A SAIE blob under an older KEK is re-wrapped (ciphertext unchanged).
     """
     data = bytes(blob)
+    if not data:
+        return None  # an empty text is stored empty (see PromptSealer.seal)
     if data[:4] != MAGIC:
         return encrypt_text(data.decode("utf-8"), job_id, keystore)
     new = rewrap(data, keystore)
@@ -259,11 +261,15 @@ class PromptSealer:
         self._lock = threading.Lock()
 
     def seal(self, text: str, job_id: str) -> bytes:
+        if not text:
+            return b""  # nothing to hide (most jobs have no negative prompt); saves an envelope per submit
         blob = encrypt_text(text, job_id, self.keystore)
         self._remember((job_id, blob), text)
         return blob
 
     def open(self, blob: bytes, job_id: str) -> str:
+        if not blob:
+            return ""
         key = (job_id, bytes(blob))
         with self._lock:
             text = self._cache.get(key)

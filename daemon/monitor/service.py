@@ -56,6 +56,7 @@ class Monitor:
     def __init__(self, config: Config, outputs_dir: Path, bus: EventBus, db: aiosqlite.Connection,
                  history: History, alerts: AlertBook, sampler: Sampler, executor: Executor, own_executor: bool,
                  sources: dict[str, Callable[[], Any] | None], clock: Callable[[], float]) -> None:
+        self._disk_free: tuple[float, int] | None = None
         self.settings = config.monitor
         self.limits = config.alerts
         self.interval = float(self.settings.interval)
@@ -239,16 +240,20 @@ class Monitor:
         rate = round(100.0 * failed / finished, 1) if finished >= self.limits.failure_rate_min_jobs else None
         return {"finished": finished, "failed": failed, "failure_rate_percent": rate, "window_seconds": window}
 
-    def disk_refusal(self) -> str | None:
+    def disk_refusal(self, max_age: float = 0.5) -> str | None:
         """Why a new job must be refused for lack of disk (free space under the outputs directory
-        below `alerts.disk_refuse_below_gib`), or None. Reads the file system now (one statvfs)."""
+        below `alerts.disk_refuse_below_gib`), or None. The free space is read at most every
+        `max_age` seconds: a submit burst costs one statvfs, not one per submit."""
         floor = float(self.limits.disk_refuse_below_gib)
         if floor <= 0:
             return None
-        path = self.outputs_dir
-        while not path.exists() and path != path.parent:
-            path = path.parent
-        free = shutil.disk_usage(path).free
+        now = time.monotonic()
+        if self._disk_free is None or now - self._disk_free[0] > max_age:
+            path = self.outputs_dir
+            while not path.exists() and path != path.parent:
+                path = path.parent
+            self._disk_free = (now, shutil.disk_usage(path).free)
+        free = self._disk_free[1]
         if free >= floor * GIB:
             return None
         return (f"not enough free disk space for outputs: {free / GIB:.2f} GiB free under {self.outputs_dir}; "

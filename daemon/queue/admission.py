@@ -30,6 +30,23 @@ class Admitted:
 def clean_prompt(text: str, field_name: str, max_chars: int, warnings: list[str]) -> str:
     """NFC, control and format characters removed (bidi overrides, zero-width), whitespace folded."""
     text = unicodedata.normalize("NFC", text)
+    if not text.isprintable():  # the common case skips the per-character walk
+        kept = []
+        removed = 0
+        for ch in text:
+            if ch in "\t\n\r":
+                kept.append(" ")
+            elif unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn"):
+                removed += 1
+            else:
+                kept.append(ch)
+        text = "".join(kept)
+        if removed:
+            warnings.append(f"{field_name}: removed {removed} control or invisible character(s)")
+    cleaned = " ".join(text.split())
+    if len(cleaned) > max_chars:
+        raise invalid_params(field_name, f"{len(cleaned)} characters; at most {max_chars} are accepted")
+    return cleaned
     kept = []
     removed = 0
     for ch in text:

@@ -88,6 +88,18 @@ def _transform_rows(transform: BlobTransform, rows: list[Any]) -> list[tuple[byt
     return changed
 
 
+def _runs(group: list[tuple[str, tuple[Any, ...], Any]]) -> list[tuple[str, list[tuple[Any, ...]]]]:
+    """Consecutive writes of the same statement, merged: one executemany (one trip to the
+    database thread) per run instead of one per row, order kept."""
+    runs: list[tuple[str, list[tuple[Any, ...]]]] = []
+    for sql, args, _ in group:
+        if runs and runs[-1][0] == sql:
+            runs[-1][1].append(args)
+        else:
+            runs.append((sql, [args]))
+    return runs
+
+
 class JobStore:
     def __init__(self, db: aiosqlite.Connection, sealer: TextSealer, max_group: int = 1024) -> None:
         self._db = db
@@ -120,8 +132,8 @@ class JobStore:
             while len(group) < self._max_group and not self._pending.empty():
                 group.append(self._pending.get_nowait())
             try:
-                for sql, args, _ in group:
-                    await self._db.execute(sql, args)
+                for sql, rows in _runs(group):
+                    await self._db.executemany(sql, rows)
                 await self._db.commit()
                 self.commits += 1
                 for _, _, fut in group:
