@@ -19,6 +19,7 @@ from daemon.queue.jobs import CANCELLED, FAILED, RUNNING, SUCCEEDED, Job
 from daemon.config import Section
 from daemon.queue.manager import QueueManager
 from daemon.worker.leak import LeakDetector
+from daemon.worker.memory_model import MemoryModel
 from daemon.worker.supervisor import BatchFailed, BatchResult, WorkerCrashed, WorkerLoadFailed, WorkerSupervisor
 
 log = logging.getLogger("sai.dispatch")
@@ -49,6 +50,7 @@ class Dispatcher:
         self.crashes: deque[float] = deque()
         self.halted: str | None = None
         self.leak = LeakDetector(policy.leak_window, policy.leak_slope_mb)
+        self.memory = MemoryModel()
         self._restart_reason: str | None = None
         self.on_worker_event: Callable[[str, dict[str, Any]], Any] = lambda kind, data: None
 
@@ -119,8 +121,10 @@ class Dispatcher:
         await self.manager.mark_running(batch)
         self.current = batch
         head = batch[0].params
+        budget = self.memory.image_budget(head["width"], head["height"], self.capacity())
+        chunk = self.max_batch if budget is None else min(self.max_batch, budget)
         command = {"width": head["width"], "height": head["height"], "steps": head["steps"],
-                   "guidance": head["guidance"], "chunk": self.max_batch, "items": self._items(batch)}
+                   "guidance": head["guidance"], "chunk": chunk, "items": self._items(batch)}
         log.info("running batch of %d job(s), %d image(s): %s", len(batch), len(command["items"]),
                  " ".join(job.job_id for job in batch))
         try:
@@ -139,6 +143,7 @@ class Dispatcher:
             self.current = []
         self._backoff = 1.0
         self._check_leak(result.memory.get("rss"))
+        self.memory.observe(result.peak)
         done = [job for job in batch if job.state == RUNNING]
         cancelled = [job for job in done if job.job_id in result.cancelled or job.job_id in self.cancel_requested]
         if cancelled:
@@ -168,6 +173,13 @@ class Dispatcher:
                 continue
             job.outputs = outputs
             await self.manager.finish([job], SUCCEEDED)
+
+    def capacity(self) -> int | None:
+        """Bytes the worker can use for generation (device memory, or its address-space cap)."""
+        return self.worker.info.get("memory", {}).get("capacity")
+
+    def fit_refusal(self, params: dict[str, Any]) -> str | None:
+        return self.memory.refusal(params["width"], params["height"], self.capacity())
 
     async def _crashed(self, reason: str, batch: list[Job], failed: list[Job]) -> None:
         """Count the crash; K crashes in T seconds halt restarts and pause the queue."""

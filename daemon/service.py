@@ -137,6 +137,7 @@ class Daemon:
         self.dispatcher = Dispatcher(self.queue, self.worker, sink, self.executor, cfg.queue.max_batch, cfg.worker)
         self.dispatcher.on_worker_event = self.reactions.worker_event
         self.queue.on_finished = self.reactions.job_finished
+        self.queue.fit_refusal = self.dispatcher.fit_refusal
         self.queue.audit = self.audit_action
         self.monitor = await Monitor.open(cfg, self.state_dir, self.outputs_dir, self.bus,
                                           worker_pid=lambda: self.worker.pid,

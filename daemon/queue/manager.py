@@ -16,7 +16,7 @@ from typing import Any, Awaitable, Callable
 from daemon.auth import Peer, Role
 from daemon.config import Config
 from daemon.events import EventBus
-from daemon.protocol import CONFLICT, NOT_FOUND, NOT_PERMITTED, RpcError
+from daemon.protocol import CONFLICT, NOT_FOUND, NOT_PERMITTED, UNAVAILABLE, RpcError
 from daemon.queue import scheduler
 from daemon.queue.admission import Admission
 from daemon.queue.jobs import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, Job, new_job_id
@@ -48,6 +48,7 @@ class QueueManager:
         self._tokens: dict[tuple[int, str], asyncio.Future[str | None]] = {}
         self.audit: Auditor = not_audited
         self.on_finished: Callable[[Job], Any] = lambda job: None
+        self.fit_refusal: Callable[[dict[str, Any]], str | None] = lambda params: None
 
     async def recover(self) -> list[Job]:
         """Load unfinished jobs; those that were running go back to the queue (or fail past the limit)."""
@@ -165,6 +166,10 @@ class QueueManager:
             rule = {"rule": exc.data["rule"]} if exc.data and "rule" in exc.data else {}
             await self.audit(peer, "job.refuse", "", {"code": exc.code, "reason": exc.message, **rule})
             raise
+        refusal = self.fit_refusal(admitted.params)
+        if refusal:
+            await self.audit(peer, "job.refuse", "", {"code": UNAVAILABLE, "reason": refusal})
+            raise RpcError(UNAVAILABLE, refusal, {"reason": "memory"})
         if admitted.params["seed"] is None:
             admitted.params["seed"] = secrets.randbelow(2**32)
         now = time.time()

@@ -49,6 +49,41 @@ def cap_address_space(headroom_mb: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
+class PeakMemory:
+    """The most memory a block of work added: torch's peak on CUDA; on the CPU the kernel's
+    peak RSS (VmHWM), reset through /proc/self/clear_refs before the block."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.delta = 0
+
+    @staticmethod
+    def _status(field: str) -> int:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) * 1024 for line in status if line.startswith(field))
+
+    def __enter__(self) -> "PeakMemory":
+        import torch
+
+        if self.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        else:
+            try:
+                with open("/proc/self/clear_refs", "w") as refs:
+                    refs.write("5")
+            except OSError:
+                pass
+            self.base = self._status("VmRSS:")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import torch
+
+        peak = torch.cuda.max_memory_allocated() if self.device == "cuda" else self._status("VmHWM:")
+        self.delta = max(0, peak - self.base)
+
+
 class Worker:
     def __init__(self, spec: dict[str, Any], out: SyncWriter) -> None:
         self.spec = spec
@@ -58,6 +93,8 @@ class Worker:
         self.lock = threading.Lock()
         self.pipe: Any = None
         self.device = "cpu"
+        self.peak_per_image = 0.0
+        self.address_cap: int | None = None
 
     def load(self) -> None:
         import diffusers
@@ -81,7 +118,9 @@ class Worker:
         if self.spec.get("pipeline_wrapper"):
             module, _, name = self.spec["pipeline_wrapper"].partition(":")
             self.pipe = getattr(importlib.import_module(module), name)(self.pipe)
-        cap_address_space(int(self.spec.get("memory_headroom_mb", 0)))
+        headroom = int(self.spec.get("memory_headroom_mb", 0))
+        cap_address_space(headroom)
+        self.address_cap = headroom * 2**20 if headroom > 0 else None
         self.out.send({"ev": "ready", "model_id": model.model_id, "weights_sha256": digest,
                        "path": str(path), "device": self.device, "dtype": str(dtype).removeprefix("torch."),
                        "max_tokens": int(self.pipe.tokenizer.model_max_length),
@@ -93,12 +132,16 @@ class Worker:
         import torch
 
         figures: dict[str, Any] = {"rss": psutil.Process().memory_info().rss}
+        if self.address_cap is not None:
+            figures["capacity"] = self.address_cap
+        elif self.device == "cpu":
+            figures["capacity"] = psutil.virtual_memory().available
         if self.device == "cuda":
             figures.update(torch_allocated=torch.cuda.memory_allocated(),
                            torch_reserved=torch.cuda.memory_reserved(),
                            torch_peak=torch.cuda.max_memory_allocated())
             free, total = torch.cuda.mem_get_info()
-            figures.update(device_free=free, device_total=total)
+            figures.update(device_free=free, device_total=total, capacity=total - torch.cuda.memory_allocated())
         return figures
 
     def read_commands(self) -> None:
@@ -142,8 +185,7 @@ class Worker:
         steps = int(batch["steps"])
         total = len(items) * steps
         done = 0
-        if self.device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
+        self.peak_per_image = 0.0
         while pending:
             chunk = pending.popleft()
             active = [item for item in chunk if not self.is_cancelled(item["job_id"])]
@@ -182,10 +224,22 @@ class Worker:
         with self.lock:
             cancelled = sorted({item["job_id"] for item in items} & self.cancelled)
             self.cancelled.difference_update(item["job_id"] for item in items)
-        self.out.send({"ev": "done", "batch_id": batch_id, "cancelled": cancelled, "memory": self.memory()})
+        self.out.send({"ev": "done", "batch_id": batch_id, "cancelled": cancelled, "memory": self.memory(),
+                       "peak": {"pixels": int(batch["width"]) * int(batch["height"]),
+                                "bytes_per_image": int(self.peak_per_image)}})
 
     def _generate(self, batch: dict[str, Any], active: list[dict[str, Any]], steps: int,
                   report: Callable[[int], None]) -> Any:
+        import torch
+
+        with PeakMemory(self.device) as peak:
+            images = self._call_pipeline(batch, active, steps, report)
+        per_image = peak.delta / len(active)
+        self.peak_per_image = max(self.peak_per_image, per_image)
+        return images
+
+    def _call_pipeline(self, batch: dict[str, Any], active: list[dict[str, Any]], steps: int,
+                       report: Callable[[int], None]) -> Any:
         import torch
 
         def on_step(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -52,6 +52,7 @@ class BatchResult:
     images: dict[tuple[str, int], tuple[tuple[int, ...], bytes]] = field(default_factory=dict)
     cancelled: set[str] = field(default_factory=set)
     memory: dict[str, Any] = field(default_factory=dict)
+    peak: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -165,6 +166,7 @@ class WorkerSupervisor:
         elif event == "done":
             running.result.cancelled = set(message.get("cancelled", []))
             running.result.memory = message.get("memory", {})
+            running.result.peak = message.get("peak", {})
             self.info["memory"] = running.result.memory
             running.done.set_result(running.result)
         elif event == "failed":

@@ -25,3 +25,31 @@ async def test_batch_too_big_is_split_and_a_single_image_too_big_fails_clearly(m
     assert after["state"] == "succeeded"
     status = await client.call("daemon.status")
     assert status["worker"]["restarts"] == 0 and np.isfinite(status["worker"]["memory"]["rss"])
+
+
+async def test_a_job_that_can_never_fit_is_refused_at_submit(make_daemon, client_of, wait_for):
+    daemon = make_daemon(CAPPED)
+    client = await client_of(daemon)
+    for size in (64, 128):  # two measured sizes let the daemon extrapolate to others
+        job = await wait_for(client, (await client.call("job.submit", prompt="learn", width=size, height=size,
+                                                        steps=2))["job_id"])
+        assert job["state"] == "succeeded"
+    with __import__("pytest").raises(Exception) as info:
+        await client.call("job.submit", prompt="huge", width=2048, height=512, steps=2)
+    assert info.value.code == -32010 and info.value.data["reason"] == "memory"
+    assert "needs about" in info.value.message and "GiB" in info.value.message and "reduce width" in info.value.message
+    ok = await client.call("job.submit", prompt="small again", width=64, height=64, steps=2)
+    assert (await wait_for(client, ok["job_id"]))["state"] == "succeeded"
+
+
+def test_memory_model_learns_from_peaks():
+    from daemon.worker.memory_model import MemoryModel
+
+    model = MemoryModel()
+    assert model.need(512, 512) is None and model.refusal(512, 512, 10**9) is None
+    model.observe({"pixels": 64 * 64, "bytes_per_image": 8 * 2**20})
+    assert model.need(64, 64) == int(8 * 2**20 * 1.25) and model.need(512, 512) is None
+    model.observe({"pixels": 256 * 256, "bytes_per_image": 38 * 2**20})
+    assert model.need(512, 512) > model.need(256, 256) > model.need(64, 64)
+    assert model.refusal(2048, 2048, 512 * 2**20) is not None
+    assert model.image_budget(256, 256, 400 * 2**20) == 400 * 2**20 // model.need(256, 256)
