@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import multiprocessing
 import os
 import random
@@ -108,13 +109,14 @@ def build_big_log(path: Path, key: Ed25519PrivateKey, total: int, pool: ProcessP
             texts.append(data.decode())
             leaves.append(leaf_hash(data))
         parts = [b"".join(leaves[i:i + 5000]) for i in range(0, len(leaves), 5000)]
-        sigs = b"".join(pool.map(_sign_batch, [private_raw] * len(parts), parts))
+        signing = pool.map(_sign_batch, [private_raw] * len(parts), parts)  # meanwhile, the tree:
         nodes, checkpoints = [], []
-        for i, leaf in enumerate(leaves):
+        for leaf in leaves:
             nodes.extend(frontier.append(leaf))
             if frontier.size % 1000 == 0:
                 root = frontier.root()
                 checkpoints.append((frontier.size, root, cpmod.sign(ORIGIN, frontier.size, root, key), "bench"))
+        sigs = b"".join(signing)
         conn.executemany("INSERT INTO audit_entries VALUES (?, ?, ?, ?)",
                          ((start + i, texts[i], leaves[i], sigs[64 * i:64 * i + 64]) for i in range(len(texts))))
         conn.executemany("INSERT INTO audit_nodes VALUES (?, ?, ?)", nodes)
@@ -131,8 +133,6 @@ def bare_scan(path: Path) -> float:
     """Read every entry and hash it, nothing else: the floor under the fast path."""
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     conn.text_factory = bytes
-    import hashlib
-
     sha, n, start = hashlib.sha256, 0, time.perf_counter()
     for (data,) in conn.execute("SELECT entry FROM audit_entries ORDER BY seq"):
         sha(b"\x00" + data).digest()
@@ -174,8 +174,12 @@ async def bench_proofs(path: Path, key: Ed25519PrivateKey, samples: int) -> tupl
     return inclusion, consistency, opened
 
 
+def load() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg()) + " (1/5/15 min)"
+
+
 def row(name: str, measured: str, baseline: str, ratio: str, target: str) -> None:
-    print(f"| {name:<46} | {measured:>16} | {baseline:>22} | {ratio:>8} | {target:<18} |")
+    print(f"| {name:<50} | {measured:>14} | {baseline:>26} | {ratio:>6} | {target:<20} |")
 
 
 def main() -> int:
@@ -191,32 +195,46 @@ def main() -> int:
     directory.mkdir(parents=True, exist_ok=True)
     key = Ed25519PrivateKey.generate()
     cpus = os.cpu_count() or 1
-    print(f"audit bench: {cpus} CPUs, SQLite {sqlite3.sqlite_version}, work dir {directory}", flush=True)
+    print(f"audit bench: {cpus} CPUs, SQLite {sqlite3.sqlite_version}, load {load()}, work dir {directory}",
+          flush=True)
     try:
-        appends = asyncio.run(bench_appends(directory, key, args.appends, args.producers))
-        bare = bench_bare_inserts(directory)
-        print(f"appends done ({appends['batch']:.0f} entries per commit on average)", flush=True)
+        # Side by side and best of two: other work on a shared machine only ever slows a run down.
+        appends = {"rate": 0.0, "batch": 0.0}
+        bare = 0.0
+        for attempt in range(2):
+            run_dir = directory / f"appends-{attempt}"
+            run_dir.mkdir()
+            got = asyncio.run(bench_appends(run_dir, key, args.appends, args.producers))
+            appends = max(appends, got, key=lambda a: a["rate"])
+            bare = max(bare, bench_bare_inserts(run_dir))
+        print(f"appends done ({appends['batch']:.0f} entries per commit on average); load {load()}", flush=True)
         big = directory / "big.db"
         t = time.perf_counter()
         with ProcessPoolExecutor(cpus, mp_context=multiprocessing.get_context("spawn")) as pool:
             build_big_log(big, key, args.entries, pool)
         print(f"built a {args.entries:,}-entry log in {time.perf_counter() - t:.0f} s "
               f"({big.stat().st_size / 2**20:.0f} MiB)", flush=True)
-        t = time.perf_counter()
-        fast = verify_db(big)
-        fast_s = time.perf_counter() - t
-        assert fast["ok"], fast
-        t = time.perf_counter()
-        assert verify_db(big, workers=1)["ok"]
-        fast1_s = time.perf_counter() - t
-        scan = bare_scan(big)
-        one_core = bare_verify_rate(key)
+        fast_s = fast1_s = float("inf")
+        scan = one_core = 0.0
+        for _ in range(2):
+            scan = max(scan, bare_scan(big))
+            t = time.perf_counter()
+            fast = verify_db(big)
+            fast_s = min(fast_s, time.perf_counter() - t)
+            assert fast["ok"], fast
+            t = time.perf_counter()
+            assert verify_db(big, workers=1)["ok"]
+            fast1_s = min(fast1_s, time.perf_counter() - t)
+            one_core = max(one_core, bare_verify_rate(key))
+        print(f"fast verify done; load {load()}", flush=True)
         deep_rate = None
         if not args.skip_deep:
             t = time.perf_counter()
             deep = verify_db(big, deep=True)
             deep_rate = args.entries / (time.perf_counter() - t)
             assert deep["ok"], deep
+            one_core = max(one_core, bare_verify_rate(key))
+            print(f"deep verify done; load {load()}", flush=True)
         inclusion, consistency, opened = asyncio.run(bench_proofs(big, key, args.proofs))
     finally:
         if not args.dir:
@@ -224,19 +242,19 @@ def main() -> int:
     n = args.entries
     print()
     row("metric", "measured", "baseline (same run)", "ratio", "target")
-    print("|" + "-" * 48 + "|" + "-" * 18 + "|" + "-" * 24 + "|" + "-" * 10 + "|" + "-" * 20 + "|")
-    row(f"append, group commit ({args.producers} producers), entries/s", f"{appends['rate']:,.0f}",
+    print("|" + "-" * 52 + "|" + "-" * 16 + "|" + "-" * 28 + "|" + "-" * 8 + "|" + "-" * 22 + "|")
+    row(f"append, group commit, {args.producers} producers, /s", f"{appends['rate']:,.0f}",
         f"bare insert+fsync {bare:,.0f}/s", f"{appends['rate'] / bare:.1f}x", ">= 5,000 entries/s")
-    row(f"verify fast, {n:,} entries, {cpus} processes, entries/s", f"{n / fast_s:,.0f}",
+    row(f"verify fast, {n:,} entries, {cpus} processes, /s", f"{n / fast_s:,.0f}",
         f"bare scan+hash {scan:,.0f}/s", f"{n / fast_s / scan:.2f}x", ">= 200,000 entries/s")
-    row(f"verify fast, {n:,} entries, 1 process, entries/s", f"{n / fast1_s:,.0f}",
+    row(f"verify fast, {n:,} entries, 1 process, /s", f"{n / fast1_s:,.0f}",
         f"bare scan+hash {scan:,.0f}/s", f"{n / fast1_s / scan:.2f}x", ">= 200,000 entries/s")
     if deep_rate is not None:
-        row(f"verify deep, {n:,} entries, entries/s", f"{deep_rate:,.0f}", f"1-core Ed25519 {one_core:,.0f}/s",
-            f"{deep_rate / one_core:.2f}x", ">= 10,000 entries/s")
+        row(f"verify deep, {n:,} entries, {cpus} processes, /s", f"{deep_rate:,.0f}",
+            f"1-core Ed25519 verify {one_core:,.0f}/s", f"{deep_rate / one_core:.2f}x", ">= 10,000 entries/s")
     for name, times in (("inclusion proof", inclusion), ("consistency proof", consistency)):
         times = sorted(times)
-        row(f"{name} at {n:,}, median / p95 ms", f"{statistics.median(times):.2f} / {times[int(len(times) * .95)]:.2f}",
+        row(f"{name} at {n:,}, median/p95 ms", f"{statistics.median(times):.2f} / {times[int(len(times) * .95)]:.2f}",
             f"{len(times)} samples", "-", "< 10 ms")
     row(f"open a {n:,}-entry log, ms", f"{opened * 1000:.0f}", "-", "-", "-")
     return 0

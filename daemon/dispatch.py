@@ -165,8 +165,11 @@ class Dispatcher:
                     if (job.job_id, index) not in result.images:
                         raise RuntimeError(f"the worker returned no image {index}")
                     shape, pixels = result.images[(job.job_id, index)]
-                    outputs.append(await loop.run_in_executor(self.executor, self.sink.write, job, index,
-                                                              shape, pixels))
+                    record = await loop.run_in_executor(self.executor, self.sink.write, job, index, shape, pixels)
+                    outputs.append(record)
+                    await self.manager.audit(None, "output.write", job.job_id, {
+                        k: record[k] for k in ("index", "png_sha256", "sai_sha256", "fingerprint", "kid",
+                                               "signing_kid") if k in record})
             except Exception as exc:
                 log.exception("writing outputs of %s failed", job.job_id)
                 await self.manager.finish([job], FAILED, f"writing outputs failed: {exc}")

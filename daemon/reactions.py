@@ -60,7 +60,7 @@ class Reactions:
         for key in CLEARS.get(kind, ()):
             self._spawn(d.monitor.alerts.clear(key, reason=kind))
         if kind == "restarted":
-            self._spawn(d.audit_action(None, "worker.restart", "", {"reason": data.get("reason", "")}))
+            self._spawn(d.audit_action(None, "worker.restarted", "", {"reason": data.get("reason", "")}))
 
     def job_finished(self, job: Job) -> None:
         if job.state in (SUCCEEDED, FAILED):

@@ -24,6 +24,7 @@ from daemon.dispatch import Dispatcher
 from daemon.events import EventBus
 from daemon.outputs.atomic import ensure_dir, remove_stale_temps
 from daemon.outputs.pipeline import OutputSettings
+from daemon.audit.log import AuditLog
 from daemon.monitor import Monitor
 from daemon.outputs.sink import KeyMaintenance, ProtectedSink
 from daemon.queue.admission import Admission, TokenCounter
@@ -61,6 +62,7 @@ class Daemon:
         self.dispatcher: Dispatcher
         self.server: SocketServer
         self.monitor: Monitor
+        self.audit: AuditLog
         self.reactions = Reactions(self)
         self.own_peer = in_process_peer()
 
@@ -98,6 +100,8 @@ class Daemon:
             await self.monitor.close()
         if hasattr(self, "store"):
             await self.store.close()
+        if hasattr(self, "audit"):
+            await self.audit.close()
         self.server.release()
         self._release_state()
 
@@ -116,9 +120,30 @@ class Daemon:
         if removed:
             log.warning("removed %d unfinished temp file(s) from %s", len(removed), self.outputs_dir)
 
+    async def _open_audit(self) -> None:
+        """The audit chain in its own SQLite file (its commits never wait on the queue's), signed
+        with the installation's signing key; every entry is also an `audit` event."""
+        cfg = self.config.audit
+        origin = "".join(c if c.isalnum() or c in "-._/" else "-" for c in self.installation) + "/sai-audit"
+        path = self.state_dir / "audit.db"
+        self.audit = await AuditLog.open(path, self.keystore.signing_key, origin,
+                                         checkpoint_every_entries=cfg.checkpoint_every_entries,
+                                         checkpoint_every_seconds=cfg.checkpoint_every_seconds,
+                                         commit_max_batch=cfg.commit_max_batch,
+                                         commit_max_delay_ms=cfg.commit_max_delay_ms)
+        os.chmod(path, 0o600)
+        self.audit.subscribe(lambda entry: self.bus.publish("audit", entry) if self.bus.wants("audit") else None)
+        if self.keys_created:
+            await self.audit_action(None, "keys.create", self.keystore.signing_kid,
+                                    {"kek_id": self.keystore.current_kek_id, "signing_kid": self.keystore.signing_kid})
+        await self.audit_action(None, "daemon.start", self.installation,
+                                {"version": __version__, "pid": os.getpid(), "socket": str(self.socket_path),
+                                 "embedded": self.embedded})
+
     async def _open_parts(self) -> None:
         cfg = self.config
         await self._open_keys_and_outputs()
+        await self._open_audit()
         self.store = await JobStore.open(self.state_dir / "jobs.sqlite3", PromptSealer(self.keystore))
         self.key_maintenance = KeyMaintenance(self.keystore, self.store, self.outputs_dir, self.run_blocking)
         await self.key_maintenance.resume_prompts()
@@ -156,12 +181,14 @@ class Daemon:
         tokenizer = self.state_dir / "models" / self.config.model.name / "tokenizer" / "tokenizer.json"
         return TokenCounter(tokenizer if not self.config.model.path else None)
 
-    async def audit_action(self, peer: Peer | None, action: str, subject: str, details: dict[str, Any]) -> None:
-        """Record a state change in the audit log; `peer` None means the daemon itself."""
+    async def audit_action(self, peer: Peer | dict[str, Any] | None, action: str, subject: str,
+                           details: dict[str, Any]) -> None:
+        """Record a state change in the audit log. `peer` is who asked (a Peer, or an actor dict as
+        the monitor keeps it); None means the daemon itself."""
         audit = getattr(self, "audit", None)
         if audit is None:
             return
-        actor = (peer or self.own_peer).actor()
+        actor = peer if isinstance(peer, dict) else (peer or self.own_peer).actor()
         await audit.append(actor, action, subject, details)
 
     async def serve(self) -> None:
@@ -181,6 +208,8 @@ class Daemon:
         await self.monitor.close()
         await self.server.close()
         await self.store.close()
+        await self.audit_action(None, "daemon.stop", self.installation, {"uptime": round(time.time() - self.started_at, 3)})
+        await self.audit.close()
         self.executor.shutdown(wait=True)
         self._release_state()
         log.info("daemon stopped")

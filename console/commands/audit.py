@@ -61,6 +61,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_json_flag(p)
     p.set_defaults(handler=verify_export, needs_daemon=False)
 
+    for leaf in cmds.choices.values():  # `sai audit tail --socket S` as well as `sai --socket S audit tail`
+        for flag in ("--socket", "--config", "--state-dir"):
+            leaf.add_argument(flag, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
 
 def _details(details: dict[str, Any], width: int = 60) -> str:
     text = json.dumps(details, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
@@ -120,18 +124,18 @@ def _print_verdict(result: dict[str, Any], what: str) -> int:
 
 
 def _read_checkpoint(path: str | None) -> str | None:
-    if path is None:
-        return None
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SystemExit(f"sai: cannot read checkpoint {path}: {exc.strerror}") from None
+    """The saved checkpoint's text; OSError if it cannot be read."""
+    return None if path is None else Path(path).read_text(encoding="utf-8")
 
 
 async def verify(args: argparse.Namespace, client: DaemonClient) -> int:
-    from console.cli import print_json
+    from console.cli import fail, print_json
 
-    result = await client.call("audit.verify", deep=args.deep, against=_read_checkpoint(args.against))
+    try:
+        against = _read_checkpoint(args.against)
+    except OSError as exc:
+        return fail(f"cannot read checkpoint {args.against}: {exc.strerror}")
+    result = await client.call("audit.verify", deep=args.deep, against=against)
     if args.json:
         print_json(result)
         return 0 if result["ok"] else 2
@@ -223,7 +227,11 @@ async def verify_export(args: argparse.Namespace, client: DaemonClient | None = 
             if not isinstance(key, Ed25519PublicKey):
                 return fail(f"{pem} is not an Ed25519 public key")
             trusted.append(key.public_bytes_raw())
-    result = await asyncio.to_thread(check, Path(args.directory), args.deep, _read_checkpoint(args.against), trusted)
+    try:
+        against = _read_checkpoint(args.against)
+    except OSError as exc:
+        return fail(f"cannot read checkpoint {args.against}: {exc.strerror}")
+    result = await asyncio.to_thread(check, Path(args.directory), args.deep, against, trusted)
     if args.json:
         print_json(result)
         return 0 if result["ok"] else 2

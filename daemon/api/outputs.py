@@ -63,7 +63,9 @@ async def rotate(ctx: CallContext) -> dict[str, Any]:
     """New KEK and signing key, then every .png.sai and every prompt in the database re-wrapped
     (headers only, nothing re-encrypted): `{kek_id, signing_kid, previous_kek_id, previous_signing_kid,
     outputs: {kid, rewrapped, already_current, failed}, prompts: {rewrapped, failed}}`."""
-    result = await ctx.daemon.key_maintenance.rotate()
+    audit = ctx.daemon.audit
+    result = await ctx.daemon.key_maintenance.rotate(
+        announce=lambda key: audit.rotate_signing_key(key, ctx.peer.actor()))
     details = {"old_kek": result["previous_kek_id"], "new_kek": result["kek_id"],
                "old_signing_kid": result["previous_signing_kid"], "new_signing_kid": result["signing_kid"],
                "rewrapped": result["outputs"]["rewrapped"], "failed": len(result["outputs"]["failed"]),

@@ -118,11 +118,15 @@ class KeyMaintenance:
                       report["kid"], ", ".join(f["file"] for f in report["failed"]))
         return report
 
-    async def rotate(self) -> dict[str, Any]:
-        """`keys.rotate`: new KEK and signing key, then outputs and prompts re-wrapped (no re-encryption)."""
+    async def rotate(self, announce: Callable[[Any], Awaitable[Any]] | None = None) -> dict[str, Any]:
+        """`keys.rotate`: new KEK and signing key, then outputs and prompts re-wrapped (no re-encryption).
+        `announce(new_signing_key)` runs right after the keys change, while the old key is still in
+        memory (the audit log announces the new key in an entry signed by the old one)."""
         async with self.lock:
             old_kek, old_signing = self.keystore.current_kek_id, self.keystore.signing_kid
             kek_id, signing_kid = await self.run(self.keystore.rotate)
+            if announce is not None:
+                await announce(self.keystore.signing_key)
             outputs = await self.rewrap_outputs()
             prompts = await self.reseal_prompts()
         return {"kek_id": kek_id, "signing_kid": signing_kid, "previous_kek_id": old_kek,

@@ -178,11 +178,12 @@ class QueueManager:
                   params=admitted.params, prompt=admitted.prompt, negative_prompt=admitted.negative_prompt,
                   user=peer.user, uid=peer.uid, created_at=now, enqueued_at=now, client_token=client_token,
                   risk=admitted.risk, warnings=admitted.warnings, model_id=self.model_id())
-        await self.store.insert(job)
+        details = {"priority": job.priority_name, "risk": job.risk, **job.params,
+                   "prompt_sha256": hashlib.sha256(job.prompt.encode()).hexdigest(),
+                   "negative_prompt_sha256": hashlib.sha256(job.negative_prompt.encode()).hexdigest()}
+        # Both commits (job and audit entry) go to disk together; the reply waits for both.
+        await asyncio.gather(self.store.insert(job), self.audit(peer, "job.submit", job.job_id, details))
         self._activate(job)
-        prompt_hash = hashlib.sha256(job.prompt.encode()).hexdigest()
-        await self.audit(peer, "job.submit", job.job_id, {"priority": job.priority_name, "risk": job.risk,
-                                                          "prompt_sha256": prompt_hash, **job.params})
         self._publish_state(job)
         self.work.set()
         return job
@@ -250,7 +251,9 @@ class QueueManager:
             self.index.remove(job)
             job.state, job.started_at, job.progress, job.error = RUNNING, now, 0.0, None
             job.attempts += 1
-        await self.store.save_many(jobs)
+        batch = [job.job_id for job in jobs]
+        await asyncio.gather(self.store.save_many(jobs), *(
+            self.audit(None, "job.start", job.job_id, {"attempt": job.attempts, "batch": batch}) for job in jobs))
         for job in jobs:
             self._publish_state(job)
 
@@ -276,7 +279,9 @@ class QueueManager:
             self._finish(job, state, error)
             if state == "succeeded":
                 job.progress = 1.0
-        await self.store.save_many(jobs)
+        await asyncio.gather(self.store.save_many(jobs), *(
+            self.audit(None, "job.finish", job.job_id, {"state": state, "error": error,
+                                                        "outputs": len(job.outputs)}) for job in jobs))
         for job in jobs:
             self._publish_state(job)
             self.on_finished(job)

@@ -103,7 +103,10 @@ async def test_rotate(daemon: StubDaemon, keys_dir: Path, tmp_path: Path) -> Non
     from daemon.queue.jobs import Job
     from daemon.queue.store import JobStore
 
+    from daemon.audit.log import AuditLog
+
     store = await JobStore.open(tmp_path / "jobs.sqlite3", PromptSealer(daemon.keystore))
+    daemon.audit = await AuditLog.open(tmp_path / "audit.db", daemon.keystore.signing_key, "test/sai-audit")
     try:
         await store.insert(Job(job_id="job-a", seq=1, state="succeeded", priority=1, params={}, prompt="a secret",
                                negative_prompt="", user="alice", uid=1000, created_at=0.0, enqueued_at=0.0))
@@ -118,11 +121,16 @@ async def test_rotate(daemon: StubDaemon, keys_dir: Path, tmp_path: Path) -> Non
         assert export_output(daemon.outputs_dir, "job-a", 1, KeyStore.open(keys_dir))[:4] == b"\x89PNG"
         async with store._db.execute("SELECT prompt, negative_prompt FROM jobs") as cur:
             blobs = list(await cur.fetchone())
-        assert [parse(blob).kid for blob in blobs] == [result["kek_id"]] * 2
+        assert [parse(blob).kid for blob in blobs if blob] == [result["kek_id"]]
+        assert blobs[1] == b""  # no negative prompt: stored empty
+        assert (await daemon.audit.verify(deep=True))["ok"]
+        announced = (await daemon.audit.tail(limit=5))[-1]
+        assert announced["action"] != "audit.init" and daemon.audit.key_id != before
         assert (await store.get("job-a")).prompt == "a secret"
         assert not await daemon.key_maintenance.prompts_pending() and not await daemon.key_maintenance.outputs_pending()
     finally:
         await store.close()
+        await daemon.audit.close()
 
 
 # --- the command line -------------------------------------------------------------------------

@@ -218,7 +218,7 @@ async def test_tampering_rotation_and_roles(make_daemon, client_of, wait_for, tm
     assert (await client.call("job.get", job_id=job_id))["params"]["prompt"] == prompt
     con = sqlite3.connect(state / "jobs.sqlite3")
     try:
-        blobs = [bytes(b) for row in con.execute("SELECT prompt, negative_prompt FROM jobs") for b in row]
+        blobs = [bytes(b) for row in con.execute("SELECT prompt, negative_prompt FROM jobs") for b in row if b]
     finally:
         con.close()
     assert {envelope.parse(b).kid for b in blobs} == {rotated["kek_id"]}

@@ -65,6 +65,9 @@ async def test_crash_loop_stops_restarts_pauses_and_manual_restart_recovers(make
     alerts = {a["key"]: a for a in (await client.call("alerts.list", state="active"))["alerts"]}
     assert alerts["worker.crash_loop"]["severity"] == "critical" and "SIGKILL" in alerts["worker.crash_loop"]["message"]
     assert alerts["worker.crash"]["severity"] == "warning"
+    await client.call("alerts.ack", alert_id=alerts["worker.crash_loop"]["alert_id"])
+    acks = (await client.call("audit.tail", action="alert.ack"))["entries"]
+    assert acks and acks[-1]["actor"]["uid"] >= 0 and acks[-1]["subject"]
     assert (await client.call("job.get", job_id=job_id))["state"] == "queued"
     reply = await client.call("worker.restart", reason="fixed the driver")
     assert reply["restarting"] is True
