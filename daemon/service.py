@@ -247,6 +247,7 @@ class Daemon:
             "uptime": round(time.time() - self.started_at, 3),
             "queue": self.queue.status(),
             "worker": {**self.worker.status(), "halted": self.dispatcher.halted},
+            "model": {"name": self.config.model.name, "path": self.config.model.path},
             "you": {"user": peer.user, "uid": peer.uid, "role": peer.role.label},
         }
 

@@ -22,12 +22,13 @@ def _params(field: str) -> Iterator[None]:
 
 @method("audit.tail", role=Role.VIEWER)
 async def tail(ctx: CallContext, limit: int = 50, action: str | None = None, actor: str | None = None,
-               before_seq: int | None = None) -> dict[str, Any]:
-    """The latest entries, oldest first: `{entries: [...], size}`. `actor` is a user name or uid."""
+               before_seq: int | None = None, subject: str | None = None) -> dict[str, Any]:
+    """The latest entries, oldest first: `{entries: [...], size}`. `actor` is a user name or uid;
+    `subject` picks one job's (or key's, alert's) entries."""
     if not 1 <= limit <= 1000:
         raise invalid_params("limit", "must be between 1 and 1000")
     log = ctx.daemon.audit
-    entries = await log.tail(limit=limit, action=action, actor=actor, before_seq=before_seq)
+    entries = await log.tail(limit=limit, action=action, actor=actor, before_seq=before_seq, subject=subject)
     return {"entries": entries, "size": log.size}
 
 
@@ -38,9 +39,12 @@ async def verify(ctx: CallContext, deep: bool = False, against: str | None = Non
 
 
 @method("audit.checkpoint", role=Role.VIEWER)
-async def checkpoint(ctx: CallContext) -> dict[str, Any]:
-    """A signed checkpoint of the log as it is now: `{checkpoint}` (C2SP signed note text)."""
-    return {"checkpoint": await ctx.daemon.audit.checkpoint()}
+async def checkpoint(ctx: CallContext, fresh: bool = True) -> dict[str, Any]:
+    """A signed checkpoint: `{checkpoint}` (C2SP signed note text). `fresh` false reads the latest
+    one written instead of signing a new one (what a console refreshing its pane wants)."""
+    log = ctx.daemon.audit
+    latest = None if fresh else await log.latest_checkpoint()
+    return {"checkpoint": latest or await log.checkpoint()}
 
 
 @method("audit.proof", role=Role.VIEWER)

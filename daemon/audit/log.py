@@ -211,11 +211,14 @@ class AuditLog:
         return entry
 
     async def tail(self, limit: int = 50, action: str | None = None, actor: str | None = None,
-                   before_seq: int | None = None) -> list[dict[str, Any]]:
-        """The latest `limit` entries (oldest first), optionally of one action and/or one actor
-        (user name, or uid when all digits), before sequence number `before_seq`."""
+                   before_seq: int | None = None, subject: str | None = None) -> list[dict[str, Any]]:
+        """The latest `limit` entries (oldest first), optionally of one action, one subject (a job
+        id, say) and/or one actor (user name, or uid when all digits), before `before_seq`."""
         limit = max(1, min(int(limit), MAX_TAIL))
         where, params = [], []
+        if subject:
+            where.append("json_extract(entry, '$.subject') = ?")
+            params.append(subject)
         if action:
             where.append("json_extract(entry, '$.action') = ?")
             params.append(action)

@@ -1,0 +1,418 @@
+"""`sai`: the operations console. Attaches to the daemon's socket, or starts one embedded in this
+process when none answers; everything live comes from events.subscribe (console.connection)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Iterable
+
+from textual import work
+from textual.app import App, SystemCommand
+from textual.binding import Binding, BindingType
+from textual.screen import Screen
+
+from console.connection import (AlertChanged, AuditAppended, DaemonLink, Embedded, JobChanged, JobProgress, LinkDown,
+                                LinkUp, MetricsSample, QueueChanged, not_offered, start_embedded)
+from console.screens.confirm import ConfirmScreen
+from console.screens.help import HelpScreen, binding_rows
+from console.screens.job_detail import JobDetailScreen
+from console.screens.main import COMMANDS, Command, MainScreen
+from console.screens.new_job import NewJobScreen
+from console.widgets.audit_pane import AuditPane
+from console.widgets.display import clock_time, duration, parse_moment
+from console.widgets.prompt_line import PromptLine
+from console.widgets.jobs import SORTS
+from console.widgets.queue_table import QueueTable
+from console.widgets.table import Table
+from daemon.client import DaemonClient, DaemonUnavailable
+from daemon.protocol import RpcError
+
+LOOK_STEP = 300.0
+LOOK_WINDOW = 900.0
+STATUS_REFRESH = 2.0
+
+
+def action_name(action: str) -> str:
+    """`app.look(-1)` -> `look`: the name check_action sees."""
+    return action.removeprefix("app.").split("(")[0]
+
+
+CHANGES = {action_name(c.action) for c in COMMANDS if c.changes} | {"set_paused"}
+
+
+class SaiConsole(App[int]):
+    CSS_PATH = Path(__file__).with_name("app.tcss")
+    TITLE = "Secure AI Studio"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("ctrl+c", "quit", "Quit", show=False, priority=True),
+        Binding("f1", "help", "Help", show=False),
+    ]
+    main: MainScreen
+
+    def __init__(self, socket_path: str | None, *, readonly: bool = False, embedded: Embedded | None = None,
+                 clock: Callable[[], float] = time.time, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.socket_path = socket_path
+        self.readonly = readonly
+        self.embedded = embedded
+        self.clock = clock
+        self.link = DaemonLink(self, socket_path) if socket_path else None
+        self.lookback_at: float | None = None
+        self._wanted_prompts: set[str] = set()
+        self._status_due = False
+        self.theme = "textual-dark"
+
+    def get_default_screen(self) -> Screen[Any]:
+        self.main = MainScreen(self.clock, self.embedded is not None, self.readonly)
+        return self.main
+
+    def on_mount(self) -> None:
+        if self.link is not None:
+            self.link.start()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        return not (self.readonly and action in CHANGES)
+
+    # -- talking to the daemon ---------------------------------------------------------------------
+
+    async def rpc(self, method: str, /, **params: Any) -> Any:
+        if self.link is None:
+            raise DaemonUnavailable("this console is not attached to a daemon")
+        return await self.link.call(method, **params)
+
+    def report(self, what: str, exc: BaseException) -> None:
+        """Show the daemon's own message for a refused or failed action (role, rate limit, policy…)."""
+        if not_offered(exc):
+            message = f"The daemon does not offer this yet ({exc})."
+        elif isinstance(exc, (RpcError, DaemonUnavailable)):
+            message = str(exc)
+        else:
+            message = f"{type(exc).__name__}: {exc}"
+        self.notify(message, title=what, severity="error", timeout=10)
+
+    def on_link_up(self, _: LinkUp) -> None:
+        self.main.banner.connection = ""
+        self.main.header.link = "up"
+        self.lookback_at = None
+        self.main.banner.lookback = ""
+        self.reload_all()
+
+    def on_link_down(self, message: LinkDown) -> None:
+        main = self.main
+        main.header.link = "down"
+        main.banner.connection = (f"Daemon unavailable: {message.reason} — retrying in {message.retry_in:.0f} s "
+                                  f"(attempt {message.attempt}); r retries now. Showing the last known state.")
+
+    @work(group="reload", exclusive=True, exit_on_error=False)
+    async def reload_all(self) -> None:
+        main = self.main
+        try:
+            status = await self.rpc("daemon.status")
+            jobs = await self.rpc("job.list", limit=1000)
+        except Exception as exc:
+            self.report("Loading from the daemon", exc)
+            return
+        main.header.status = status
+        main.memory.set_worker(status.get("worker") or {})
+        main.table.load(jobs.get("jobs", []))
+        self._header_counts()
+        await asyncio.gather(main.memory.reload(), main.alerts.reload(), main.audit.reload(), return_exceptions=True)
+
+    def on_queue_table_prompts_wanted(self, message: QueueTable.PromptsWanted) -> None:
+        """Events carry no prompt: fetch it once per new job, by one worker draining a set."""
+        idle = not self._wanted_prompts
+        self._wanted_prompts.update(message.job_ids)
+        if idle:
+            self._fetch_prompts()
+
+    @work(group="prompts", exit_on_error=False)
+    async def _fetch_prompts(self) -> None:
+        table = self.main.table
+        while self._wanted_prompts:
+            job_id = self._wanted_prompts.pop()
+            try:
+                table.set_prompt(await self.rpc("job.get", job_id=job_id))
+            except (RpcError, DaemonUnavailable):
+                continue
+
+    def _header_counts(self) -> None:
+        counts = self.main.table.counts()
+        header = self.main.header
+        header.queue = {**header.queue, "queued": counts["queued"], "running": counts["running"]}
+
+    def _status_soon(self) -> None:
+        if not self._status_due:
+            self._status_due = True
+            self.set_timer(STATUS_REFRESH, self._refresh_status)
+
+    @work(group="status", exclusive=True, exit_on_error=False)
+    async def _refresh_status(self) -> None:
+        self._status_due = False
+        try:
+            status = await self.rpc("daemon.status")
+        except (RpcError, DaemonUnavailable):
+            return
+        self.main.header.status = status
+        self.main.memory.set_worker(status.get("worker") or {})
+        self._header_counts()
+
+    # -- events ------------------------------------------------------------------------------------
+
+    def _detail(self, job_id: str) -> JobDetailScreen | None:
+        screen = self.screen
+        return screen if isinstance(screen, JobDetailScreen) and screen.job_id == job_id else None
+
+    def on_job_changed(self, message: JobChanged) -> None:
+        self.main.table.apply(message.job)
+        self._header_counts()
+        if message.job.get("state") in ("succeeded", "failed", "cancelled"):
+            self._status_soon()
+        if (detail := self._detail(str(message.job.get("job_id")))) is not None:
+            detail.job_event(message.job)
+
+    def on_job_progress(self, message: JobProgress) -> None:
+        self.main.table.progress(message.job_id, message.progress)
+        if (detail := self._detail(message.job_id)) is not None:
+            detail.job_progress(message.progress, message.step, message.steps)
+
+    def on_queue_changed(self, message: QueueChanged) -> None:
+        data = message.data
+        header = self.main.header
+        header.queue = {**header.queue, **{k: data[k] for k in ("paused", "queued", "running") if k in data}}
+        if isinstance(data.get("worker"), dict):
+            header.worker_state(data["worker"])
+            self.main.memory.set_worker(data["worker"])
+        if str(data.get("kind", "")).startswith("worker."):
+            self.notify(f"Worker {str(data['kind'])[7:]}" + (f": {data['error']}" if data.get("error") else ""),
+                        severity="error" if data["kind"] in ("worker.crashed", "worker.start_failed") else "information")
+
+    def on_metrics_sample(self, message: MetricsSample) -> None:
+        if self.lookback_at is None:
+            self.main.memory.add_sample(message.data)
+
+    def on_alert_changed(self, message: AlertChanged) -> None:
+        if self.lookback_at is None:
+            self.main.alerts.apply(message.data)
+
+    def on_audit_appended(self, message: AuditAppended) -> None:
+        self.main.audit.apply(message.entry)
+        if isinstance(self.screen, JobDetailScreen):
+            self.screen.audit_event(message.entry)
+
+    def on_audit_pane_head(self, message: AuditPane.Head) -> None:
+        self.main.header.audit = message.head
+
+    # -- actions -----------------------------------------------------------------------------------
+
+    async def action_quit(self) -> None:
+        self._quit()
+
+    @work(group="quit", exclusive=True)
+    async def _quit(self) -> None:
+        if self.embedded is not None:
+            queue = self.embedded.daemon.queue.status()
+            if queue["queued"] or queue["running"]:
+                question = (f"This console runs the daemon (embedded). It has {queue['running']} running and "
+                            f"{queue['queued']} queued job(s).\nQuitting stops the daemon: a running batch gets "
+                            "its grace period, then goes back to the queue; queued jobs wait for the next start.")
+                if not await self.push_screen_wait(ConfirmScreen("Quit and stop the daemon?", question, yes="Quit")):
+                    return
+        self.exit(0)
+
+    def action_help(self) -> None:
+        if isinstance(self.screen, HelpScreen):
+            return
+        allowed = [c for c in COMMANDS if c.keys and self.check_action(action_name(c.action), ())]
+        groups = [
+            ("Main screen", [(" ".join(self.get_key_display(Binding(k, "")) for k in c.keys.split(",")), c.help)
+                             for c in allowed]),
+            ("Queue", binding_rows(self, QueueTable.BINDINGS) + [("click header", "Sort by that column")]),
+            ("Alerts and audit tables", binding_rows(self, Table.BINDINGS) + [("↑ ↓ pgup pgdn", "Move")]),
+            ("Job detail", binding_rows(self, [b for b in JobDetailScreen.BINDINGS
+                                                if isinstance(b, Binding) and self.check_action(b.action, ())])),
+            ("New-job form", binding_rows(self, NewJobScreen.BINDINGS) + [("tab shift+tab", "Next/previous field")]),
+            ("Everywhere", [("ctrl+p", "Command palette: every action by name"), ("ctrl+c", "Quit"),
+                            ("f1", "Help")]),
+        ]
+        self.push_screen(HelpScreen(groups))
+
+    def action_refresh_all(self) -> None:
+        if self.link is not None and not self.link.connected:
+            self.link.retry_now()
+        elif self.link is not None:
+            self.reload_all()
+
+    def action_toggle_theme(self) -> None:
+        self.theme = "textual-light" if self.theme == "textual-dark" else "textual-dark"
+
+    def action_new_job(self) -> None:
+        self.push_screen(NewJobScreen())
+
+    def action_open_job(self, job_id: str) -> None:
+        job = self.main.table.jobs.get(job_id, {"job_id": job_id})
+        self.push_screen(JobDetailScreen(job))
+
+    def action_look(self, step: int) -> None:
+        now = self.clock()
+        moment = (self.lookback_at if self.lookback_at is not None else now) + step * LOOK_STEP
+        if moment > now - LOOK_STEP / 2:
+            self.action_live()
+        else:
+            self.look_at(moment)
+
+    def action_live(self) -> None:
+        if self.lookback_at is None:
+            return
+        self.lookback_at = None
+        main = self.main
+        main.banner.lookback = ""
+        main.memory.show_history(None, "")
+        self.reload_all()
+
+    def look_at(self, moment: float) -> None:
+        self.lookback_at = moment
+        ago = duration(self.clock() - moment)
+        self.main.banner.lookback = (f"LOOKING BACK: memory, alerts and audit as of {clock_time(moment)} ({ago} ago)"
+                                     " — [ ] step 5 min, :live returns. The queue stays live.")
+        self._apply_lookback(moment)
+
+    @work(group="lookback", exclusive=True, exit_on_error=False)
+    async def _apply_lookback(self, moment: float) -> None:
+        main = self.main
+        try:
+            result = await self.rpc("metrics.history", since=moment - LOOK_WINDOW, until=moment)
+        except Exception as exc:
+            note = ("metrics.history: the daemon keeps no metric history yet (no such method), so memory figures "
+                    "cannot be shown for that time; the figures below are live." if not_offered(exc)
+                    else f"metrics.history: {exc}")
+            main.memory.show_history(None, note)
+        else:
+            samples = result.get("samples", []) if isinstance(result, dict) else list(result or [])
+            span = f"{clock_time(moment - LOOK_WINDOW)}–{clock_time(moment)}"
+            main.memory.show_history(samples, f"history {span}: {len(samples)} per-minute samples" if samples else
+                                     f"the daemon kept no metric samples for {span}; the figures below are live.")
+        await main.alerts.reload(until=moment)
+        try:
+            await main.audit.show_at(moment)
+        except Exception as exc:
+            self.report("Audit look-back", exc)
+
+    # -- command line and palette --------------------------------------------------------------
+
+    def on_prompt_line_command(self, message: PromptLine.Command) -> None:
+        self.execute(message.text)
+
+    def execute(self, text: str) -> None:
+        name, _, arg = text.strip().lstrip(":").partition(" ")
+        name, arg = name.lower(), arg.strip()
+        main = self.main
+        if name == "at":
+            try:
+                self.look_at(parse_moment(arg, self.clock()))
+            except ValueError as exc:
+                self.notify(str(exc), severity="error")
+        elif name == "filter":
+            main.filter_pane().set_filter(arg)
+        elif name == "sort" and arg in SORTS:
+            main.table.set_sort(arg)
+        elif name == "theme" and arg in ("dark", "light"):
+            self.theme = f"textual-{arg}"
+        elif name == "job" and arg:
+            self.action_open_job(arg)
+        elif name in ("pause", "resume"):
+            if self.check_action("set_paused", ()):
+                main.set_paused(name == "pause")
+        elif (command := next((c for c in COMMANDS if c.name == name), None)) is not None:
+            self.call_next(main.run_action, command.action)
+        else:
+            names = sorted({c.name for c in COMMANDS if c.name} | {"at TIME", "filter TEXT", "sort COLUMN",
+                                                                     "theme dark|light", "job ID", "resume"})
+            self.notify(f"Unknown command {name!r}. Commands: {', '.join(names)}", severity="error", timeout=10)
+
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        for command in COMMANDS:
+            if command.name and self.check_action(action_name(command.action), ()):
+                keys = f" [{command.keys}]" if command.keys else ""
+                yield SystemCommand(command.title, command.help + keys, partial(self._palette, command))
+
+    def _palette(self, command: Command) -> None:
+        self.call_next(self.main.run_action, command.action)
+
+
+def _terminal_driver(fd: int) -> Any:
+    """Textual's driver, writing to the terminal on `fd` while fd 2 carries the embedded daemon's log."""
+    from textual.drivers.linux_driver import LinuxDriver
+
+    class TerminalDriver(LinuxDriver):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._file = os.fdopen(os.dup(fd), "w", encoding="utf-8", errors="replace")
+
+    return TerminalDriver
+
+
+def _tell(fd: int | None, line: str) -> None:
+    """A line for the operator; the terminal may already be gone (SIGHUP), which is fine."""
+    try:
+        os.write(2 if fd is None else fd, (line + "\n").encode())
+    except OSError:
+        pass
+
+
+async def _answers(socket_path: Path) -> bool | None:
+    """True when a daemon answers; None when one may be there but we may not connect."""
+    try:
+        client = await DaemonClient.connect(socket_path, timeout=2.0)
+    except DaemonUnavailable as exc:
+        return None if isinstance(exc.__cause__, PermissionError) else False
+    await client.close()
+    return True
+
+
+async def _console(config: Any, socket_path: Path, state_dir: Path | None, readonly: bool) -> int:
+    from daemon.server import AlreadyRunning
+
+    embedded: Embedded | None = None
+    if not readonly and await _answers(socket_path) is False:
+        try:
+            embedded = await start_embedded(config, socket_path, state_dir, redirect_stderr=sys.stderr.isatty())
+        except AlreadyRunning:
+            pass  # another daemon is starting on that socket: attach to it (the link retries)
+        except Exception as exc:
+            print(f"sai: no daemon answers on {socket_path} and one cannot be started here: {exc}\n"
+                  "     (use --socket, SAI_SOCKET, or start one with `sai daemon`)", file=sys.stderr)
+            return 1
+    driver = _terminal_driver(embedded.terminal_fd) if embedded and embedded.terminal_fd is not None else None
+    app = SaiConsole(str(socket_path), readonly=readonly, embedded=embedded, driver_class=driver)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # killed, or the SSH session dropped: stop cleanly
+        loop.add_signal_handler(sig, app.exit, 0)
+    try:
+        await app.run_async()
+    finally:
+        if embedded is not None:
+            _tell(embedded.terminal_fd, "sai: stopping the embedded daemon...")
+            await embedded.stop()
+            _tell(2, f"sai: embedded daemon stopped (log: {embedded.log_path})")
+    return app.return_code or 0
+
+
+def run_console(args: argparse.Namespace) -> int:
+    from daemon import config, paths
+
+    try:
+        cfg = config.load(args.config)
+    except config.ConfigError as exc:
+        print(f"sai: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    socket_path = paths.socket_path(args.socket, cfg.daemon.socket)
+    state_dir = Path(args.state_dir) if args.state_dir else None
+    return asyncio.run(_console(cfg, socket_path, state_dir, bool(args.readonly)))

@@ -1,0 +1,58 @@
+"""Every key binding, grouped by where it works (built from the bindings themselves, never by hand)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Iterable
+
+from rich.table import Table
+from rich.text import Text
+from textual.binding import Binding, BindingType
+from textual.containers import VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Label, Static
+
+Group = tuple[str, list[tuple[str, str]]]
+
+
+def key_label(app: Any, keys: str) -> str:
+    return " ".join(app.get_key_display(Binding(key, "")) for key in keys.split(","))
+
+
+def binding_rows(app: Any, bindings: Iterable[BindingType]) -> list[tuple[str, str]]:
+    rows = []
+    for item in bindings:
+        binding = item if isinstance(item, Binding) else Binding(*item)
+        if binding.description:
+            rows.append((key_label(app, binding.key), binding.description))
+    return rows
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape,q,question_mark,f1", "dismiss", "Close help"),
+        Binding("j,down", "scroll(1)", "Down", show=False),
+        Binding("k,up", "scroll(-1)", "Up", show=False),
+    ]
+
+    def __init__(self, groups: list[Group]) -> None:
+        super().__init__()
+        self.groups = groups
+
+    def compose(self) -> Any:
+        with VerticalScroll(id="help-box"):
+            yield Label("Keys — esc closes; ctrl+p lists every action by name", id="help-title")
+            for heading, rows in self.groups:
+                table = Table.grid(padding=(0, 2))
+                table.add_column(style="bold", min_width=14)
+                table.add_column()
+                for keys, text in rows:
+                    table.add_row(Text(keys), Text(text))
+                yield Label(heading, classes="help-heading")
+                yield Static(table, classes="help-group")
+
+    def action_scroll(self, step: int) -> None:
+        box = self.query_one("#help-box", VerticalScroll)
+        box.scroll_to(y=box.scroll_y + step, animate=False)
+
+    async def action_dismiss(self, result: Any = None) -> None:
+        self.dismiss(None)

@@ -1,0 +1,136 @@
+"""The new-job form. The daemon validates; its -32602 answers (data.field, data.reason) show under the field."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from textual import on, work
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label, Select, Static
+
+from daemon.protocol import INVALID_PARAMS, RpcError
+from console.widgets.pane import console_of
+
+SIZES: list[tuple[str, str]] = [
+    ("daemon default", ""), ("512 × 512", "512x512"), ("768 × 768", "768x768"), ("1024 × 1024", "1024x1024"),
+    ("512 × 768 portrait", "512x768"), ("768 × 512 landscape", "768x512"), ("256 × 256", "256x256"),
+    ("64 × 64 (test)", "64x64"),
+]
+PRIORITIES = ["low", "normal", "high", "critical"]
+FIELDS = ("prompt", "negative_prompt", "size", "steps", "seed", "priority", "count")
+FIELD_OF_PARAM = {"width": "size", "height": "size"}
+
+
+def number(text: str) -> int | str | None:
+    """An integer when the text is one; the text itself otherwise, so that the daemon says what is wrong."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+class NewJobScreen(ModalScreen[str | None]):
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("ctrl+s", "submit", "Submit", priority=True),
+        Binding("escape", "close", "Close form"),
+        Binding("down", "app.focus_next", "Next field", show=False),
+        Binding("up", "app.focus_previous", "Previous field", show=False),
+    ]
+
+    def compose(self) -> Any:
+        with Vertical(id="form-box"):
+            yield Label("New job — enter or ctrl+s submits, esc closes", id="form-title")
+            yield from self._row("prompt", "Prompt", Input(placeholder="what to draw", id="prompt", compact=True))
+            yield from self._row("negative_prompt", "Negative", Input(placeholder="what to avoid (optional)",
+                                                                     id="negative_prompt", compact=True))
+            yield from self._row("size", "Size", Select(SIZES, value="", allow_blank=False, id="size", compact=True))
+            yield from self._row("steps", "Steps", Input(placeholder="daemon default", id="steps", compact=True))
+            yield from self._row("seed", "Seed", Input(placeholder="random", id="seed", compact=True))
+            yield from self._row("priority", "Priority", Select([(p, p) for p in PRIORITIES], value="normal",
+                                                               allow_blank=False, id="priority", compact=True))
+            yield from self._row("count", "Images", Input(placeholder="1", id="count", compact=True))
+            yield Static("", id="error-form", classes="form-error")
+            with Horizontal(id="form-buttons"):
+                yield Button("Submit", id="submit", variant="primary", compact=True)
+                yield Button("Close", id="close", compact=True)
+
+    @staticmethod
+    def _row(field: str, label: str, widget: Any) -> Any:
+        with Horizontal(classes="form-row"):
+            yield Label(label, classes="form-label")
+            yield widget
+        yield Static("", id=f"error-{field}", classes="form-error")
+
+    def on_mount(self) -> None:
+        self._clear_errors()
+        self.query_one("#prompt", Input).focus()
+
+    def params(self) -> dict[str, Any]:
+        values: dict[str, Any] = {"prompt": self.query_one("#prompt", Input).value}
+        negative = self.query_one("#negative_prompt", Input).value
+        if negative:
+            values["negative_prompt"] = negative
+        size = self.query_one("#size", Select).value
+        if isinstance(size, str) and size:
+            width, height = size.split("x")
+            values["width"], values["height"] = int(width), int(height)
+        for field in ("steps", "seed", "count"):
+            value = number(self.query_one(f"#{field}", Input).value)
+            if value is not None:
+                values[field] = value
+        values["priority"] = self.query_one("#priority", Select).value
+        return values
+
+    def _clear_errors(self) -> None:
+        for error in self.query(".form-error"):
+            error.update("")  # type: ignore[attr-defined]
+            error.display = False
+
+    def _show_error(self, field: str, text: str) -> None:
+        widget = self.query_one(f"#error-{field}", Static)
+        widget.update(text)
+        widget.display = True
+
+    def show_rpc_error(self, exc: BaseException) -> None:
+        if isinstance(exc, RpcError) and exc.code == INVALID_PARAMS and isinstance(exc.data, dict):
+            param = str(exc.data.get("field", ""))
+            field = FIELD_OF_PARAM.get(param, param)
+            if field in FIELDS:
+                reason = str(exc.data.get("reason") or exc.message)
+                self._show_error(field, f"{param}: {reason}" if param != field else reason)
+                self.query_one(f"#{field}").focus()
+                return
+        self._show_error("form", str(exc))
+
+    @on(Input.Submitted)
+    def _enter(self, event: Input.Submitted) -> None:
+        event.stop()
+        self.action_submit()
+
+    @on(Button.Pressed, "#submit")
+    def _submit_pressed(self) -> None:
+        self.action_submit()
+
+    @on(Button.Pressed, "#close")
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+    @work(exclusive=True, group="submit")
+    async def action_submit(self) -> None:
+        self._clear_errors()
+        try:
+            result = await console_of(self).rpc("job.submit", **self.params())
+        except Exception as exc:
+            self.show_rpc_error(exc)
+            return
+        warnings = result.get("warnings") or []
+        position = result.get("position")
+        self.notify(f"Submitted {result['job_id']}" + (f", position {position + 1}" if position is not None else "")
+                    + ("; " + "; ".join(warnings) if warnings else ""), title="New job",
+                    severity="warning" if warnings else "information")
+        self.dismiss(str(result["job_id"]))

@@ -1,0 +1,186 @@
+"""Audit: the live tail of the log, its latest checkpoint, and the result of `v` (audit.verify)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from rich.text import Text
+from textual.message import Message
+from textual.widgets import Static
+
+from console.connection import not_offered
+from console.widgets.display import RowFilter, clock_time, parse_time
+from console.widgets.pane import Pane, console_of
+from console.widgets.table import Table
+
+KEEP = 1000
+PAGE = 200
+
+
+def entry_fields(entry: dict[str, Any]) -> dict[str, str]:
+    actor = entry.get("actor") or {}
+    return {"seq": str(entry.get("seq", "")), "action": str(entry.get("action", "")).lower(),
+            "actor": str(actor.get("user", "")).lower(), "user": str(actor.get("user", "")).lower(),
+            "subject": str(entry.get("subject", "")).lower()}
+
+
+def checkpoint_summary(note: str) -> str:
+    """`size N, root …` from a C2SP signed note (origin, size, base64 root, blank, signatures)."""
+    lines = note.splitlines()
+    if len(lines) < 3:
+        return note.strip() or "-"
+    signers = [line.split()[1] for line in lines[4:] if line.startswith("— ") and len(line.split()) > 2]
+    return f"size {lines[1]}, root {lines[2][:16]}…" + (f", signed by {', '.join(signers)}" if signers else "")
+
+
+class AuditTable(Table):
+    COMPONENT_CLASSES: ClassVar[set[str]] = {"audit-table--action"}
+
+    entries: list[dict[str, Any]] = []
+
+    def on_resize(self) -> None:
+        self.show(self.entries, follow=False)
+
+    def show(self, entries: list[dict[str, Any]], follow: bool) -> None:
+        at_end = follow or not self.row_count or self.cursor_row >= self.row_count - 1
+        self.entries = entries
+        spec: list[tuple[str, str, int | None]] = [("seq", "seq", 5), ("time", "time", 8), ("actor", "actor", 8),
+                                                   ("action", "action", 14), ("subject", "subject", None)]
+        self.reset_columns(spec if self.size.width >= 70 else [c for c in spec if c[0] != "actor"])
+        style = self.get_component_rich_style("audit-table--action", partial=True)
+        for entry in entries:
+            self.add_row(*self._cells(entry, style), key=str(entry.get("seq")))
+        if at_end and entries:
+            self.move_cursor(row=len(entries) - 1, animate=False)
+
+    def _cells(self, entry: dict[str, Any], style: Any) -> list[Any]:
+        cells = {"seq": str(entry.get("seq", "")), "time": clock_time(parse_time(entry.get("time"))),
+                 "actor": Text(str((entry.get("actor") or {}).get("user", "")), no_wrap=True, overflow="ellipsis"),
+                 "action": Text(str(entry.get("action", "")), style=style),
+                 "subject": Text(str(entry.get("subject", "")), no_wrap=True, overflow="ellipsis")}
+        return [cells[str(column.key.value)] for column in self.ordered_columns]
+
+    def append(self, entry: dict[str, Any]) -> None:
+        self.entries = (self.entries + [entry])[-KEEP:]
+        follow = not self.row_count or self.cursor_row >= self.row_count - 1
+        style = self.get_component_rich_style("audit-table--action", partial=True)
+        self.add_row(*self._cells(entry, style), key=str(entry.get("seq")))
+        while self.row_count > KEEP:
+            self.remove_row(self.coordinate_to_cell_key((0, 0)).row_key)  # type: ignore[arg-type]
+        if follow:
+            self.move_cursor(row=self.row_count - 1, animate=False)
+
+
+class AuditPane(Pane):
+    number = 4
+    title = "Audit"
+
+    class Head(Message):
+        """The log's head moved (size and latest leaf hash), for the header."""
+
+        def __init__(self, head: dict[str, Any]) -> None:
+            super().__init__()
+            self.head = head
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(id="audit", **kwargs)
+        self.entries: list[dict[str, Any]] = []
+        self.row_filter = RowFilter()
+        self.checkpoint = ""
+        self.verify_result = ""
+        self.looking_back = False
+        self.log_size = 0
+
+    def compose(self) -> Any:
+        yield Static("waiting for the daemon…", id="audit-note", classes="note")
+        yield AuditTable(id="audit-table")
+
+    def focus_target(self) -> Any:
+        return self.query_one(AuditTable)
+
+    def _note(self) -> None:
+        lines = [f"checkpoint: {self.checkpoint}" if self.checkpoint else ""]
+        if self.verify_result:
+            lines.append(self.verify_result)
+        self.query_one("#audit-note", Static).update("\n".join(line for line in lines if line))
+
+    def _head(self) -> None:
+        last = self.entries[-1] if self.entries else {}
+        self.post_message(self.Head({"size": self.log_size, "leaf_hash": last.get("leaf_hash")}))
+
+    async def reload(self) -> None:
+        app = console_of(self)
+        self.looking_back = False
+        try:
+            result = await app.rpc("audit.tail", limit=PAGE)
+        except Exception as exc:
+            reason = ("the daemon does not keep an audit log yet (audit.tail: no such method)" if not_offered(exc)
+                      else f"audit.tail: {exc}")
+            self.checkpoint, self.entries = "", []
+            self.query_one("#audit-note", Static).update(reason)
+            self.post_message(self.Head({"error": "unavailable"}))
+            return
+        self.entries = list(result.get("entries", []))
+        self.log_size = int(result.get("size", len(self.entries)))
+        self._redraw(follow=True)
+        self._head()
+        try:
+            self.checkpoint = checkpoint_summary((await app.rpc("audit.checkpoint", fresh=False)).get("checkpoint", ""))
+        except Exception as exc:
+            self.checkpoint = f"unavailable ({exc})"
+        self._note()
+
+    def apply(self, entry: dict[str, Any]) -> None:
+        self.log_size = max(self.log_size, int(entry.get("seq", -1)) + 1)
+        self._head()
+        if self.looking_back:
+            return
+        self.entries.append(entry)
+        del self.entries[:-KEEP]
+        if not self.row_filter or self.row_filter.matches(entry_fields(entry)):
+            self.query_one(AuditTable).append(entry)
+        self._info()
+
+    def set_filter(self, text: str) -> None:
+        self.row_filter = RowFilter(text)
+        self._redraw(follow=True)
+
+    def _redraw(self, follow: bool) -> None:
+        shown = [e for e in self.entries if not self.row_filter or self.row_filter.matches(entry_fields(e))]
+        self.query_one(AuditTable).show(shown, follow)
+        self._info()
+
+    def _info(self) -> None:
+        parts = [f"{self.log_size} entries"]
+        if self.row_filter:
+            parts.append(f"filter {self.row_filter.text!r}")
+        if self.looking_back and self.entries:
+            parts.append(f"up to #{self.entries[-1].get('seq')}")
+        self.set_info(" · ".join(parts))
+
+    async def verify(self) -> dict[str, Any]:
+        result = await console_of(self).rpc("audit.verify")
+        if result.get("ok"):
+            self.verify_result = f"verify: OK, {result.get('size')} entries, every hash and signature checks"
+        else:
+            self.verify_result = (f"verify: FAILED at entry {result.get('first_bad')}: {result.get('reason')}")
+        self._note()
+        return dict(result)
+
+    async def show_at(self, moment: float) -> None:
+        """Look back: the entries written up to `moment`, found by bisecting on sequence numbers."""
+        app = console_of(self)
+        low, high = 0, self.log_size
+        while low < high:
+            middle = (low + high) // 2
+            page = await app.rpc("audit.tail", limit=1, before_seq=middle + 1)
+            entries = page.get("entries") or []
+            stamp = parse_time(entries[-1].get("time")) if entries else None
+            if stamp is not None and stamp <= moment:
+                low = middle + 1
+            else:
+                high = middle
+        self.looking_back = True
+        page = await app.rpc("audit.tail", limit=PAGE, before_seq=low) if low else {"entries": []}
+        self.entries = list(page.get("entries", []))
+        self._redraw(follow=True)

@@ -1,0 +1,148 @@
+"""Shared by the console tests: fixed daemon state for snapshots, and waiting on a running app."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from textual.pilot import Pilot
+
+from console.app import SaiConsole
+from console.connection import JobChanged
+
+NOW = 1_800_000_000.0
+PAUSED_NO_WORKER = {"queue": {"start_paused": True}, "model": {"preload": False}}
+
+
+def iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+STATUS: dict[str, Any] = {
+    "version": "0.1.0", "pid": 4242, "installation": "gpu-box-01", "host": "gpu-box-01", "embedded": False,
+    "uptime": 3725.0, "queue": {"paused": True, "queued": 3, "running": 1},
+    "worker": {"state": "ready", "pid": 4300, "model_id": "tiny", "device": "cpu", "restarts": 0,
+               "memory": {"rss": 470 * 2**20}},
+    "you": {"user": "alice", "uid": 1000, "role": "admin"},
+}
+
+
+def fixed_job(n: int, state: str, priority: str = "normal", user: str = "alice",
+              prompt: str = "a lighthouse on a cliff at dusk", progress: float = 0.0) -> dict[str, Any]:
+    finished = state in ("succeeded", "failed", "cancelled")
+    return {"job_id": f"j{n:012x}", "state": state, "priority": priority, "user": user, "prompt_visible": True,
+            "params": {"prompt": prompt, "width": 64, "height": 64, "steps": 4, "seed": n, "count": 1},
+            "created_at": iso(NOW - 60 * n - 30), "started_at": iso(NOW - 20) if state != "queued" else None,
+            "finished_at": iso(NOW - 5 * n) if finished else None, "progress": progress, "outputs": [],
+            "error": "generation failed: out of memory" if state == "failed" else None}
+
+
+JOBS = [fixed_job(1, "running", progress=0.45), fixed_job(2, "queued", "critical", "bob", "portrait of an astronaut"),
+        fixed_job(3, "queued", "high"), fixed_job(4, "queued", "low", "carol", "red fox in the snow"),
+        fixed_job(5, "succeeded"), fixed_job(6, "failed", user="bob"), fixed_job(7, "cancelled")]
+
+AUDIT = [{"seq": i, "time": iso(NOW - 100 + i), "actor": {"user": "alice", "uid": 1000, "pid": 1}, "action": action,
+          "subject": subject, "leaf_hash": f"{i:02x}" * 32}
+         for i, (action, subject) in enumerate([("audit.init", ""), ("daemon.start", ""),
+                                                 ("job.submit", "j000000000001"), ("job.start", "j000000000001")])]
+
+
+def offline_app(**kwargs: Any) -> SaiConsole:
+    """An app with no daemon and a frozen clock: feed it with `fill`."""
+    return SaiConsole(None, clock=lambda: NOW, **kwargs)
+
+
+def fill(app: SaiConsole) -> None:
+    """The fixed state above, through the same entry points live data takes."""
+    main = app.main
+    main.header.link = "up"
+    main.header.status = STATUS
+    main.table.load(JOBS)
+    main.audit.entries = list(AUDIT)
+    main.audit.log_size = len(AUDIT)
+    main.audit.checkpoint = "size 4, root q83vEjRWeJAGQ…"
+    main.audit._redraw(follow=True)
+    main.audit._note()
+    main.audit._head()
+    main.memory.offered = False
+    main.memory.note = ("The daemon does not offer GPU and memory metrics yet (metrics.snapshot: no such method). "
+                        "This pane fills in when it does.")
+    main.memory.set_worker(STATUS["worker"])
+    main.alerts.offered = False
+    main.alerts._note("The daemon does not raise alerts yet (alerts.list: no such method). "
+                      "This pane fills in when it does.")
+    main.alerts.set_info("not offered")
+    app.post_message(JobChanged(JOBS[0]))
+
+
+async def until(pilot: Pilot[Any], predicate: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
+    """Let the app run until `predicate()` is truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
+        await pilot.pause(0.05)
+
+
+def screen_text(app: SaiConsole) -> str:
+    """The characters on the screen now (what a person would read)."""
+    update = app.screen._compositor.render_update(full=True, screen_stack=app._background_screens)
+    strips = getattr(update, "strips", [])
+    return "\n".join("".join(segment.text for segment in strip) for strip in strips)
+
+
+def notifications(app: SaiConsole) -> list[str]:
+    return [n.message for n in app._notifications]
+
+
+async def connected(pilot: Pilot[Any], app: SaiConsole) -> None:
+    await until(pilot, lambda: app.main.header.link == "up" and "pid" in app.main.header.status, 30,
+                "the console to attach and load")
+
+
+GIB = 2**30
+SAMPLE: dict[str, Any] = {
+    "ts": NOW, "time": iso(NOW), "interval": 1.0,
+    "host": {"cpu_percent": 12.5, "load_1m": 0.4, "memory": {"used": 18 * GIB, "total": 24 * GIB, "percent": 75.0}},
+    "daemon": {"pid": 4242, "rss": 180 * 2**20, "cpu_percent": 1.0},
+    "worker": {"pid": 4300, "rss": 3 * GIB, "cpu_percent": 90.0, "gpu_memory": 70 * GIB, "torch_allocated": 60 * GIB,
+               "torch_reserved": 66 * GIB, "torch_peak": 64 * GIB},
+    "gpu": {"available": True, "reason": None, "driver": "560.35", "count": 2}, "gpu_error": None,
+    "gpus": [{"index": 0, "name": "NVIDIA H100 80GB HBM3", "memory": {"used": 72 * GIB, "total": 80 * GIB},
+              "utilization": 97, "temperature": 71, "power_w": 612.0},
+             {"index": 1, "name": "NVIDIA H100 80GB HBM3", "memory": {"used": 8 * GIB, "total": 80 * GIB},
+              "utilization": 3, "temperature": 38, "power_w": "n/a"}],
+}
+SNAPSHOT: dict[str, Any] = {**SAMPLE, "history": {"interval": 1.0, "ts": [NOW - 40 + i for i in range(40)], "series": {
+    "host.memory.used": [(12 + 6 * i / 39) * GIB for i in range(40)], "host.memory.total": [24 * GIB] * 40,
+    "gpus.0.memory.used": [(20 + 52 * (i % 20) / 19) * GIB for i in range(40)], "gpus.0.memory.total": [80 * GIB] * 40,
+    "gpus.1.memory.used": [8 * GIB] * 40, "gpus.1.memory.total": [80 * GIB] * 40}}}
+ALERTS = [
+    {"alert_id": 7, "key": "gpu_memory:gpu0", "severity": "critical", "state": "active", "count": 12,
+     "message": "GPU0 memory 97% used (critical at 97%)", "first_seen": iso(NOW - 600), "last_seen": iso(NOW - 5),
+     "acked": False},
+    {"alert_id": 5, "key": "host_memory", "severity": "warning", "state": "acked", "count": 3,
+     "message": "host memory 91% used (warning at 90%)", "first_seen": iso(NOW - 900), "last_seen": iso(NOW - 300),
+     "acked": True, "acked_by": "alice"},
+]
+
+
+def fill_monitoring(app: SaiConsole) -> None:
+    """As if the daemon offered metrics and alerts (the shapes daemon/monitor documents)."""
+    main = app.main
+    main.memory.offered, main.memory.note = True, ""
+    main.memory.sample = SNAPSHOT
+    from console.widgets.memory_pane import history_fractions
+
+    from collections import deque
+
+    main.memory.history = {k: deque(v) for k, v in history_fractions(SNAPSHOT["history"]).items()}
+    main.memory.redraw()
+    main.alerts.offered = True
+    main.alerts.alerts = {str(a["alert_id"]): a for a in ALERTS}
+    main.alerts._note("")
+    main.alerts._redraw()
