@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
@@ -97,6 +98,7 @@ class MainScreen(Screen[None]):
         self.clock = clock
         self.embedded = embedded
         self.readonly = readonly
+        self._priority_lock = asyncio.Lock()
 
     def compose(self) -> Any:
         yield StatusHeader(self.clock, self.embedded, id="header")
@@ -226,20 +228,23 @@ class MainScreen(Screen[None]):
 
     @work(group="priority")
     async def action_priority(self, step: int) -> None:
-        jobs = [job for job in self.targets() if job.get("state") == "queued"]
-        if not jobs:
-            self.notify("Only queued jobs have a priority to change; select or tag one.", severity="warning")
-            return
         app = console_of(self)
-        for job in jobs:
-            index = PRIORITIES.index(job["priority"]) if job.get("priority") in PRIORITIES else 1
-            new = PRIORITIES[max(0, min(len(PRIORITIES) - 1, index + step))]
-            if new == job.get("priority"):
-                continue
-            try:
-                await app.rpc("job.set_priority", job_id=job["job_id"], priority=new)
-            except Exception as exc:
-                self._report(f"Priority of {job['job_id']}", exc)
+        async with self._priority_lock:  # key repeats apply one after another, each from the last answer
+            jobs = [job for job in self.targets() if job.get("state") == "queued"]
+            if not jobs:
+                self.notify("Only queued jobs have a priority to change; select or tag one.", severity="warning")
+                return
+            for job in jobs:
+                index = PRIORITIES.index(job["priority"]) if job.get("priority") in PRIORITIES else 1
+                new = PRIORITIES[max(0, min(len(PRIORITIES) - 1, index + step))]
+                if new == job.get("priority"):
+                    continue
+                try:
+                    reply = await app.rpc("job.set_priority", job_id=job["job_id"], priority=new)
+                except Exception as exc:
+                    self._report(f"Priority of {job['job_id']}", exc)
+                else:
+                    job["priority"] = reply.get("priority", new)
 
     def _report(self, what: str, exc: BaseException) -> None:
         console_of(self).report(what, exc)

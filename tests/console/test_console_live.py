@@ -53,6 +53,9 @@ async def test_submit_from_the_form_and_watch_it_run_to_the_end(make_daemon: Any
         for expected in ("prompt", "a lighthouse at dusk", "seed", "Timeline", "queued", "running", "Outputs",
                          "Audit entries", "Preview"):
             assert expected in detail, expected
+        entries = app.screen.audit_entries  # from the daemon's audit chain, this job's only
+        assert {"job.submit", "job.start", "output.write", "job.finish"} <= {e["action"] for e in entries}
+        assert {e["subject"] for e in entries} == {job_id}
         await pilot.press("escape")
         assert app.screen is app.main
 

@@ -119,33 +119,3 @@ async def test_no_color_is_respected(monkeypatch: pytest.MonkeyPatch) -> None:
     fills = set(re.findall(r'fill[:=]\s*"?(#[0-9a-f]{6})', svg)) - window
     greys = {f for f in fills if f[1:3] == f[3:5] == f[5:7]}
     assert fills == greys, f"colours on a NO_COLOR screen: {sorted(fills - greys)}"
-
-
-async def test_job_detail_reads_the_audit_log_backwards_until_before_the_job() -> None:
-    from console.app import SaiConsole
-    from console.screens.job_detail import JobDetailScreen
-    from console_helpers import NOW, fixed_job, iso
-
-    job = fixed_job(3, "succeeded")  # created at NOW - 210
-    log = [{"seq": i, "time": iso(NOW - 2000 + i), "action": "job.start" if i % 100 == 0 else "x",
-            "subject": job["job_id"] if i % 100 == 0 and i > 1790 else "other", "actor": {"user": "alice"}} for i in range(2000)]
-    calls: list[dict[str, Any]] = []
-
-    class Fake(SaiConsole):
-        async def rpc(self, method: str, /, **params: Any) -> Any:
-            if method == "audit.tail":
-                calls.append(params)
-                end = params.get("before_seq", len(log))
-                return {"entries": log[max(0, end - params["limit"]):end], "size": len(log)}
-            raise RpcError(-32601, f"no such method: {method}")
-
-    app = Fake(None, clock=lambda: NOW)
-    async with app.run_test() as pilot:
-        screen = JobDetailScreen(job)
-        await app.push_screen(screen)
-        await pilot.pause()
-        assert calls, "opening the detail reads the job's audit entries"
-        calls.clear()
-        found = await screen._audit_entries()
-    assert [e["seq"] for e in found] == [1800, 1900]  # the job's entries after it was created
-    assert len(calls) == 2  # 2000-1800, then 1800-1600 reaches back before the job: stop

@@ -61,7 +61,7 @@ async def test_soft_floor_alerts_and_hard_floor_refuses(open_monitor, small_fs: 
     if small_fs is not None:
         sample = await monitor.tick()
         assert sample["disk"]["total"] == 16 * MIB and sample["disk"]["path"] == str(outputs)
-        assert await monitor.alerts.list() == [] and monitor.disk_refusal() is None
+        assert await monitor.alerts.list() == [] and monitor.disk_refusal(max_age=0) is None
         fill(outputs, 6)  # 10 MiB free: below the soft floor only
     sample = await monitor.tick()
     (alert,) = await monitor.alerts.list()
@@ -70,9 +70,9 @@ async def test_soft_floor_alerts_and_hard_floor_refuses(open_monitor, small_fs: 
     topic, data = sub.queue.get_nowait()
     assert topic == "alert" and data["alert"]["key"] == "disk_free"
     if small_fs is not None:
-        assert monitor.disk_refusal() is None
+        assert monitor.disk_refusal(max_age=0) is None
         fill(outputs, 3)  # 7 MiB free: below the hard floor
-    refusal = monitor.disk_refusal()
+    refusal = monitor.disk_refusal(max_age=0)
     assert refusal is not None and "not enough free disk space" in refusal
     assert str(outputs) in refusal and "alerts.disk_refuse_below_gib" in refusal
     if small_fs is not None:
@@ -83,10 +83,10 @@ async def test_soft_floor_alerts_and_hard_floor_refuses(open_monitor, small_fs: 
             name.unlink()
         for _ in range(monitor.limits.clear_after_samples):
             await monitor.tick()
-        assert await monitor.alerts.list() == [] and monitor.disk_refusal() is None
+        assert await monitor.alerts.list() == [] and monitor.disk_refusal(max_age=0) is None
         assert audit.actions() == ["alert.raise", "alert.raise", "alert.clear"]
 
 
 async def test_a_hard_floor_of_zero_never_refuses(open_monitor) -> None:
     monitor, _, _ = await open_monitor(monitor_config(alerts__disk_refuse_below_gib=0.0))
-    assert monitor.disk_refusal() is None
+    assert monitor.disk_refusal(max_age=0) is None
