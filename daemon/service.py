@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -254,6 +255,9 @@ class Daemon:
 
 async def run(config: Config, socket_path: Path | None, state_dir: Path | None) -> int:
     """`sai daemon`: run in the foreground until SIGTERM or SIGINT; exit 0 after a clean drain."""
+    # The output path's CPU work runs in threads; a short GIL switch interval keeps the event loop
+    # (dispatch, commits, replies) responsive while it does (bench/overhead.py measures the effect).
+    sys.setswitchinterval(0.0005)
     daemon = Daemon(config, socket_path, state_dir)
     try:
         await daemon.startup()
