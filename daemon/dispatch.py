@@ -30,6 +30,10 @@ class OutputSink(Protocol):
         """Turn one generated image into stored output files (runs in a worker thread)."""
 
 
+IN_FLIGHT = 2
+"""Batches handed to the worker at once: the running one and the next."""
+
+
 class Dispatcher:
     def __init__(self, manager: QueueManager, worker: WorkerSupervisor, sink: OutputSink, executor: Executor,
                  max_batch: int, policy: Section) -> None:
@@ -38,12 +42,13 @@ class Dispatcher:
         self.sink = sink
         self.executor = executor
         self.max_batch = max_batch
-        self.current: list[Job] = []
         self.cancel_requested: dict[str, str] = {}
         self.finishing: set[asyncio.Task[None]] = set()
         self.stopping = False
         self._abandon = False
-        self._batch_task: asyncio.Task[None] | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._counted_crash = 0
+        self._restart_at = 0.0
         self._backoff = 1.0
         self._start_lock = asyncio.Lock()
         self.policy = policy
@@ -55,24 +60,39 @@ class Dispatcher:
         self.on_worker_event: Callable[[str, dict[str, Any]], Any] = lambda kind, data: None
 
     async def run(self) -> None:
+        """Keep up to IN_FLIGHT batches with the worker: one running and the next waiting in its
+        queue, so the worker goes from one to the next without waiting for the daemon."""
         work = self.manager.work
         while not self.stopping:
-            await work.wait()
+            if self._inflight:
+                woken = asyncio.create_task(work.wait())
+                await asyncio.wait([*self._inflight, woken], return_when=asyncio.FIRST_COMPLETED)
+                woken.cancel()
+            else:
+                await work.wait()
             work.clear()
             if self.stopping:
                 break
             if self._restart_reason is not None:
+                if self._inflight:
+                    continue  # drain first: restart between batches
                 await self._restart(self._restart_reason)
-            if self.manager.paused or not self.manager.queued() or self.halted:
+            if (len(self._inflight) >= IN_FLIGHT or self.manager.paused or not self.manager.queued()
+                    or self.halted):
                 continue
-            if not self.worker.alive and not await self._start_worker():
-                continue
+            if not self.worker.alive:
+                if self._inflight:
+                    continue  # the batches of the dead worker are still being put back
+                await asyncio.sleep(max(0.0, self._restart_at - time.monotonic()))
+                if not await self._start_worker():
+                    continue
             batch = self.manager.next_batch()
             if not batch:
                 continue
             work.set()
-            self._batch_task = asyncio.create_task(self._run_batch(batch), name="sai-batch")
-            await asyncio.wait([self._batch_task])
+            task = asyncio.create_task(self._run_batch(batch), name="sai-batch")
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
 
     async def warm_up(self) -> None:
         """Load the model at start-up so the first job does not wait for it."""
@@ -107,9 +127,13 @@ class Dispatcher:
         self.manager.progress(batch, step, steps)
         stopped = [job for job in batch if job.job_id in self.cancel_requested and job.state == RUNNING]
         if stopped:
-            task = asyncio.create_task(self._cancelled(stopped))
-            self.finishing.add(task)
-            task.add_done_callback(self.finishing.discard)
+            self._track(self._cancelled(stopped))
+
+    def _track(self, coro: Any) -> None:
+        """Run bookkeeping beside the batch; shutdown waits for it."""
+        task = asyncio.create_task(coro)
+        self.finishing.add(task)
+        task.add_done_callback(self.finishing.discard)
 
     async def _cancelled(self, jobs: list[Job]) -> None:
         for job in jobs:
@@ -119,28 +143,35 @@ class Dispatcher:
 
     async def _run_batch(self, batch: list[Job]) -> None:
         await self.manager.mark_running(batch)
-        self.current = batch
         head = batch[0].params
         budget = self.memory.image_budget(head["width"], head["height"], self.capacity())
         chunk = self.max_batch if budget is None else min(self.max_batch, budget)
         command = {"width": head["width"], "height": head["height"], "steps": head["steps"],
                    "guidance": head["guidance"], "chunk": chunk, "items": self._items(batch)}
-        log.info("running batch of %d job(s), %d image(s): %s", len(batch), len(command["items"]),
+        log.info("handing the worker a batch of %d job(s), %d image(s): %s", len(batch), len(command["items"]),
                  " ".join(job.job_id for job in batch))
+        started = False
+
+        def on_progress(step: int, steps: int) -> None:
+            nonlocal started
+            if not started:  # it may have waited in the worker's queue behind the previous batch
+                started = True
+                self._track(self.manager.mark_started(batch))
+            self._on_progress(batch, step, steps)
+
         try:
-            result = await self.worker.run_batch(command, lambda s, n: self._on_progress(batch, s, n))
+            result = await self.worker.run_batch(command, on_progress)
         except WorkerCrashed as exc:
             live = [job for job in batch if job.state == RUNNING]
             failed = await self.manager.requeue(live, str(exc), count_attempt=not self._abandon)
-            if not self._abandon:
+            if not self._abandon and exc.generation != self._counted_crash:
+                self._counted_crash = exc.generation
                 await self._crashed(str(exc), batch, failed)
             return
         except BatchFailed as exc:
             live = [job for job in batch if job.state == RUNNING]
             await self.manager.finish(live, FAILED, f"generation failed: {exc}")
             return
-        finally:
-            self.current = []
         self._backoff = 1.0
         self._check_leak(result.memory.get("rss"))
         self.memory.observe(result.peak)
@@ -201,7 +232,7 @@ class Dispatcher:
             self.on_worker_event("crash_loop", {**details, "error": self.halted})
             return
         log.warning("restarting the worker in %.0f s", self._backoff)
-        await asyncio.sleep(self._backoff)
+        self._restart_at = time.monotonic() + self._backoff
         self._backoff = min(self._backoff * 2, self.policy.max_backoff)
 
     def _check_leak(self, rss: float | None) -> None:
@@ -223,7 +254,7 @@ class Dispatcher:
         self.halted = None
         self.crashes.clear()
         self.manager.work.set()
-        return {"restarting": True, "after_batch": bool(self.current), "reason": reason}
+        return {"restarting": True, "after_batch": bool(self._inflight), "reason": reason}
 
     async def _restart(self, reason: str) -> None:
         self._restart_reason = None
@@ -246,14 +277,14 @@ class Dispatcher:
         """Stop taking work; let the running batch finish within `grace` seconds, else put it back."""
         self.stopping = True
         self.manager.work.set()
-        if self._batch_task is not None and not self._batch_task.done():
+        if self._inflight:
             log.info("waiting up to %.0f s for the running batch to finish", grace)
-            done, _ = await asyncio.wait([self._batch_task], timeout=grace)
-            if not done:
+            _, pending = await asyncio.wait(self._inflight, timeout=grace)
+            if pending:
                 log.warning("running batch did not finish within %.0f s; putting it back in the queue", grace)
                 self._abandon = True
                 await self.worker.kill()
-                await asyncio.gather(self._batch_task, return_exceptions=True)
+                await asyncio.gather(*pending, return_exceptions=True)
         if self.finishing:
             await asyncio.gather(*self.finishing, return_exceptions=True)
         await self.worker.stop()

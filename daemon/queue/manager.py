@@ -246,15 +246,25 @@ class QueueManager:
         return scheduler.pick_batch(self.queued(), time.time(), self.policy, image_budget)
 
     async def mark_running(self, jobs: list[Job]) -> None:
-        now = time.time()
+        """Handed to the worker (it may wait there behind the batch before it): out of the queue."""
         for job in jobs:
             self.index.remove(job)
-            job.state, job.started_at, job.progress, job.error = RUNNING, now, 0.0, None
-            job.attempts += 1
-        batch = [job.job_id for job in jobs]
-        await asyncio.gather(self.store.save_many(jobs), *(
-            self.audit(None, "job.start", job.job_id, {"attempt": job.attempts, "batch": batch}) for job in jobs))
+            job.state, job.started_at, job.progress, job.error = RUNNING, None, 0.0, None
+        await self.store.save_many(jobs)
         for job in jobs:
+            self._publish_state(job)
+
+    async def mark_started(self, jobs: list[Job]) -> None:
+        """The worker began the batch (its first step): only now does an attempt count."""
+        now = time.time()
+        live = [job for job in jobs if job.state == RUNNING]
+        for job in live:
+            job.started_at = now
+            job.attempts += 1
+        batch = [job.job_id for job in live]
+        await asyncio.gather(self.store.save_many(live), *(
+            self.audit(None, "job.start", job.job_id, {"attempt": job.attempts, "batch": batch}) for job in live))
+        for job in live:
             self._publish_state(job)
 
     def progress(self, jobs: list[Job], step: int, steps: int) -> None:
@@ -293,9 +303,9 @@ class QueueManager:
         job cannot take the others down with it. Returns the jobs that failed."""
         failed = []
         for job in jobs:
-            if not count_attempt:
+            if not count_attempt and job.started_at is not None:
                 job.attempts = max(0, job.attempts - 1)
-            elif len(jobs) > 1:
+            elif count_attempt and len(jobs) > 1:
                 job.isolate = True
             if job.attempts >= self.config.queue.max_attempts:
                 self._finish(job, FAILED, f"quarantined after {job.attempts} attempts; last: {reason}")

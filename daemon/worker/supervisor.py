@@ -34,7 +34,14 @@ class WorkerError(Exception):
 
 
 class WorkerCrashed(WorkerError):
-    """The worker process ended while it had work."""
+    """The worker process ended while it had work. `started` says whether this batch had begun
+    (a batch still waiting in the worker's queue was not at fault); `generation` names the worker
+    process, so one crash is counted once however many batches it took down."""
+
+    def __init__(self, reason: str, started: bool = True, generation: int = 0) -> None:
+        super().__init__(reason)
+        self.started = started
+        self.generation = generation
 
 
 class WorkerLoadFailed(WorkerError):
@@ -59,6 +66,8 @@ class BatchResult:
 class _Running:
     batch_id: str
     on_progress: Callable[[int, int], None]
+    generation: int
+    started: bool = False
     result: BatchResult = field(default_factory=BatchResult)
     done: asyncio.Future[BatchResult] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
@@ -72,7 +81,8 @@ class WorkerSupervisor:
         self.last_error: str | None = None
         self.restarts = 0
         self.started_at: float | None = None
-        self._running: _Running | None = None
+        self._running: dict[str, _Running] = {}
+        self.generation = 0
         self._ready: asyncio.Future[dict[str, Any]] | None = None
         self._reader: asyncio.Task[None] | None = None
         self._batches = 0
@@ -95,6 +105,7 @@ class WorkerSupervisor:
         """Spawn the worker and wait until its model is loaded."""
         if self.process is not None:
             self.restarts += 1
+        self.generation += 1
         self.state = "starting"
         env = {**os.environ, **WORKER_ENV}
         self.process = await asyncio.create_subprocess_exec(
@@ -133,8 +144,9 @@ class WorkerSupervisor:
             log.error("worker %s", reason)
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(WorkerLoadFailed(self.last_error or reason))
-        if self._running is not None and not self._running.done.done():
-            self._running.done.set_exception(WorkerCrashed(reason))
+        for running in list(self._running.values()):
+            if not running.done.done():
+                running.done.set_exception(WorkerCrashed(reason, running.started, running.generation))
 
     @staticmethod
     def _exit_reason(returncode: int) -> str:
@@ -156,10 +168,11 @@ class WorkerSupervisor:
             if self._ready is not None and not self._ready.done():
                 self._ready.set_exception(WorkerLoadFailed(self.last_error))
             return
-        running = self._running
-        if running is None or message.get("batch_id") != running.batch_id:
+        running = self._running.get(message.get("batch_id", ""))
+        if running is None or running.done.done():
             return
         if event == "progress":
+            running.started = True
             running.on_progress(int(message["step"]), int(message["steps"]))
         elif event == "image" and payload is not None:
             running.result.images[(message["job_id"], int(message["index"]))] = (tuple(message["shape"]), payload)
@@ -175,21 +188,24 @@ class WorkerSupervisor:
 
     def _send(self, command: dict[str, Any]) -> None:
         if not self.alive or self.process is None or self.process.stdin is None:
-            raise WorkerCrashed(self.last_error or "worker is not running")
+            raise WorkerCrashed(self.last_error or "worker is not running", started=False, generation=self.generation)
         self.process.stdin.write(pack(command))
 
     async def run_batch(self, command: dict[str, Any], on_progress: Callable[[int, int], None]) -> BatchResult:
-        """Run one batch; raise WorkerCrashed if the process dies, BatchFailed if the batch errors."""
+        """Run one batch; raise WorkerCrashed if the process dies, BatchFailed if the batch errors.
+
+        Batches may be sent while another runs: the worker queues them and starts the next one
+        the moment the previous ends, with no round trip through the daemon in between."""
         self._batches += 1
         batch_id = f"b{self._batches}"
-        self._running = _Running(batch_id, on_progress)
+        running = self._running[batch_id] = _Running(batch_id, on_progress, self.generation)
         self.state = "busy"
         try:
             self._send({**command, "op": "run", "batch_id": batch_id})
-            return await self._running.done
+            return await running.done
         finally:
-            self._running = None
-            if self.state == "busy":
+            del self._running[batch_id]
+            if self.state == "busy" and not self._running:
                 self.state = "ready"
 
     def cancel(self, job_ids: list[str]) -> None:

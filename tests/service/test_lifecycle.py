@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -120,7 +121,8 @@ async def test_kill_9_loses_no_job_and_runs_each_exactly_once(make_daemon, clien
             pytest.fail(f"worker {pid} outlived its daemon")
     again = make_daemon(state_from=daemon, config={"queue": {"max_batch": 1}})
     client = await client_of(again)
-    assert "recovered 1 job(s)" in again.read_log()
+    # The interrupted job, and perhaps the next one already handed to the worker, go back.
+    assert re.search(r"recovered [12] job\(s\)", again.read_log())
     jobs = [await wait_for(client, job_id, timeout=300) for job_id in [running, *queued]]
     assert all(job["state"] == "succeeded" for job in jobs), [j["error"] for j in jobs]
     assert jobs[0]["attempts"] == 2 and all(job["attempts"] == 1 for job in jobs[1:])
