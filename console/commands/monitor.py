@@ -7,6 +7,7 @@ import sys
 from datetime import datetime
 from typing import Any
 
+from console.widgets.display import human_bytes
 from daemon.client import DaemonClient
 
 GIB = 1024 ** 3
@@ -31,15 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ack.set_defaults(handler=ack_alert, needs_daemon=True)
 
 
-def size(value: Any) -> str:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return "-" if value is None else str(value)
-    amount = float(value)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(amount) < 1024 or unit == "TiB":
-            return f"{amount:.0f} {unit}" if unit == "B" else f"{amount:.1f} {unit}"
-        amount /= 1024
-    return f"{amount:.1f} TiB"
+size = human_bytes
 
 
 def _figure(value: Any, unit: str = "") -> str:

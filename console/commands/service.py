@@ -48,20 +48,9 @@ async def run_daemon(args: argparse.Namespace, client: None) -> int:
     return await service.run(cfg, socket_path, state_dir)
 
 
-def _human_duration(seconds: float) -> str:
-    seconds = int(seconds)
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d {hours}h"
-    if hours:
-        return f"{hours}h {minutes}m"
-    return f"{minutes}m {secs}s"
-
-
 async def show_status(args: argparse.Namespace, client: DaemonClient) -> int:
     from console.cli import print_json
+    from console.widgets.display import duration
 
     status: dict[str, Any] = await client.call("daemon.status")
     if args.json:
@@ -69,7 +58,7 @@ async def show_status(args: argparse.Namespace, client: DaemonClient) -> int:
         return 0
     worker, queue = status["worker"], status["queue"]
     lines = [
-        ("daemon", f"{status['installation']} pid {status['pid']} up {_human_duration(status['uptime'])}"
+        ("daemon", f"{status['installation']} pid {status['pid']} up {duration(status['uptime'])}"
                    f"{' (embedded)' if status['embedded'] else ''}"),
         ("socket", status["socket"]),
         ("model", f"{worker.get('model_id') or '-'} on {worker.get('device') or '-'} ({worker.get('dtype') or '-'})"),

@@ -48,9 +48,10 @@ def clock_time(epoch: float | None, utc: bool = False) -> str:
     return moment.strftime("%H:%M:%S")
 
 
-def human_bytes(value: float | None) -> str:
-    if value is None:
-        return "-"
+def human_bytes(value: Any) -> str:
+    """1.5 GiB; "-" for no value; a non-number (NVML's "n/a") as it is."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return "-" if value is None else str(value)
     size = float(value)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(size) < 1024 or unit == "TiB":
