@@ -13,8 +13,9 @@ import os
 import pwd
 import sqlite3
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -169,19 +170,26 @@ class Writer:
         self.conn.executemany("INSERT OR REPLACE INTO audit_nodes VALUES (?, ?, ?)", nodes)
         return out
 
-    def write(self, records: list[Record]) -> list[dict[str, Any]]:
-        """One group commit."""
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One IMMEDIATE transaction; on any failure the database and the in-memory frontier
+        both go back to where they were."""
         before = self.frontier.copy()
         try:
             self.conn.execute("BEGIN IMMEDIATE")
-            entries = self._insert(records)
-            if self.size - self.cp_size >= self.every_entries:
-                self._checkpoint()
+            yield
             self.conn.execute("COMMIT")
         except BaseException:
             self._rollback()
             self.frontier = before
             raise
+
+    def write(self, records: list[Record]) -> list[dict[str, Any]]:
+        """One group commit."""
+        with self._transaction():
+            entries = self._insert(records)
+            if self.size - self.cp_size >= self.every_entries:
+                self._checkpoint()
         self.commits += 1
         self.entries_written += len(entries)
         return entries
@@ -217,18 +225,11 @@ class Writer:
         if new_kid == self.kid:
             raise ValueError("the new audit signing key is the current one")
         details = {"old_key_id": self.kid, "new_key_id": new_kid, "new_public_key": base64.b64encode(raw).decode()}
-        before = self.frontier.copy()
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")
+        with self._transaction():
             entry = self._insert([(actor, ROTATE_ACTION, new_kid, check_details(details), utc_now())])[0]
             self.conn.execute("INSERT OR REPLACE INTO audit_keys VALUES (?, ?, ?, ?)",
                               (new_kid, raw, self.size, utc_now()))
             self._checkpoint()
-            self.conn.execute("COMMIT")
-        except BaseException:
-            self._rollback()
-            self.frontier = before
-            raise
         self.key, self.kid = new_key, new_kid
         return entry
 
