@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from daemon.audit import checkpoint as cpmod
 from daemon.audit import merkle
 from daemon.audit.entry import check_action, check_actor, check_details, check_subject, key_id, utc_now
+from daemon.groupcommit import let_others_join
 from daemon.audit.writer import (SCHEMA, AuditClosed, AuditKeyMismatch, Record, Writer, connect_writer,
                                  entry_dict, own_actor)
 
@@ -150,6 +151,8 @@ class AuditLog:
                 except asyncio.TimeoutError:
                     pass
             self._wake.clear()
+            if self._pending:
+                await let_others_join(self._pending.__len__)
             if self._delay and 0 < len(self._pending) < self._max_batch and not self._closing:
                 await asyncio.sleep(self._delay)
             while self._pending:

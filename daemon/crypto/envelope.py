@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import json
+from json.encoder import encode_basestring_ascii as _quote
 import secrets
 import struct
 import threading
@@ -57,13 +58,19 @@ def canonical_json(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
 
 
+def _string_object(fields: dict[str, str], keys: tuple[str, ...]) -> bytes:
+    """`canonical_json` of a flat object of strings whose `keys` are given in sorted order, without
+    the generic encoder (this runs for every prompt sealed and every output written)."""
+    return ("{" + ",".join(f'"{k}":{_quote(fields[k])}' for k in keys) + "}").encode("ascii")
+
+
 def _prefixed(header: bytes) -> bytes:
     return MAGIC + bytes([VERSION]) + struct.pack(">I", len(header)) + header
 
 
 def aad_for(header: dict[str, str]) -> bytes:
     """The additional authenticated data: a SAIE prefix over the protected fields only."""
-    return _prefixed(canonical_json({k: header[k] for k in PROTECTED}))
+    return _prefixed(_string_object(header, PROTECTED))
 
 
 @dataclass(frozen=True)
@@ -165,18 +172,22 @@ def parse(blob: bytes | memoryview) -> Envelope:
 
 
 def _build(header: dict[str, str], ciphertext: bytes | memoryview) -> bytes:
-    return b"".join((_prefixed(canonical_json(header)), ciphertext))
+    return b"".join((_prefixed(_string_object(header, FIELDS)), ciphertext))
+
+
+def _seal(plaintext: bytes, job_id: str, content_type: str, kid: str, aead: AESGCM, wrapped_b64: str) -> bytes:
+    nonce = secrets.token_bytes(NONCE_LEN)
+    header = {"alg": ALG, "content_type": content_type, "job_id": job_id, "kid": kid,
+              "nonce": _b64(nonce), "wrapped_key": wrapped_b64}
+    return _build(header, aead.encrypt(nonce, plaintext, aad_for(header)))
 
 
 def encrypt(plaintext: bytes, job_id: str, content_type: str, keystore: "KeyStore") -> bytes:
     """Encrypt under a fresh data key and nonce, the data key wrapped with the current KEK."""
     kid = keystore.current_kek_id
     data_key = AESGCM.generate_key(bit_length=256)
-    nonce = secrets.token_bytes(NONCE_LEN)
-    header = {"alg": ALG, "content_type": content_type, "job_id": job_id, "kid": kid,
-              "nonce": _b64(nonce), "wrapped_key": _b64(aes_key_wrap(keystore.kek(kid), data_key))}
-    ciphertext = AESGCM(data_key).encrypt(nonce, plaintext, aad_for(header))
-    return _build(header, ciphertext)
+    return _seal(plaintext, job_id, content_type, kid, AESGCM(data_key),
+                 _b64(aes_key_wrap(keystore.kek(kid), data_key)))
 
 
 def _data_key(env: Envelope, keystore: "KeyStore") -> bytes:
@@ -245,6 +256,11 @@ def reseal_text(blob: bytes, job_id: str, keystore: "KeyStore") -> bytes | None:
     return None if new == data else new
 
 
+PROMPT_KEY_USES = 1 << 20
+"""Prompts sealed under one data key. Random 96-bit GCM nonces stay far inside NIST SP 800-38D's
+2**32 invocations per key."""
+
+
 class PromptSealer:
     """The job store's TextSealer: prompts are SAIE blobs (text/plain) bound to their job id.
 
@@ -259,13 +275,32 @@ class PromptSealer:
         self._cache: OrderedDict[tuple[str, bytes], str] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
+        self._data_key: tuple[str, AESGCM, str] | None = None
+        self._data_key_uses = 0
 
     def seal(self, text: str, job_id: str) -> bytes:
         if not text:
             return b""  # nothing to hide (most jobs have no negative prompt); saves an envelope per submit
-        blob = encrypt_text(text, job_id, self.keystore)
+        kid, aead, wrapped = self._current_data_key()
+        blob = _seal(text.encode("utf-8"), job_id, TEXT, kid, aead, wrapped)
         self._remember((job_id, blob), text)
         return blob
+
+    def _current_data_key(self) -> tuple[str, AESGCM, str]:
+        """The data key prompts are sealed under: one per PROMPT_KEY_USES prompts and per KEK.
+
+        Each prompt still gets its own random nonce and the envelope is the same SAIE blob, with
+        the (shared) data key wrapped in its header, so readers, rotation and re-wrapping see no
+        difference; sharing the key only saves a key generation and a key wrap per submit.
+        """
+        kid = self.keystore.current_kek_id
+        with self._lock:
+            if self._data_key is None or self._data_key[0] != kid or self._data_key_uses >= PROMPT_KEY_USES:
+                data_key = AESGCM.generate_key(bit_length=256)
+                self._data_key = (kid, AESGCM(data_key), _b64(aes_key_wrap(self.keystore.kek(kid), data_key)))
+                self._data_key_uses = 0
+            self._data_key_uses += 1
+            return self._data_key
 
     def open(self, blob: bytes, job_id: str) -> str:
         if not blob:

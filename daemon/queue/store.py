@@ -15,6 +15,7 @@ from typing import Any, Awaitable, Callable, Protocol
 
 import aiosqlite
 
+from daemon.groupcommit import let_others_join
 from daemon.queue.jobs import FINISHED, Job
 
 log = logging.getLogger("sai.queue")
@@ -129,6 +130,7 @@ class JobStore:
     async def _write_loop(self) -> None:
         while True:
             group = [await self._pending.get()]
+            await let_others_join(self._pending.qsize)
             while len(group) < self._max_group and not self._pending.empty():
                 group.append(self._pending.get_nowait())
             try:

@@ -181,3 +181,21 @@ def test_text_api(keystore: KeyStore) -> None:
         envelope.decrypt_text(blob, keystore, job_id="job-8")
     with pytest.raises(HeaderError):
         envelope.decrypt_text(envelope.encrypt(b"x", "job-7", "image/png", keystore), keystore)
+
+
+def test_prompt_sealer_shares_a_data_key_with_fresh_nonces_and_follows_rotation(keystore: KeyStore) -> None:
+    sealer = envelope.PromptSealer(keystore, cache_size=0)
+    first, second = sealer.seal("first prompt", "j1"), sealer.seal("second prompt", "j2")
+    (hb1, h1, _), (hb2, h2, _) = split(first), split(second)
+    assert h1["wrapped_key"] == h2["wrapped_key"] and h1["nonce"] != h2["nonce"]
+    for header_bytes, header in ((hb1, h1), (hb2, h2)):  # the fast header spelling is the canonical one
+        assert header_bytes == json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    assert envelope.decrypt_text(first, keystore, job_id="j1") == "first prompt"
+    assert sealer.open(second, "j2") == "second prompt"
+    with pytest.raises(HeaderError, match="belongs to job"):
+        sealer.open(first, "j2")  # a blob moved to another job's row
+    keystore.rotate()
+    after = split(sealer.seal("after rotation", "j3"))[1]
+    assert after["kid"] == keystore.current_kek_id != h1["kid"]
+    assert after["wrapped_key"] != h1["wrapped_key"]
+    assert sealer.seal("", "j4") == b""
