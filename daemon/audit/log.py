@@ -25,9 +25,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from daemon.audit import checkpoint as cpmod
 from daemon.audit import merkle
 from daemon.audit.entry import check_action, check_actor, check_details, check_subject, key_id, utc_now
-from daemon.groupcommit import let_others_join
 from daemon.audit.writer import (SCHEMA, AuditClosed, AuditKeyMismatch, Record, Writer, connect_writer,
                                  entry_dict, own_actor)
+from daemon.groupcommit import let_others_join
 
 __all__ = ["AuditLog", "AuditClosed", "AuditKeyMismatch", "SCHEMA", "connect_writer"]
 
