@@ -256,8 +256,12 @@ class SaiConsole(App[int]):
         self.push_screen(NewJobScreen())
 
     def action_open_job(self, job_id: str) -> None:
-        job = self.main.table.jobs.get(job_id, {"job_id": job_id})
-        self.push_screen(JobDetailScreen(job))
+        if not self.is_screen_installed("job-detail"):
+            self.install_screen(JobDetailScreen(), "job-detail")
+        detail = self.get_screen("job-detail")
+        assert isinstance(detail, JobDetailScreen)
+        detail.show(self.main.table.jobs.get(job_id, {"job_id": job_id}))
+        self.push_screen(detail)
 
     def action_look(self, step: int) -> None:
         now = self.clock()

@@ -49,16 +49,32 @@ class JobDetailScreen(Screen[None]):
         Binding("k", "scroll(-1)", "Up", show=False),
     ]
 
-    def __init__(self, job: dict[str, Any]) -> None:
+    def __init__(self) -> None:
+        """One instance serves every job (`show`): the app installs it, so opening a job costs a
+        layout and a paint, not composing, mounting and styling a dozen widgets each time."""
         super().__init__()
-        self.job = dict(job)
-        self.job_id = str(job["job_id"])
+        self.job: dict[str, Any] = {}
+        self.job_id = ""
         self.seen: list[tuple[float, str]] = []
         self.audit_entries: list[dict[str, Any]] = []
         self.verification: dict[int, dict[str, Any]] = {}
         self.verify_note = ""
         self.audit_note = "loading…"
         self.output_index = 0
+
+    def show(self, job: dict[str, Any]) -> None:
+        """Point the screen at `job` (from the queue table: drawn at once, then reloaded)."""
+        changed = str(job["job_id"]) != self.job_id
+        self.job = dict(job)
+        self.job_id = str(job["job_id"])
+        if changed:
+            self.seen, self.audit_entries, self.verification = [], [], {}
+            self.output_index = 0
+            if self.is_mounted:
+                self.query_one("#preview-image", Image).image = None
+                self.query_one("#preview-title", Label).update("Preview")
+                self.query_one("#preview-note", Static).update("")
+        self.verify_note, self.audit_note = "", "loading…"
 
     def compose(self) -> Any:
         yield Static(id="detail-title")
@@ -77,8 +93,10 @@ class JobDetailScreen(Screen[None]):
             return False
         return True
 
-    def on_mount(self) -> None:
-        self.query_one("#detail-info").focus()
+    def on_screen_resume(self) -> None:
+        info = self.query_one("#detail-info", VerticalScroll)
+        info.focus()
+        info.scroll_home(animate=False)
         self._draw()
         self.action_reload()
 

@@ -1,7 +1,8 @@
 """The queue: every job the daemon lists, live from the `job` topic; sortable, filterable, taggable.
 
 A Line API widget: it draws only the rows on screen, so filtering or re-sorting a thousand jobs
-costs a list sort and a repaint of one screenful, and a progress event repaints one line.
+costs a list sort and a repaint of one screenful, and a progress event repaints one line. Rows
+are cached as drawn strips until their job, the width or the theme changes.
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ class QueueTable(ScrollView, can_focus=True):
         self.shown: list[str] = []
         self._row_of: dict[str, int] = {}
         self._columns: list[tuple[str, str, int]] = []
-        self._lines: dict[str, Strip] = {}
+        self._lines: dict[str, tuple[int, Style, Strip]] = {}
+        self._header: tuple[int, Style, str, Strip] | None = None
         self._fields: dict[str, dict[str, str]] = {}
         self._keys: dict[str, Any] = {}
         self._keys_sort = self.sort
@@ -93,11 +95,13 @@ class QueueTable(ScrollView, can_focus=True):
         fixed = sum(width for _, _, width in spec) + 2 * len(spec)
         self._columns = [(key, label, width or max(8, self.size.width - fixed)) for key, label, width in spec]
         self._lines.clear()
+        self._header = None
         self._sync_size()
 
     def _sync_size(self) -> None:
         """Rows changed. Setting `virtual_size` the usual way re-lays out the whole screen; the
-        scrollbar is always shown (see the .tcss), so updating it in place is enough."""
+        table draws no scrollbar (see the .tcss; the header says which row the cursor is on, and
+        a scrollbar cost more to paint than the rows), so updating it in place is enough."""
         size = Size(self.size.width, len(self.shown) + 1)
         if size != self.virtual_size:
             self.set_reactive(QueueTable.virtual_size, size)
@@ -107,6 +111,7 @@ class QueueTable(ScrollView, can_focus=True):
     def _restyle(self) -> None:
         self._styles.clear()
         self._lines.clear()
+        self._header = None
         self.refresh()
 
     def _style(self, name: str) -> Style:
@@ -115,10 +120,10 @@ class QueueTable(ScrollView, can_focus=True):
         return self._styles[name]
 
     def on_focus(self) -> None:
-        self.refresh()
+        self.refresh_line(self.cursor + 1)  # the cursor row is drawn dim while focus is elsewhere
 
     def on_blur(self) -> None:
-        self.refresh()
+        self.refresh_line(self.cursor + 1)
 
     def _state_cell(self, job: dict[str, Any]) -> Text:
         state = job.get("state", "")
@@ -160,27 +165,35 @@ class QueueTable(ScrollView, can_focus=True):
         segments = list(line.render(self.app.console))
         return Strip(segments, line.cell_len)
 
-    def _row_strip(self, job_id: str) -> Strip:
-        strip = self._lines.get(job_id)
-        if strip is None:
-            strip = self._lines[job_id] = self._join(self._cells(self.jobs[job_id]))
+    def _row_strip(self, job_id: str, width: int, base: Style) -> Strip:
+        """The row as drawn: cached with the width and base style it was made for."""
+        cached = self._lines.get(job_id)
+        if cached is not None and cached[0] == width and cached[1] == base:
+            return cached[2]
+        strip = self._join(self._cells(self.jobs[job_id])).adjust_cell_length(width).apply_style(base)
+        self._lines[job_id] = (width, base, strip)
         return strip
 
     def render_line(self, y: int) -> Strip:
         width = self.size.width
         base = self.rich_style
         if y == 0:
-            header = self._join({key: Text(label) for key, label, _ in self._columns}, self._style("header"))
-            return header.adjust_cell_length(width, base).apply_style(base)
+            position = f"{self.cursor + 1}/{len(self.shown)}" if self.shown else "0/0"
+            if self._header is None or self._header[:3] != (width, base, position):
+                labels = {key: Text(label) for key, label, _ in self._columns}
+                labels["prompt"] = Text(f"prompt · row {position}")  # where the cursor is: no scrollbar
+                header = self._join(labels, self._style("header"))
+                self._header = (width, base, position, header.adjust_cell_length(width, base).apply_style(base))
+            return self._header[3]
         row = int(self.scroll_offset.y) + y - 1
         if not 0 <= row < len(self.shown):
             return Strip.blank(width, base)
-        strip = self._row_strip(self.shown[row]).adjust_cell_length(width)
+        strip = self._row_strip(self.shown[row], width, base)
         if row == self.cursor:
             cursor = self._style("cursor")
             strip = Strip(Segment.apply_style(list(strip), post_style=cursor if self.has_focus else
                                               Style(reverse=True, dim=True)), strip.cell_length)
-        return strip.apply_style(base)
+        return strip
 
     def _refresh_row(self, job_id: str) -> None:
         self._lines.pop(job_id, None)
@@ -299,6 +312,7 @@ class QueueTable(ScrollView, can_focus=True):
         return max(0, min(cursor, len(self.shown) - 1)) if self.shown else 0
 
     def watch_cursor(self, old: int, new: int) -> None:
+        self.refresh_line(0)
         self.refresh_line(old + 1)
         self.refresh_line(new + 1)
         rows = max(1, self.size.height - 1)
@@ -347,8 +361,9 @@ class QueueTable(ScrollView, can_focus=True):
     # -- what the operator does ----------------------------------------------------------------
 
     def set_filter(self, text: str) -> None:
-        self.row_filter = RowFilter(text)
-        self._fill()
+        if text.strip() != self.row_filter.text:
+            self.row_filter = RowFilter(text)
+            self._fill()
 
     def action_tag(self) -> None:
         job_id = self.selected_key()

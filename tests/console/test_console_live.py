@@ -155,6 +155,38 @@ async def test_filter_negate_and_clear(make_daemon: Any, client_of: Any) -> None
         await pilot.press("escape")
         assert sorted(table.shown) == sorted([fox, owl])
         assert "filter" not in str(app.main.query_one("#queue").border_title)
+        await pilot.press("G")  # the header says where the cursor is (the table draws no scrollbar)
+        assert table.selected_key() == table.shown[-1] and "row 2/2" in table.render_line(0).text
+        await pilot.press("g")
+        assert "row 1/2" in table.render_line(0).text
+
+
+async def test_the_detail_screen_shows_the_job_it_is_opened_on_each_time(make_daemon: Any, client_of: Any) -> None:
+    daemon = make_daemon(PAUSED_NO_WORKER)
+    client = await client_of(daemon)
+    await submit_via(client, "a red fox")
+    await submit_via(client, "a snowy owl")
+    app = console_for(daemon)
+    async with app.run_test(size=SIZE) as pilot:
+        await connected(pilot, app)
+        table = app.main.table
+        await until(pilot, lambda: len(table.shown) == 2 and all(
+            "prompt" in j["params"] for j in table.jobs.values()), 10)
+        seen = []
+        for _ in range(2):
+            job_id = table.selected_key()
+            prompt = table.jobs[job_id]["params"]["prompt"]
+            await pilot.press("enter")
+            assert isinstance(app.screen, JobDetailScreen)
+            await until(pilot, lambda: app.screen.audit_entries, 10, "the job's audit entries")
+            text = screen_text(app)
+            assert job_id in text and prompt in text
+            assert {e["subject"] for e in app.screen.audit_entries} == {job_id}
+            seen.append((job_id, prompt, text))
+            await pilot.press("escape", "j")
+            assert app.screen is app.main
+        (first, first_prompt, _), (second, _, second_text) = seen
+        assert first != second and first not in second_text and first_prompt not in second_text
 
 
 async def test_pause_and_resume_the_queue(make_daemon: Any, client_of: Any) -> None:
