@@ -20,8 +20,9 @@ import re
 from dataclasses import dataclass
 from typing import Iterable
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from daemon.crypto import ed25519
 
 SIG_PREFIX = "\u2014 "
 ED25519 = b"\x01"
@@ -131,11 +132,8 @@ def verify(note: str, keys: Iterable[bytes], name: str | None = None) -> tuple[C
         if sig_name != name or raw is None:
             continue
         known = True
-        try:
-            Ed25519PublicKey.from_public_bytes(raw).verify(signature, message)
-        except InvalidSignature:
-            continue
-        return cp, raw
+        if ed25519.verify(raw, signature, message):
+            return cp, raw
     if known:
         raise CheckpointError(f"the checkpoint signature for size {cp.size} does not verify")
     raise CheckpointError(f"the checkpoint for size {cp.size} is not signed by a known key named {name}")

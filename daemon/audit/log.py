@@ -97,7 +97,7 @@ class AuditLog:
         if active == w.kid:
             return
         if previous is not None and key_id(previous.public_key().public_bytes_raw()) == active:
-            w.key, w.kid = previous, active
+            w.use_key(previous)
             w.rotate(key, own_actor())
             return
         raise AuditKeyMismatch(f"the audit log at {self.path} is signed with key {active}, not with the given key "

@@ -15,11 +15,10 @@ import sqlite3
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import NamedTuple
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from daemon.audit import merkle
 from daemon.audit.entry import ROTATE_PREFIX
+from daemon.crypto.ed25519 import verify
 
 SIGNATURE_BATCH = 4096
 
@@ -30,11 +29,8 @@ def make_pool(workers: int) -> ProcessPoolExecutor:
 
 def verify_batch(start: int, public_raw: bytes, leaves: bytes, signatures: bytes) -> int | None:
     """The first position in the batch whose signature fails, or None."""
-    key = Ed25519PublicKey.from_public_bytes(public_raw)
     for i in range(len(leaves) // 32):
-        try:
-            key.verify(signatures[64 * i: 64 * i + 64], leaves[32 * i: 32 * i + 32])
-        except InvalidSignature:
+        if not verify(public_raw, signatures[64 * i: 64 * i + 64], leaves[32 * i: 32 * i + 32]):
             return start + i
     return None
 

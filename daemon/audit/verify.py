@@ -31,12 +31,11 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Collection, Iterable, Iterator, Protocol
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from daemon.audit import checkpoint as cpmod
 from daemon.audit import merkle, parallel
 from daemon.audit.entry import INIT_ACTION, ROTATE_ACTION, ROTATE_PREFIX, key_id, parse_entry
+from daemon.crypto import ed25519
 
 CHUNK_LEVEL = 14
 CHUNK = 1 << CHUNK_LEVEL
@@ -318,9 +317,7 @@ class _Verifier:
         if apply and self.sigs is not None:
             self.sigs.add(pos, raw, leaf, sig)
         else:
-            try:
-                Ed25519PublicKey.from_public_bytes(raw).verify(sig, leaf)
-            except (InvalidSignature, ValueError):
+            if not ed25519.verify(raw, sig, leaf):
                 return f"entry {pos}: the signature does not verify with key {kid}"
         if e["action"] == ROTATE_ACTION:
             return self._rotation(pos, e, apply)

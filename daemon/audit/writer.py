@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from daemon.audit import checkpoint as cpmod
 from daemon.audit import merkle
 from daemon.audit.entry import INIT_ACTION, ROTATE_ACTION, check_details, entry_bytes, key_id, leaf_hash, utc_now
+from daemon.crypto.ed25519 import Signer
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -91,7 +92,7 @@ class Writer:
 
     def __init__(self, path: Path, key: Ed25519PrivateKey, origin: str, every_entries: int) -> None:
         self.conn = connect_writer(path)
-        self.key, self.kid = key, key_id(key.public_key().public_bytes_raw())
+        self.use_key(key)
         self.every_entries = every_entries
         meta = dict(self.conn.execute("SELECT name, value FROM audit_meta").fetchall())
         self.origin = meta.get("origin", origin)
@@ -103,6 +104,10 @@ class Writer:
         self.cp_time = time.monotonic()
         self.commits = 0
         self.entries_written = 0
+
+    def use_key(self, key: Ed25519PrivateKey) -> None:
+        """Sign the next entries with `key` (it must be the key in force: see `rotate`)."""
+        self.key, self.kid, self.signer = key, key_id(key.public_key().public_bytes_raw()), Signer(key)
 
     @property
     def size(self) -> int:
@@ -155,12 +160,12 @@ class Writer:
 
     def _insert(self, records: Iterable[Record]) -> list[dict[str, Any]]:
         rows, nodes, out = [], [], []
-        key, kid, frontier = self.key, self.kid, self.frontier
+        signer, kid, frontier = self.signer, self.kid, self.frontier
         for actor, action, subject, details_json, stamp in records:
             seq = frontier.size
             data = entry_bytes(seq, stamp, actor, action, subject, details_json, kid)
             leaf = leaf_hash(data)
-            signature = key.sign(leaf)
+            signature = signer.sign(leaf)
             nodes.extend(frontier.append(leaf))
             rows.append((seq, data.decode("utf-8"), leaf, signature))
             out.append({"action": action, "actor": dict(actor), "details": json.loads(details_json), "key_id": kid,
@@ -230,7 +235,7 @@ class Writer:
             self.conn.execute("INSERT OR REPLACE INTO audit_keys VALUES (?, ?, ?, ?)",
                               (new_kid, raw, self.size, utc_now()))
             self._checkpoint()
-        self.key, self.kid = new_key, new_kid
+        self.use_key(new_key)
         return entry
 
     def close(self) -> None:
