@@ -1,0 +1,30 @@
+"""`report_daemon`: one real daemon per module that has run the jobs of `report_helpers.run_jobs`."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from daemon.harness import DaemonProcess
+from report_helpers import CONFIG, ReportDaemon, run_jobs
+
+
+@pytest.fixture(scope="module")
+def report_daemon(tiny_model: Path) -> Iterator[ReportDaemon]:
+    root = Path(tempfile.mkdtemp(prefix="sai-r-", dir="/tmp"))
+    daemon = DaemonProcess.create(root, CONFIG, None, tiny_model)
+    try:
+        daemon.start()
+        try:
+            jobs = asyncio.run(run_jobs(daemon.socket))
+        except TimeoutError:
+            raise TimeoutError(f"the jobs did not finish; daemon log:\n{daemon.read_log()[-4000:]}") from None
+        yield ReportDaemon(daemon, jobs)
+    finally:
+        daemon.stop()
+        shutil.rmtree(root, ignore_errors=True)

@@ -1,0 +1,74 @@
+"""Helpers for the report tests: jobs for a real daemon to run, `sai` as a subprocess, and job rows
+shaped as `report.jobs` returns them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from daemon.client import DaemonClient
+from daemon.harness import DaemonProcess
+from daemon.timefmt import rfc3339
+
+ROOT = Path(__file__).resolve().parents[2]
+PROMPT = "report-secret-prompt lighthouse"
+SHAPES = [(64, 64, 2, 1), (64, 64, 2, 2), (64, 64, 2, 1), (96, 96, 3, 1), (96, 96, 3, 1), (96, 96, 3, 1)]
+CONFIG = {"defaults": {"width": 64, "height": 64, "steps": 2}, "model": {"threads": 1}}
+
+
+@dataclass
+class ReportDaemon:
+    daemon: DaemonProcess
+    jobs: list[dict[str, Any]]
+
+
+async def run_jobs(socket: Path) -> list[dict[str, Any]]:
+    """Three 64x64 jobs of 2 steps (one of 2 images), three 96x96 jobs of 3 steps, and one job
+    cancelled while the queue was paused; returns each job as `job.get` shows it once all are done."""
+    client = await DaemonClient.connect(socket)
+    try:
+        await client.call("queue.pause")
+        cancelled = await client.call("job.submit", prompt=PROMPT, width=64, height=64, steps=2)
+        await client.call("job.cancel", job_id=cancelled["job_id"])
+        await client.call("queue.resume")
+        ids = [cancelled["job_id"]]
+        for width, height, steps, count in SHAPES:
+            reply = await client.call("job.submit", prompt=PROMPT, width=width, height=height, steps=steps,
+                                      count=count)
+            ids.append(reply["job_id"])
+        async with asyncio.timeout(180):
+            while True:
+                jobs = [await client.call("job.get", job_id=job_id) for job_id in ids]
+                if all(job["state"] in ("succeeded", "failed", "cancelled") for job in jobs):
+                    return jobs
+                await asyncio.sleep(0.1)
+    finally:
+        await client.close()
+
+
+T0 = 1_795_000_020.0  # a whole minute (a multiple of 60), so minute buckets start at T0
+
+
+def run_sai(*args: str, socket_path: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "SAI_SOCKET"}
+    if socket_path is not None:
+        env["SAI_SOCKET"] = str(socket_path)
+    return subprocess.run([sys.executable, "-m", "console.cli", *args], capture_output=True, text=True, cwd=ROOT,
+                          env=env, timeout=timeout)
+
+
+def row(job_id: str, created: float, started: float | None, finished: float, state: str = "succeeded",
+        size: int = 64, steps: int = 4, count: int = 1, error_kind: str | None = None,
+        peak: int | None = None, rss: int | None = None, batch_images: int | None = None) -> dict[str, Any]:
+    """A `report.jobs` row; times are seconds after T0."""
+    return {"job_id": job_id, "state": state, "priority": "normal", "user": "alice", "model_id": "tiny",
+            "width": size, "height": size, "steps": steps, "guidance": 7.5, "count": count,
+            "created_at": rfc3339(T0 + created), "started_at": None if started is None else rfc3339(T0 + started),
+            "finished_at": rfc3339(T0 + finished), "attempts": 1, "error_kind": error_kind,
+            "batch_jobs": None if batch_images is None else 1, "batch_images": batch_images,
+            "peak_bytes_per_image": peak, "worker_rss": rss}
