@@ -11,6 +11,8 @@ import grp
 import logging
 import os
 import socket
+import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +21,14 @@ from daemon.api import registry
 from daemon.auth import Peer, PeerRefused, identify
 from daemon.config import Section
 from daemon.events import EventBus, Subscription
-from daemon.protocol import INTERNAL_ERROR, INVALID_REQUEST, NOT_PERMITTED, RpcError
+from daemon.framing import MIB, READ_CHUNK, ConnectionLimits, InFlight, LineReader, LineTimeout, LineTooLong
+from daemon.protocol import INTERNAL_ERROR, INVALID_REQUEST, NOT_PERMITTED, RATE_LIMITED, UNAVAILABLE, RpcError
 
 log = logging.getLogger("sai.server")
 
 MAX_IN_FLIGHT = 64
+MAX_IN_FLIGHT_BYTES = 4 * protocol.MAX_LINE
+REFUSAL_LOG_INTERVAL = 10.0
 
 
 class AlreadyRunning(Exception):
@@ -31,26 +36,45 @@ class AlreadyRunning(Exception):
 
 
 class Connection:
-    """One client: its identity, its writes (serialised), its event feed."""
+    """One client: its identity, its writes (serialised, and bounded for a client that stops
+    reading), its event feed."""
 
-    def __init__(self, peer: Peer, writer: asyncio.StreamWriter, bus: EventBus) -> None:
+    def __init__(self, peer: Peer, writer: asyncio.StreamWriter, bus: EventBus,
+                 limits: ConnectionLimits = ConnectionLimits()) -> None:
         self.peer = peer
         self.writer = writer
         self.bus = bus
+        self.limits = limits
         self.subscription: Subscription | None = None
         self._pump: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self._unread = 0
         self.closed = False
 
     async def send(self, message: Any) -> None:
+        """Write one message. Past `max_unread_bytes` already waiting to go out on this connection,
+        or a write the client does not take within `write_timeout`, the connection is dropped: a
+        client that stops reading costs the daemon a bounded buffer for a bounded time."""
         if self.closed:
             return
-        async with self._lock:
-            try:
-                self.writer.write(protocol.encode(message))
-                await self.writer.drain()
-            except (ConnectionError, RuntimeError):
-                self.closed = True
+        data = protocol.encode(message)
+        self._unread += len(data)
+        try:
+            if self._unread - len(data) > self.limits.max_unread_bytes:
+                self.drop(f"it left more than {self.limits.max_unread_bytes / MIB:g} MiB unread (daemon.max_unread_mb)")
+                return
+            async with self._lock:
+                if self.closed:
+                    return
+                try:
+                    self.writer.write(data)
+                    await asyncio.wait_for(self.writer.drain(), self.limits.write_timeout)
+                except asyncio.TimeoutError:
+                    self.drop(f"it read nothing for {self.limits.write_timeout:g} s (daemon.write_timeout)")
+                except (ConnectionError, RuntimeError):
+                    self.closed = True
+        finally:
+            self._unread -= len(data)
 
     def subscribe(self, topics: set[str]) -> set[str]:
         if self.subscription is None:
@@ -65,28 +89,43 @@ class Connection:
         while not self.closed:
             item = await sub.get()
             if item is None:
-                log.warning("closing the event feed of %s (pid %s): it fell too far behind", self.peer.user, self.peer.pid)
-                self.writer.close()
+                self.drop("its event feed fell too far behind")
                 return
             await self.send(protocol.event(*item))
 
-    def close(self) -> None:
+    def drop(self, reason: str) -> None:
+        """Close at once, discarding what it has not read (closing politely would wait for a
+        reader that is not reading)."""
+        if self.closed:
+            return
+        log.warning("closing the connection of %s (pid %s): %s", self.peer.user, self.peer.pid, reason)
+        self.close(abort=True)
+
+    def close(self, abort: bool = False) -> None:
         self.closed = True
         if self.subscription is not None:
             self.bus.unsubscribe(self.subscription)
-        if self._pump is not None:
+        if self._pump is not None and self._pump is not asyncio.current_task():
             self._pump.cancel()
-        self.writer.close()
+        if abort:
+            self.writer.transport.abort()
+        else:
+            self.writer.close()
 
 
 class SocketServer:
-    def __init__(self, path: Path, daemon: Any, auth: Section, bus: EventBus, group: str = "") -> None:
+    def __init__(self, path: Path, daemon: Any, auth: Section, bus: EventBus, group: str = "",
+                 limits: ConnectionLimits = ConnectionLimits()) -> None:
         self.path = path
         self.daemon = daemon
         self.auth = auth
         self.bus = bus
         self.group = group
+        self.limits = limits
         self.connections: set[Connection] = set()
+        self._per_uid: Counter[int] = Counter()
+        self._refused: Counter[str] = Counter()
+        self._refusals_logged_at = 0.0
         self._server: asyncio.AbstractServer | None = None
         self._lock_fd: int | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -153,7 +192,7 @@ class SocketServer:
 
     async def start(self) -> None:
         sock = self._bind()
-        self._server = await asyncio.start_unix_server(self._accept, sock=sock, limit=protocol.STREAM_LIMIT)
+        self._server = await asyncio.start_unix_server(self._accept, sock=sock, limit=READ_CHUNK)
         log.info("listening on %s", self.path)
 
     async def stop_accepting(self) -> None:
@@ -175,77 +214,103 @@ class SocketServer:
     # -- one connection --------------------------------------------------------------------
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self.connections) >= self.limits.max_connections:
+            limit = self.limits.max_connections
+            self._refuse(writer, "connections", RpcError(
+                UNAVAILABLE, f"the daemon already serves {limit} connections, the most it accepts "
+                             "(daemon.max_connections); try again when some have closed",
+                {"reason": "connections", "limit": limit}))
+            return
         try:
             peer = identify(writer.get_extra_info("socket"), self.auth)
         except PeerRefused as exc:
-            writer.write(protocol.encode(protocol.error(None, RpcError(NOT_PERMITTED, str(exc)))))
-            writer.close()
+            self._refuse(writer, "no role", RpcError(NOT_PERMITTED, str(exc)))
             return
-        conn = Connection(peer, writer, self.bus)
+        if self._per_uid[peer.uid] >= self.limits.max_connections_per_user:
+            limit = self.limits.max_connections_per_user
+            self._refuse(writer, f"{peer.user}'s connections", RpcError(
+                RATE_LIMITED, f"{peer.user} already has {limit} connections open, the most one user may "
+                              "(daemon.max_connections_per_user); close some and try again",
+                {"retry_after": None, "limit": limit}))
+            return
+        conn = Connection(peer, writer, self.bus, self.limits)
         self.connections.add(conn)
-        slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._per_uid[peer.uid] += 1
         try:
-            await self._read_requests(conn, reader, slots)
+            await self._read_requests(conn, LineReader(reader, self.limits.line_timeout))
         finally:
             self.connections.discard(conn)
+            self._per_uid[peer.uid] -= 1
+            if not self._per_uid[peer.uid]:
+                del self._per_uid[peer.uid]
             conn.close()
 
-    async def _read_requests(self, conn: Connection, reader: asyncio.StreamReader, slots: asyncio.Semaphore) -> None:
+    def _refuse(self, writer: asyncio.StreamWriter, why: str, error: RpcError) -> None:
+        """One error line, then close. Logged as a count at most every REFUSAL_LOG_INTERVAL
+        seconds, so that a flood of connections does not flood the log too."""
+        writer.write(protocol.encode(protocol.error(None, error)))
+        writer.close()
+        self._refused[why] += 1
+        now = time.monotonic()
+        if now - self._refusals_logged_at >= REFUSAL_LOG_INTERVAL:
+            self._refusals_logged_at = now
+            counts = ", ".join(f"{n} ({reason})" for reason, n in self._refused.items())
+            log.warning("refused connection(s) over a limit: %s", counts)
+            self._refused.clear()
+
+    async def _read_requests(self, conn: Connection, lines: LineReader) -> None:
+        in_flight = InFlight(MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES)
         while not conn.closed:
             try:
-                line = await reader.readuntil(b"\n")
-            except asyncio.IncompleteReadError:
-                return  # end of stream, perhaps mid-request: nothing to answer
-            except asyncio.LimitOverrunError:
-                await self._discard_line(reader)
+                line = await lines.readline()
+            except LineTooLong:
+                await lines.discard_rest()
                 await conn.send(protocol.error(None, RpcError(
                     INVALID_REQUEST, f"invalid request: line longer than {protocol.MAX_LINE} bytes; closing")))
                 return
+            except LineTimeout:
+                await conn.send(protocol.error(None, RpcError(
+                    INVALID_REQUEST, f"invalid request: line not finished within {self.limits.line_timeout:g} s "
+                                     "(daemon.line_timeout); closing")))
+                return
             except ConnectionError:
                 return
+            if line is None:
+                return  # end of stream, perhaps mid-request: nothing to answer
             if not line.strip():
                 continue
-            await slots.acquire()
+            size = len(line)
+            await in_flight.acquire(size)
             task = asyncio.create_task(self._answer(conn, line))
             self._tasks.add(task)
-            task.add_done_callback(lambda t: (self._tasks.discard(t), slots.release()))
-
-    @staticmethod
-    async def _discard_line(reader: asyncio.StreamReader, budget: int = 64 * protocol.MAX_LINE,
-                            timeout: float = 5.0) -> None:
-        """Read past the rest of an overlong line (bounded), so the sender can read our error
-        instead of meeting a reset connection."""
-        async def drain() -> None:
-            seen = 0
-            while seen < budget:
-                chunk = await reader.read(protocol.MAX_LINE)
-                if not chunk or b"\n" in chunk:
-                    return
-                seen += len(chunk)
-
-        try:
-            await asyncio.wait_for(drain(), timeout)
-        except (asyncio.TimeoutError, ConnectionError):
-            pass
+            task.add_done_callback(lambda t, size=size: (self._tasks.discard(t), in_flight.release(size)))
 
     async def _answer(self, conn: Connection, line: bytes) -> None:
         try:
-            message = protocol.decode(line)
+            reply = await self._reply_to(conn, line)
+            del line  # a client that does not read keeps this task waiting in send: hold the reply only
+            if reply is not None:
+                await conn.send(reply)
+        except Exception:
+            log.exception("answering a request from %s (pid %s) failed", conn.peer.user, conn.peer.pid)
+            await conn.send(protocol.error(None, RpcError(
+                INTERNAL_ERROR, "internal error answering a request; the daemon log has the details")))
+
+    async def _reply_to(self, conn: Connection, line: bytes) -> Any:
+        try:
+            message = protocol.decode(line, strict=True)
         except RpcError as exc:
-            await conn.send(protocol.error(None, exc))
-            return
-        if isinstance(message, list):
-            if not message:
-                await conn.send(protocol.error(None, RpcError(INVALID_REQUEST, "invalid request: empty batch")))
-                return
-            replies = await asyncio.gather(*(self._call(conn, item) for item in message))
-            replies = [reply for reply in replies if reply is not None]
-            if replies:
-                await conn.send(replies)
-            return
-        reply = await self._call(conn, message)
-        if reply is not None:
-            await conn.send(reply)
+            return protocol.error(None, exc)
+        if not isinstance(message, list):
+            return await self._call(conn, message)
+        if not message:
+            return protocol.error(None, RpcError(INVALID_REQUEST, "invalid request: empty batch"))
+        if len(message) > self.limits.max_batch_requests:
+            return protocol.error(None, RpcError(
+                INVALID_REQUEST, f"invalid request: a batch of {len(message)} requests; at most "
+                                 f"{self.limits.max_batch_requests} per batch (daemon.max_batch_requests)"))
+        replies = await asyncio.gather(*(self._call(conn, item) for item in message))
+        return [reply for reply in replies if reply is not None] or None
 
     async def _call(self, conn: Connection, message: Any) -> dict[str, Any] | None:
         try:
