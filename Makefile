@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTHON ?= python3
 
-.PHONY: run test setup system-deps bench lint
+.PHONY: run test setup system-deps bench lint soak
 
 run: setup
 	$(VENV)/bin/sai
@@ -33,3 +33,7 @@ lint: setup
 
 bench: setup
 	for b in bench/*.py; do $(PY) $$b || exit 1; done
+
+# The crash suite's long run (200 jobs, 12 SIGKILLs; `make test` runs a short one). Prints its counts.
+soak: setup
+	SAI_SOAK=1 $(PY) -m pytest -q -s -p no:cacheprovider -m soak tests/reliability
