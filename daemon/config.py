@@ -64,6 +64,12 @@ def _strings(value: list[Any]) -> str | None:
 CHECKS: dict[str, Callable[[Any], str | None]] = {
     "daemon.shutdown_grace": _non_negative,
     "daemon.log_level": _one_of(*LOG_LEVELS),
+    "daemon.max_connections": _positive,
+    "daemon.max_connections_per_user": _positive,
+    "daemon.max_batch_requests": _positive,
+    "daemon.line_timeout": _positive,
+    "daemon.write_timeout": _positive,
+    "daemon.max_unread_mb": _positive,
     "auth.unknown": _one_of("viewer", "refuse"),
     "queue.aging_seconds": _non_negative,
     "queue.max_batch": _positive,

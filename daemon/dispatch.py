@@ -9,11 +9,12 @@ loop stops the restarts and pauses the queue; a leaking worker is drained and re
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import time
 from collections import deque
 from concurrent.futures import Executor
-from typing import Any, Callable, Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
 from daemon.queue.jobs import CANCELLED, FAILED, RUNNING, SUCCEEDED, Job
 from daemon.config import Section
@@ -29,6 +30,16 @@ class OutputSink(Protocol):
     def write(self, job: Job, index: int, shape: tuple[int, ...], pixels: bytes) -> dict[str, Any]:
         """Turn one generated image into stored output files (runs in a worker thread)."""
 
+    def discard(self, job_id: str, count: int) -> None:
+        """Remove what was written of a job's images when its outputs could not all be written."""
+
+
+async def figures_not_kept(jobs: list[Job], figures: dict[str, Any]) -> None:
+    """Stands in until the daemon connects its job history."""
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+"""Write errors that mean the outputs filesystem (or a file-size limit) is full, not that the job is bad."""
 
 IN_FLIGHT = 2
 """Batches handed to the worker at once: the running one and the next."""
@@ -58,6 +69,9 @@ class Dispatcher:
         self.memory = MemoryModel()
         self._restart_reason: str | None = None
         self.on_worker_event: Callable[[str, dict[str, Any]], Any] = lambda kind, data: None
+        self.on_outputs_blocked: Callable[[str | None], Any] = lambda message: None
+        self._outputs_blocked = False
+        self.on_batch_figures: Callable[[list[Job], dict[str, Any]], Awaitable[None]] = figures_not_kept
 
     async def run(self) -> None:
         """Keep up to IN_FLIGHT batches with the worker: one running and the next waiting in its
@@ -170,11 +184,16 @@ class Dispatcher:
             return
         except BatchFailed as exc:
             live = [job for job in batch if job.state == RUNNING]
+            self._track(self.on_batch_figures(live, {"jobs": len(batch), "images": len(command["items"]),
+                                                     "worker_rss": self.worker.info.get("memory", {}).get("rss")}))
             await self.manager.finish(live, FAILED, f"generation failed: {exc}")
             return
         self._backoff = 1.0
         self._check_leak(result.memory.get("rss"))
         self.memory.observe(result.peak)
+        self._track(self.on_batch_figures(batch, {"jobs": len(batch), "images": len(command["items"]),
+                                                  "peak_bytes_per_image": result.peak.get("bytes_per_image"),
+                                                  "worker_rss": result.memory.get("rss")}))
         done = [job for job in batch if job.state == RUNNING]
         cancelled = [job for job in done if job.job_id in result.cancelled or job.job_id in self.cancel_requested]
         if cancelled:
@@ -189,7 +208,7 @@ class Dispatcher:
 
     async def _write_outputs(self, jobs: list[Job], result: BatchResult) -> None:
         loop = asyncio.get_running_loop()
-        for job in jobs:
+        for position, job in enumerate(jobs):
             try:
                 outputs = []
                 for index in range(job.count):
@@ -202,11 +221,30 @@ class Dispatcher:
                         k: record[k] for k in ("index", "png_sha256", "sai_sha256", "fingerprint", "kid",
                                                "signing_kid") if k in record})
             except Exception as exc:
+                await loop.run_in_executor(self.executor, self.sink.discard, job.job_id, job.count)
+                if isinstance(exc, OSError) and exc.errno in NO_SPACE:
+                    await self._no_space(jobs[position:], exc)
+                    return
                 log.exception("writing outputs of %s failed", job.job_id)
                 await self.manager.finish([job], FAILED, f"writing outputs failed: {exc}")
                 continue
             job.outputs = outputs
             await self.manager.finish([job], SUCCEEDED)
+            if self._outputs_blocked:
+                self._outputs_blocked = False
+                self.on_outputs_blocked(None)
+
+    async def _no_space(self, jobs: list[Job], exc: OSError) -> None:
+        """The outputs filesystem is full: the jobs go back to the queue (no attempt charged; what
+        was written of them is gone) and the queue pauses until an operator makes room and resumes."""
+        where = getattr(self.sink, "outputs_dir", "the outputs directory")
+        message = (f"cannot write outputs under {where}: {exc.strerror or exc}; {len(jobs)} job(s) put back in "
+                   "the queue and the queue paused: free space there, then `sai resume`")
+        log.error("%s", message)
+        await self.manager.requeue(jobs, message, count_attempt=False)
+        await self.manager.set_paused(None, True)
+        self._outputs_blocked = True
+        self.on_outputs_blocked(message)
 
     def capacity(self) -> int | None:
         """Bytes the worker can use for generation (device memory, or its address-space cap)."""

@@ -62,6 +62,15 @@ class Reactions:
         if kind == "restarted":
             self._spawn(d.audit_action(None, "worker.restarted", "", {"reason": data.get("reason", "")}))
 
+    def storage_blocked(self, key: str, message: str | None) -> None:
+        """A critical alert `key` while writes cannot go to disk (message: the job store waits on a
+        lock, the outputs filesystem is full); cleared when they succeed again (None)."""
+        alerts = self.daemon.monitor.alerts
+        if message is not None:
+            self._spawn(alerts.raise_alert(key, "critical", message))
+        else:
+            self._spawn(alerts.clear(key, reason="writes succeed again"))
+
     def job_finished(self, job: Job) -> None:
         if job.state in (SUCCEEDED, FAILED):
             self.daemon.monitor.record_job_outcome(job.state == SUCCEEDED)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import logging
 import os
 import signal
@@ -23,12 +24,14 @@ from daemon.crypto.envelope import PromptSealer
 from daemon.crypto.keys import KeyStore, resolve_passphrase
 from daemon.dispatch import Dispatcher
 from daemon.events import EventBus
+from daemon.framing import ConnectionLimits
 from daemon.outputs.atomic import ensure_dir, remove_stale_temps
 from daemon.outputs.pipeline import OutputSettings
 from daemon.audit.log import AuditLog
 from daemon.monitor import Monitor
 from daemon.outputs.sink import KeyMaintenance, ProtectedSink
 from daemon.queue.admission import Admission, TokenCounter
+from daemon.queue.history import JobHistory
 from daemon.queue.manager import QueueManager
 from daemon.queue.store import JobStore
 from daemon.reactions import Reactions
@@ -58,6 +61,7 @@ class Daemon:
         self.output_settings: OutputSettings
         self.key_maintenance: KeyMaintenance
         self.store: JobStore
+        self.job_history: JobHistory
         self.queue: QueueManager
         self.worker: WorkerSupervisor
         self.dispatcher: Dispatcher
@@ -83,7 +87,7 @@ class Daemon:
     async def startup(self) -> None:
         load_all()
         self.server = SocketServer(self.socket_path, self, self.config.auth, self.bus,
-                                   self.config.daemon.socket_group)
+                                   self.config.daemon.socket_group, ConnectionLimits.from_config(self.config.daemon))
         self.server.claim()
         try:
             self._lock_state()
@@ -99,6 +103,8 @@ class Daemon:
     async def _close_parts(self) -> None:
         if hasattr(self, "monitor"):
             await self.monitor.close()
+        if hasattr(self, "job_history"):
+            await self.job_history.close()
         if hasattr(self, "store"):
             await self.store.close()
         if hasattr(self, "audit"):
@@ -146,6 +152,7 @@ class Daemon:
         await self._open_keys_and_outputs()
         await self._open_audit()
         self.store = await JobStore.open(self.state_dir / "jobs.sqlite3", PromptSealer(self.keystore))
+        self.job_history = await JobHistory.open(self.state_dir / "jobs.sqlite3")
         self.key_maintenance = KeyMaintenance(self.keystore, self.store, self.outputs_dir, self.run_blocking)
         await self.key_maintenance.resume_prompts()
         self.queue = QueueManager(self.store, Admission(cfg, self._token_counter()), self.bus, cfg,
@@ -160,8 +167,11 @@ class Daemon:
             "state_dir": str(self.state_dir)})
         sink = ProtectedSink(self.keystore, self.output_settings, self.outputs_dir,
                              lambda: self.worker.info.get("weights_sha256") or "")
+        for job in recovered:  # what an interrupted attempt wrote was never reported to anyone
+            await self.run_blocking(sink.discard, job.job_id, job.count, "removing the files of an interrupted attempt")
         self.dispatcher = Dispatcher(self.queue, self.worker, sink, self.executor, cfg.queue.max_batch, cfg.worker)
         self.dispatcher.on_worker_event = self.reactions.worker_event
+        self.dispatcher.on_batch_figures = self.job_history.record_batch
         self.queue.on_finished = self.reactions.job_finished
         self.queue.fit_refusal = self.dispatcher.fit_refusal
         self.queue.audit = self.audit_action
@@ -170,6 +180,8 @@ class Daemon:
                                           worker_memory=lambda: self.worker.info.get("memory"),
                                           queue_wait=self.queue.oldest_wait, audit=self.audit_action)
         self.monitor.start()
+        self.store.on_stall = functools.partial(self.reactions.storage_blocked, "jobs_db.locked")
+        self.dispatcher.on_outputs_blocked = functools.partial(self.reactions.storage_blocked, "outputs.no_space")
         await self.server.start()
         self._tasks.append(asyncio.create_task(self.dispatcher.run(), name="sai-dispatch"))
         self._tasks.append(asyncio.create_task(self.key_maintenance.resume_outputs(), name="sai-rewrap"))
@@ -208,6 +220,7 @@ class Daemon:
         await self.reactions.drain()
         await self.monitor.close()
         await self.server.close()
+        await self.job_history.close()
         await self.store.close()
         await self.audit_action(None, "daemon.stop", self.installation, {"uptime": round(time.time() - self.started_at, 3)})
         await self.audit.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from daemon.api.registry import CallContext, Role, method
-from daemon.protocol import UNAVAILABLE, RpcError, invalid_params
+from daemon.protocol import UNAVAILABLE, RpcError, echo, invalid_params
 from daemon.queue.jobs import PRIORITIES, STATES
 
 Priority = Literal["low", "normal", "high", "critical"]
@@ -36,7 +36,7 @@ async def get(ctx: CallContext, job_id: str) -> dict[str, Any]:
 @method("job.list", role=Role.VIEWER)
 async def list_jobs(ctx: CallContext, state: str | None = None, limit: int = 100) -> dict[str, Any]:
     if state is not None and state not in STATES:
-        raise invalid_params("state", f"{state!r} is not one of {', '.join(STATES)}")
+        raise invalid_params("state", f"{echo(state)!r} is not one of {', '.join(STATES)}")
     if not 1 <= limit <= MAX_LIST:
         raise invalid_params("limit", f"{limit} is out of range; allowed 1 to {MAX_LIST}")
     queue = ctx.daemon.queue
@@ -53,5 +53,5 @@ async def cancel(ctx: CallContext, job_id: str) -> dict[str, Any]:
 @method("job.set_priority", role=Role.OPERATOR)
 async def set_priority(ctx: CallContext, job_id: str, priority: str) -> dict[str, Any]:
     if priority not in PRIORITIES:
-        raise invalid_params("priority", f"{priority!r} is not one of {', '.join(PRIORITIES)}")
+        raise invalid_params("priority", f"{echo(priority)!r} is not one of {', '.join(PRIORITIES)}")
     return await ctx.daemon.queue.set_priority(ctx.peer, job_id, PRIORITIES.index(priority))

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Union
 
 from daemon.auth import Peer, Role
-from daemon.protocol import METHOD_NOT_FOUND, NOT_PERMITTED, RpcError, invalid_params
+from daemon.protocol import METHOD_NOT_FOUND, NOT_PERMITTED, RpcError, echo, invalid_params
 
 __all__ = ["CallContext", "Method", "Role", "method", "METHODS", "lookup"]
 
@@ -68,7 +68,7 @@ def lookup(name: str) -> Method:
     try:
         return METHODS[name]
     except KeyError:
-        raise RpcError(METHOD_NOT_FOUND, f"no such method: {name}") from None
+        raise RpcError(METHOD_NOT_FOUND, f"no such method: {echo(name)}") from None
 
 
 def _checker(hint: Any) -> Callable[[Any], bool]:
@@ -119,7 +119,7 @@ def bind(m: Method, params: dict[str, Any]) -> dict[str, Any]:
     """Check `params` against the handler's signature; return the keyword arguments."""
     for name in params:
         if name not in m.checks:
-            raise invalid_params(name, f"unknown parameter for {m.name}; accepted: {', '.join(m.params) or 'none'}")
+            raise invalid_params(echo(name), f"unknown parameter for {m.name}; accepted: {', '.join(m.params) or 'none'}")
     for name in m.required:
         if name not in params:
             raise invalid_params(name, "required")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from daemon.api.registry import CallContext, Role, method
-from daemon.protocol import TOPICS, invalid_params
+from daemon.protocol import TOPICS, echo, invalid_params
 
 
 @method("daemon.status", role=Role.VIEWER)
@@ -28,7 +28,7 @@ async def subscribe(ctx: CallContext, topics: list[str] | None = None) -> dict[s
     wanted = set(TOPICS if topics is None else topics)
     unknown = sorted(wanted - set(TOPICS))
     if unknown:
-        raise invalid_params("topics", f"unknown topic {unknown[0]!r}; topics: {', '.join(TOPICS)}")
+        raise invalid_params("topics", f"unknown topic {echo(unknown[0])!r}; topics: {', '.join(TOPICS)}")
     if ctx.connection is None:
         raise invalid_params("topics", "events need a socket connection")
     return {"topics": sorted(ctx.connection.subscribe(wanted))}

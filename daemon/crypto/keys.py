@@ -256,7 +256,8 @@ class KeyStore:
             raise UnknownKeyError(f"key-encryption key {kid!r} is not in {self.keys_dir / 'kek'}; the file was "
                                   f"made by another installation or its key was removed", path=str(base)) from None
         if len(key) != 32:
-            raise KeyStoreError(f"key-encryption key {kid!r} is {len(key)} bytes, expected 32", path=str(base))
+            raise KeyStoreError(f"key-encryption key {kid!r} in {base} is {len(key)} bytes, expected 32 (damaged or "
+                                "truncated; restore it from backup)", path=str(base))
         self._keks[kid] = key
         return key
 
@@ -329,14 +330,18 @@ class KeyStore:
     def _read_signing_key(self, path: Path, kid: str | None) -> Ed25519PrivateKey:
         data = path.read_bytes()
         if self._sealer is None:
-            key = serialization.load_pem_private_key(data, password=None)
+            try:
+                key = serialization.load_pem_private_key(data, password=None)
+            except ValueError:
+                raise KeyStoreError(f"signing key {path} is damaged: not a readable PEM private key; restore "
+                                    "the key directory from backup", path=str(path)) from None
             if not isinstance(key, Ed25519PrivateKey):
                 raise KeyStoreError(f"{path} is not an Ed25519 private key", path=str(path))
             return key
         try:
             raw = self._sealer.unseal(data, b"sai-signing\0" + (kid or self.signing_kid).encode())
             return Ed25519PrivateKey.from_private_bytes(raw)
-        except InvalidTag:
+        except (InvalidTag, ValueError):
             raise KeyStoreError(f"sealed signing key {path} is damaged (authentication failed)",
                                 path=str(path)) from None
 

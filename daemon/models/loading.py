@@ -48,10 +48,13 @@ def resolve(spec: ModelSpec, state_dir: Path) -> Path:
         return path
     if not (path / "model_index.json").is_file():
         raise ModelError(f"{path} is not a diffusers directory (no model_index.json)")
-    pickled = [p for p in path.rglob("*") if p.suffix in PICKLED_SUFFIXES]
-    if pickled and not any(path.rglob("*.safetensors")):
-        raise ModelError(f"{path} holds only pickled weights ({pickled[0].name}); they are refused, "
-                         "convert the model to .safetensors")
+    # Pickled files beside .safetensors are never read (loading asks for safetensors only); a folder
+    # whose only weights are pickled is refused here, naming the file, rather than failing vaguely later.
+    unsafe = [p for p in sorted(path.rglob("*")) if p.suffix in PICKLED_SUFFIXES
+              and not any(p.parent.glob("*.safetensors"))]
+    if unsafe:
+        raise ModelError(f"{unsafe[0]}: pickled weights are refused because loading them can run code, and "
+                         f"{unsafe[0].parent} has no .safetensors to use instead; convert the model to .safetensors")
     return path
 
 

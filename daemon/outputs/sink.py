@@ -54,8 +54,13 @@ class ProtectedSink:
         out = protect_image(rgb, info, self.keystore, self.settings, self.outputs_dir)
         return output_record(index, out, width=int(shape[1]), height=int(shape[0]))
 
+    def discard(self, job_id: str, count: int, why: str = "removing the files of an output that failed") -> None:
+        for index in range(count):
+            discard_unreported(self.outputs_dir, job_id, index, why)
 
-def discard_unreported(outputs_dir: Path, job_id: str, index: int) -> None:
+
+def discard_unreported(outputs_dir: Path, job_id: str, index: int,
+                       why: str = "replacing the files of an interrupted earlier attempt") -> None:
     """Remove what an interrupted earlier attempt of a job wrote for image `index` (the daemon or
     worker died before the job was marked succeeded, so no client was ever given these files).
     Manifest first, so that a crash in between leaves an incomplete output, never a mismatched one."""
@@ -65,7 +70,7 @@ def discard_unreported(outputs_dir: Path, job_id: str, index: int) -> None:
         path.unlink(missing_ok=True)
     if found:
         fsync_dir(outputs_dir)
-        log.warning("job %s image %d: replacing the files of an interrupted earlier attempt", job_id, index)
+        log.warning("job %s image %d: %s", job_id, index, why)
 
 
 def output_record(index: int, out: Any, width: int, height: int) -> dict[str, Any]:

@@ -106,6 +106,17 @@ class TokenCounter:
             return len(self._tokenizer.encode(text).ids), True
         return math.ceil(len(text.split()) * 1.3) + 2, False
 
+    def over(self, text: str) -> tuple[int, bool] | None:
+        """(tokens, exact) when `text` is longer than the encoder reads, else None.
+
+        A byte-level BPE token stands for at least one byte of UTF-8, and the tokenizer adds a
+        start and an end token, so a text of `max_tokens - 2` bytes or fewer cannot be too long:
+        the tokenizer (tens of microseconds per submit) only runs for longer ones."""
+        if self._tokenizer is not None and len(text.encode("utf-8")) + 2 <= self.max_tokens:
+            return None
+        n_tokens, exact = self.count(text)
+        return (n_tokens, exact) if n_tokens > self.max_tokens else None
+
 
 class TokenBucket:
     def __init__(self, rate_per_second: float, burst: int) -> None:
@@ -187,8 +198,8 @@ class Admission:
                 added, flags = self.policy.check(name, text)
                 risk += added
                 warnings += flags
-        n_tokens, exact = self.tokens.count(prompt)
-        if n_tokens > self.tokens.max_tokens:
+        if (over := self.tokens.over(prompt)) is not None:
+            n_tokens, exact = over
             about = "" if exact else "about "
             warnings.append(f"prompt is {about}{n_tokens} tokens; the text encoder reads "
                             f"{self.tokens.max_tokens}, the rest is ignored")

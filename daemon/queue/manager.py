@@ -16,7 +16,7 @@ from typing import Any, Awaitable, Callable
 from daemon.auth import Peer, Role
 from daemon.config import Config
 from daemon.events import EventBus
-from daemon.protocol import CONFLICT, NOT_FOUND, NOT_PERMITTED, UNAVAILABLE, RpcError
+from daemon.protocol import CONFLICT, NOT_FOUND, NOT_PERMITTED, UNAVAILABLE, RpcError, echo
 from daemon.queue import scheduler
 from daemon.queue.admission import Admission
 from daemon.queue.jobs import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, Job, new_job_id
@@ -46,6 +46,7 @@ class QueueManager:
         self.work = asyncio.Event()
         self._seq = 0
         self._tokens: dict[tuple[int, str], asyncio.Future[str | None]] = {}
+        self._submitting: dict[int, int] = {}
         self.audit: Auditor = not_audited
         self.on_finished: Callable[[Job], Any] = lambda job: None
         self.fit_refusal: Callable[[dict[str, Any]], str | None] = lambda params: None
@@ -102,7 +103,7 @@ class QueueManager:
     async def get(self, job_id: str) -> Job:
         job = self.active.get(job_id) or await self.store.get(job_id)
         if job is None:
-            raise RpcError(NOT_FOUND, f"no job {job_id}", {"job_id": job_id})
+            raise RpcError(NOT_FOUND, f"no job {echo(job_id)}", {"job_id": echo(job_id)})
         return job
 
     async def list(self, state: str | None, limit: int) -> list[Job]:
@@ -159,7 +160,20 @@ class QueueManager:
             claim.set_result(job_id)
 
     async def _submit_new(self, peer: Peer, client_token: str | None, params: dict[str, Any]) -> Job:
-        self.admission.rate_limit(peer.uid, peer.user, self.index.count_for(peer.uid))
+        # Submits still being committed count against the user's queue cap too, else a burst of
+        # concurrent submits would all pass the check before any of them is queued.
+        in_flight = self._submitting.get(peer.uid, 0)
+        self.admission.rate_limit(peer.uid, peer.user, self.index.count_for(peer.uid) + in_flight)
+        self._submitting[peer.uid] = in_flight + 1
+        try:
+            return await self._admit_and_queue(peer, client_token, params)
+        finally:
+            if (left := self._submitting[peer.uid] - 1) > 0:
+                self._submitting[peer.uid] = left
+            else:
+                del self._submitting[peer.uid]
+
+    async def _admit_and_queue(self, peer: Peer, client_token: str | None, params: dict[str, Any]) -> Job:
         try:
             admitted = self.admission.admit(**params)
         except RpcError as exc:
@@ -181,8 +195,11 @@ class QueueManager:
         details = {"priority": job.priority_name, "risk": job.risk, **job.params,
                    "prompt_sha256": hashlib.sha256(job.prompt.encode()).hexdigest(),
                    "negative_prompt_sha256": hashlib.sha256(job.negative_prompt.encode()).hexdigest()}
-        # Both commits (job and audit entry) go to disk together; the reply waits for both.
-        await asyncio.gather(self.store.insert(job), self.audit(peer, "job.submit", job.job_id, details))
+        # Write-ahead audit: the entry is durable before the job is. A kill between the two commits
+        # leaves an audited submit with no job (the client, unanswered, retries), never a job that
+        # the audit log does not know about.
+        await self.audit(peer, "job.submit", job.job_id, details)
+        await self.store.insert(job)
         self._activate(job)
         self._publish_state(job)
         self.work.set()
@@ -225,17 +242,18 @@ class QueueManager:
         self.index.remove(job)
         job.priority = priority
         self.index.add(job)
-        await self.store.save(job)
         await self.audit(peer, "job.priority", job_id, {"from": old, "to": job.priority_name})
+        await self.store.save(job)
         self._publish_state(job)
         return {"job_id": job_id, "priority": job.priority_name, "position": self.position(job)}
 
     async def set_paused(self, peer: Peer | None, paused: bool) -> dict[str, Any]:
         changed = self.paused != paused
         self.paused = paused
-        await self.store.set_setting("paused", "1" if paused else "0")
         if changed:
             await self.audit(peer, "queue.pause" if paused else "queue.resume", "", {})
+        await self.store.set_setting("paused", "1" if paused else "0")
+        if changed:
             self._publish_queue("paused" if paused else "resumed")
             self.work.set()
         return self.status()
@@ -262,8 +280,9 @@ class QueueManager:
             job.started_at = now
             job.attempts += 1
         batch = [job.job_id for job in live]
-        await asyncio.gather(self.store.save_many(live), *(
-            self.audit(None, "job.start", job.job_id, {"attempt": job.attempts, "batch": batch}) for job in live))
+        await asyncio.gather(*(self.audit(None, "job.start", job.job_id, {"attempt": job.attempts, "batch": batch})
+                               for job in live))
+        await self.store.save_many(live)
         for job in live:
             self._publish_state(job)
 
@@ -289,9 +308,10 @@ class QueueManager:
             self._finish(job, state, error)
             if state == "succeeded":
                 job.progress = 1.0
-        await asyncio.gather(self.store.save_many(jobs), *(
-            self.audit(None, "job.finish", job.job_id, {"state": state, "error": error,
-                                                        "outputs": len(job.outputs)}) for job in jobs))
+        await asyncio.gather(*(self.audit(None, "job.finish", job.job_id, {"state": state, "error": error,
+                                                                          "outputs": len(job.outputs)})
+                               for job in jobs))
+        await self.store.save_many(jobs)
         for job in jobs:
             self._publish_state(job)
             self.on_finished(job)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Protocol
 
@@ -21,6 +23,7 @@ from daemon.queue.jobs import FINISHED, Job
 log = logging.getLogger("sai.queue")
 
 SCHEMA_VERSION = 1
+LOCKED_RETRY_SECONDS = 0.5
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -101,10 +104,19 @@ def _runs(group: list[tuple[str, tuple[Any, ...], Any]]) -> list[tuple[str, list
     return runs
 
 
+def _locked(exc: sqlite3.OperationalError) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED: another connection held the write lock past busy_timeout."""
+    return getattr(exc, "sqlite_errorname", "") in ("SQLITE_BUSY", "SQLITE_LOCKED") or "locked" in str(exc)
+
+
 class JobStore:
-    def __init__(self, db: aiosqlite.Connection, sealer: TextSealer, max_group: int = 1024) -> None:
+    def __init__(self, db: aiosqlite.Connection, sealer: TextSealer, max_group: int = 1024,
+                 path: Path | None = None) -> None:
         self._db = db
         self.sealer = sealer
+        self.path = path
+        self.on_stall: Callable[[str | None], Any] = lambda message: None
+        """Told (message) when writes wait on a lock another process holds, and (None) once they commit."""
         self._pending: asyncio.Queue[tuple[str, tuple[Any, ...], asyncio.Future[None]]] = asyncio.Queue()
         self._max_group = max_group
         self._writer = asyncio.create_task(self._write_loop(), name="sai-jobstore-writer")
@@ -120,7 +132,7 @@ class JobStore:
         await db.executescript(SCHEMA)
         await db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         await db.commit()
-        return cls(db, sealer or PlainText())
+        return cls(db, sealer or PlainText(), path=path)
 
     async def close(self) -> None:
         await self._pending.join()
@@ -134,9 +146,7 @@ class JobStore:
             while len(group) < self._max_group and not self._pending.empty():
                 group.append(self._pending.get_nowait())
             try:
-                for sql, rows in _runs(group):
-                    await self._db.executemany(sql, rows)
-                await self._db.commit()
+                await self._commit(group)
                 self.commits += 1
                 for _, _, fut in group:
                     if not fut.done():
@@ -150,6 +160,31 @@ class JobStore:
             finally:
                 for _ in group:
                     self._pending.task_done()
+
+    async def _commit(self, group: list[tuple[str, tuple[Any, ...], Any]]) -> None:
+        """One transaction for the group. While another process holds the database's write lock,
+        roll back and try again: the writers (and their callers' replies) wait, nothing is dropped."""
+        stalled_since: float | None = None
+        while True:
+            try:
+                for sql, rows in _runs(group):
+                    await self._db.executemany(sql, rows)
+                await self._db.commit()
+                break
+            except sqlite3.OperationalError as exc:
+                if not _locked(exc):
+                    raise
+                await self._db.rollback()
+                if stalled_since is None:
+                    stalled_since = time.monotonic()
+                    message = (f"the jobs database {self.path or 'jobs.sqlite3'} is locked by another process "
+                               f"or connection; {len(group)} write(s) wait until it is released")
+                    log.error("%s", message)
+                    self.on_stall(message)
+                await asyncio.sleep(LOCKED_RETRY_SECONDS)
+        if stalled_since is not None:
+            log.warning("the jobs database is writable again after %.1f s", time.monotonic() - stalled_since)
+            self.on_stall(None)
 
     async def _write(self, sql: str, args: tuple[Any, ...]) -> None:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()

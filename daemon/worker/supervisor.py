@@ -138,7 +138,7 @@ class WorkerSupervisor:
         if process is not self.process:
             return
         reason = self._exit_reason(returncode)
-        if self.state not in ("stopping", "stopped"):
+        if self.state not in ("stopping", "stopped", "failed"):  # "failed": start() has the load error
             self.state = "crashed"
             self.last_error = reason
             log.error("worker %s", reason)

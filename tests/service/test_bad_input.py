@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from daemon.protocol import MAX_LINE
+from daemon.protocol import MAX_LINE, RpcError
 
 NO_WORKER = {"model": {"preload": False}, "queue": {"start_paused": True}}
 
@@ -127,6 +127,30 @@ async def test_rate_limit_and_queue_cap(make_daemon, client_of):
     assert info.value.code == -32003 and "2 jobs queued" in info.value.message
 
 
+async def test_queue_cap_holds_against_a_burst_of_concurrent_submits(make_daemon, client_of):
+    daemon = make_daemon({**NO_WORKER, "queue": {"start_paused": True, "max_queued_per_user": 5,
+                                                 "burst": 1000, "rate_per_minute": 1e6}})
+    clients = [await client_of(daemon) for _ in range(20)]
+    answers = await asyncio.gather(*(c.call("job.submit", prompt=f"burst {i}") for i, c in enumerate(clients)),
+                                   return_exceptions=True)
+    refused = [a for a in answers if isinstance(a, Exception)]
+    assert len(answers) - len(refused) == 5
+    assert {getattr(a, "code", None) for a in refused} == {-32003}
+    assert (await clients[0].call("daemon.status"))["queue"]["queued"] == 5
+
+
+async def test_errors_repeat_a_huge_client_value_only_in_part(idle):
+    _, client = idle
+    huge = "x" * 300_000
+    for method, params in (("job.get", {"job_id": huge}), (huge, {}), ("job.list", {huge: 1}),
+                           ("job.list", {"state": huge})):
+        with pytest.raises(RpcError) as info:
+            await client.call(method, **params)
+        assert len(json.dumps(info.value.to_json())) < 2000
+        assert "300000 characters" in json.dumps(info.value.to_json())
+    assert (await client.call("daemon.status"))["queue"]["queued"] == 0
+
+
 async def test_roles_from_config(make_daemon, client_of):
     daemon = make_daemon({**NO_WORKER, "auth": {"viewer_users": ["root", *_me()]}})
     client = await client_of(daemon)
@@ -240,7 +264,8 @@ async def test_client_disconnecting_mid_request(idle):
     await assert_serving(client)
 
 
-json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+json_values = st.recursive(st.none() | st.booleans() | st.integers()
+                           | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
                            lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
                            max_leaves=12)
 

@@ -121,3 +121,14 @@ def test_queue_index_positions_match_the_sorted_start_order(jobs, now, aging, re
     expected = scheduler.order(alive, now, aging)
     assert len(index) == len(alive)
     assert [index.position(job, now, aging) for job in expected] == list(range(1, len(alive) + 1))
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(min_size=0, max_size=120))
+def test_the_token_bound_skips_the_tokenizer_only_when_no_text_can_be_too_long(tiny_model, text: str) -> None:
+    from daemon.queue.admission import TokenCounter
+
+    counter = TokenCounter(tiny_model / "tokenizer" / "tokenizer.json")
+    n_tokens, exact = counter.count(text)
+    assert exact
+    assert counter.over(text) == ((n_tokens, True) if n_tokens > counter.max_tokens else None)
