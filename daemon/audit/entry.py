@@ -175,4 +175,4 @@ def key_id(public_key_raw: bytes) -> str:
 
 def utc_now() -> str:
     """RFC 3339 UTC with microseconds, e.g. 2025-01-31T12:00:00.000001Z."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")

@@ -1,11 +1,11 @@
 """Ed25519 on the audit chain's hot paths, through libsodium (PyNaCl).
 
 Keys are made, stored and loaded with `cryptography` (daemon/crypto/keys.py). Signing every audit
-entry and verifying a million of them go through libsodium instead, for two measured reasons:
-its calls release the GIL, so the audit writer thread signs while the event loop goes on serving
-(OpenSSL's Ed25519 through `cryptography` holds the GIL), and its verification ran 1.7 to 2 times
-as fast as OpenSSL's on the 2-core machine the benchmarks run on (bench/audit.py prints both).
-Ed25519 signatures are deterministic (RFC 8032), so both libraries give the same bytes.
+entry and verifying a million of them go through libsodium instead: on the 2-core machine the
+benchmarks run on it signed 1.5 to 1.8 times and verified 1.4 to 2 times as fast as OpenSSL through
+`cryptography` (bench/audit.py prints both verify rates), and PyNaCl's calls release the GIL, so the
+audit writer thread signs while the event loop goes on serving. Ed25519 signatures are
+deterministic (RFC 8032), so both libraries give the same bytes.
 """
 
 from __future__ import annotations

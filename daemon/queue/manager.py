@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import secrets
+import os
 import time
 from typing import Any, Awaitable, Callable
 
@@ -185,7 +185,7 @@ class QueueManager:
             await self.audit(peer, "job.refuse", "", {"code": UNAVAILABLE, "reason": refusal})
             raise RpcError(UNAVAILABLE, refusal, {"reason": "memory"})
         if admitted.params["seed"] is None:
-            admitted.params["seed"] = secrets.randbelow(2**32)
+            admitted.params["seed"] = int.from_bytes(os.urandom(4), "big")
         now = time.time()
         self._seq += 1
         job = Job(job_id=new_job_id(), seq=self._seq, state=QUEUED, priority=admitted.priority,

@@ -58,6 +58,12 @@ COLUMNS = ("seq", "job_id", "state", "priority", "params", "prompt", "negative_p
            "outputs", "attempts", "risk", "warnings", "model_id")
 MUTABLE = ("state", "priority", "enqueued_at", "started_at", "finished_at", "progress", "error",
            "outputs", "attempts")
+INSERT_SQL = f"INSERT INTO jobs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+UPDATE_SQL = f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in MUTABLE)} WHERE job_id = ?"
+
+
+def _json_list(items: list[Any]) -> str:
+    return json.dumps(items) if items else "[]"
 
 
 class TextSealer(Protocol):
@@ -200,16 +206,15 @@ class JobStore:
         values = (job.seq, job.job_id, job.state, job.priority, json.dumps(job.params),
                   self.sealer.seal(job.prompt, job.job_id), self.sealer.seal(job.negative_prompt, job.job_id),
                   job.user, job.uid, job.client_token, job.created_at, job.enqueued_at, job.started_at,
-                  job.finished_at, job.progress, job.error, json.dumps(job.outputs), job.attempts, job.risk,
-                  json.dumps(job.warnings), job.model_id)
-        await self._write(f"INSERT INTO jobs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
-                          values)
+                  job.finished_at, job.progress, job.error, _json_list(job.outputs), job.attempts, job.risk,
+                  _json_list(job.warnings), job.model_id)
+        await self._write(INSERT_SQL, values)
 
     async def save(self, job: Job) -> None:
         """Write the job's mutable fields."""
         values = (job.state, job.priority, job.enqueued_at, job.started_at, job.finished_at, job.progress,
-                  job.error, json.dumps(job.outputs), job.attempts, job.job_id)
-        await self._write(f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in MUTABLE)} WHERE job_id = ?", values)
+                  job.error, _json_list(job.outputs), job.attempts, job.job_id)
+        await self._write(UPDATE_SQL, values)
 
     async def save_many(self, jobs: list[Job]) -> None:
         await asyncio.gather(*(self.save(job) for job in jobs))
