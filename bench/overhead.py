@@ -1,8 +1,9 @@
 """Daemon overhead: N jobs end to end through a real daemon (queue, worker process, output
 path) against the same N generations in a plain diffusers loop, same tiny model and params,
-measured one after the other in one run. Prints throughputs and their ratio.
+measured one after the other in one run, alternated `--rounds` times (the medians are compared).
+Prints throughputs and their ratio.
 
-    .venv/bin/python bench/overhead.py [--sizes 64 256] [--jobs 24] [--steps 8]
+    .venv/bin/python bench/overhead.py [--sizes 64 256] [--jobs 24] [--steps 8] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -112,6 +114,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--batch", type=int, default=4, help="max_batch for the batching run")
     parser.add_argument("--threads", type=int, default=1, help="torch threads, the same for both sides")
+    parser.add_argument("--rounds", type=int, default=3, help="raw and daemon runs, alternated; medians shown")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sai-bench-", dir="/tmp") as tmp:
         root = Path(tmp)
@@ -121,11 +124,16 @@ def main() -> int:
         print(f"{'size':>6} {'mode':<22} {'raw img/s':>10} {'daemon img/s':>13} {'ratio':>7} {'target':>7}")
         for size in args.sizes:
             jobs = args.jobs if size <= 128 else max(4, args.jobs // 3)
-            raw = measure_raw(model, size, jobs, args.steps, 1, args.threads)
-            served = measure_daemon(root, model, size, jobs, args.steps, 1, args.threads)
+            raws, serveds = [], []
+            for _ in range(args.rounds):  # alternate the sides: the machine's speed drifts between runs
+                raws.append(measure_raw(model, size, jobs, args.steps, 1, args.threads))
+                serveds.append(measure_daemon(root, model, size, jobs, args.steps, 1, args.threads))
+            raw, served = statistics.median(raws), statistics.median(serveds)
+            ratios = [d / r for r, d in zip(raws, serveds)]
             target = TARGETS.get(size)
             verdict = f">={target:.2f}" if target else "-"
-            print(f"{size:>6} {'max_batch=1 (overhead)':<22} {raw:>10.2f} {served:>13.2f} {served / raw:>7.3f} {verdict:>7}")
+            print(f"{size:>6} {'max_batch=1 (overhead)':<22} {raw:>10.2f} {served:>13.2f} {served / raw:>7.3f} {verdict:>7}"
+                  f"   rounds: raw {' '.join(f'{r:.2f}' for r in raws)}, ratios {' '.join(f'{q:.3f}' for q in ratios)}")
             batched = measure_daemon(root, model, size, jobs, args.steps, args.batch, args.threads)
             print(f"{size:>6} {f'max_batch={args.batch} (batching)':<22} {raw:>10.2f} {batched:>13.2f} "
                   f"{batched / raw:>7.3f} {'>1 wanted':>7}")
