@@ -137,7 +137,10 @@ class Daemon:
                                          checkpoint_every_entries=cfg.checkpoint_every_entries,
                                          checkpoint_every_seconds=cfg.checkpoint_every_seconds,
                                          commit_max_batch=cfg.commit_max_batch,
-                                         commit_max_delay_ms=cfg.commit_max_delay_ms)
+                                         commit_max_delay_ms=cfg.commit_max_delay_ms,
+                                         previous_key=self.keystore.previous_signing_key)
+        if self.keystore.previous_signing_key is not None:  # the log now announces the current key
+            await self.run_blocking(self.keystore.retire_previous_signing_key)
         os.chmod(path, 0o600)
         self.audit.subscribe(lambda entry: self.bus.publish("audit", entry) if self.bus.wants("audit") else None)
         if self.keys_created:

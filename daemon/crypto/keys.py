@@ -159,6 +159,7 @@ class KeyStore:
         store._finish_interrupted_rotation()
         store.kek(store.current_kek_id)  # fail now, not on the first image
         store._load_signing_key()
+        store._load_previous_signing_key()
         store._repair_current_public_key()
         return store
 
@@ -281,17 +282,21 @@ class KeyStore:
     def rotate(self) -> tuple[str, str]:
         """New current KEK and signing key; old KEKs and old public keys are kept.
 
-        The old private signing key is removed from disk but stays available in memory as
-        `previous_signing_key` so the caller can sign the rotation announcement with it.
-        Call `daemon.outputs.pipeline.rotate_outputs` next to re-wrap existing files.
+        The old private signing key stays (`previous_signing_key`, and on disk as
+        `signing.key.previous`) until `retire_previous_signing_key`: the audit log must announce
+        the new key in an entry signed by the old one, and if the daemon dies before it has, the
+        next start still holds the old key to do so. Call `daemon.outputs.pipeline.rotate_outputs`
+        next to re-wrap existing files.
         """
         with self._lock:
             kek_id = self._new_kek()
             signing = Ed25519PrivateKey.generate()
             pending = self.keys_dir / (self._signing_name() + ".next")
             skid = self._write_signing_key(signing, pending)
+            atomic_write(self._previous_path(), (self.keys_dir / self._signing_name()).read_bytes())
             self.previous_signing_key, self.previous_signing_kid = self._signing_key, self.signing_kid
-            self._meta.update(current_kek=kek_id, signing_kid=skid, rotated_at=_now())
+            self._meta.update(current_kek=kek_id, signing_kid=skid, previous_signing_kid=self.signing_kid,
+                              rotated_at=_now())
             self._write_meta()  # the commit point
             os.replace(pending, self.keys_dir / self._signing_name())
             fsync_dir(self.keys_dir)
@@ -299,7 +304,36 @@ class KeyStore:
             self._repair_current_public_key()
         return kek_id, skid
 
+    def retire_previous_signing_key(self) -> None:
+        """The audit log has recorded the rotation: the old private signing key goes for good."""
+        with self._lock:
+            path = self._previous_path()
+            if "previous_signing_kid" in self._meta:
+                del self._meta["previous_signing_kid"]
+                self._write_meta()
+            if path.exists():
+                path.unlink()
+                fsync_dir(self.keys_dir)
+            self.previous_signing_key = None
+
     # --- internals --------------------------------------------------------------------------
+
+    def _previous_path(self) -> Path:
+        return self.keys_dir / (self._signing_name() + ".previous")
+
+    def _load_previous_signing_key(self) -> None:
+        """The old signing key of a rotation the audit log may not have announced yet. A copy that
+        keys.json does not name is from a rotation that never committed, and is removed."""
+        path, kid = self._previous_path(), self._meta.get("previous_signing_kid")
+        if not path.exists():
+            return
+        if isinstance(kid, str) and kid != self.signing_kid:
+            key = self._read_signing_key(path, kid)
+            if signing_kid_of(key.public_key()) == kid:
+                self.previous_signing_key, self.previous_signing_kid = key, kid
+                return
+        path.unlink()
+        fsync_dir(self.keys_dir)
 
     def _signing_name(self) -> str:
         return "signing.key" + (SEALED_SUFFIX if self._sealer else "")

@@ -132,6 +132,7 @@ class KeyMaintenance:
             kek_id, signing_kid = await self.run(self.keystore.rotate)
             if announce is not None:
                 await announce(self.keystore.signing_key)
+                await self.run(self.keystore.retire_previous_signing_key)
             outputs = await self.rewrap_outputs()
             prompts = await self.reseal_prompts()
         return {"kek_id": kek_id, "signing_kid": signing_kid, "previous_kek_id": old_kek,

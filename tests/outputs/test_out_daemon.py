@@ -273,3 +273,31 @@ async def test_sealed_keys_need_the_passphrase(make_daemon, client_of, monkeypat
     client = await client_of(again)
     assert (await client.call("job.get", job_id=job_id))["params"]["prompt"] == f"sealed {marker}"
     assert_nothing_readable_at_rest(again.state_dir, [marker])
+
+
+@pytest.mark.parametrize("sealed", [False, True], ids=["plain", "sealed"])
+async def test_a_rotation_the_audit_log_never_announced_is_announced_at_the_next_start(
+        sealed: bool, make_daemon, client_of, monkeypatch: pytest.MonkeyPatch):
+    """The daemon dies after the keys rotated on disk and before the audit entry that announces the
+    new signing key: the next start still holds the old key, records the rotation, then drops it."""
+    config = {**NO_WORKER, "keys": {"sealed": sealed, "scrypt_log2_n": 12}}
+    if sealed:
+        monkeypatch.setenv("SAI_PASSPHRASE", "correct horse battery")
+    daemon = make_daemon(config)
+    client = await client_of(daemon)
+    job_id = (await client.call("job.submit", prompt="before the rotation"))["job_id"]
+    assert await asyncio.to_thread(daemon.terminate) == 0
+    keys = daemon.state_dir / "keys"
+    store = KeyStore.open(keys, "correct horse battery" if sealed else None, scrypt_log2_n=12)
+    old_kid, (_, new_kid) = store.signing_kid, store.rotate()  # ...and the daemon is gone before announcing it
+    assert list(keys.glob("signing.key*.previous"))
+
+    again = make_daemon(config, state_from=daemon)
+    client = await client_of(again)
+    rotations = (await client.call("audit.tail", limit=10, action="audit.key_rotate"))["entries"]
+    assert len(rotations) == 1
+    assert (await client.call("audit.verify", deep=True))["ok"]
+    assert (await client.call("job.get", job_id=job_id))["params"]["prompt"] == "before the rotation"
+    assert not list(keys.glob("signing.key*.previous"))
+    assert "previous_signing_kid" not in json.loads((keys / "keys.json").read_text())
+    assert old_kid != new_kid
