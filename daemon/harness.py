@@ -123,6 +123,16 @@ class DaemonProcess:
             self._log.close()
 
 
+def run_sai(*args: str, socket_path: Path | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """`sai ARGS` in a child process, talking to `socket_path` (never to a socket this process's
+    environment names), with no terminal to prompt on; output captured as text."""
+    env = {k: v for k, v in os.environ.items() if k != "SAI_SOCKET"}
+    if socket_path is not None:
+        env["SAI_SOCKET"] = str(socket_path)
+    return subprocess.run([sys.executable, "-m", "console.cli", *args], capture_output=True, text=True, cwd=ROOT,
+                          env=env, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
 def build_tiny(target: Path) -> Path:
     """Build the tiny model in a subprocess, so the caller never imports torch."""
     subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; "

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from daemon.api.registry import CallContext, Role, method
+from daemon.api.registry import CallContext, Role, method, time_param
 from daemon.protocol import NOT_FOUND, UNAVAILABLE, RpcError, echo, invalid_params
 
 MAX_ALERTS = 1000
@@ -23,14 +23,7 @@ def _monitor(ctx: CallContext) -> Any:
 
 
 def _time(name: str, value: float | str | None) -> float | None:
-    if value is None:
-        return None
-    from daemon.monitor.history import parse_time
-
-    try:
-        return parse_time(value, name)
-    except ValueError as exc:
-        raise invalid_params(name, str(exc)) from None
+    return None if value is None else time_param(name, value)
 
 
 @method("metrics.snapshot", role=Role.VIEWER)

@@ -16,7 +16,7 @@ from typing import Any, Awaitable, Callable, Union
 from daemon.auth import Peer, Role
 from daemon.protocol import METHOD_NOT_FOUND, NOT_PERMITTED, RpcError, echo, invalid_params
 
-__all__ = ["CallContext", "Method", "Role", "method", "METHODS", "lookup"]
+__all__ = ["CallContext", "Method", "Role", "method", "METHODS", "lookup", "time_param"]
 
 
 @dataclass
@@ -62,6 +62,17 @@ def method(name: str, role: Role) -> Callable[[Handler], Handler]:
         return handler
 
     return register
+
+
+def time_param(name: str, value: float | str) -> float:
+    """A moment given as epoch seconds or RFC 3339 text, as epoch seconds; -32602 naming `name`
+    otherwise (report and metrics methods take such moments)."""
+    from daemon.monitor.history import parse_time
+
+    try:
+        return parse_time(value, name)
+    except ValueError as exc:
+        raise invalid_params(name, str(exc)) from None
 
 
 def lookup(name: str) -> Method:

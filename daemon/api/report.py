@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from daemon.api.registry import CallContext, Role, method
+from daemon.api.registry import CallContext, Role, method, time_param
 from daemon.protocol import invalid_params
 from daemon.queue.history import MAX_PAGE, decode_cursor
 from daemon.timefmt import rfc3339
@@ -15,14 +15,7 @@ DEFAULT_LIMIT = 500
 
 
 def _moment(name: str, value: float | str | None, default: float) -> float:
-    from daemon.monitor.history import parse_time
-
-    if value is None:
-        return default
-    try:
-        return parse_time(value, name)
-    except ValueError as exc:
-        raise invalid_params(name, str(exc)) from None
+    return default if value is None else time_param(name, value)
 
 
 @method("report.jobs", role=Role.VIEWER)

@@ -104,6 +104,13 @@ async def connected(pilot: Pilot[Any], app: SaiConsole) -> None:
                 "the console to attach and load")
 
 
+async def listed(pilot: Pilot[Any], app: SaiConsole, count: int) -> None:
+    """Until the queue table shows `count` jobs, each with its prompt fetched."""
+    table = app.main.table
+    await until(pilot, lambda: len(table.shown) == count and all(
+        "prompt" in j["params"] for j in table.jobs.values()), 10, f"{count} jobs with their prompts")
+
+
 GIB = 2**30
 SAMPLE: dict[str, Any] = {
     "ts": NOW, "time": iso(NOW), "interval": 1.0,

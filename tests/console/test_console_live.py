@@ -12,7 +12,7 @@ from console.app import SaiConsole
 from console.screens.confirm import ConfirmScreen
 from console.screens.job_detail import JobDetailScreen
 from console.screens.new_job import NewJobScreen
-from console_helpers import PAUSED_NO_WORKER, connected, notifications, screen_text, until
+from console_helpers import PAUSED_NO_WORKER, connected, listed, notifications, screen_text, until
 
 SIZE = (120, 40)
 
@@ -138,8 +138,7 @@ async def test_filter_negate_and_clear(make_daemon: Any, client_of: Any) -> None
     async with app.run_test(size=SIZE) as pilot:
         await connected(pilot, app)
         table = app.main.table
-        await until(pilot, lambda: len(table.shown) == 2 and all(
-            "prompt" in j["params"] for j in table.jobs.values()), 10)
+        await listed(pilot, app, 2)
         await pilot.press("slash", *"fox")
         assert table.shown == [fox]
         await pilot.press("enter")
@@ -170,8 +169,7 @@ async def test_the_detail_screen_shows_the_job_it_is_opened_on_each_time(make_da
     async with app.run_test(size=SIZE) as pilot:
         await connected(pilot, app)
         table = app.main.table
-        await until(pilot, lambda: len(table.shown) == 2 and all(
-            "prompt" in j["params"] for j in table.jobs.values()), 10)
+        await listed(pilot, app, 2)
         seen = []
         for _ in range(2):
             job_id = table.selected_key()

@@ -25,6 +25,7 @@ from PIL import Image
 from daemon.crypto import envelope
 from daemon.crypto.keys import KeyStore
 from daemon.outputs.pipeline import export_output
+from daemon.harness import run_sai
 
 ROOT = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -33,10 +34,6 @@ NO_WORKER = {"model": {"preload": False}, "queue": {"start_paused": True}}
 NOT_PERMITTED, CONFLICT = -32001, -32004
 
 
-def run_sai(*args: str, socket_path: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "SAI_SOCKET": str(socket_path)}
-    return subprocess.run([sys.executable, "-m", "console.cli", *args], capture_output=True, text=True, cwd=ROOT,
-                          env=env, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
 def mode(path: Path) -> int:

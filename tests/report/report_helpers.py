@@ -4,9 +4,6 @@ shaped as `report.jobs` returns them."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +12,6 @@ from daemon.client import DaemonClient
 from daemon.harness import DaemonProcess
 from daemon.timefmt import rfc3339
 
-ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "report-secret-prompt lighthouse"
 SHAPES = [(64, 64, 2, 1), (64, 64, 2, 2), (64, 64, 2, 1), (96, 96, 3, 1), (96, 96, 3, 1), (96, 96, 3, 1)]
 CONFIG = {"defaults": {"width": 64, "height": 64, "steps": 2}, "model": {"threads": 1}}
@@ -54,12 +50,6 @@ async def run_jobs(socket: Path) -> list[dict[str, Any]]:
 T0 = 1_795_000_020.0  # a whole minute (a multiple of 60), so minute buckets start at T0
 
 
-def run_sai(*args: str, socket_path: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "SAI_SOCKET"}
-    if socket_path is not None:
-        env["SAI_SOCKET"] = str(socket_path)
-    return subprocess.run([sys.executable, "-m", "console.cli", *args], capture_output=True, text=True, cwd=ROOT,
-                          env=env, timeout=timeout)
 
 
 def row(job_id: str, created: float, started: float | None, finished: float, state: str = "succeeded",

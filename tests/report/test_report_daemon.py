@@ -15,8 +15,9 @@ from PIL import Image
 
 from console.widgets.display import parse_time
 from daemon.client import DaemonClient
+from daemon.harness import run_sai
 from daemon.protocol import STREAM_LIMIT, RpcError
-from report_helpers import PROMPT, ReportDaemon, run_sai
+from report_helpers import PROMPT, ReportDaemon
 
 
 def seconds(job: dict[str, Any], end: str, start: str) -> float:

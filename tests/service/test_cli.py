@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import stat
 import subprocess
 import sys
@@ -11,16 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from daemon.harness import run_sai
+
 ROOT = Path(__file__).resolve().parents[2]
 NO_WORKER = {"model": {"preload": False}, "queue": {"start_paused": True}}
 
 
-def sai(*args: str, socket_path: Path | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "SAI_SOCKET"}
-    if socket_path is not None:
-        env["SAI_SOCKET"] = str(socket_path)
-    return subprocess.run([sys.executable, "-m", "console.cli", *args], capture_output=True, text=True, cwd=ROOT,
-                          env=env, timeout=timeout)
 
 
 @pytest.mark.parametrize("code", [
@@ -36,61 +31,61 @@ def test_light_entry_points_do_not_import_torch(code):
 
 
 def test_no_daemon_is_a_clear_message(tmp_path):
-    out = sai("status", socket_path=tmp_path / "nothing.sock")
+    out = run_sai("status", socket_path=tmp_path / "nothing.sock")
     assert out.returncode == 3
     assert "no daemon answers on" in out.stderr and "sai daemon" in out.stderr
 
 
 def test_submit_wait_shows_outputs_then_export_writes_0600(make_daemon, tmp_path):
     daemon = make_daemon()
-    out = sai("submit", "a lighthouse", "--size", "64x64", "--steps", "3", "--count", "2", "--wait",
+    out = run_sai("submit", "a lighthouse", "--size", "64x64", "--steps", "3", "--count", "2", "--wait",
               socket_path=daemon.socket)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     job_id, state = lines[0].split()[:2]
     assert state == "succeeded"
     assert len(lines) == 3 and all(job_id in line for line in lines[1:])
-    listed = json.loads(sai("jobs", "--json", socket_path=daemon.socket).stdout)["jobs"]
+    listed = json.loads(run_sai("jobs", "--json", socket_path=daemon.socket).stdout)["jobs"]
     assert [job["job_id"] for job in listed] == [job_id]
-    table = sai("jobs", socket_path=daemon.socket).stdout
+    table = run_sai("jobs", socket_path=daemon.socket).stdout
     assert "JOB" in table and job_id in table and "succeeded" in table
     target = tmp_path / "out.png"
-    out = sai("export", job_id, "--index", "1", "-o", str(target), socket_path=daemon.socket)
+    out = run_sai("export", job_id, "--index", "1", "-o", str(target), socket_path=daemon.socket)
     assert out.returncode == 0, out.stderr
     assert target.read_bytes().startswith(b"\x89PNG")
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
-    detail = json.loads(sai("job", job_id, "--json", socket_path=daemon.socket).stdout)
+    detail = json.loads(run_sai("job", job_id, "--json", socket_path=daemon.socket).stdout)
     assert detail["params"]["prompt"] == "a lighthouse" and detail["state"] == "succeeded"
 
 
 def test_errors_exit_non_zero_with_the_daemons_message(make_daemon):
     daemon = make_daemon(NO_WORKER)
-    out = sai("submit", "x", "--size", "100x64", socket_path=daemon.socket)
+    out = run_sai("submit", "x", "--size", "100x64", socket_path=daemon.socket)
     assert out.returncode == 1 and "invalid width: 100 is not a multiple of 8" in out.stderr
-    out = sai("cancel", "jnothere", socket_path=daemon.socket)
+    out = run_sai("cancel", "jnothere", socket_path=daemon.socket)
     assert out.returncode == 1 and "no job jnothere" in out.stderr
-    out = sai("submit", "x", "--size", "big", socket_path=daemon.socket)
+    out = run_sai("submit", "x", "--size", "big", socket_path=daemon.socket)
     assert out.returncode == 2 and "WIDTHxHEIGHT" in out.stderr
 
 
 def test_queue_commands(make_daemon):
     daemon = make_daemon(NO_WORKER)
-    job = json.loads(sai("submit", "later", "--priority", "low", "--json", socket_path=daemon.socket).stdout)
+    job = json.loads(run_sai("submit", "later", "--priority", "low", "--json", socket_path=daemon.socket).stdout)
     assert job["position"] == 1
-    out = sai("priority", job["job_id"], "critical", socket_path=daemon.socket)
+    out = run_sai("priority", job["job_id"], "critical", socket_path=daemon.socket)
     assert out.returncode == 0 and "now critical" in out.stdout
-    assert "queue running" in sai("resume", socket_path=daemon.socket).stdout
-    assert "queue paused" in sai("pause", socket_path=daemon.socket).stdout
-    status = sai("status", socket_path=daemon.socket).stdout
+    assert "queue running" in run_sai("resume", socket_path=daemon.socket).stdout
+    assert "queue paused" in run_sai("pause", socket_path=daemon.socket).stdout
+    status = run_sai("status", socket_path=daemon.socket).stdout
     assert "PAUSED" in status and "1 queued" in status
-    out = sai("cancel", job["job_id"], socket_path=daemon.socket)
+    out = run_sai("cancel", job["job_id"], socket_path=daemon.socket)
     assert out.returncode == 0 and "cancelled" in out.stdout
 
 
 def test_bad_config_stops_the_daemon_with_file_and_key(tmp_path):
     config = tmp_path / "bad.toml"
     config.write_text("[queue]\nmax_batch = -1\n")
-    out = sai("daemon", "--config", str(config), "--socket", str(tmp_path / "d.sock"),
+    out = run_sai("daemon", "--config", str(config), "--socket", str(tmp_path / "d.sock"),
               "--state-dir", str(tmp_path / "state"))
     assert out.returncode == 2
     assert str(config) in out.stderr and "queue.max_batch" in out.stderr and "greater than 0" in out.stderr

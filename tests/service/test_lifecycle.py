@@ -7,24 +7,16 @@ import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from daemon.harness import run_sai
+
 
 NO_WORKER = {"model": {"preload": False}, "queue": {"start_paused": True}}
 
 
-def run_sai(*args: str, socket_path: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ}
-    if socket_path is not None:
-        env["SAI_SOCKET"] = str(socket_path)
-    return subprocess.run([sys.executable, "-m", "console.cli", *args], capture_output=True, text=True, cwd=ROOT,
-                          env=env, timeout=timeout)
 
 
 def test_second_daemon_on_the_same_socket_is_refused(make_daemon):
