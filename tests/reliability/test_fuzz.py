@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
@@ -334,7 +333,7 @@ def test_client_that_stops_reading_is_dropped(daemon, run):
         latencies.append(assert_serving(daemon))
         time.sleep(0.2)
     assert big.closed_by_daemon(10) and small.closed_by_daemon(10)
-    assert max(latencies) < 2.0, latencies
+    assert max(latencies) < LIMITS["write_timeout"], latencies  # nobody waited on the stalled readers
     log = daemon.read_log()
     assert "MiB unread (daemon.max_unread_mb)" in log and "(daemon.write_timeout)" in log
     big.close()
