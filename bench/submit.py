@@ -2,7 +2,12 @@
 against a bare SQLite INSERT loop with the same durability (WAL, synchronous=FULL, a commit per
 row, because each submit must be durable before its reply). Prints both and their ratio.
 
-    .venv/bin/python bench/submit.py [--clients 20] [--jobs 4000]
+The machine these run on is a shared VM whose speed swings by up to 2x within minutes, so the two
+are measured in alternation over `--rounds` rounds and compared by their medians. Each round also
+times `daemon.status` from the same clients on the same daemon: the request path alone (framing,
+JSON, dispatch, reply), which shows how much of a submit's CPU is the submit's own work.
+
+    .venv/bin/python bench/submit.py [--clients 20] [--jobs 4000] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import argparse
 import asyncio
 import os
 import sqlite3
+import statistics
 import sys
 import tempfile
 import time
@@ -42,8 +48,9 @@ def bare_inserts(path: Path, n: int) -> float:
     return n / elapsed
 
 
-async def daemon_submits(daemon: DaemonProcess, clients: int, per_client: int) -> tuple[float, int, float]:
-    """(submits/s, jobs queued afterwards, daemon CPU seconds spent)."""
+async def daemon_calls(daemon: DaemonProcess, clients: int, per_client: int,
+                       method: str, **params: object) -> tuple[float, float]:
+    """(calls/s, daemon CPU seconds per call) for `clients` connections each calling in turn."""
     import psutil
 
     conns = [await DaemonClient.connect(daemon.socket) for _ in range(clients)]
@@ -53,47 +60,71 @@ async def daemon_submits(daemon: DaemonProcess, clients: int, per_client: int) -
 
     async def one(client: DaemonClient, k: int) -> None:
         for i in range(per_client):
-            await client.call("job.submit", prompt=f"bench prompt {k}-{i}")
+            await client.call(method, **{key: (f"{value} {k}-{i}" if key == "prompt" else value)
+                                         for key, value in params.items()})
 
     started = time.perf_counter()
     await asyncio.gather(*(one(c, k) for k, c in enumerate(conns)))
     elapsed = time.perf_counter() - started
     cpu = sum(proc.cpu_times()[:2]) - cpu_before
-    status = await conns[0].call("daemon.status")
     for c in conns:
         await c.close()
-    return clients * per_client / elapsed, status["queue"]["queued"], cpu
+    return clients * per_client / elapsed, cpu / (clients * per_client)
+
+
+async def one_round(daemon: DaemonProcess, clients: int, per_client: int) -> tuple[float, float, float, float, int]:
+    """(submits/s, CPU per submit, status calls/s, CPU per status call, jobs queued afterwards)."""
+    rate, cpu = await daemon_calls(daemon, clients, per_client, "job.submit", prompt="bench prompt")
+    status_rate, status_cpu = await daemon_calls(daemon, clients, per_client, "daemon.status")
+    client = await DaemonClient.connect(daemon.socket)
+    queued = (await client.call("daemon.status"))["queue"]["queued"]
+    await client.close()
+    return rate, cpu, status_rate, status_cpu, queued
+
+
+def spread(values: list[float], fmt: str = "{:.0f}") -> str:
+    return " ".join(fmt.format(v) for v in values)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=20)
-    parser.add_argument("--jobs", type=int, default=4000, help="total submits")
+    parser.add_argument("--jobs", type=int, default=4000, help="total submits per round")
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     per_client = max(1, args.jobs // args.clients)
     total = per_client * args.clients
-    with tempfile.TemporaryDirectory(prefix="sai-bench-", dir="/tmp") as tmp:
-        root = Path(tmp)
-        bare = bare_inserts(root / "bare.sqlite3", min(total, 2000))
-        daemon = DaemonProcess.create(root, {
-            "queue": {"start_paused": True, "burst": 10**9, "rate_per_minute": 1e12,
-                      "max_queued_per_user": 10**9},
-            "model": {"preload": False}})
-        daemon.start()
-        try:
-            rate, queued, cpu = asyncio.run(daemon_submits(daemon, args.clients, per_client))
-        finally:
-            daemon.stop()
-    print(f"submit benchmark: {args.clients} clients, {total} submits, paused queue, {os.cpu_count()} CPUs")
-    print(f"  bare INSERT + commit per row (WAL, synchronous=FULL): {bare:10.0f} rows/s")
-    print(f"  daemon job.submit, durable before reply (group commit): {rate:10.0f} submits/s"
-          f"   ({queued} jobs queued afterwards)")
-    print(f"  ratio daemon / bare inserts: {rate / bare:.2f}")
-    per_submit = cpu / total
-    print(f"  daemon CPU per submit: {per_submit * 1e3:.3f} ms (one core's ceiling: {1 / per_submit:.0f} submits/s)"
-          f"; machine load {os.getloadavg()[0]:.2f}")
+    bare, rounds, complete = [], [], True
+    for _ in range(args.rounds):
+        with tempfile.TemporaryDirectory(prefix="sai-bench-", dir="/tmp") as tmp:
+            root = Path(tmp)
+            bare.append(bare_inserts(root / "bare.sqlite3", min(total, 2000)))
+            daemon = DaemonProcess.create(root, {
+                "queue": {"start_paused": True, "burst": 10**9, "rate_per_minute": 1e12,
+                          "max_queued_per_user": 10**9},
+                "model": {"preload": False}})
+            daemon.start()
+            try:
+                rounds.append(asyncio.run(one_round(daemon, args.clients, per_client)))
+            finally:
+                daemon.stop()
+            complete = complete and rounds[-1][4] == total
+    rates, cpus, status_rates, status_cpus = ([r[i] for r in rounds] for i in range(4))
+    rate, cpu, bare_rate = statistics.median(rates), statistics.median(cpus), statistics.median(bare)
+    status_cpu = statistics.median(status_cpus)
+    print(f"submit benchmark: {args.clients} clients, {total} submits per round, paused queue, "
+          f"{os.cpu_count()} CPUs, {args.rounds} rounds (medians; each round's figure after it)")
+    print(f"  bare INSERT + commit per row (WAL, synchronous=FULL): {bare_rate:8.0f} rows/s      ({spread(bare)})")
+    print(f"  daemon job.submit, durable before reply (group commit): {rate:6.0f} submits/s   ({spread(rates)})"
+          f"{'' if complete else '   SOME SUBMITS NOT QUEUED'}")
+    print(f"  ratio daemon / bare inserts: {rate / bare_rate:.2f}")
+    print(f"  daemon CPU per submit: {cpu * 1e3:.3f} ms (one core's ceiling: {1 / cpu:.0f} submits/s)"
+          f"   ({spread([c * 1e3 for c in cpus], '{:.3f}')})")
+    print(f"  daemon.status, same clients (the request path alone): {statistics.median(status_rates):.0f} calls/s, "
+          f"{status_cpu * 1e3:.3f} ms CPU per call ({status_cpu / cpu:.2f} of a submit's)")
+    print(f"  machine load {os.getloadavg()[0]:.2f}")
     print(f"  target >= {TARGET:.0f} submits/s: {'met' if rate >= TARGET else 'NOT met'}")
-    return 0 if queued == total else 1
+    return 0 if complete else 1
 
 
 if __name__ == "__main__":

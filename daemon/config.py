@@ -106,17 +106,19 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
 
 
 class Section(Mapping[str, Any]):
-    """Read-only view of one `[section]`, with attribute access (`config.queue.max_batch`)."""
+    """Read-only view of one `[section]`, with attribute access (`config.queue.max_batch`).
+
+    The values are also plain instance attributes: the request path reads config values many
+    times per submit, and an instance attribute is a dictionary hit, not a call to __getattr__
+    (no key shadows a Mapping method: config keys are lower-case words that tests check)."""
 
     def __init__(self, name: str, values: dict[str, Any]) -> None:
+        self.__dict__.update(values)
         self._name = name
         self._values = values
 
-    def __getattr__(self, key: str) -> Any:
-        try:
-            return self._values[key]
-        except KeyError:
-            raise AttributeError(f"config has no key {self._name}.{key}") from None
+    def __getattr__(self, key: str) -> Any:  # only reached for a key the section does not have
+        raise AttributeError(f"config has no key {self.__dict__.get('_name', '?')}.{key}")
 
     def __getitem__(self, key: str) -> Any:
         return self._values[key]
@@ -133,9 +135,13 @@ class Config:
     values: dict[str, dict[str, Any]]
     sources: tuple[str, ...] = field(default=())
 
+    def __post_init__(self) -> None:
+        # Built once: the request path reads config values many times per submit.
+        object.__setattr__(self, "_sections", {name: Section(name, values) for name, values in self.values.items()})
+
     def __getattr__(self, section: str) -> Section:
         try:
-            return Section(section, self.values[section])
+            return self.__dict__["_sections"][section]
         except KeyError:
             raise AttributeError(f"config has no section [{section}]") from None
 

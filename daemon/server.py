@@ -58,6 +58,18 @@ class Connection:
         if self.closed:
             return
         data = protocol.encode(message)
+        written = False
+        if not self._lock.locked() and not self.writer.transport.get_write_buffer_size():
+            # Nothing is waiting to go out: the socket usually takes the whole reply at once, and
+            # then there is nothing to wait for (no lock, no timer task: most replies end here).
+            try:
+                self.writer.write(data)
+            except (ConnectionError, RuntimeError):
+                self.closed = True
+                return
+            if not self.writer.transport.get_write_buffer_size():
+                return
+            written = True  # queued in the transport: wait for it below like any other reply
         self._unread += len(data)
         try:
             if self._unread - len(data) > self.limits.max_unread_bytes:
@@ -67,7 +79,8 @@ class Connection:
                 if self.closed:
                     return
                 try:
-                    self.writer.write(data)
+                    if not written:
+                        self.writer.write(data)
                     await asyncio.wait_for(self.writer.drain(), self.limits.write_timeout)
                 except asyncio.TimeoutError:
                     self.drop(f"it read nothing for {self.limits.write_timeout:g} s (daemon.write_timeout)")

@@ -118,11 +118,13 @@ class QueueManager:
 
     def oldest_wait(self) -> float | None:
         """Seconds the longest-waiting queued job has waited (None: nothing queued)."""
-        oldest = min((job.enqueued_at for job in self.index), default=None)
+        oldest = self.index.oldest_enqueued()
         return None if oldest is None else max(0.0, time.time() - oldest)
 
     def status(self) -> dict[str, Any]:
-        return {"paused": self.paused, "queued": len(self.index), "running": len(self.running())}
+        # Every active job is either queued (and in the index) or running: no walk over the queue.
+        queued = len(self.index)
+        return {"paused": self.paused, "queued": queued, "running": len(self.active) - queued}
 
     # -- changing ------------------------------------------------------------------------------
 

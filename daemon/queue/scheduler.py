@@ -56,6 +56,10 @@ class QueueIndex:
     def count_for(self, uid: int) -> int:
         return self._per_uid[uid]
 
+    def oldest_enqueued(self) -> float | None:
+        """When the longest-waiting job was queued: the head of some bucket (waiting order)."""
+        return min((times[0] for times in self._enqueued if times), default=None)
+
     def add(self, job: Job) -> None:
         q = job.priority
         i = bisect_left(self._seqs[q], job.seq)

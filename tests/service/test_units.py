@@ -74,6 +74,20 @@ def test_config_layers_file_then_environment(tmp_path):
     assert info.value.source == "environment" and info.value.key == "queue.max_batch"
 
 
+def test_config_sections_read_as_attributes_and_as_mappings():
+    cfg = config_mod.load(None, environ={}, system_file=None)
+    for name, values in cfg.values.items():
+        section = getattr(cfg, name)
+        assert dict(section) == values
+        for key, value in values.items():  # no key may hide behind a Mapping method or vice versa
+            assert getattr(section, key) == value == section[key], f"{name}.{key}"
+    with pytest.raises(AttributeError, match="queue.max_bacth"):
+        _ = cfg.queue.max_bacth
+    with pytest.raises(AttributeError, match=r"\[nope\]"):
+        _ = cfg.nope
+    assert cfg.replace(queue__max_batch=2).queue.max_batch == 2 and cfg.queue.max_batch != 2
+
+
 def test_role_resolution_order():
     auth = config_mod.load(None, environ={}, system_file=None).auth
     assert resolve_role("root", 0, (), auth, daemon_uid=0) is Role.ADMIN
@@ -121,6 +135,7 @@ def test_queue_index_positions_match_the_sorted_start_order(jobs, now, aging, re
     expected = scheduler.order(alive, now, aging)
     assert len(index) == len(alive)
     assert [index.position(job, now, aging) for job in expected] == list(range(1, len(alive) + 1))
+    assert index.oldest_enqueued() == min((job.enqueued_at for job in alive), default=None)
 
 
 @settings(max_examples=300, deadline=None)
