@@ -141,15 +141,16 @@ class AuditLog:
     async def _commit_loop(self) -> None:
         loop = asyncio.get_running_loop()
         w = self._writer
+        checkpoint_timer: asyncio.TimerHandle | None = None
         while True:
-            timeout = None
-            if w.size > w.cp_size:
-                timeout = max(0.0, w.cp_time + self._every_seconds - time.monotonic())
             if not self._pending and not self._closing:
-                try:
-                    await asyncio.wait_for(self._wake.wait(), timeout)
-                except asyncio.TimeoutError:
-                    pass
+                if w.size > w.cp_size and checkpoint_timer is None:
+                    # One timer per idle spell, not a wait_for (a task and a timer) per commit.
+                    due = max(0.0, w.cp_time + self._every_seconds - time.monotonic())
+                    checkpoint_timer = loop.call_later(due, self._wake.set)
+                await self._wake.wait()
+            if checkpoint_timer is not None and checkpoint_timer.when() <= loop.time():
+                checkpoint_timer = None
             self._wake.clear()
             if self._pending:
                 await let_others_join(self._pending.__len__)
@@ -177,6 +178,8 @@ class AuditLog:
                     log.error("audit checkpoint failed: %s", exc)
                     w.cp_time = time.monotonic()
             if self._closing and not self._pending:
+                if checkpoint_timer is not None:
+                    checkpoint_timer.cancel()
                 return
 
     def _publish(self, entries: list[dict[str, Any]]) -> None:

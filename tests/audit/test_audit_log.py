@@ -177,6 +177,12 @@ async def test_checkpoints_by_count_by_time_and_at_close(tmp_path: Path, signing
             break
         await asyncio.sleep(0.05)
     assert checkpoint_sizes(tmp_path / "a.db")[-1] == 27
+    await log.append(*record(1))  # the timer is armed again for the next idle spell
+    for _ in range(50):
+        if 28 in checkpoint_sizes(tmp_path / "a.db"):
+            break
+        await asyncio.sleep(0.05)
+    assert checkpoint_sizes(tmp_path / "a.db")[-1] == 28
     await log.close()
 
 
