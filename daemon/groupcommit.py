@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from typing import Callable
+
+LOCKED_RETRY_SECONDS = 0.5
+"""How long a committer waits before it tries again a commit that found the database locked."""
+
+
+def is_locked(exc: sqlite3.OperationalError) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED: another connection held the write lock past busy_timeout."""
+    return getattr(exc, "sqlite_errorname", "") in ("SQLITE_BUSY", "SQLITE_LOCKED") or "locked" in str(exc)
 
 
 async def let_others_join(pending: Callable[[], int], rounds: int = 4) -> None:

@@ -63,8 +63,9 @@ class Reactions:
             self._spawn(d.audit_action(None, "worker.restarted", "", {"reason": data.get("reason", "")}))
 
     def storage_blocked(self, key: str, message: str | None) -> None:
-        """A critical alert `key` while writes cannot go to disk (message: the job store waits on a
-        lock, the outputs filesystem is full); cleared when they succeed again (None)."""
+        """A critical alert `key` while writes cannot go to disk (message: the job store or the
+        audit log waits on a lock, the outputs filesystem is full); cleared when they succeed
+        again (None)."""
         alerts = self.daemon.monitor.alerts
         if message is not None:
             self._spawn(alerts.raise_alert(key, "critical", message))

@@ -184,6 +184,7 @@ class Daemon:
                                           queue_wait=self.queue.oldest_wait, audit=self.audit_action)
         self.monitor.start()
         self.store.on_stall = functools.partial(self.reactions.storage_blocked, "jobs_db.locked")
+        self.audit.on_stall = functools.partial(self.reactions.storage_blocked, "audit_db.locked")
         self.dispatcher.on_outputs_blocked = functools.partial(self.reactions.storage_blocked, "outputs.no_space")
         await self.server.start()
         self._tasks.append(asyncio.create_task(self.dispatcher.run(), name="sai-dispatch"))

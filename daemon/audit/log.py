@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,7 +28,7 @@ from daemon.audit import merkle
 from daemon.audit.entry import check_action, check_actor, check_details, check_subject, key_id, utc_now
 from daemon.audit.writer import (SCHEMA, AuditClosed, AuditKeyMismatch, Record, Writer, connect_writer,
                                  entry_dict, own_actor)
-from daemon.groupcommit import let_others_join
+from daemon.groupcommit import LOCKED_RETRY_SECONDS, is_locked, let_others_join
 
 __all__ = ["AuditLog", "AuditClosed", "AuditKeyMismatch", "SCHEMA", "connect_writer"]
 
@@ -85,6 +86,8 @@ class AuditLog:
         self._subscribers: list[Callable[[dict[str, Any]], Any]] = []
         self._closing = False
         self._closed = False
+        self.on_stall: Callable[[str | None], Any] = lambda message: None
+        """Told (message) when appends wait on a lock another process holds, and (None) once they commit."""
         self._committer = asyncio.create_task(self._commit_loop(), name="audit-committer")
         return self
 
@@ -160,7 +163,7 @@ class AuditLog:
                 batch = self._pending[: self._max_batch]
                 del self._pending[: self._max_batch]
                 try:
-                    entries = await loop.run_in_executor(self._executor, w.write, [r for r, _ in batch])
+                    entries = await self._write_batch([r for r, _ in batch])
                 except Exception as exc:  # the whole batch failed and was rolled back
                     log.error("audit commit failed: %s", exc)
                     for _, fut in batch:
@@ -181,6 +184,31 @@ class AuditLog:
                 if checkpoint_timer is not None:
                     checkpoint_timer.cancel()
                 return
+
+    async def _write_batch(self, records: list[Record]) -> list[dict[str, Any]]:
+        """One group commit. While another process holds the database's write lock, try again:
+        the appends (and the actions waiting on them) wait and nothing is dropped; only a log that
+        is closing gives up."""
+        loop = asyncio.get_running_loop()
+        stalled_since: float | None = None
+        while True:
+            try:
+                entries = await loop.run_in_executor(self._executor, self._writer.write, records)
+                break
+            except sqlite3.OperationalError as exc:
+                if not is_locked(exc) or self._closing:
+                    raise
+                if stalled_since is None:
+                    stalled_since = time.monotonic()
+                    message = (f"the audit log {self.path.name} is locked by another process or connection; "
+                               f"{len(records)} entries, and the actions they record, wait until it is released")
+                    log.error("%s", message)
+                    self.on_stall(message)
+                await asyncio.sleep(LOCKED_RETRY_SECONDS)
+        if stalled_since is not None:
+            log.warning("the audit log is writable again after %.1f s", time.monotonic() - stalled_since)
+            self.on_stall(None)
+        return entries
 
     def _publish(self, entries: list[dict[str, Any]]) -> None:
         for entry in entries:

@@ -69,7 +69,7 @@ def connect_writer(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA busy_timeout=10000")
+    conn.execute("PRAGMA busy_timeout=5000")  # then the committer alerts and keeps trying (log.py)
     conn.executescript(SCHEMA)
     return conn
 

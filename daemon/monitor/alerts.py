@@ -33,6 +33,11 @@ PERSIST_SEEN = 30.0
 
 Audit = Callable[[dict[str, Any] | None, str, str, dict[str, Any]], Awaitable[Any]]
 
+
+async def _nothing_to_record() -> None:
+    return None
+
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -115,20 +120,28 @@ class AlertBook:
                        "acked": sum(a["state"] == "acked" for a in alerts),
                        **{s: sum(a["severity"] == s for a in alerts) for s in SEVERITIES}}
 
-    async def _announce(self, kind: str, record: dict[str, Any], action: str | None,
-                        actor: dict[str, Any] | None = None) -> None:
+    def _announce(self, kind: str, record: dict[str, Any], action: str | None,
+                  actor: dict[str, Any] | None = None) -> Callable[[], Awaitable[None]]:
+        """Publish the change now; return what records it in the audit log, for the caller to await
+        once it has let go of the book's lock: while the audit log waits (on a lock another process
+        holds, say), alerts must still be listed, and the alert that says so above all."""
         shown = view(record)
         if self.bus is not None and self.bus.wants("alert"):
             self.bus.publish("alert", {"kind": kind, "alert": shown})
-        if action and self.audit is not None:
-            details = {"key": record["key"], "severity": record["severity"], "message": record["message"],
-                       "count": record["count"], "kind": kind}
-            if record["details"]:
-                details["details"] = record["details"]
+        if not action or self.audit is None:
+            return _nothing_to_record
+        audit, subject = self.audit, f"alert:{record['id']}"
+        details = {"key": record["key"], "severity": record["severity"], "message": record["message"],
+                   "count": record["count"], "kind": kind}
+        if record["details"]:
+            details["details"] = record["details"]
+
+        async def record_it() -> None:
             try:
-                await self.audit(actor, action, f"alert:{record['id']}", details)
+                await audit(actor, action, subject, details)
             except Exception:  # the monitor must go on; the audit log reports its own failures
-                log.exception("auditing %s of alert %s failed", action, record["id"])
+                log.exception("auditing %s of %s failed", action, subject)
+        return record_it
 
     async def _update(self, record: dict[str, Any], *fields: str) -> None:
         values = [json.dumps(record[f]) if f in ("details", "acked_by") and record[f] is not None else record[f]
@@ -176,8 +189,9 @@ class AlertBook:
                                    "acked_at", "acked_by")
                 self._persisted_seen[key] = now
             self._recount()
-            await self._announce(kind, record, action)
-            return view(record)
+            audited, shown = self._announce(kind, record, action), view(record)
+        await audited()  # enqueued before any other task runs: audit entries keep the book's order
+        return shown
 
     async def clear(self, key: str, *, ts: float | None = None, reason: str | None = None) -> dict[str, Any] | None:
         """Close the open alert for `key`, if any; returns it as the API shows it, else None."""
@@ -191,8 +205,9 @@ class AlertBook:
                 record["details"] = {**record["details"], "cleared": reason}
             await self._update(record, "state", "cleared_at", "last_seen", "details")
             self._recount()
-            await self._announce("cleared", record, "alert.clear")
-            return view(record)
+            audited, shown = self._announce("cleared", record, "alert.clear"), view(record)
+        await audited()
+        return shown
 
     def seen(self, key: str, ts: float, details: dict[str, Any] | None = None) -> None:
         """A standing rule alert observed again (in memory; written by `flush_seen`)."""
@@ -235,8 +250,9 @@ class AlertBook:
                 record["state"] = "acked"
             await self._update(record, "state", "acked_at", "acked_by")
             self._recount()
-            await self._announce("acked", record, "alert.ack", actor)
-            return view(record)
+            audited, shown = self._announce("acked", record, "alert.ack", actor), view(record)
+        await audited()
+        return shown
 
     async def list(self, state: ListState = "open", limit: int = 100,
                    until: float | None = None) -> list[dict[str, Any]]:

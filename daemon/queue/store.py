@@ -17,13 +17,12 @@ from typing import Any, Awaitable, Callable, Protocol
 
 import aiosqlite
 
-from daemon.groupcommit import let_others_join
+from daemon.groupcommit import LOCKED_RETRY_SECONDS, is_locked, let_others_join
 from daemon.queue.jobs import FINISHED, Job
 
 log = logging.getLogger("sai.queue")
 
 SCHEMA_VERSION = 1
-LOCKED_RETRY_SECONDS = 0.5
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -110,11 +109,6 @@ def _runs(group: list[tuple[str, tuple[Any, ...], Any]]) -> list[tuple[str, list
     return runs
 
 
-def _locked(exc: sqlite3.OperationalError) -> bool:
-    """SQLITE_BUSY or SQLITE_LOCKED: another connection held the write lock past busy_timeout."""
-    return getattr(exc, "sqlite_errorname", "") in ("SQLITE_BUSY", "SQLITE_LOCKED") or "locked" in str(exc)
-
-
 class JobStore:
     def __init__(self, db: aiosqlite.Connection, sealer: TextSealer, max_group: int = 1024,
                  path: Path | None = None) -> None:
@@ -178,7 +172,7 @@ class JobStore:
                 await self._db.commit()
                 break
             except sqlite3.OperationalError as exc:
-                if not _locked(exc):
+                if not is_locked(exc):
                     raise
                 await self._db.rollback()
                 if stalled_since is None:

@@ -247,6 +247,34 @@ async def test_jobs_database_locked_by_another_process_delays_writes_and_loses_n
     assert "job.submit failed" not in log and "internal error" not in log
 
 
+async def test_audit_log_locked_by_another_process_delays_audited_actions_and_loses_nothing(
+        make_daemon, client_of, wait_for):
+    daemon = make_daemon({"defaults": {"width": 128, "height": 128, "steps": 2}})
+    client = await client_of(daemon)
+    await wait_for(client, await submit(client))  # the worker is up
+    holder = hold_exclusive_lock(daemon.state_dir / "audit.db", seconds=9.0)
+    try:
+        during = asyncio.create_task(submit(client, prompt="audited while locked"))
+        alert = await wait_until(lambda: open_alert(client, "audit_db.locked"), 30, "audit_db.locked alert")
+        assert alert["severity"] == "critical" and "audit.db is locked by another process" in alert["message"]
+        assert (await client.call("daemon.status"))["queue"]["queued"] == 0  # reads go on; nothing unaudited
+        assert holder.poll() is None, "the daemon answered only after the lock was released"
+        assert not during.done(), "a submit is audited before its job is stored (write-ahead)"
+    finally:
+        assert holder.wait(30) == 0
+    job_id = await asyncio.wait_for(during, 60)
+    assert (await wait_for(client, job_id, timeout=120))["state"] == "succeeded"
+    await wait_until(lambda: _no_alert(client, "audit_db.locked"), 30, "audit_db.locked cleared")
+    assert (await client.call("audit.verify", deep=True))["ok"]
+    entries = (await client.call("audit.tail", subject=job_id, limit=50))["entries"]
+    assert [e["action"] for e in entries if e["action"] == "job.submit"] == ["job.submit"]
+    raised = (await client.call("audit.tail", action="alert.raise", limit=50))["entries"]
+    assert any(e["details"]["key"] == "audit_db.locked" for e in raised)
+    log = daemon.read_log()
+    assert "is locked by another process" in log and "audit log is writable again" in log
+    assert "audit commit failed" not in log and "internal error" not in log
+
+
 async def _no_alert(client: DaemonClient, key: str) -> bool:
     return await open_alert(client, key) is None
 
