@@ -200,8 +200,9 @@ class AuditLog:
                     raise
                 if stalled_since is None:
                     stalled_since = time.monotonic()
+                    entries_waiting = f"{len(records)} {'entry' if len(records) == 1 else 'entries'}"
                     message = (f"the audit log {self.path.name} is locked by another process or connection; "
-                               f"{len(records)} entries, and the actions they record, wait until it is released")
+                               f"{entries_waiting}, and the actions they record, wait until it is released")
                     log.error("%s", message)
                     self.on_stall(message)
                 await asyncio.sleep(LOCKED_RETRY_SECONDS)
