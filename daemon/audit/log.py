@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,7 +27,7 @@ from daemon.audit import merkle
 from daemon.audit.entry import check_action, check_actor, check_details, check_subject, key_id, utc_now
 from daemon.audit.writer import (SCHEMA, AuditClosed, AuditKeyMismatch, Record, Writer, connect_writer,
                                  entry_dict, own_actor)
-from daemon.groupcommit import LOCKED_RETRY_SECONDS, is_locked, let_others_join
+from daemon.groupcommit import let_others_join, retry_while_locked
 
 __all__ = ["AuditLog", "AuditClosed", "AuditKeyMismatch", "SCHEMA", "connect_writer"]
 
@@ -186,30 +185,13 @@ class AuditLog:
                 return
 
     async def _write_batch(self, records: list[Record]) -> list[dict[str, Any]]:
-        """One group commit. While another process holds the database's write lock, try again:
-        the appends (and the actions waiting on them) wait and nothing is dropped; only a log that
-        is closing gives up."""
+        """One group commit; while another process holds the write lock, tried again (the appends
+        and the actions waiting on them wait, nothing is dropped) unless the log is closing."""
         loop = asyncio.get_running_loop()
-        stalled_since: float | None = None
-        while True:
-            try:
-                entries = await loop.run_in_executor(self._executor, self._writer.write, records)
-                break
-            except sqlite3.OperationalError as exc:
-                if not is_locked(exc) or self._closing:
-                    raise
-                if stalled_since is None:
-                    stalled_since = time.monotonic()
-                    entries_waiting = f"{len(records)} {'entry' if len(records) == 1 else 'entries'}"
-                    message = (f"the audit log {self.path.name} is locked by another process or connection; "
-                               f"{entries_waiting}, and the actions they record, wait until it is released")
-                    log.error("%s", message)
-                    self.on_stall(message)
-                await asyncio.sleep(LOCKED_RETRY_SECONDS)
-        if stalled_since is not None:
-            log.warning("the audit log is writable again after %.1f s", time.monotonic() - stalled_since)
-            self.on_stall(None)
-        return entries
+        waiting = f"{len(records)} {'entry' if len(records) == 1 else 'entries'}, and the actions they record, wait"
+        return await retry_while_locked(lambda: loop.run_in_executor(self._executor, self._writer.write, records),
+                                        "the audit log", self.path.name, waiting, self.on_stall,
+                                        give_up=lambda: self._closing)
 
     def _publish(self, entries: list[dict[str, Any]]) -> None:
         for entry in entries:

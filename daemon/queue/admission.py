@@ -47,22 +47,6 @@ def clean_prompt(text: str, field_name: str, max_chars: int, warnings: list[str]
     if len(cleaned) > max_chars:
         raise invalid_params(field_name, f"{len(cleaned)} characters; at most {max_chars} are accepted")
     return cleaned
-    kept = []
-    removed = 0
-    for ch in text:
-        category = unicodedata.category(ch)
-        if ch in "\t\n\r":
-            kept.append(" ")
-        elif category in ("Cc", "Cf", "Cs", "Co", "Cn"):
-            removed += 1
-        else:
-            kept.append(ch)
-    cleaned = " ".join("".join(kept).split())
-    if removed:
-        warnings.append(f"{field_name}: removed {removed} control or invisible character(s)")
-    if len(cleaned) > max_chars:
-        raise invalid_params(field_name, f"{len(cleaned)} characters; at most {max_chars} are accepted")
-    return cleaned
 
 
 class PromptPolicy:

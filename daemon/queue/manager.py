@@ -83,9 +83,6 @@ class QueueManager:
     def queued(self) -> list[Job]:
         return list(self.index)
 
-    def running(self) -> list[Job]:
-        return [job for job in self.active.values() if job.state == RUNNING]
-
     def position(self, job: Job) -> int | None:
         if job.state != QUEUED:
             return None

@@ -10,14 +10,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import sqlite3
-import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Protocol
 
 import aiosqlite
 
-from daemon.groupcommit import LOCKED_RETRY_SECONDS, is_locked, let_others_join
+from daemon.groupcommit import let_others_join, retry_while_locked
 from daemon.queue.jobs import FINISHED, Job
 
 log = logging.getLogger("sai.queue")
@@ -162,29 +160,15 @@ class JobStore:
                     self._pending.task_done()
 
     async def _commit(self, group: list[tuple[str, tuple[Any, ...], Any]]) -> None:
-        """One transaction for the group. While another process holds the database's write lock,
-        roll back and try again: the writers (and their callers' replies) wait, nothing is dropped."""
-        stalled_since: float | None = None
-        while True:
-            try:
-                for sql, rows in _runs(group):
-                    await self._db.executemany(sql, rows)
-                await self._db.commit()
-                break
-            except sqlite3.OperationalError as exc:
-                if not is_locked(exc):
-                    raise
-                await self._db.rollback()
-                if stalled_since is None:
-                    stalled_since = time.monotonic()
-                    message = (f"the jobs database {self.path or 'jobs.sqlite3'} is locked by another process "
-                               f"or connection; {len(group)} write(s) wait until it is released")
-                    log.error("%s", message)
-                    self.on_stall(message)
-                await asyncio.sleep(LOCKED_RETRY_SECONDS)
-        if stalled_since is not None:
-            log.warning("the jobs database is writable again after %.1f s", time.monotonic() - stalled_since)
-            self.on_stall(None)
+        """One transaction for the group; while another process holds the write lock, rolled back
+        and tried again (the writers and their callers' replies wait, nothing is dropped)."""
+        async def attempt() -> None:
+            for sql, rows in _runs(group):
+                await self._db.executemany(sql, rows)
+            await self._db.commit()
+
+        await retry_while_locked(attempt, "the jobs database", str(self.path or "jobs.sqlite3"),
+                                 f"{len(group)} write(s) wait", self.on_stall, undo=self._db.rollback)
 
     async def _write(self, sql: str, args: tuple[Any, ...]) -> None:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
