@@ -9,9 +9,9 @@ import os
 import signal
 import sys
 import time
-from functools import partial
+from functools import partial, wraps
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterable
+from typing import Any, Callable, ClassVar, Iterable, TypeVar
 
 from textual import work
 from textual.app import App, SystemCommand
@@ -45,6 +45,20 @@ def action_name(action: str) -> str:
 
 
 CHANGES = {action_name(c.action) for c in COMMANDS if c.changes} | {"set_paused"}
+
+
+
+M = TypeVar("M")
+
+
+def while_running(handler: Callable[[Any, M], None]) -> Callable[[Any, M], None]:
+    """For the handlers of the daemon link's messages: one still queued when the app shuts down
+    (its screens' widgets already removed) is dropped instead of looking for a pane that is gone."""
+    @wraps(handler)
+    def guarded(app: Any, message: M) -> None:
+        if app.is_running:
+            handler(app, message)
+    return guarded
 
 
 class SaiConsole(App[int]):
@@ -97,6 +111,7 @@ class SaiConsole(App[int]):
             message = f"{type(exc).__name__}: {exc}"
         self.notify(message, title=what, severity="error", timeout=10)
 
+    @while_running
     def on_link_up(self, _: LinkUp) -> None:
         self.main.banner.connection = ""
         self.main.header.link = "up"
@@ -104,6 +119,7 @@ class SaiConsole(App[int]):
         self.main.banner.lookback = ""
         self.reload_all()
 
+    @while_running
     def on_link_down(self, message: LinkDown) -> None:
         main = self.main
         main.header.link = "down"
@@ -169,6 +185,7 @@ class SaiConsole(App[int]):
         screen = self.screen
         return screen if isinstance(screen, JobDetailScreen) and screen.job_id == job_id else None
 
+    @while_running
     def on_job_changed(self, message: JobChanged) -> None:
         self.main.table.apply(message.job)
         self._header_counts()
@@ -177,11 +194,13 @@ class SaiConsole(App[int]):
         if (detail := self._detail(str(message.job.get("job_id")))) is not None:
             detail.job_event(message.job)
 
+    @while_running
     def on_job_progress(self, message: JobProgress) -> None:
         self.main.table.progress(message.job_id, message.progress)
         if (detail := self._detail(message.job_id)) is not None:
             detail.job_progress(message.progress, message.step, message.steps)
 
+    @while_running
     def on_queue_changed(self, message: QueueChanged) -> None:
         data = message.data
         header = self.main.header
@@ -193,14 +212,17 @@ class SaiConsole(App[int]):
             self.notify(f"Worker {str(data['kind'])[7:]}" + (f": {data['error']}" if data.get("error") else ""),
                         severity="error" if data["kind"] in ("worker.crashed", "worker.start_failed") else "information")
 
+    @while_running
     def on_metrics_sample(self, message: MetricsSample) -> None:
         if self.lookback_at is None:
             self.main.memory.add_sample(message.data)
 
+    @while_running
     def on_alert_changed(self, message: AlertChanged) -> None:
         if self.lookback_at is None:
             self.main.alerts.apply(message.data)
 
+    @while_running
     def on_audit_appended(self, message: AuditAppended) -> None:
         self.main.audit.apply(message.entry)
         if isinstance(self.screen, JobDetailScreen):

@@ -12,7 +12,8 @@ from textual.command import CommandPalette
 from console.app import SaiConsole
 from console.screens.help import HelpScreen
 from console.screens.main import COMMANDS
-from console_helpers import PAUSED_NO_WORKER, connected, notifications, screen_text, until
+from console.connection import AlertChanged, JobChanged, LinkDown, MetricsSample
+from console_helpers import PAUSED_NO_WORKER, connected, notifications, offline_app, screen_text, until
 from daemon.protocol import METHOD_NOT_FOUND, RpcError
 
 SIZE = (120, 40)
@@ -187,3 +188,16 @@ async def test_look_back_steps_through_time_and_returns_to_live(make_daemon: Any
         assert "2h00m ago" in banner.lookback
         await pilot.press("colon", *"live", "enter")
         await until(pilot, lambda: app.lookback_at is None, 5)
+
+
+async def test_daemon_messages_left_in_the_queue_at_shutdown_are_dropped() -> None:
+    """The link's messages still queued while the app shuts down find the panes gone: dropped, not
+    an error that fails the app's exit (seen as NoMatches: MemoryPane in the live tests)."""
+    app = offline_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+    assert not app.is_running
+    app.on_metrics_sample(MetricsSample({"ts": 1.0}))
+    app.on_alert_changed(AlertChanged({"kind": "raised", "alert": {}}))
+    app.on_link_down(LinkDown("gone", 1.0, 1))
+    app.on_job_changed(JobChanged({"job_id": "j1", "state": "queued"}))
