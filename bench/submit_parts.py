@@ -93,7 +93,7 @@ def request_path_part(root: Path, clients: int, n: int) -> float:
     daemon = DaemonProcess.create(root, {"model": {"preload": False}})
     daemon.start()
     try:
-        return uvloop.run(daemon_calls(daemon, clients, n // clients, "daemon.status"))[1]
+        return uvloop.run(daemon_calls(daemon, clients, n // clients, "daemon.status")).daemon_cpu
     finally:
         daemon.stop()
 
