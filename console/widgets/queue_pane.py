@@ -37,7 +37,8 @@ class QueuePane(Pane):
     def on_queue_table_view_changed(self) -> None:
         table = self.table
         counts = table.counts()
-        parts = [f"{len(table.shown)}/{len(table.jobs)} shown" if table.row_filter else f"{len(table.jobs)} jobs"]
+        total = len(table.jobs)
+        parts = [f"{len(table.shown)}/{total} shown" if table.row_filter else f"{total} job{'' if total == 1 else 's'}"]
         parts.append(f"{counts['running']} running, {counts['queued']} queued")
         if table.row_filter:
             parts.append(f"filter {table.row_filter.text!r}")

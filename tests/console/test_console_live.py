@@ -138,9 +138,12 @@ async def test_filter_negate_and_clear(make_daemon: Any, client_of: Any) -> None
     async with app.run_test(size=SIZE) as pilot:
         await connected(pilot, app)
         table = app.main.table
+        title = lambda: str(app.main.query_one("#queue").border_title)  # noqa: E731
         await listed(pilot, app, 2)
+        await until(pilot, lambda: "2 jobs · 0 running, 2 queued" in title(), 5, "the pane's title counting both")
         await pilot.press("slash", *"fox")
         assert table.shown == [fox]
+        await until(pilot, lambda: "1/2 shown" in title() and "filter 'fox'" in title(), 5, "the title naming the filter")
         await pilot.press("enter")
         assert table.shown == [fox] and app.focused is table
         await pilot.press("slash")
@@ -153,7 +156,7 @@ async def test_filter_negate_and_clear(make_daemon: Any, client_of: Any) -> None
         assert table.shown == [owl]
         await pilot.press("escape")
         assert sorted(table.shown) == sorted([fox, owl])
-        assert "filter" not in str(app.main.query_one("#queue").border_title)
+        assert "filter" not in title()
         await pilot.press("G")  # the header says where the cursor is (the table draws no scrollbar)
         assert table.selected_key() == table.shown[-1] and "row 2/2" in table.render_line(0).text
         await pilot.press("g")
@@ -211,6 +214,8 @@ async def test_plus_and_minus_change_priority(make_daemon: Any, client_of: Any) 
         await connected(pilot, app)
         table = app.main.table
         await until(pilot, lambda: job_id in table.jobs, 10)
+        await until(pilot, lambda: "1 job · 0 running, 1 queued" in str(app.main.query_one("#queue").border_title), 5,
+                    "the pane's title counting one job")
         await pilot.press("plus")
         await until(pilot, lambda: table.jobs[job_id]["priority"] == "high", 10, "priority high")
         await pilot.press("minus", "minus")
