@@ -204,6 +204,7 @@ async def start_embedded(config: "Config", socket_path: Path, state_dir: Path | 
     daemon = Daemon(config, socket_path, state_dir, embedded=True)
     daemon.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     log_path = daemon.state_dir / "embedded-daemon.log"
+    os.close(os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))  # private before the first line
     handler = logging.FileHandler(log_path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S%z"))
     root = logging.getLogger("sai")

@@ -25,7 +25,7 @@ from daemon.crypto.keys import KeyStore, resolve_passphrase
 from daemon.dispatch import Dispatcher
 from daemon.events import EventBus
 from daemon.framing import ConnectionLimits
-from daemon.outputs.atomic import ensure_dir, remove_stale_temps
+from daemon.outputs.atomic import PRIVATE_UMASK, ensure_dir, narrow_to_owner, remove_stale_temps
 from daemon.outputs.pipeline import OutputSettings
 from daemon.audit.log import AuditLog
 from daemon.monitor import Monitor
@@ -55,6 +55,7 @@ class Daemon:
         self.started_at = time.time()
         self._stop = asyncio.Event()
         self._state_lock: int | None = None
+        self._umask: int | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self.keystore: KeyStore
         self.keys_created = False
@@ -74,8 +75,16 @@ class Daemon:
     # -- lifecycle -------------------------------------------------------------------------
 
     def _lock_state(self) -> None:
+        """Take the state dir for this daemon alone, and make it and what it holds private.
+
+        Whatever umask the daemon was started with (`UMask=0077` in the systemd unit, often 022 by
+        hand), the files it creates from here on are its user's alone; the socket is opened to its
+        group explicitly (server.claim). Files an earlier run or a copy left wider are narrowed.
+        """
+        self._umask = os.umask(PRIVATE_UMASK)
         for sub in ("", "outputs", "models"):
-            (self.state_dir / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+            ensure_dir(self.state_dir / sub, 0o700)
+        narrow_to_owner(self.state_dir)
         fd = os.open(self.state_dir / "daemon.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -141,7 +150,6 @@ class Daemon:
                                          previous_key=self.keystore.previous_signing_key)
         if self.keystore.previous_signing_key is not None:  # the log now announces the current key
             await self.run_blocking(self.keystore.retire_previous_signing_key)
-        os.chmod(path, 0o600)
         self.audit.subscribe(lambda entry: self.bus.publish("audit", entry) if self.bus.wants("audit") else None)
         if self.keys_created:
             await self.audit_action(None, "keys.create", self.keystore.signing_kid,
@@ -236,6 +244,9 @@ class Daemon:
         if self._state_lock is not None:
             os.close(self._state_lock)
             self._state_lock = None
+        if self._umask is not None:
+            os.umask(self._umask)
+            self._umask = None
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()

@@ -3,15 +3,21 @@
 After `atomic_write` returns, the file is complete on disk under its final name; if it raises (or
 the process dies) the final name either does not exist or still holds its previous content. Temp
 files are named `.<name>.tmp-<random>` so that `remove_stale_temps` can clear a crash's leftovers.
+Modes are set exactly, whatever the umask: the daemon's files are its user's alone.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 from pathlib import Path
 
 TEMP_MARK = ".tmp-"
+PRIVATE_UMASK = 0o077
+"""The daemon's umask: what SQLite, logs and the model builder create is mode 0600 / 0700."""
+
+log = logging.getLogger("sai.files")
 
 
 def fsync_dir(directory: Path) -> None:
@@ -29,6 +35,19 @@ def ensure_dir(directory: Path, mode: int = 0o700) -> Path:
     if (directory.stat().st_mode & 0o777) != mode:
         os.chmod(directory, mode)
     return directory
+
+
+def narrow_to_owner(directory: Path) -> list[str]:
+    """Take group and other bits off the regular files directly in `directory` (symlinks are
+    left alone); return what was narrowed, as "name (was 0644)", and log it."""
+    narrowed = []
+    for entry in os.scandir(directory):
+        if entry.is_file(follow_symlinks=False) and (mode := entry.stat(follow_symlinks=False).st_mode & 0o777) & 0o077:
+            os.chmod(entry.path, mode & 0o700)
+            narrowed.append(f"{entry.name} (was {mode:04o})")
+    if narrowed:
+        log.warning("other users could read files in %s; now only their owner can: %s", directory, ", ".join(narrowed))
+    return narrowed
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:

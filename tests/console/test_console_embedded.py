@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 import tempfile
 from pathlib import Path
 from typing import AsyncIterator
@@ -28,6 +29,9 @@ async def embedded_daemon(tmp_path: Path) -> AsyncIterator[Embedded]:
 async def test_embedded_daemon_shows_in_the_header_and_quitting_asks_while_it_has_work(
         embedded_daemon: Embedded) -> None:
     socket_path = embedded_daemon.daemon.socket_path
+    state = embedded_daemon.daemon.state_dir
+    for name in ("embedded-daemon.log", "jobs.sqlite3", "audit.db", "metrics.sqlite3"):
+        assert stat.S_IMODE((state / name).stat().st_mode) == 0o600, name  # the console's umask does not widen them
     app = SaiConsole(str(socket_path), embedded=embedded_daemon)
     async with await DaemonClient.connect(socket_path) as client:
         async with app.run_test(size=(120, 40)) as pilot:

@@ -7,7 +7,9 @@ import os
 import re
 import signal
 import socket
+import stat
 import time
+from pathlib import Path
 
 import pytest
 
@@ -54,6 +56,42 @@ def test_sigterm_with_idle_queue_exits_zero_and_removes_socket(make_daemon):
     assert daemon.terminate() == 0
     assert not daemon.socket.exists()
     assert "daemon stopped" in daemon.read_log()
+
+
+def readable_by_others(root: Path) -> list[str]:
+    """What under `root` (symlinks not followed) has any group or other permission bit."""
+    wide = []
+    for directory, dirs, files in os.walk(root):
+        for name in [".", *dirs, *files]:
+            st = os.lstat(Path(directory, name))
+            if not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o077:
+                wide.append(f"{Path(directory, name).relative_to(root)} {stat.S_IMODE(st.st_mode):04o}")
+    return wide
+
+
+async def test_the_state_dir_is_private_whatever_the_umask(make_daemon, client_of, wait_for):
+    old = os.umask(0o022)  # an operator's usual umask, inherited by the daemon
+    try:
+        daemon = make_daemon()
+    finally:
+        os.umask(old)
+    client = await client_of(daemon)
+    job = await wait_for(client, (await client.call("job.submit", prompt="private"))["job_id"])
+    assert job["state"] == "succeeded"
+    state = daemon.state_dir
+    assert {"jobs.sqlite3-wal", "audit.db-wal", "metrics.sqlite3-wal"} <= {p.name for p in state.iterdir()}
+    assert readable_by_others(state) == []
+    assert stat.S_IMODE(daemon.socket.stat().st_mode) == 0o660  # the socket alone is opened to its group
+
+    await asyncio.to_thread(daemon.terminate)
+    os.chmod(state, 0o755)  # as a copy, or an older version under a wide umask, may leave them
+    os.chmod(state / "jobs.sqlite3", 0o644)
+    os.chmod(state / "metrics.sqlite3", 0o640)
+    again = make_daemon(state_from=daemon, config={"model": {"preload": False}})
+    assert readable_by_others(state) == []
+    log = again.read_log()
+    assert "jobs.sqlite3 (was 0644)" in log and "metrics.sqlite3 (was 0640)" in log
+    assert (await (await client_of(again)).call("job.get", job_id=job["job_id"]))["state"] == "succeeded"
 
 
 async def _wait_running(client, job_id: str, min_step: int = 1) -> None:
