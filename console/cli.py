@@ -9,7 +9,7 @@ import importlib
 import json
 import pkgutil
 import sys
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 from daemon.client import DaemonClient, DaemonUnavailable
 from daemon.protocol import RpcError
@@ -49,6 +49,14 @@ def add_json_flag(parser: argparse.ArgumentParser) -> None:
 
 def print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def print_fields(rows: Iterable[tuple[str, Any]]) -> None:
+    """`name  value` lines, the values in one column; None and "" print as "-"."""
+    rows = list(rows)
+    width = max((len(name) for name, _ in rows), default=0)
+    for name, value in rows:
+        print(f"{name:<{width}}  {'-' if value is None or value == '' else value}")
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> int:

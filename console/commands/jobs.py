@@ -182,21 +182,19 @@ async def list_jobs(args: argparse.Namespace, client: DaemonClient) -> int:
 
 
 async def show_job(args: argparse.Namespace, client: DaemonClient) -> int:
-    from console.cli import print_json
+    from console.cli import print_fields, print_json
 
     job = await client.call("job.get", job_id=args.job_id)
     if args.json:
         print_json(job)
         return 0
-    for key in ("job_id", "state", "priority", "user", "created_at", "started_at", "finished_at",
-                "progress", "attempts", "risk", "error", "model_id"):
-        print(f"{key:<12} {job[key] if job[key] is not None else '-'}")
-    for key, value in job["params"].items():
-        print(f"{key:<12} {value}")
-    for warning in job["warnings"]:
-        print(f"{'warning':<12} {warning}")
-    for output in job["outputs"]:
-        print(f"{'output':<12} {output.get('path')}  sha256 {output.get('sha256', '')[:16]}…")
+    print_fields([
+        *((key, job[key]) for key in ("job_id", "state", "priority", "user", "created_at", "started_at", "finished_at",
+                                      "progress", "attempts", "risk", "error", "model_id")),
+        *job["params"].items(),
+        *(("warning", warning) for warning in job["warnings"]),
+        *(("output", f"{output.get('path')}  sha256 {output.get('sha256', '')[:16]}…") for output in job["outputs"]),
+    ])
     return 0
 
 

@@ -89,7 +89,7 @@ def metrics_lines(sample: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 async def show_metrics(args: argparse.Namespace, client: DaemonClient) -> int:
-    from console.cli import print_json
+    from console.cli import print_fields, print_json
 
     if args.prometheus:
         sys.stdout.write((await client.call("metrics.prometheus"))["text"])
@@ -99,8 +99,7 @@ async def show_metrics(args: argparse.Namespace, client: DaemonClient) -> int:
         sample.pop("history", None)
         print_json(sample)
         return 0
-    for key, value in metrics_lines(sample):
-        print(f"{key:<8} {value}")
+    print_fields(metrics_lines(sample))
     return 0
 
 

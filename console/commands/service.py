@@ -49,7 +49,7 @@ async def run_daemon(args: argparse.Namespace, client: None) -> int:
 
 
 async def show_status(args: argparse.Namespace, client: DaemonClient) -> int:
-    from console.cli import print_json
+    from console.cli import print_fields, print_json
     from console.widgets.display import duration
 
     status: dict[str, Any] = await client.call("daemon.status")
@@ -68,8 +68,7 @@ async def show_status(args: argparse.Namespace, client: DaemonClient) -> int:
         ("queue", f"{'PAUSED' if queue['paused'] else 'running'}: {queue['queued']} queued, {queue['running']} running"),
         ("you", f"{status['you']['user']} ({status['you']['role']})"),
     ]
-    for key, value in lines:
-        print(f"{key:<8} {value}")
+    print_fields(lines)
     return 0
 
 

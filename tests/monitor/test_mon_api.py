@@ -83,7 +83,8 @@ async def test_cli_commands(open_monitor) -> None:
         for label in ("host", "daemon", "worker", "torch", "disk", "queue", "alerts"):
             assert any(line.startswith(label) for line in out.splitlines()), (label, out)
         assert "1 active" in out
-        assert ("gpu      none: " + str(monitor.latest()["gpu"]["reason"])) in out or "gpu0" in out
+        gpu_line = next(line for line in out.splitlines() if line.startswith("gpu"))
+        assert gpu_line.split(None, 1)[1] == "none: " + str(monitor.latest()["gpu"]["reason"]) or "gpu0" in out
         code, out, err = await sai("metrics", "--json", "--socket", sock)
         assert code == 0 and json.loads(out)["daemon"]["pid"] == os.getpid()
         code, out, err = await sai("metrics", "--prometheus", "--socket", sock)

@@ -56,6 +56,11 @@ def test_submit_wait_shows_outputs_then_export_writes_0600(make_daemon, tmp_path
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
     detail = json.loads(run_sai("job", job_id, "--json", socket_path=daemon.socket).stdout)
     assert detail["params"]["prompt"] == "a lighthouse" and detail["state"] == "succeeded"
+    fields = run_sai("job", job_id, socket_path=daemon.socket).stdout.splitlines()
+    column = fields[0].index(job_id)  # every value starts in the same column, whatever its name's length
+    assert all(line[column - 2:column] == "  " and line[column] != " " for line in fields), fields
+    named = {line[:column].strip(): line[column:] for line in fields}
+    assert named["prompt"] == "a lighthouse" and named["negative_prompt"] == "-" and named["error"] == "-"
 
 
 def test_errors_exit_non_zero_with_the_daemons_message(make_daemon):
