@@ -81,17 +81,22 @@ class Daemon:
         hand), the files it creates from here on are its user's alone; the socket is opened to its
         group explicitly (server.claim). Files an earlier run or a copy left wider are narrowed.
         """
-        self._umask = os.umask(PRIVATE_UMASK)
+        umask = os.umask(PRIVATE_UMASK)
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.state_dir / "daemon.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise AlreadyRunning(f"another daemon is using the state directory {self.state_dir}") from None
+        except BaseException:
+            os.umask(umask)
+            raise
+        self._state_lock, self._umask = fd, umask
         for sub in ("", "outputs", "models"):
             ensure_dir(self.state_dir / sub, 0o700)
         narrow_to_owner(self.state_dir)
-        fd = os.open(self.state_dir / "daemon.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise AlreadyRunning(f"another daemon is using the state directory {self.state_dir}") from None
-        self._state_lock = fd
 
     async def startup(self) -> None:
         load_all()
