@@ -61,7 +61,8 @@ async def show_status(args: argparse.Namespace, client: DaemonClient) -> int:
         ("daemon", f"{status['installation']} pid {status['pid']} up {duration(status['uptime'])}"
                    f"{' (embedded)' if status['embedded'] else ''}"),
         ("socket", status["socket"]),
-        ("model", f"{worker.get('model_id') or '-'} on {worker.get('device') or '-'} ({worker.get('dtype') or '-'})"),
+        ("model", f"{worker['model_id']} on {worker.get('device') or '-'} ({worker.get('dtype') or '-'})"
+                  if worker.get("model_id") else f"{status['model']['name']}, not loaded (worker {worker['state']})"),
         ("worker", f"{worker['state']} pid {worker.get('pid') or '-'} restarts {worker['restarts']}"
                    + (f" last error: {worker['last_error']}" if worker.get("last_error") else "")),
         *([("HALTED", f"{worker['halted']} (sai worker restart)")] if worker.get("halted") else []),

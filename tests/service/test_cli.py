@@ -83,6 +83,7 @@ def test_queue_commands(make_daemon):
     assert "queue paused" in run_sai("pause", socket_path=daemon.socket).stdout
     status = run_sai("status", socket_path=daemon.socket).stdout
     assert "PAUSED" in status and "1 queued" in status
+    assert "tiny, not loaded (worker " in status  # no preload: the configured model, named before it loads
     out = run_sai("cancel", job["job_id"], socket_path=daemon.socket)
     assert out.returncode == 0 and "cancelled" in out.stdout
 
