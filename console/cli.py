@@ -16,6 +16,8 @@ from daemon.protocol import RpcError
 
 EXIT_ERROR = 1
 EXIT_UNAVAILABLE = 3
+HELP_ORDER = ("service", "jobs", "monitor", "audit", "outputs", "report")
+"""Command modules in the order `sai --help` lists their commands: everyday use first."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,8 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     import console.commands as commands
 
-    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda i: i.name):
-        importlib.import_module(f"console.commands.{info.name}").register(sub)
+    names = sorted(info.name for info in pkgutil.iter_modules(commands.__path__))
+    for name in sorted(names, key=lambda n: HELP_ORDER.index(n) if n in HELP_ORDER else len(HELP_ORDER)):
+        importlib.import_module(f"console.commands.{name}").register(sub)
     for command in sub.choices.values():
         _add_common(command, argparse.SUPPRESS)
     return parser

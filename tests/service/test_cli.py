@@ -30,6 +30,15 @@ def test_light_entry_points_do_not_import_torch(code):
     assert "HEAVY []" in out.stdout
 
 
+def test_help_lists_everyday_commands_first():
+    out = run_sai("--help")
+    assert out.returncode == 0
+    listed = [line.split()[0] for line in out.stdout.split("positional arguments:")[1].split("options:")[0].splitlines()
+              if line.startswith("    ") and not line.startswith("      ")]
+    assert listed[:4] == ["daemon", "status", "worker", "pause"] and listed.index("submit") < listed.index("audit")
+    assert {"submit", "jobs", "cancel", "export", "audit", "report", "verify"} <= set(listed)
+
+
 def test_no_daemon_is_a_clear_message(tmp_path):
     out = run_sai("status", socket_path=tmp_path / "nothing.sock")
     assert out.returncode == 3
