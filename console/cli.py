@@ -109,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        from console.app import run_console
+        from console.launch import run_console
 
         return run_console(args)
     try:

@@ -176,8 +176,6 @@ class Worker:
         Out of memory, a chunk is split in halves and retried after freeing what can be freed;
         only a single image that does not fit fails the batch, with a message saying what to change.
         """
-        import torch
-
         batch_id = batch["batch_id"]
         items: list[dict[str, Any]] = batch["items"]
         chunk_size = max(1, int(batch.get("chunk", len(items))))
@@ -230,8 +228,6 @@ class Worker:
 
     def _generate(self, batch: dict[str, Any], active: list[dict[str, Any]], steps: int,
                   report: Callable[[int], None]) -> Any:
-        import torch
-
         with PeakMemory(self.device) as peak:
             images = self._call_pipeline(batch, active, steps, report)
         per_image = peak.delta / len(active)

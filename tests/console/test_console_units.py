@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Any
 
 import pytest
 
-from daemon.protocol import RpcError
 from console.connection import AuditAppended, JobChanged, JobProgress, MetricsSample, QueueChanged, event_message
 from console.widgets.audit_pane import checkpoint_summary
 from console.widgets.display import RowFilter, bar, duration, level, parse_moment, parse_time
