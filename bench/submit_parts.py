@@ -37,9 +37,8 @@ from daemon.harness import DaemonProcess  # noqa: E402
 from daemon.queue.admission import Admission  # noqa: E402
 from daemon.queue.jobs import QUEUED, Job, new_job_id  # noqa: E402
 from daemon.queue.store import JobStore  # noqa: E402
-from submit import daemon_calls  # noqa: E402
+from submit import TARGET, daemon_calls  # noqa: E402
 
-TARGET = 3000.0
 ACTOR = {"uid": 1000, "user": "bench", "pid": 1234}
 PARAMS = {"width": 512, "height": 512, "steps": 20, "guidance": 7.5, "seed": 123, "count": 1, "reproducible": False}
 
