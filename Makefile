@@ -1,10 +1,20 @@
-# The two commands of the README: `make run` and `make test`. Both set everything up first.
+# The two commands of the README: `make run` and `make test`. Both set everything up first,
+# installing exactly what the lock file pins (with hashes): what CI tested is what runs.
 VENV   := .venv
 PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check
 STAMP  := $(VENV)/.installed
 PYTHON ?= python3
 
-.PHONY: run test setup system-deps bench lint soak
+# The lock for this machine: the CUDA build of torch where an NVIDIA driver answers, else the CPU build.
+LOCK ?= $(if $(shell nvidia-smi -L 2>/dev/null),requirements-cuda.lock,requirements.lock)
+# Where `make lock` finds the CPU build of torch (the registry only has the CUDA build).
+TORCH_CPU_WHEELS ?= /opt/wheels
+UV_COMPILE = $(VENV)/bin/uv pip compile pyproject.toml --extra test --extra dev --generate-hashes \
+	--python-version 3.11 --python-platform x86_64-manylinux_2_28 --custom-compile-command "make lock" \
+	$(if $(UPGRADE),--upgrade)
+
+.PHONY: run test setup system-deps bench lint soak lock test-latest
 
 run: setup
 	$(VENV)/bin/sai
@@ -14,13 +24,34 @@ test: setup system-deps lint
 
 setup: $(STAMP)
 
-# torch first, pinned: the CPU build on machines without CUDA, the CUDA build on GPU servers.
-$(STAMP): pyproject.toml constraints.txt
+# Every package from the lock, hashes checked, none resolved here (--no-deps): torch can never be
+# replaced by another build, and a release made tomorrow changes nothing. Then the project itself.
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt torch==2.13.0
-	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
+	$(PIP) install -q --require-hashes --no-deps -r $(LOCK)
+	$(PIP) install -q --no-deps --no-build-isolation -e .
+	$(PIP) check
 	touch $(STAMP)
+
+# Regenerate both locks from pyproject.toml's ranges and constraints.txt's holds, keeping today's
+# pins where they still fit; `make lock UPGRADE=1` takes the newest releases the ranges allow.
+lock: setup
+	$(UV_COMPILE) -c constraints.txt --find-links $(TORCH_CPU_WHEELS) -o requirements.lock
+	$(UV_COMPILE) -c constraints.txt -o requirements-cuda.lock
+
+# The suite against the newest releases the ranges allow (only torch held), in its own venv:
+# prints what moved against the lock, so a failure below has a name (e.g. opencv-python 5.1).
+LATEST := .venv-latest
+test-latest: setup
+	mkdir -p $(LATEST) && echo torch==2.13.0 > $(LATEST)/constraints.txt
+	$(UV_COMPILE) --upgrade -c $(LATEST)/constraints.txt --find-links $(TORCH_CPU_WHEELS) \
+	  --no-header --quiet -o $(LATEST)/latest.lock
+	@echo "drift against requirements.lock (locked -> latest):"
+	@$(PY) -c 'import re, sys; pins = lambda f: dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", open(f).read(), re.M)); \
+	  old, new = pins("requirements.lock"), pins(sys.argv[1]); \
+	  [print("  %s: %s -> %s" % (n, old.get(n, "-"), new.get(n, "-"))) for n in sorted(old.keys() | new.keys()) if old.get(n) != new.get(n)]' \
+	  $(LATEST)/latest.lock
+	$(MAKE) test VENV=$(LATEST) LOCK=$(LATEST)/latest.lock
 
 # System tools the tests drive for real: tmux (the console in a terminal), openssl (manifest checks).
 system-deps:

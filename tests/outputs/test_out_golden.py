@@ -10,6 +10,10 @@ pixels by a level or two between builds; a changed layout, colour or strength mo
 The invisible fingerprint is also checked exactly on the golden itself. Regenerate with
 `SAI_UPDATE_GOLDEN=1 pytest tests/outputs/test_out_golden.py` after an intended change, and
 look at the images before committing them.
+
+The goldens depend on the OpenCV release that drew them (`golden/OPENCV_VERSION`): OpenCV 5.1
+changed the text metrics, so the lock holds 5.0. Under another release (`make test-latest`) a
+failure names both versions, so drift reads as drift and not as a broken mark.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from daemon.outputs.png import read_png
 from out_helpers import FIXED_TIME, make_info
 
 GOLDEN = Path(__file__).parent / "golden"
+DRAWN_WITH = GOLDEN / "OPENCV_VERSION"
 SSIM_MIN = 0.98
 MSE_MAX = 4.0
 
@@ -67,11 +72,17 @@ def test_golden(case: str) -> None:
         GOLDEN.mkdir(exist_ok=True)
         ok, data = cv2.imencode(".png", cv2.cvtColor(current, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9])
         path.write_bytes(data.tobytes())
+        DRAWN_WITH.write_text(cv2.__version__ + "\n")
     golden, _ = read_png(path.read_bytes())
     assert golden.shape == current.shape
     ssim = structural_similarity(golden, current, channel_axis=2, data_range=255)
     mse = mean_squared_error(golden, current)
-    assert ssim >= SSIM_MIN and mse <= MSE_MAX, f"{case}: SSIM {ssim:.4f} (min {SSIM_MIN}), MSE {mse:.3f} (max {MSE_MAX})"
+    drawn_with = DRAWN_WITH.read_text().strip()
+    drift = "" if drawn_with == cv2.__version__ else (
+        f"; goldens drawn with OpenCV {drawn_with}, this run has {cv2.__version__}: "
+        "if the lock moved on purpose, look at the new images and regenerate (SAI_UPDATE_GOLDEN=1)")
+    assert ssim >= SSIM_MIN and mse <= MSE_MAX, \
+        f"{case}: SSIM {ssim:.4f} (min {SSIM_MIN}), MSE {mse:.3f} (max {MSE_MAX}){drift}"
     job = CASES[case][3]
     assert watermark.read_invisible(golden).matches(job)
 
