@@ -14,7 +14,7 @@ UV_COMPILE = $(VENV)/bin/uv pip compile pyproject.toml --extra test --extra dev 
 	--python-version 3.11 --python-platform x86_64-manylinux_2_28 --custom-compile-command "make lock" \
 	$(if $(UPGRADE),--upgrade)
 
-.PHONY: run test setup system-deps bench lint soak lock test-latest
+.PHONY: run test setup system-deps bench lint soak lock test-latest bundle
 
 run: setup
 	$(VENV)/bin/sai
@@ -52,6 +52,24 @@ test-latest: setup
 	  [print("  %s: %s -> %s" % (n, old.get(n, "-"), new.get(n, "-"))) for n in sorted(old.keys() | new.keys()) if old.get(n) != new.get(n)]' \
 	  $(LATEST)/latest.lock
 	$(MAKE) test VENV=$(LATEST) LOCK=$(LATEST)/latest.lock
+
+# The offline bundle for an air-gapped server (docs/deploy.md): the project wheel, every locked wheel,
+# the lock, install.sh and the unit, SHA256SUMS over all of them, signed when RELEASE_KEY names an
+# Ed25519 private key (PEM). `make bundle LOCK=requirements-cuda.lock` makes the GPU server's.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+BUNDLE  := secure-ai-studio-$(VERSION)-linux_x86_64-$(if $(findstring cuda,$(LOCK)),cuda,cpu)
+DIST    ?= dist
+STAGE   := build/bundle/$(BUNDLE)
+bundle: setup
+	rm -rf build/bundle build/lib && mkdir -p $(STAGE)/wheel $(STAGE)/wheelhouse $(DIST)
+	$(PIP) wheel -q --no-deps --no-build-isolation -w $(STAGE)/wheel .
+	$(PIP) download -q --no-deps --require-hashes --only-binary=:all: -d $(STAGE)/wheelhouse -r $(LOCK)
+	cp $(LOCK) $(STAGE)/requirements.lock
+	cp install.sh config/secure-ai-studio.service $(STAGE)/
+	cd $(STAGE) && find . -type f ! -name SHA256SUMS | sed 's|^\./||' | LC_ALL=C sort | xargs sha256sum > SHA256SUMS
+	$(if $(RELEASE_KEY),openssl pkeyutl -sign -inkey $(RELEASE_KEY) -rawin -in $(STAGE)/SHA256SUMS -out $(STAGE)/SHA256SUMS.sig)
+	tar -C build/bundle --owner=0 --group=0 --sort=name -czf $(DIST)/$(BUNDLE).tar.gz $(BUNDLE)
+	@echo "$(DIST)/$(BUNDLE).tar.gz: $$(du -h $(DIST)/$(BUNDLE).tar.gz | cut -f1), $$(ls $(STAGE)/wheelhouse | wc -l) wheels"
 
 # System tools the tests drive for real: tmux (the console in a terminal), openssl (manifest checks).
 system-deps:

@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 
 from daemon.monitor.checks import MONITOR_CHECKS
 
-DEFAULT_FILE = Path(__file__).resolve().parent.parent / "config" / "default.toml"
+DEFAULT_FILE = Path(__file__).resolve().parent / "default.toml"  # config/default.toml, shipped inside the package
 SYSTEM_FILE = Path("/etc/secure-ai-studio/config.toml")
 ENV_PREFIX = "SAI_"
 
@@ -70,6 +70,10 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "daemon.line_timeout": _positive,
     "daemon.write_timeout": _positive,
     "daemon.max_unread_mb": _positive,
+    "daemon.verify_per_minute": _positive,
+    "daemon.verify_burst": _positive,
+    "daemon.preview_per_minute": _positive,
+    "daemon.preview_burst": _positive,
     "auth.unknown": _one_of("viewer", "refuse"),
     "queue.aging_seconds": _non_negative,
     "queue.max_batch": _positive,
