@@ -102,6 +102,8 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "worker.crash_window": _positive,
     "worker.max_backoff": _positive,
     "worker.leak_window": lambda v: None if v >= 3 else "must be 3 or more",
+    "worker.heartbeat_seconds": _positive,
+    "worker.stall_seconds": _positive,
     "worker.leak_slope_mb": _positive,
     "model.scheduler": _one_of("euler", "ddim", "dpm"),
     "defaults.priority": _one_of(*PRIORITIES),

@@ -56,13 +56,13 @@ class DaemonProcess:
         config_file.write_text(to_toml(config))
         return cls(root / "d.sock", state, config_file, root / "daemon.log")
 
-    def start(self, wait: bool = True, timeout: float = 60.0) -> "DaemonProcess":
+    def start(self, wait: bool = True, timeout: float = 60.0, env: dict[str, str] | None = None) -> "DaemonProcess":
         self._log = self.log_file.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "console.cli", "daemon", "--socket", str(self.socket),
              "--state-dir", str(self.state_dir), "--config", str(self.config_file)],
             stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT,
-            env={**os.environ, "SAI_SOCKET": str(self.socket), "XDG_CONFIG_HOME": str(self.socket.parent)})
+            env={**os.environ, "SAI_SOCKET": str(self.socket), "XDG_CONFIG_HOME": str(self.socket.parent), **(env or {})})
         if wait:
             self.wait_answering(timeout)
         return self

@@ -44,6 +44,7 @@ log = logging.getLogger("sai.daemon")
 class Daemon:
     def __init__(self, config: Config, socket_path: Path | None = None, state_dir: Path | None = None,
                  embedded: bool = False) -> None:
+from daemon.systemd import Notifier
         self.config = config
         self.socket_path = socket_path or paths.socket_path(None, config.daemon.socket)
         self.state_dir = (state_dir or paths.state_dir(None, config.daemon.state_dir)).absolute()
@@ -180,7 +181,7 @@ class Daemon:
             "model": cfg.model.name, "path": cfg.model.path, "config_dir": cfg.model.config_dir,
             "device": cfg.model.device, "scheduler": cfg.model.scheduler, "threads": cfg.model.threads,
             "memory_headroom_mb": cfg.model.memory_headroom_mb, "pipeline_wrapper": cfg.worker.pipeline_wrapper,
-            "state_dir": str(self.state_dir)})
+            "state_dir": str(self.state_dir), "heartbeat_seconds": cfg.worker.heartbeat_seconds})
         sink = ProtectedSink(self.keystore, self.output_settings, self.outputs_dir,
                              lambda: self.worker.info.get("weights_sha256") or "")
         for job in recovered:  # what an interrupted attempt wrote was never reported to anyone
@@ -296,6 +297,17 @@ async def run(config: Config, socket_path: Path | None, state_dir: Path | None) 
         await daemon.startup()
     except (AlreadyRunning, ConfigError, OutputError) as exc:
         log.error("not starting: %s", exc)
+    def health_problem(self) -> str | None:
+        """Why the daemon cannot keep its promises right now (systemd's watchdog goes unfed), or None."""
+        worker = self.config.worker
+        return self.worker.heartbeat_problem(silence=5 * worker.heartbeat_seconds, stall=worker.stall_seconds)
+
+    def describe(self) -> str:
+        """One line for systemd's STATUS=: queue and worker state."""
+        queue = self.queue.status()
+        return (f"queue {'paused' if queue['paused'] else 'running'}: {queue['queued']} queued, "
+                f"{queue['running']} running; worker {self.worker.state}")
+
         return 2
     daemon.install_signal_handlers()
     try:
@@ -303,3 +315,9 @@ async def run(config: Config, socket_path: Path | None, state_dir: Path | None) 
     finally:
         await daemon.shutdown()
     return 0
+    notifier = Notifier.from_environment()
+    notifier.ready(f"serving on {daemon.socket_path}; {daemon.describe()}")
+    keep_alive = asyncio.create_task(notifier.keep_alive(daemon.describe, daemon.health_problem), name="sai-systemd")
+        keep_alive.cancel()
+        notifier.stopping(f"draining: up to {daemon.config.daemon.shutdown_grace:.0f} s for the running batch")
+        notifier.close()

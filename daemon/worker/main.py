@@ -95,6 +95,7 @@ class Worker:
         self.device = "cpu"
         self.peak_per_image = 0.0
         self.address_cap: int | None = None
+        self.last_step: float | None = None  # monotonic time of the running batch's latest step; None when idle
 
     def load(self) -> None:
         import diffusers
@@ -158,13 +159,25 @@ class Worker:
                 self.commands.put(command)
         self.commands.put(None)
 
+    def beat(self, period: float) -> None:
+        """Heartbeats from their own thread: the daemon sees the process alive, and from `step_age`
+        whether the running batch still advances (a wedged kernel or a deadlock stops the steps)."""
+        while True:
+            last = self.last_step
+            self.out.send({"ev": "heartbeat", "step_age": None if last is None else round(time.monotonic() - last, 3)})
+            time.sleep(period)
+
     def serve(self) -> None:
         threading.Thread(target=self.read_commands, name="commands", daemon=True).start()
         while (command := self.commands.get()) is not None:
             if command.get("op") == "shutdown":
                 break
             if command.get("op") == "run":
-                self.run(command)
+                self.last_step = time.monotonic()
+                try:
+                    self.run(command)
+                finally:
+                    self.last_step = None
 
     def is_cancelled(self, job_id: str) -> bool:
         with self.lock:
@@ -241,6 +254,7 @@ class Worker:
         def on_step(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
             if all(self.is_cancelled(item["job_id"]) for item in active):
                 raise Cancelled()
+            self.last_step = time.monotonic()
             report(step + 1)
             return kwargs
 
@@ -276,6 +290,8 @@ def main() -> int:
     out = SyncWriter(protocol_stream)
     worker = Worker(spec, out)
     try:
+    threading.Thread(target=worker.beat, args=(float(spec.get("heartbeat_seconds", 2.0)),),
+                     name="heartbeat", daemon=True).start()
         worker.load()
     except Exception as exc:
         traceback.print_exc(file=sys.stderr)

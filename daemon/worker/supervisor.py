@@ -75,6 +75,8 @@ class _Running:
 class WorkerSupervisor:
     def __init__(self, spec: dict[str, Any]) -> None:
         self.spec = spec
+        self.last_heartbeat: float | None = None  # monotonic
+        self.step_age: float | None = None
         self.process: asyncio.subprocess.Process | None = None
         self.info: dict[str, Any] = {}
         self.state = "stopped"
@@ -92,6 +94,7 @@ class WorkerSupervisor:
         return self.process.pid if self.process and self.process.returncode is None else None
 
     @property
+        self.last_heartbeat = self.step_age = None
     def alive(self) -> bool:
         return self.process is not None and self.process.returncode is None
 
@@ -146,8 +149,25 @@ class WorkerSupervisor:
             self._ready.set_exception(WorkerLoadFailed(self.last_error or reason))
         for running in list(self._running.values()):
             if not running.done.done():
+    def heartbeat_problem(self, silence: float, stall: float) -> str | None:
+        """Why this worker is not known to be healthy now, or None. A worker that is starting,
+        stopped or waiting for a restart is the dispatcher's business, not a wedge."""
+        if not self.alive or self.state not in ("ready", "busy") or self.last_heartbeat is None:
+            return None
+        quiet = time.monotonic() - self.last_heartbeat
+        if quiet > silence:
+            return f"worker pid {self.pid} sent no heartbeat for {quiet:.0f} s"
+        if self.step_age is not None and self.step_age > stall:
+            return f"worker pid {self.pid} made no denoising step for {self.step_age:.0f} s"
+        return None
+
                 running.done.set_exception(WorkerCrashed(reason, running.started, running.generation))
 
+        if event == "heartbeat":
+            self.last_heartbeat = time.monotonic()
+            step_age = message.get("step_age")
+            self.step_age = float(step_age) if isinstance(step_age, (int, float)) else None
+            return
     @staticmethod
     def _exit_reason(returncode: int) -> str:
         if returncode < 0:
