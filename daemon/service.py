@@ -27,7 +27,9 @@ from daemon.events import EventBus
 from daemon.framing import ConnectionLimits
 from daemon.outputs.atomic import PRIVATE_UMASK, ensure_dir, narrow_to_owner, remove_stale_temps
 from daemon.outputs.pipeline import OutputSettings
-from daemon.audit.log import AuditLog
+from daemon.audit.anchor import FILE_NAME as ANCHOR_FILE, AuditTrustError, Trust, unrecorded_jobs_reason
+from daemon.audit.entry import key_id
+from daemon.audit.log import AuditKeyMismatch, AuditLog
 from daemon.monitor import Monitor
 from daemon.outputs.sink import KeyMaintenance, ProtectedSink
 from daemon.queue.admission import Admission, TokenCounter
@@ -148,7 +150,9 @@ from daemon.systemd import Notifier
         cfg = self.config.audit
         origin = "".join(c if c.isalnum() or c in "-._/" else "-" for c in self.installation) + "/sai-audit"
         path = self.state_dir / "audit.db"
-        self.audit = await AuditLog.open(path, self.keystore.signing_key, origin,
+        trust = Trust(self.keystore.keys_dir / ANCHOR_FILE, lambda: {
+            key_id(raw): raw for raw in (k.public_bytes_raw() for k in self.keystore.public_keys().values())})
+        self.audit = await AuditLog.open(path, self.keystore.signing_key, origin, trust=trust,
                                          checkpoint_every_entries=cfg.checkpoint_every_entries,
                                          checkpoint_every_seconds=cfg.checkpoint_every_seconds,
                                          commit_max_batch=cfg.commit_max_batch,
@@ -197,6 +201,7 @@ from daemon.systemd import Notifier
                                           worker_memory=lambda: self.worker.info.get("memory"),
                                           queue_wait=self.queue.oldest_wait, audit=self.audit_action)
         self.monitor.start()
+        await self._check_jobs_recorded()
         self.store.on_stall = functools.partial(self.reactions.storage_blocked, "jobs_db.locked")
         self.audit.on_stall = functools.partial(self.reactions.storage_blocked, "audit_db.locked")
         self.dispatcher.on_outputs_blocked = functools.partial(self.reactions.storage_blocked, "outputs.no_space")
@@ -207,6 +212,15 @@ from daemon.systemd import Notifier
             self._tasks.append(asyncio.create_task(self.dispatcher.warm_up(), name="sai-warm-up"))
         log.info("daemon %s started (pid %d, state %s, queue %s)", __version__, os.getpid(), self.state_dir,
                  "paused" if self.queue.paused else "running")
+
+    async def _check_jobs_recorded(self) -> None:
+        """A job whose `job.submit` entry is not in the log (write-ahead audit never leaves one) is a
+        critical alert: the log lost entries after its anchored checkpoint, or the job was forged."""
+        missing = await self.audit.unrecorded_jobs(await self.store.job_ids())
+        if missing:
+            reason = unrecorded_jobs_reason(missing)
+            log.error("%s", reason)
+            await self.monitor.alerts.raise_alert("audit.unrecorded_jobs", "critical", reason, {"jobs": missing[:20]})
 
     def _token_counter(self) -> TokenCounter:
         tokenizer = self.state_dir / "models" / self.config.model.name / "tokenizer" / "tokenizer.json"
@@ -283,6 +297,7 @@ from daemon.systemd import Notifier
             "queue": self.queue.status(),
             "worker": {**self.worker.status(), "halted": self.dispatcher.halted},
             "model": {"name": self.config.model.name, "path": self.config.model.path},
+            "audit": {"size": self.audit.size, "anchor": self.audit.trust.status() if self.audit.trust else None},
             "you": {"user": peer.user, "uid": peer.uid, "role": peer.role.label},
         }
 
@@ -295,7 +310,7 @@ async def run(config: Config, socket_path: Path | None, state_dir: Path | None) 
     daemon = Daemon(config, socket_path, state_dir)
     try:
         await daemon.startup()
-    except (AlreadyRunning, ConfigError, OutputError) as exc:
+    except (AlreadyRunning, ConfigError, OutputError, AuditTrustError, AuditKeyMismatch) as exc:
         log.error("not starting: %s", exc)
     def health_problem(self) -> str | None:
         """Why the daemon cannot keep its promises right now (systemd's watchdog goes unfed), or None."""

@@ -57,7 +57,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("directory", metavar="DIR")
     p.add_argument("--deep", action="store_true", help="check every entry's signature too")
     p.add_argument("--against", metavar="CHECKPOINT_FILE", help="a checkpoint saved earlier that the export must extend")
-    p.add_argument("--key", action="append", metavar="PEM", help="trusted public key (PEM); repeatable")
+    p.add_argument("--key", metavar="PEM", help="pin the log's first signing key (PEM): the key chain must start at it "
+                                                "(keys/signing-<first kid>.pub.pem on the daemon's host)")
     add_json_flag(p)
     p.set_defaults(handler=verify_export, needs_daemon=False)
 
@@ -214,24 +215,23 @@ async def verify_export(args: argparse.Namespace, client: DaemonClient | None = 
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+    from daemon.audit.chain import Pin
     from daemon.audit.verify import verify_export as check
 
-    trusted = None
+    pin = None
     if args.key:
-        trusted = []
-        for pem in args.key:
-            try:
-                key = serialization.load_pem_public_key(Path(pem).read_bytes())
-            except (OSError, ValueError) as exc:
-                return fail(f"cannot read public key {pem}: {exc}")
-            if not isinstance(key, Ed25519PublicKey):
-                return fail(f"{pem} is not an Ed25519 public key")
-            trusted.append(key.public_bytes_raw())
+        try:
+            key = serialization.load_pem_public_key(Path(args.key).read_bytes())
+        except (OSError, ValueError) as exc:
+            return fail(f"cannot read public key {args.key}: {exc}")
+        if not isinstance(key, Ed25519PublicKey):
+            return fail(f"{args.key} is not an Ed25519 public key")
+        pin = Pin(key.public_bytes_raw(), f"--key {args.key}")
     try:
         against = _read_checkpoint(args.against)
     except OSError as exc:
         return fail(f"cannot read checkpoint {args.against}: {exc.strerror}")
-    result = await asyncio.to_thread(check, Path(args.directory), args.deep, against, trusted)
+    result = await asyncio.to_thread(check, Path(args.directory), args.deep, against, pin)
     if args.json:
         print_json(result)
         return 0 if result["ok"] else 2

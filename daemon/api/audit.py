@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from daemon.api.registry import CallContext, Role, method
+from daemon.audit.anchor import unrecorded_jobs_reason
 from daemon.protocol import CONFLICT, RpcError, invalid_params
 
 
@@ -34,8 +35,15 @@ async def tail(ctx: CallContext, limit: int = 50, action: str | None = None, act
 
 @method("audit.verify", role=Role.VIEWER)
 async def verify(ctx: CallContext, deep: bool = False, against: str | None = None) -> dict[str, Any]:
-    """`{ok, size, first_bad, reason}`; `against` is a checkpoint note saved earlier."""
-    return await ctx.daemon.audit.verify(deep=deep, against=against)
+    """`{ok, size, first_bad, reason, jobs_checked, unrecorded_jobs}`; `against` is a checkpoint note
+    saved earlier. A job with no `job.submit` entry fails the check (after the log's own checks)."""
+    job_ids = await ctx.daemon.store.job_ids()  # first: a job's submit entry commits before the job
+    result = await ctx.daemon.audit.verify(deep=deep, against=against)
+    missing = await ctx.daemon.audit.unrecorded_jobs(job_ids)
+    result.update(jobs_checked=len(job_ids), unrecorded_jobs=missing[:100])
+    if missing and result["ok"]:
+        result.update(ok=False, reason=unrecorded_jobs_reason(missing))
+    return result
 
 
 @method("audit.checkpoint", role=Role.VIEWER)

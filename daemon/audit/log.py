@@ -17,13 +17,14 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Collection, Mapping
 
 import aiosqlite
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from daemon.audit import checkpoint as cpmod
 from daemon.audit import merkle
+from daemon.audit.anchor import ANCHOR_ACTION, LogRows, Trust
 from daemon.audit.entry import check_action, check_actor, check_details, check_subject, key_id, utc_now
 from daemon.audit.writer import (SCHEMA, AuditClosed, AuditKeyMismatch, Record, Writer, connect_writer,
                                  entry_dict, own_actor)
@@ -46,7 +47,7 @@ class AuditLog:
     async def open(cls, path: Path, signing_key: Ed25519PrivateKey, origin: str, *,
                    checkpoint_every_entries: int = 1000, checkpoint_every_seconds: float = 60.0,
                    commit_max_batch: int = 1024, commit_max_delay_ms: float = 0.0,
-                   previous_key: Ed25519PrivateKey | None = None) -> "AuditLog":
+                   previous_key: Ed25519PrivateKey | None = None, trust: Trust | None = None) -> "AuditLog":
         """Open or create the log at `path`.
 
         A new log records `origin` (the installation name, also the checkpoint key name) and
@@ -54,6 +55,8 @@ class AuditLog:
         origin it was created with (see `.origin`). If the log is signed with another key,
         AuditKeyMismatch is raised, unless `previous_key` is that key: then the rotation to
         `signing_key` is recorded first (recovery from a crash in the middle of a rotation).
+        With `trust` (daemon.audit.anchor), the log must start at the anchored key and extend the
+        anchored checkpoint (else AuditTrustError), and the anchor follows each checkpoint.
         """
         cpmod.check_origin(origin)
         if checkpoint_every_entries < 1 or checkpoint_every_seconds <= 0 or commit_max_batch < 1:
@@ -64,12 +67,13 @@ class AuditLog:
         loop = asyncio.get_running_loop()
         try:
             self._writer = await loop.run_in_executor(
-                self._executor, Writer, self.path, signing_key, origin, checkpoint_every_entries)
+                self._executor, Writer, self.path, signing_key, origin, checkpoint_every_entries,
+                trust.checkpointed if trust is not None else None)
         except BaseException:
             self._executor.shutdown()
             raise
         try:
-            await loop.run_in_executor(self._executor, self._adopt_key, signing_key, previous_key, origin)
+            await loop.run_in_executor(self._executor, self._adopt_key, signing_key, previous_key, origin, trust)
             self._reader = await aiosqlite.connect(str(self.path))
             await self._reader.execute("PRAGMA busy_timeout=10000")
         except BaseException:
@@ -77,6 +81,7 @@ class AuditLog:
             self._executor.shutdown()
             raise
         self.origin = self._writer.origin
+        self.trust = trust
         self._every_seconds = checkpoint_every_seconds
         self._max_batch = commit_max_batch
         self._delay = commit_max_delay_ms / 1000.0
@@ -90,20 +95,28 @@ class AuditLog:
         self._committer = asyncio.create_task(self._commit_loop(), name="audit-committer")
         return self
 
-    def _adopt_key(self, key: Ed25519PrivateKey, previous: Ed25519PrivateKey | None, origin: str) -> None:
+    def _adopt_key(self, key: Ed25519PrivateKey, previous: Ed25519PrivateKey | None, origin: str,
+                   trust: Trust | None) -> None:
         w = self._writer
-        active = w.active_key_id()
+        if trust is None:
+            active = w.active_key_id()
+        else:
+            in_force = trust.open(LogRows(self.path, w.conn, w.origin, w.size, w.signer.public_raw, w.fetch,
+                                          w.frontier.root))
+            active = in_force[0] if in_force else None
         if active is None:
             w.initialise(origin)
             return
-        if active == w.kid:
-            return
-        if previous is not None and key_id(previous.public_key().public_bytes_raw()) == active:
+        if active != w.kid:
+            if previous is None or key_id(previous.public_key().public_bytes_raw()) != active:
+                raise AuditKeyMismatch(f"the audit log at {self.path} is signed with key {active}, not with the "
+                                       f"given key {w.kid}; keep the old key until its rotation is recorded")
             w.use_key(previous)
             w.rotate(key, own_actor())
-            return
-        raise AuditKeyMismatch(f"the audit log at {self.path} is signed with key {active}, not with the given key "
-                               f"{w.kid}; keep the old key until its rotation is recorded")
+        if trust is not None and trust.created is not None:
+            details = {"anchor": str(trust.path), "reason": trust.created, "size": w.size}
+            w.write([(own_actor(), ANCHOR_ACTION, w.origin, check_details(details), utc_now())])
+            w.checkpoint()
 
     @property
     def size(self) -> int:
@@ -313,7 +326,16 @@ class AuditLog:
         """Check the log (see daemon.audit.verify); runs in a worker thread on a snapshot."""
         from daemon.audit.verify import verify_db
 
-        return await asyncio.to_thread(verify_db, self.path, deep, against, None, workers)
+        pin = self.trust.pin() if self.trust is not None else None  # before the snapshot: never beyond it
+        return await asyncio.to_thread(verify_db, self.path, deep, against, pin, workers)
+
+    async def unrecorded_jobs(self, job_ids: Collection[str]) -> list[str]:
+        """The ids in `job_ids` that no `job.submit` entry names (read the ids first: a job's
+        submit entry commits before the job does, so every job read then has its entry by now)."""
+        async with self._reader.execute("SELECT json_extract(entry, '$.subject') FROM audit_entries "
+                                        "WHERE json_extract(entry, '$.action') = 'job.submit'") as cur:
+            recorded = {row[0] for row in await cur.fetchall()}
+        return sorted(set(job_ids) - recorded)
 
     async def export(self, directory: Path) -> dict[str, Any]:
         """Write entries, checkpoints and public keys to `directory` (new or empty) for

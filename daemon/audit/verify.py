@@ -5,7 +5,8 @@ Both run the same check over a `Source` of rows `(seq, entry bytes, leaf hash, s
 - Always: entries are numbered 0, 1, 2, ... without gaps; each entry's bytes hash to its stored
   leaf hash; the Merkle tree rebuilt from the entries has, at each checkpoint's size, the root
   that checkpoint carries; each checkpoint is signed by a key of the log's key chain that was
-  announced before that size. Entry 0 (`audit.init`) and every `audit.key_rotate` entry are
+  announced before that size. With a `Pin` (daemon.audit.chain), the chain must start at the
+  pinned key and the log must extend the pinned checkpoint, if any. Entry 0 (`audit.init`) and every `audit.key_rotate` entry are
   checked in full, and so is every entry after the last checkpoint (no checkpoint covers them).
 - Fast path: the entries a valid checkpoint covers are proven by that checkpoint's signature
   over the tree, so their own signatures are not checked. When something fails, the entries
@@ -20,8 +21,6 @@ found wrong (a bad checkpoint whose entries are all sound names its last entry, 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import collections
 import hashlib
 import itertools
@@ -29,13 +28,12 @@ import os
 import sqlite3
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Collection, Iterable, Iterator, Protocol
-
+from typing import Any, Iterable, Iterator, Protocol
 
 from daemon.audit import checkpoint as cpmod
 from daemon.audit import merkle, parallel
-from daemon.audit.entry import INIT_ACTION, ROTATE_ACTION, ROTATE_PREFIX, key_id, parse_entry
-from daemon.crypto import ed25519
+from daemon.audit.chain import KeyChain, Pin
+from daemon.audit.entry import ROTATE_PREFIX
 
 CHUNK_LEVEL = 14
 CHUNK = 1 << CHUNK_LEVEL
@@ -69,15 +67,16 @@ def result(size: int, first_bad: int | None = None, reason: str | None = None) -
 
 
 class _Verifier:
-    def __init__(self, src: Source, deep: bool, against: str | None, trusted: Collection[bytes] | None,
-                 workers: int | None) -> None:
-        self.src, self.deep, self.against, self.trusted = src, deep, against, trusted
+    def __init__(self, src: Source, deep: bool, against: str | None, pin: Pin | None, workers: int | None) -> None:
+        self.src, self.deep = src, deep
+        self.external = [(note, what) for note, what in (
+            (against, "the checkpoint checked against"),
+            (pin.checkpoint if pin else None, f"the checkpoint anchored in {pin.source if pin else ''}"))
+            if note is not None]
+        """(signed note, what to call it): checkpoints from outside the log that it must extend."""
         self.size = src.size
         self.bad: tuple[int, str] | None = None
-        self.key_history: list[tuple[int, str, bytes]] = []
-        """(first seq it signs, key id, raw key), in order."""
-        self.announced: list[tuple[int, bytes]] = []
-        """(seq of the entry announcing it, raw key): which keys may sign a checkpoint of a size."""
+        self.chain = KeyChain(src.origin, src.keys, pin)
         self.proven = 0
         self.workers = (os.cpu_count() or 1) if workers is None else workers
         self.pool: ProcessPoolExecutor | None = None
@@ -98,16 +97,16 @@ class _Verifier:
                 self.pool.shutdown(cancel_futures=True)
 
     def _run(self) -> dict[str, Any]:
-        by_size: dict[int, list[tuple[str, bool]]] = collections.defaultdict(list)
+        by_size: dict[int, list[tuple[str, str | None]]] = collections.defaultdict(list)
         for label, note in self.src.checkpoints:
-            by_size[label].append((note, False))
-        if self.against is not None:
+            by_size[label].append((note, None))
+        for note, what in self.external:
             try:
-                external = cpmod.parse(self.against).size
+                external = cpmod.parse(note).size
             except cpmod.CheckpointError as exc:
-                return result(self.size, None, f"the checkpoint to check against is not valid: {exc}")
-            by_size[external].append((self.against, True))
-        stored = [s for s, notes in by_size.items() if any(not ext for _, ext in notes) and s <= self.size]
+                return result(self.size, None, f"{what} is not valid: {exc}")
+            by_size[external].append((note, what))
+        stored = [s for s, notes in by_size.items() if any(what is None for _, what in notes) and s <= self.size]
         tail_from = max(stored, default=0)
         sizes = sorted(s for s in by_size if 0 < s <= self.size)
         if 0 in by_size:
@@ -148,9 +147,6 @@ class _Verifier:
             self.fail(bad_sig, f"entry {bad_sig}: the signature does not verify")
         if self.bad is None:
             self._beyond_end(by_size)
-        if self.bad is None and self.trusted is not None:
-            if not any(raw in self.trusted for _, _, raw in self.key_history):
-                return result(self.size, None, "no key of this log's key chain is among the trusted keys")
         return result(self.size, *(self.bad if self.bad else (None, None)))
 
     def _start_scans(self, tail_from: int, sizes: list[int]) -> dict[int, Future[parallel.ChunkScan]]:
@@ -236,22 +232,22 @@ class _Verifier:
         self.fail(c0 + k, f"entry {c0 + k} is missing ({after})")
         return k
 
-    def _beyond_end(self, by_size: dict[int, list[tuple[str, bool]]]) -> None:
+    def _beyond_end(self, by_size: dict[int, list[tuple[str, str | None]]]) -> None:
         for s in sorted(s for s in by_size if s > self.size):
-            for note, external in by_size[s]:
-                if external:
+            for note, what in by_size[s]:
+                if what is not None:
                     try:
-                        cpmod.verify(note, [raw for _, raw in self.announced], self.src.origin)
+                        cpmod.verify(note, self.chain.signers_before(s), self.src.origin)
                     except cpmod.CheckpointError as exc:
                         self.bad = None
-                        raise _NotThisLog(str(exc)) from None
-                self.fail(self.size, f"a checkpoint vouches for {s} entries but the log has {self.size}: "
-                                     f"entries {self.size} to {s - 1} are missing")
+                        raise _NotThisLog(f"{what} is not signed by this log's keys: {exc}") from None
+                self.fail(self.size, f"{what or 'a checkpoint'} vouches for {s} entries but the log has "
+                                     f"{self.size}: entries {self.size} to {s - 1} are missing (the log was truncated)")
 
-    def _checkpoints(self, size: int, root: bytes, notes: list[tuple[str, bool]]) -> bool:
-        allowed = [raw for seq, raw in self.announced if seq < size]
-        for note, external in notes:
-            what = "the checkpoint checked against" if external else "the checkpoint"
+    def _checkpoints(self, size: int, root: bytes, notes: list[tuple[str, str | None]]) -> bool:
+        allowed = self.chain.signers_before(size)
+        for note, label in notes:
+            what = label or "the checkpoint"
             try:
                 cp, _ = cpmod.verify(note, allowed, self.src.origin)
                 if cp.origin != self.src.origin:
@@ -289,80 +285,9 @@ class _Verifier:
                 return True
         return False
 
-    def _key_at(self, pos: int) -> tuple[str, bytes] | None:
-        found = None
-        for first, kid, raw in self.key_history:
-            if first > pos:
-                break
-            found = (kid, raw)
-        return found
-
     def _check_entry(self, pos: int, data: bytes, leaf: bytes, sig: bytes, apply: bool) -> str | None:
-        try:
-            e = parse_entry(data)
-        except ValueError as exc:
-            return f"entry {pos} is not a valid entry: {exc}"
-        if e["seq"] != pos:
-            return f"entry at position {pos} says it is entry {e['seq']} (entries were removed, inserted or moved)"
-        if pos == 0:
-            reason = self._genesis(e, apply)
-            if reason:
-                return reason
-        current = self._key_at(pos)
-        if current is None:
-            return f"entry {pos}: no signing key is in force"
-        kid, raw = current
-        if e["key_id"] != kid:
-            return f"entry {pos} names signing key {e['key_id']}, but the key in force is {kid}"
-        if apply and self.sigs is not None:
-            self.sigs.add(pos, raw, leaf, sig)
-        else:
-            if not ed25519.verify(raw, sig, leaf):
-                return f"entry {pos}: the signature does not verify with key {kid}"
-        if e["action"] == ROTATE_ACTION:
-            return self._rotation(pos, e, apply)
-        return None
-
-    def _public_key(self, text: Any, kid: Any, pos: int) -> bytes | str:
-        try:
-            raw = base64.b64decode(text, validate=True) if isinstance(text, str) else b""
-        except (binascii.Error, ValueError):
-            raw = b""
-        if len(raw) != 32:
-            return f"entry {pos} does not carry a valid public key"
-        if key_id(raw) != kid:
-            return f"entry {pos}: key id {kid} does not belong to the public key it carries"
-        if self.src.keys.get(kid) != raw:
-            return f"entry {pos}: key {kid} is missing from the key store or differs from it"
-        return raw
-
-    def _genesis(self, e: dict[str, Any], apply: bool) -> str | None:
-        d = e["details"]
-        if e["action"] != INIT_ACTION:
-            return f"entry 0 is {e['action']!r}, not {INIT_ACTION!r}: the start of the log is gone"
-        if d.get("origin") != self.src.origin:
-            return f"entry 0 names origin {d.get('origin')!r}, but the log is {self.src.origin!r}"
-        if d.get("key_id") != e["key_id"]:
-            return "entry 0 is not signed by the key it announces"
-        raw = self._public_key(d.get("public_key"), e["key_id"], 0)
-        if isinstance(raw, str):
-            return raw
-        if apply:
-            self.key_history = [(0, e["key_id"], raw)]
-            self.announced = [(-1, raw)]
-        return None
-
-    def _rotation(self, pos: int, e: dict[str, Any], apply: bool) -> str | None:
-        d = e["details"]
-        if d.get("old_key_id") != e["key_id"]:
-            return f"entry {pos}: a key rotation must be signed by the key it replaces"
-        raw = self._public_key(d.get("new_public_key"), d.get("new_key_id"), pos)
-        if isinstance(raw, str):
-            return raw
-        if apply:
-            self.key_history.append((pos + 1, d["new_key_id"], raw))
-            self.announced.append((pos, raw))
-        return None
+        defer = self.sigs.add if apply and self.sigs is not None else None
+        return self.chain.check(pos, data, leaf, sig, apply, defer)
 
     def _check_nodes(self, c0: int, levels: list[list[bytes]]) -> None:
         for level in range(1, len(levels)):
@@ -390,12 +315,12 @@ class _NotThisLog(Exception):
 
 
 def run(src: Source, deep: bool = False, against: str | None = None,
-        trusted: Collection[bytes] | None = None, workers: int | None = None) -> dict[str, Any]:
+        pin: Pin | None = None, workers: int | None = None) -> dict[str, Any]:
     """Verify a source; see the module docstring."""
     try:
-        return _Verifier(src, deep, against, trusted, workers).run()
+        return _Verifier(src, deep, against, pin, workers).run()
     except _NotThisLog as exc:
-        return result(src.size, None, f"the checkpoint to check against is not signed by this log's keys: {exc}")
+        return result(src.size, None, str(exc))
 
 
 class DbSource:
@@ -434,17 +359,17 @@ class DbSource:
 
 
 def verify_db(path: Path, deep: bool = False, against: str | None = None,
-              trusted: Collection[bytes] | None = None, workers: int | None = None) -> dict[str, Any]:
+              pin: Pin | None = None, workers: int | None = None) -> dict[str, Any]:
     """Verify the log in the SQLite file at `path` (safe while the daemon appends to it)."""
     src = DbSource(path)
     try:
-        return run(src, deep, against, trusted, workers)
+        return run(src, deep, against, pin, workers)
     finally:
         src.close()
 
 
 def verify_export(directory: Path, deep: bool = False, against: str | None = None,
-                  trusted: Collection[bytes] | None = None, workers: int | None = None) -> dict[str, Any]:
+                  pin: Pin | None = None, workers: int | None = None) -> dict[str, Any]:
     """Verify an export directory on its own (a third party's check): see docs/formats.md."""
     from daemon.audit.export import ExportError, ExportSource
 
@@ -453,7 +378,7 @@ def verify_export(directory: Path, deep: bool = False, against: str | None = Non
     except ExportError as exc:
         return result(0, None, str(exc))
     try:
-        outcome = run(src, deep, against, trusted, workers)
+        outcome = run(src, deep, against, pin, workers)
         if outcome["ok"] and src.declared_size is not None and src.declared_size != src.size:
             return result(src.size, min(src.size, src.declared_size),
                           f"the manifest lists {src.declared_size} entries but entries.jsonl has {src.size}")

@@ -15,7 +15,7 @@ import sqlite3
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -90,15 +90,19 @@ Record = tuple[dict[str, Any], str, str, str, str]
 class Writer:
     """Owns the write connection and the tree's right edge; runs only on the writer thread."""
 
-    def __init__(self, path: Path, key: Ed25519PrivateKey, origin: str, every_entries: int) -> None:
+    def __init__(self, path: Path, key: Ed25519PrivateKey, origin: str, every_entries: int,
+                 on_checkpoint: Callable[[int, bytes, str], None] | None = None) -> None:
         self.conn = connect_writer(path)
+        self.on_checkpoint = on_checkpoint
+        """Told (size, root, note) of each checkpoint once it has committed."""
+        self._uncommitted: tuple[int, bytes, str] | None = None
         self.use_key(key)
         self.every_entries = every_entries
         meta = dict(self.conn.execute("SELECT name, value FROM audit_meta").fetchall())
         self.origin = meta.get("origin", origin)
         last = self.conn.execute("SELECT max(seq) FROM audit_entries").fetchone()[0]
         size = 0 if last is None else last + 1
-        self.frontier = merkle.Frontier(size, self._fetch(merkle.root_plan(size)))
+        self.frontier = merkle.Frontier(size, self.fetch(merkle.root_plan(size)))
         row = self.conn.execute("SELECT tree_size, note FROM audit_checkpoints ORDER BY tree_size DESC LIMIT 1").fetchone()
         self.cp_size, self.cp_note = (row[0], row[1]) if row else (-1, None)
         self.cp_time = time.monotonic()
@@ -113,7 +117,8 @@ class Writer:
     def size(self) -> int:
         return self.frontier.size
 
-    def _fetch(self, keys: list[merkle.NodeKey]) -> list[bytes]:
+    def fetch(self, keys: list[merkle.NodeKey]) -> list[bytes]:
+        """Stored tree nodes (level 0: the entries' leaf hashes), in the order asked."""
         out = []
         for level, idx in keys:
             if level == 0:
@@ -152,11 +157,18 @@ class Writer:
         except BaseException:
             self._rollback()
             raise
+        self._committed()
         return entries[0]
 
     def _rollback(self) -> None:
+        self._uncommitted = None
         if self.conn.in_transaction:
             self.conn.execute("ROLLBACK")
+
+    def _committed(self) -> None:
+        done, self._uncommitted = self._uncommitted, None
+        if done is not None and self.on_checkpoint is not None:
+            self.on_checkpoint(*done)
 
     def _insert(self, records: Iterable[Record]) -> list[dict[str, Any]]:
         rows, nodes, out = [], [], []
@@ -188,6 +200,7 @@ class Writer:
             self._rollback()
             self.frontier = before
             raise
+        self._committed()
 
     def write(self, records: list[Record]) -> list[dict[str, Any]]:
         """One group commit."""
@@ -205,6 +218,7 @@ class Writer:
         self.conn.execute("INSERT OR REPLACE INTO audit_checkpoints VALUES (?, ?, ?, ?)",
                           (self.size, root, note, utc_now()))
         self.cp_size, self.cp_note, self.cp_time = self.size, note, time.monotonic()
+        self._uncommitted = (self.size, root, note)
         return note
 
     def checkpoint(self) -> str:
@@ -220,6 +234,7 @@ class Writer:
         except BaseException:
             self._rollback()
             raise
+        self._committed()
         return note
 
     def rotate(self, new_key: Ed25519PrivateKey, actor: dict[str, Any]) -> dict[str, Any]:

@@ -213,6 +213,11 @@ class JobStore:
         marks = ", ".join("?" * len(FINISHED))
         return await self._select(f"WHERE state NOT IN ({marks}) ORDER BY seq", tuple(FINISHED))
 
+    async def job_ids(self) -> list[str]:
+        """Every job id in the store (the audit cross-check reads them)."""
+        async with self._db.execute("SELECT job_id FROM jobs") as cur:
+            return [row[0] for row in await cur.fetchall()]
+
     async def get(self, job_id: str) -> Job | None:
         jobs = await self._select("WHERE job_id = ?", (job_id,))
         return jobs[0] if jobs else None

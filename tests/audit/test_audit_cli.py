@@ -41,15 +41,17 @@ class Served:
     async def _main(self, db: Path, key: Ed25519PrivateKey) -> None:
         from daemon import api, config
         from daemon.events import EventBus
+        from daemon.queue.store import JobStore
         from daemon.server import SocketServer
 
         try:
             api.load_all()
             self.log = await build(db, key, 20)
+            self.store = await JobStore.open(self.dir / "jobs.sqlite3")  # empty: audit.verify cross-checks it
             bus = EventBus()
             self.log.subscribe(lambda entry: bus.publish("audit", entry))
             auth = config.load(environ={}, system_file=None).auth
-            server = SocketServer(self.socket, SimpleNamespace(audit=self.log), auth, bus)
+            server = SocketServer(self.socket, SimpleNamespace(audit=self.log, store=self.store), auth, bus)
             server.claim()
             await server.start()
             self._stop = asyncio.Event()
@@ -60,6 +62,7 @@ class Served:
         self._ready.set()
         await self._stop.wait()
         await server.close()
+        await self.store.close()
         await self.log.close()
 
     def call(self, coro: Coroutine[Any, Any, Any]) -> Any:
@@ -121,7 +124,8 @@ def test_verify_checkpoint_and_against(served: Served, capsys: pytest.CaptureFix
     assert sai(served, "verify") == 0
     assert capsys.readouterr().out.startswith("ok: the audit log verified, 21 entries")
     assert sai(served, "verify", "--deep", "--json") == 0
-    assert json.loads(capsys.readouterr().out) == {"ok": True, "size": 21, "first_bad": None, "reason": None}
+    assert json.loads(capsys.readouterr().out) == {"ok": True, "size": 21, "first_bad": None, "reason": None,
+                                                  "jobs_checked": 0, "unrecorded_jobs": []}
     saved = served.dir / "cp.txt"
     assert sai(served, "checkpoint", "-o", str(saved)) == 0
     note = capsys.readouterr().out

@@ -294,6 +294,7 @@ async def test_interrupted_rotation_is_finished_with_the_previous_key(tmp_path: 
 
 
 async def test_export_verifies_on_its_own(tmp_path: Path, signing_key: Ed25519PrivateKey) -> None:
+    from daemon.audit.chain import Pin
     from daemon.audit.verify import verify_export
 
     log = await build(tmp_path / "a.db", signing_key, 30, every=8)
@@ -312,9 +313,11 @@ async def test_export_verifies_on_its_own(tmp_path: Path, signing_key: Ed25519Pr
     assert verify_export(out) == ok
     assert verify_export(out, deep=True) == ok
     assert verify_export(out, against=saved) == ok
-    assert verify_export(out, trusted=[new_key.public_key().public_bytes_raw()]) == ok
+    assert verify_export(out, pin=Pin(signing_key.public_key().public_bytes_raw(), "the first key")) == ok
+    later = verify_export(out, pin=Pin(new_key.public_key().public_bytes_raw(), "the rotated-to key"))
+    assert not later["ok"] and later["first_bad"] == 0 and "pinned by the rotated-to key" in later["reason"]
     stranger = Ed25519PrivateKey.generate().public_key().public_bytes_raw()
-    assert not verify_export(out, trusted=[stranger])["ok"]
+    assert not verify_export(out, pin=Pin(stranger, "a stranger"))["ok"]
     with pytest.raises(FileExistsError):
         log = await AuditLog.open(tmp_path / "a.db", new_key, ORIGIN)
         try:
