@@ -70,6 +70,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "daemon.line_timeout": _positive,
     "daemon.write_timeout": _positive,
     "daemon.max_unread_mb": _positive,
+    "daemon.max_in_flight_per_user": _positive,
     "daemon.verify_per_minute": _positive,
     "daemon.verify_burst": _positive,
     "daemon.preview_per_minute": _positive,

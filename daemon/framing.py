@@ -30,6 +30,7 @@ class ConnectionLimits:
     line_timeout: float = 30.0
     write_timeout: float = 30.0
     max_unread_bytes: int = 16 * MIB
+    max_in_flight_per_user: int = 128
 
     @classmethod
     def from_config(cls, daemon: Section) -> "ConnectionLimits":
@@ -38,7 +39,8 @@ class ConnectionLimits:
                    max_batch_requests=daemon.max_batch_requests,
                    line_timeout=daemon.line_timeout,
                    write_timeout=daemon.write_timeout,
-                   max_unread_bytes=daemon.max_unread_mb * MIB)
+                   max_unread_bytes=daemon.max_unread_mb * MIB,
+                   max_in_flight_per_user=daemon.max_in_flight_per_user)
 
 
 class InFlight:

@@ -18,7 +18,8 @@ from typing import Any
 
 from daemon import protocol
 from daemon.api import registry
-from daemon.auth import Peer, PeerRefused, identify
+from daemon.audit.views import entry_view
+from daemon.auth import Peer, PeerRefused, Role, identify
 from daemon.config import Section
 from daemon.events import EventBus, Subscription
 from daemon.framing import MIB, READ_CHUNK, ConnectionLimits, InFlight, LineReader, LineTimeout, LineTooLong
@@ -28,6 +29,8 @@ log = logging.getLogger("sai.server")
 
 MAX_IN_FLIGHT = 64
 MAX_IN_FLIGHT_BYTES = 4 * protocol.MAX_LINE
+REPLY_BACKLOG = 1 * MIB
+"""Unread reply bytes past which a connection's next requests wait (are not read, not answered)."""
 REFUSAL_LOG_INTERVAL = 10.0
 
 
@@ -49,7 +52,18 @@ class Connection:
         self._pump: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._unread = 0
+        self._room = asyncio.Event()
+        self._room.set()
+        self.answering: set[asyncio.Task[None]] = set()
         self.closed = False
+
+    async def room_for_replies(self) -> None:
+        """Wait while more than REPLY_BACKLOG bytes of replies and events wait for this client to
+        read them: a client that stops reading stops having its requests read and answered, so
+        the replies it does not read never pile up in the daemon (back-pressure on replies)."""
+        while not self.closed and self._unread > REPLY_BACKLOG:
+            self._room.clear()
+            await self._room.wait()
 
     async def send(self, message: Any) -> None:
         """Write one message. Past `max_unread_bytes` already waiting to go out on this connection,
@@ -57,7 +71,7 @@ class Connection:
         client that stops reading costs the daemon a bounded buffer for a bounded time."""
         if self.closed:
             return
-        data = protocol.encode(message)
+        data = message if isinstance(message, bytes) else protocol.encode(message)
         written = False
         if not self._lock.locked() and not self.writer.transport.get_write_buffer_size():
             # Nothing is waiting to go out: the socket usually takes the whole reply at once, and
@@ -88,6 +102,8 @@ class Connection:
                     self.closed = True
         finally:
             self._unread -= len(data)
+            if self._unread <= REPLY_BACKLOG:
+                self._room.set()
 
     def subscribe(self, topics: set[str]) -> set[str]:
         if self.subscription is None:
@@ -104,7 +120,10 @@ class Connection:
             if item is None:
                 self.drop("its event feed fell too far behind")
                 return
-            await self.send(protocol.event(*item))
+            topic, data = item
+            if topic == "audit":
+                data = entry_view(data, self.peer.uid, self.peer.role >= Role.ADMIN)
+            await self.send(protocol.event(topic, data))
 
     def drop(self, reason: str) -> None:
         """Close at once, discarding what it has not read (closing politely would wait for a
@@ -116,6 +135,7 @@ class Connection:
 
     def close(self, abort: bool = False) -> None:
         self.closed = True
+        self._room.set()
         if self.subscription is not None:
             self.bus.unsubscribe(self.subscription)
         if self._pump is not None and self._pump is not asyncio.current_task():
@@ -137,6 +157,7 @@ class SocketServer:
         self.limits = limits
         self.connections: set[Connection] = set()
         self._per_uid: Counter[int] = Counter()
+        self._user_in_flight: dict[int, InFlight] = {}
         self._refused: Counter[str] = Counter()
         self._refusals_logged_at = 0.0
         self._server: asyncio.AbstractServer | None = None
@@ -252,11 +273,16 @@ class SocketServer:
         try:
             await self._read_requests(conn, LineReader(reader, self.limits.line_timeout))
         finally:
+            conn.close()
+            # The connection counts against its user until the requests it started are done, so
+            # that reconnecting cannot pile up work the daemon is still doing for closed ones.
+            if conn.answering:
+                await asyncio.gather(*conn.answering, return_exceptions=True)
             self.connections.discard(conn)
             self._per_uid[peer.uid] -= 1
             if not self._per_uid[peer.uid]:
                 del self._per_uid[peer.uid]
-            conn.close()
+                self._user_in_flight.pop(peer.uid, None)
 
     def _refuse(self, writer: asyncio.StreamWriter, why: str, error: RpcError) -> None:
         """One error line, then close. Logged as a count at most every REFUSAL_LOG_INTERVAL
@@ -273,6 +299,7 @@ class SocketServer:
 
     async def _read_requests(self, conn: Connection, lines: LineReader) -> None:
         in_flight = InFlight(MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES)
+        user_in_flight = self._in_flight_of(conn.peer)
         while not conn.closed:
             try:
                 line = await lines.readline()
@@ -293,17 +320,38 @@ class SocketServer:
             if not line.strip():
                 continue
             size = len(line)
+            await conn.room_for_replies()
             await in_flight.acquire(size)
+            await user_in_flight.acquire(0)
             task = asyncio.create_task(self._answer(conn, line))
             self._tasks.add(task)
-            task.add_done_callback(lambda t, size=size: (self._tasks.discard(t), in_flight.release(size)))
+            conn.answering.add(task)
+            task.add_done_callback(lambda t, size=size: (self._tasks.discard(t), conn.answering.discard(t),
+                                                         in_flight.release(size), user_in_flight.release(0)))
+
+    def _in_flight_of(self, peer: Peer) -> InFlight:
+        """The budget all of `peer`'s connections share (`max_in_flight_per_user`); admins' is
+        the sum of their connections' own."""
+        if peer.role >= Role.ADMIN:
+            return InFlight(self.limits.max_connections * MAX_IN_FLIGHT, 0)
+        budget = self._user_in_flight.get(peer.uid)
+        if budget is None:
+            budget = self._user_in_flight[peer.uid] = InFlight(self.limits.max_in_flight_per_user, 0)
+        return budget
 
     async def _answer(self, conn: Connection, line: bytes) -> None:
         try:
+            await conn.room_for_replies()
+            if conn.closed:
+                return
             reply = await self._reply_to(conn, line)
-            del line  # a client that does not read keeps this task waiting in send: hold the reply only
+            del line
             if reply is not None:
-                await conn.send(reply)
+                # Encoded now and the objects dropped: a task waiting in send holds bytes only,
+                # and those count against max_unread_bytes.
+                data = protocol.encode(reply)
+                del reply
+                await conn.send(data)
         except Exception:
             log.exception("answering a request from %s (pid %s) failed", conn.peer.user, conn.peer.pid)
             await conn.send(protocol.error(None, RpcError(

@@ -17,6 +17,7 @@ from typing import Any
 
 from daemon import __version__, paths
 from daemon.api import load_all
+from daemon.api.limits import CallLimits
 from daemon.auth import Peer, in_process_peer
 from daemon.config import Config, ConfigError
 from daemon.crypto import OutputError
@@ -74,6 +75,7 @@ from daemon.systemd import Notifier
         self.audit: AuditLog
         self.reactions = Reactions(self)
         self.own_peer = in_process_peer()
+        self.call_limits = CallLimits.from_config(config.daemon)
 
     # -- lifecycle -------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from typing import Any, Iterator
 
 from daemon.api.registry import CallContext, Role, method
 from daemon.audit.anchor import unrecorded_jobs_reason
+from daemon.audit.views import entry_view
 from daemon.protocol import CONFLICT, RpcError, invalid_params
 
 
@@ -30,20 +31,24 @@ async def tail(ctx: CallContext, limit: int = 50, action: str | None = None, act
         raise invalid_params("limit", "must be between 1 and 1000")
     log = ctx.daemon.audit
     entries = await log.tail(limit=limit, action=action, actor=actor, before_seq=before_seq, subject=subject)
-    return {"entries": entries, "size": log.size}
+    admin = ctx.peer.role >= Role.ADMIN
+    return {"entries": [entry_view(entry, ctx.peer.uid, admin) for entry in entries], "size": log.size}
 
 
 @method("audit.verify", role=Role.VIEWER)
 async def verify(ctx: CallContext, deep: bool = False, against: str | None = None) -> dict[str, Any]:
     """`{ok, size, first_bad, reason, jobs_checked, unrecorded_jobs}`; `against` is a checkpoint note
     saved earlier. A job with no `job.submit` entry fails the check (after the log's own checks)."""
-    job_ids = await ctx.daemon.store.job_ids()  # first: a job's submit entry commits before the job
-    result = await ctx.daemon.audit.verify(deep=deep, against=against)
-    missing = await ctx.daemon.audit.unrecorded_jobs(job_ids)
-    result.update(jobs_checked=len(job_ids), unrecorded_jobs=missing[:100])
-    if missing and result["ok"]:
-        result.update(ok=False, reason=unrecorded_jobs_reason(missing))
-    return result
+    limits = ctx.daemon.call_limits  # rate per user, one verification at a time (daemon.api.limits)
+    limits.take(ctx.peer, "audit.verify")
+    async with limits.verify_slot(ctx.peer):
+        job_ids = await ctx.daemon.store.job_ids()  # first: a job's submit entry commits before the job
+        result = await ctx.daemon.audit.verify(deep=deep, against=against)
+        missing = await ctx.daemon.audit.unrecorded_jobs(job_ids)
+        result.update(jobs_checked=len(job_ids), unrecorded_jobs=missing[:100])
+        if missing and result["ok"]:
+            result.update(ok=False, reason=unrecorded_jobs_reason(missing))
+        return result
 
 
 @method("audit.checkpoint", role=Role.VIEWER)

@@ -20,7 +20,8 @@ async def export(ctx: CallContext, job_id: str, index: int = 0, offset: int = 0)
 
     Every call checks the manifest signature and the encrypted file's hashes, decrypts in memory
     and checks the PNG against the signed `png_sha256` before any byte is returned; `sha256` is
-    that of the whole decrypted PNG. Nothing is decrypted to disk. The first chunk is audited.
+    that of the whole decrypted PNG. Nothing is decrypted to disk. Every chunk is audited (offset and length), so no
+    byte leaves unrecorded.
     """
     from daemon.outputs.pipeline import export_output
 
@@ -45,9 +46,9 @@ async def export(ctx: CallContext, job_id: str, index: int = 0, offset: int = 0)
                        f"not exported", {"field": "png_sha256"})
     if offset > len(png):
         raise invalid_params("offset", f"must be between 0 and {len(png)}")
-    if offset == 0:
-        await queue.audit(ctx.peer, "output.export", job_id, {"index": index, "png_sha256": digest})
     chunk = png[offset:offset + CHUNK]
+    await queue.audit(ctx.peer, "output.export", job_id, {"index": index, "png_sha256": digest, "offset": offset,
+                                                          "length": len(chunk), "size": len(png)})
     return {"job_id": job_id, "index": index, "offset": offset, "size": len(png), "sha256": digest,
             "data": base64.b64encode(chunk).decode(), "eof": offset + len(chunk) >= len(png),
             "content_type": "image/png"}

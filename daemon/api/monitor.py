@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from daemon.api.registry import CallContext, Role, method, time_param
+from daemon.api.registry import CallContext, Role, int64_param, method, time_param
 from daemon.protocol import NOT_FOUND, UNAVAILABLE, RpcError, echo, invalid_params
 
 MAX_ALERTS = 1000
@@ -78,7 +78,7 @@ async def ack(ctx: CallContext, alert_id: int | str) -> dict[str, Any]:
     if isinstance(alert_id, str):
         if not alert_id.strip().isdigit():
             raise invalid_params("alert_id", f"{echo(alert_id)!r} is not an alert id (a number)")
-        alert_id = int(alert_id)
+        alert_id = int64_param("alert_id", int(alert_id))
     try:
         return {"alert": await _monitor(ctx).alerts.ack(alert_id, ctx.peer.actor())}
     except AlertNotFound:

@@ -47,6 +47,7 @@ async def preview(ctx: CallContext, job_id: str, index: int = 0, max_side: int =
     queue = ctx.daemon.queue
     job = await queue.get(job_id)
     queue.check_owner(ctx.peer, job, "preview")
+    ctx.daemon.call_limits.take(ctx.peer, "output.preview")
     try:
         png = await ctx.daemon.run_blocking(preview_output, ctx.daemon.outputs_dir, job_id, index,
                                             ctx.daemon.keystore, max_side)

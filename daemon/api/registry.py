@@ -16,7 +16,9 @@ from typing import Any, Awaitable, Callable, Union
 from daemon.auth import Peer, Role
 from daemon.protocol import METHOD_NOT_FOUND, NOT_PERMITTED, RpcError, echo, invalid_params
 
-__all__ = ["CallContext", "Method", "Role", "method", "METHODS", "lookup", "time_param"]
+__all__ = ["CallContext", "Method", "Role", "method", "METHODS", "lookup", "time_param", "int64_param"]
+
+INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
 
 
 @dataclass
@@ -73,6 +75,14 @@ def time_param(name: str, value: float | str) -> float:
         return parse_time(value, name)
     except ValueError as exc:
         raise invalid_params(name, str(exc)) from None
+
+
+def int64_param(name: str, value: int) -> int:
+    """`value` when it fits the 64-bit integers SQLite and the daemon store; -32602 naming `name` otherwise."""
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise invalid_params(name, f"{echo(str(value))} is out of range; integers must lie between {INT64_MIN} "
+                                   f"and {INT64_MAX}")
+    return value
 
 
 def lookup(name: str) -> Method:
@@ -138,6 +148,8 @@ def bind(m: Method, params: dict[str, Any]) -> dict[str, Any]:
         if not m.checks[name](value):
             hint = m.hints.get(name, Any)
             raise invalid_params(name, f"must be {_describe(hint)}, got {type(value).__name__}")
+        if isinstance(value, int) and not isinstance(value, bool):
+            int64_param(name, value)
     return params
 
 
