@@ -23,6 +23,7 @@ from daemon.config import Config, ConfigError
 from daemon.crypto import OutputError
 from daemon.crypto.envelope import PromptSealer
 from daemon.crypto.keys import KeyStore, resolve_passphrase
+from daemon.crypto.prompt_mac import PromptMac
 from daemon.dispatch import Dispatcher
 from daemon.events import EventBus
 from daemon.framing import ConnectionLimits
@@ -179,7 +180,8 @@ from daemon.systemd import Notifier
         self.key_maintenance = KeyMaintenance(self.keystore, self.store, self.outputs_dir, self.run_blocking)
         await self.key_maintenance.resume_prompts()
         self.queue = QueueManager(self.store, Admission(cfg, self._token_counter()), self.bus, cfg,
-                                  model_id=lambda: self.worker.info.get("model_id") or cfg.model.name)
+                                  model_id=lambda: self.worker.info.get("model_id") or cfg.model.name,
+                                  prompt_digest=PromptMac(self.keystore).details)
         recovered = await self.queue.recover()
         if recovered:
             log.warning("recovered %d job(s) that were running when the daemon stopped", len(recovered))

@@ -90,6 +90,6 @@ class Job:
             "outputs": self.outputs,
             "attempts": self.attempts,
             "risk": self.risk,
-            "warnings": self.warnings,
+            "warnings": self.warnings if show_prompt else [],  # they name flagged terms of the prompt
             "model_id": self.model_id,
         }

@@ -7,7 +7,6 @@ change is committed before the caller hears about it, then published on the `job
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import time
@@ -25,6 +24,8 @@ from daemon.queue.store import JobStore
 log = logging.getLogger("sai.queue")
 
 Auditor = Callable[[Peer | None, str, str, dict[str, Any]], Awaitable[Any]]
+PromptDigest = Callable[[str, str], dict[str, str]]
+"""(prompt, negative_prompt) -> the audit fields that stand for them (keyed digests, never text)."""
 
 
 async def not_audited(peer: Peer | None, action: str, subject: str, details: dict[str, Any]) -> None:
@@ -33,8 +34,9 @@ async def not_audited(peer: Peer | None, action: str, subject: str, details: dic
 
 class QueueManager:
     def __init__(self, store: JobStore, admission: Admission, bus: EventBus, config: Config,
-                 model_id: Callable[[], str]) -> None:
+                 model_id: Callable[[], str], prompt_digest: PromptDigest) -> None:
         self.store = store
+        self.prompt_digest = prompt_digest
         self.admission = admission
         self.bus = bus
         self.config = config
@@ -192,8 +194,7 @@ class QueueManager:
                   user=peer.user, uid=peer.uid, created_at=now, enqueued_at=now, client_token=client_token,
                   risk=admitted.risk, warnings=admitted.warnings, model_id=self.model_id())
         details = {"priority": job.priority_name, "risk": job.risk, **job.params,
-                   "prompt_sha256": hashlib.sha256(job.prompt.encode()).hexdigest(),
-                   "negative_prompt_sha256": hashlib.sha256(job.negative_prompt.encode()).hexdigest()}
+                   **self.prompt_digest(job.prompt, job.negative_prompt)}
         # Write-ahead audit: the entry is durable before the job is. A kill between the two commits
         # leaves an audited submit with no job (the client, unanswered, retries), never a job that
         # the audit log does not know about.

@@ -41,7 +41,7 @@ async def test_actions_are_audited_without_prompt_text_and_the_chain_verifies(ma
         assert expected in actions, expected
     submit = next(e for e in entries if e["action"] == "job.submit" and e["subject"] == job["job_id"])
     assert submit["actor"]["uid"] >= 0 and submit["actor"]["user"] and submit["actor"]["pid"] > 0
-    assert len(submit["details"]["prompt_sha256"]) == 64
+    assert len(submit["details"]["prompt_hmac"]) == 64 and "prompt_sha256" not in submit["details"]
     assert (await client.call("audit.verify"))["ok"] is True
     assert (await client.call("audit.verify", deep=True))["ok"] is True
     # No prompt text anywhere in the audit database or its export.
