@@ -34,6 +34,8 @@ CREATE TABLE IF NOT EXISTS audit_entries (
 );
 CREATE INDEX IF NOT EXISTS audit_entries_action ON audit_entries (json_extract(entry, '$.action'));
 CREATE INDEX IF NOT EXISTS audit_entries_user ON audit_entries (json_extract(entry, '$.actor.user'));
+-- audit.tail by subject; IF NOT EXISTS: every open runs this, so logs made before it get the index too
+CREATE INDEX IF NOT EXISTS audit_entries_subject ON audit_entries (json_extract(entry, '$.subject'));
 CREATE TABLE IF NOT EXISTS audit_nodes (
     level INTEGER NOT NULL, idx INTEGER NOT NULL, hash BLOB NOT NULL,
     PRIMARY KEY (level, idx)
