@@ -71,6 +71,8 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "daemon.write_timeout": _positive,
     "daemon.max_unread_mb": _positive,
     "daemon.max_in_flight_per_user": _positive,
+    "daemon.admin_reserve_connections": _non_negative,
+    "daemon.idle_timeout": _positive,
     "daemon.verify_per_minute": _positive,
     "daemon.verify_burst": _positive,
     "daemon.preview_per_minute": _positive,

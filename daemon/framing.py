@@ -31,6 +31,8 @@ class ConnectionLimits:
     write_timeout: float = 30.0
     max_unread_bytes: int = 16 * MIB
     max_in_flight_per_user: int = 128
+    admin_reserve_connections: int = 8
+    idle_timeout: float = 300.0
 
     @classmethod
     def from_config(cls, daemon: Section) -> "ConnectionLimits":
@@ -40,7 +42,9 @@ class ConnectionLimits:
                    line_timeout=daemon.line_timeout,
                    write_timeout=daemon.write_timeout,
                    max_unread_bytes=daemon.max_unread_mb * MIB,
-                   max_in_flight_per_user=daemon.max_in_flight_per_user)
+                   max_in_flight_per_user=daemon.max_in_flight_per_user,
+                   admin_reserve_connections=daemon.admin_reserve_connections,
+                   idle_timeout=daemon.idle_timeout)
 
 
 class InFlight:

@@ -18,132 +18,22 @@ from typing import Any
 
 from daemon import protocol
 from daemon.api import registry
-from daemon.audit.views import entry_view
 from daemon.auth import Peer, PeerRefused, Role, identify
 from daemon.config import Section
-from daemon.events import EventBus, Subscription
-from daemon.framing import MIB, READ_CHUNK, ConnectionLimits, InFlight, LineReader, LineTimeout, LineTooLong
+from daemon.connection import Connection, idle_victim
+from daemon.events import EventBus
+from daemon.framing import READ_CHUNK, ConnectionLimits, InFlight, LineReader, LineTimeout, LineTooLong
 from daemon.protocol import INTERNAL_ERROR, INVALID_REQUEST, NOT_PERMITTED, RATE_LIMITED, UNAVAILABLE, RpcError
 
 log = logging.getLogger("sai.server")
 
 MAX_IN_FLIGHT = 64
 MAX_IN_FLIGHT_BYTES = 4 * protocol.MAX_LINE
-REPLY_BACKLOG = 1 * MIB
-"""Unread reply bytes past which a connection's next requests wait (are not read, not answered)."""
 REFUSAL_LOG_INTERVAL = 10.0
 
 
 class AlreadyRunning(Exception):
     """Another daemon holds the lock or answers on the socket."""
-
-
-class Connection:
-    """One client: its identity, its writes (serialised, and bounded for a client that stops
-    reading), its event feed."""
-
-    def __init__(self, peer: Peer, writer: asyncio.StreamWriter, bus: EventBus,
-                 limits: ConnectionLimits = ConnectionLimits()) -> None:
-        self.peer = peer
-        self.writer = writer
-        self.bus = bus
-        self.limits = limits
-        self.subscription: Subscription | None = None
-        self._pump: asyncio.Task[None] | None = None
-        self._lock = asyncio.Lock()
-        self._unread = 0
-        self._room = asyncio.Event()
-        self._room.set()
-        self.answering: set[asyncio.Task[None]] = set()
-        self.closed = False
-
-    async def room_for_replies(self) -> None:
-        """Wait while more than REPLY_BACKLOG bytes of replies and events wait for this client to
-        read them: a client that stops reading stops having its requests read and answered, so
-        the replies it does not read never pile up in the daemon (back-pressure on replies)."""
-        while not self.closed and self._unread > REPLY_BACKLOG:
-            self._room.clear()
-            await self._room.wait()
-
-    async def send(self, message: Any) -> None:
-        """Write one message. Past `max_unread_bytes` already waiting to go out on this connection,
-        or a write the client does not take within `write_timeout`, the connection is dropped: a
-        client that stops reading costs the daemon a bounded buffer for a bounded time."""
-        if self.closed:
-            return
-        data = message if isinstance(message, bytes) else protocol.encode(message)
-        written = False
-        if not self._lock.locked() and not self.writer.transport.get_write_buffer_size():
-            # Nothing is waiting to go out: the socket usually takes the whole reply at once, and
-            # then there is nothing to wait for (no lock, no timer task: most replies end here).
-            try:
-                self.writer.write(data)
-            except (ConnectionError, RuntimeError):
-                self.closed = True
-                return
-            if not self.writer.transport.get_write_buffer_size():
-                return
-            written = True  # queued in the transport: wait for it below like any other reply
-        self._unread += len(data)
-        try:
-            if self._unread - len(data) > self.limits.max_unread_bytes:
-                self.drop(f"it left more than {self.limits.max_unread_bytes / MIB:g} MiB unread (daemon.max_unread_mb)")
-                return
-            async with self._lock:
-                if self.closed:
-                    return
-                try:
-                    if not written:
-                        self.writer.write(data)
-                    await asyncio.wait_for(self.writer.drain(), self.limits.write_timeout)
-                except asyncio.TimeoutError:
-                    self.drop(f"it read nothing for {self.limits.write_timeout:g} s (daemon.write_timeout)")
-                except (ConnectionError, RuntimeError):
-                    self.closed = True
-        finally:
-            self._unread -= len(data)
-            if self._unread <= REPLY_BACKLOG:
-                self._room.set()
-
-    def subscribe(self, topics: set[str]) -> set[str]:
-        if self.subscription is None:
-            self.subscription = self.bus.subscribe(topics)
-            self._pump = asyncio.create_task(self._pump_events(self.subscription), name="sai-events")
-        else:
-            self.bus.subscribe(topics)  # validates the names
-            self.subscription.topics |= topics
-        return self.subscription.topics
-
-    async def _pump_events(self, sub: Subscription) -> None:
-        while not self.closed:
-            item = await sub.get()
-            if item is None:
-                self.drop("its event feed fell too far behind")
-                return
-            topic, data = item
-            if topic == "audit":
-                data = entry_view(data, self.peer.uid, self.peer.role >= Role.ADMIN)
-            await self.send(protocol.event(topic, data))
-
-    def drop(self, reason: str) -> None:
-        """Close at once, discarding what it has not read (closing politely would wait for a
-        reader that is not reading)."""
-        if self.closed:
-            return
-        log.warning("closing the connection of %s (pid %s): %s", self.peer.user, self.peer.pid, reason)
-        self.close(abort=True)
-
-    def close(self, abort: bool = False) -> None:
-        self.closed = True
-        self._room.set()
-        if self.subscription is not None:
-            self.bus.unsubscribe(self.subscription)
-        if self._pump is not None and self._pump is not asyncio.current_task():
-            self._pump.cancel()
-        if abort:
-            self.writer.transport.abort()
-        else:
-            self.writer.close()
 
 
 class SocketServer:
@@ -248,17 +138,19 @@ class SocketServer:
     # -- one connection --------------------------------------------------------------------
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if len(self.connections) >= self.limits.max_connections:
-            limit = self.limits.max_connections
-            self._refuse(writer, "connections", RpcError(
-                UNAVAILABLE, f"the daemon already serves {limit} connections, the most it accepts "
-                             "(daemon.max_connections); try again when some have closed",
-                {"reason": "connections", "limit": limit}))
-            return
         try:
             peer = identify(writer.get_extra_info("socket"), self.auth)
         except PeerRefused as exc:
             self._refuse(writer, "no role", RpcError(NOT_PERMITTED, str(exc)))
+            return
+        if not self._room_for(peer):
+            limit = self.limits.max_connections
+            self._refuse(writer, "connections", RpcError(
+                UNAVAILABLE, f"the daemon already serves {len(self.connections)} connections, the most it accepts "
+                             f"(daemon.max_connections {limit}, of which admin_reserve_connections "
+                             f"{self.limits.admin_reserve_connections} for admins) and none has been idle for "
+                             f"{self.limits.idle_timeout:g} s (daemon.idle_timeout); try again when some have closed",
+                {"reason": "connections", "limit": limit}))
             return
         if self._per_uid[peer.uid] >= self.limits.max_connections_per_user:
             limit = self.limits.max_connections_per_user
@@ -283,6 +175,22 @@ class SocketServer:
             if not self._per_uid[peer.uid]:
                 del self._per_uid[peer.uid]
                 self._user_in_flight.pop(peer.uid, None)
+
+    def _room_for(self, peer: Peer) -> bool:
+        """Whether `peer` may have one more connection: under the limit for its role (admins may use
+        the reserve), or once the longest idle connection has been closed to make room."""
+        limit = self.limits.max_connections
+        if peer.role < Role.ADMIN:
+            limit -= self.limits.admin_reserve_connections
+        if len(self.connections) < limit:
+            return True
+        victim = idle_victim(self.connections, peer, self.limits.idle_timeout)
+        if victim is None:
+            return False
+        victim.drop(f"idle for {self.limits.idle_timeout:g} s or more while the daemon was full; closed to make "
+                    f"room for {peer.user} (daemon.idle_timeout)")
+        self.connections.discard(victim)
+        return True
 
     def _refuse(self, writer: asyncio.StreamWriter, why: str, error: RpcError) -> None:
         """One error line, then close. Logged as a count at most every REFUSAL_LOG_INTERVAL
@@ -317,6 +225,7 @@ class SocketServer:
                 return
             if line is None:
                 return  # end of stream, perhaps mid-request: nothing to answer
+            conn.last_active = time.monotonic()
             if not line.strip():
                 continue
             size = len(line)
