@@ -154,7 +154,10 @@ class Trust:
         except cpmod.CheckpointError as exc:
             raise self._refuse(rows, f"the checkpoint anchored in {self.path} is not signed by the log's keys "
                                      f"({exc})") from None
-        frontier = merkle.Frontier(a.size, rows.fetch(merkle.root_plan(a.size)))
+        try:
+            frontier = merkle.Frontier(a.size, rows.fetch(merkle.root_plan(a.size)))
+        except RuntimeError as exc:  # stored tree nodes missing
+            raise self._refuse(rows, f"{exc}") from None
         if frontier.root() != a.root:
             raise self._refuse(rows, f"it does not extend the checkpoint anchored in {self.path}: its tree of "
                                      f"{a.size} entries has another root, so entries before {a.size} were "

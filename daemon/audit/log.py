@@ -116,7 +116,8 @@ class AuditLog:
         if trust is not None and trust.created is not None:
             details = {"anchor": str(trust.path), "reason": trust.created, "size": w.size}
             w.write([(own_actor(), ANCHOR_ACTION, w.origin, check_details(details), utc_now())])
-            w.checkpoint()
+        if trust is not None and (trust.anchor is None or trust.anchor.size < w.size):
+            w.checkpoint(fresh=True)  # over the entries just checked: the anchor covers the whole log
 
     @property
     def size(self) -> int:

@@ -223,9 +223,10 @@ class Writer:
         self._uncommitted = (self.size, root, note)
         return note
 
-    def checkpoint(self) -> str:
-        """A checkpoint of the current size (the stored one if it is current and by this key)."""
-        if self.cp_note and self.cp_size == self.size:
+    def checkpoint(self, fresh: bool = False) -> str:
+        """A checkpoint of the current size (the stored one if it is current and by this key,
+        unless `fresh`)."""
+        if self.cp_note and self.cp_size == self.size and not fresh:
             mine = cpmod.key_hash(self.origin, self.key.public_key().public_bytes_raw())
             if any(h == mine for _, h, _ in cpmod.parse(self.cp_note).signatures):
                 return self.cp_note
