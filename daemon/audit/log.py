@@ -93,7 +93,19 @@ class AuditLog:
         self.on_stall: Callable[[str | None], Any] = lambda message: None
         """Told (message) when appends wait on a lock another process holds, and (None) once they commit."""
         self._committer = asyncio.create_task(self._commit_loop(), name="audit-committer")
+        self._committer.add_done_callback(self._refuse_waiting)
         return self
+
+    @property
+    def committer(self) -> "asyncio.Task[None]":
+        """The task that commits appends; once it has ended the log takes none (AuditClosed)."""
+        return self._committer
+
+    def _refuse_waiting(self, committer: "asyncio.Task[None]") -> None:
+        waiting, self._pending = self._pending, []
+        for _, fut in waiting:
+            if not fut.done():
+                fut.set_exception(AuditClosed("the audit log's committer stopped before writing this entry"))
 
     def _adopt_key(self, key: Ed25519PrivateKey, previous: Ed25519PrivateKey | None, origin: str,
                    trust: Trust | None) -> None:
@@ -157,16 +169,22 @@ class AuditLog:
     async def _commit_loop(self) -> None:
         loop = asyncio.get_running_loop()
         w = self._writer
-        checkpoint_timer: asyncio.TimerHandle | None = None
+        # One timer per idle spell, not a wait_for (a task and a timer) per commit. It is known to
+        # have fired by its callback having run, never by its handle: uvloop answers call_later with
+        # a delay under half a millisecond with a plain Handle that has no when().
+        checkpoint_timer: asyncio.Handle | None = None
+
+        def checkpoint_due() -> None:
+            nonlocal checkpoint_timer
+            checkpoint_timer = None
+            self._wake.set()
+
         while True:
             if not self._pending and not self._closing:
                 if w.size > w.cp_size and checkpoint_timer is None:
-                    # One timer per idle spell, not a wait_for (a task and a timer) per commit.
                     due = max(0.0, w.cp_time + self._every_seconds - time.monotonic())
-                    checkpoint_timer = loop.call_later(due, self._wake.set)
+                    checkpoint_timer = loop.call_later(due, checkpoint_due)
                 await self._wake.wait()
-            if checkpoint_timer is not None and checkpoint_timer.when() <= loop.time():
-                checkpoint_timer = None
             self._wake.clear()
             if self._pending:
                 await let_others_join(self._pending.__len__)
@@ -353,7 +371,8 @@ class AuditLog:
         self._closing = True
         self._wake.set()
         try:
-            await self._committer
+            if not self._committer.done():  # one that died was reported when it did
+                await self._committer
         finally:
             try:
                 await self._in_writer(self._writer.checkpoint)
