@@ -28,6 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = cmds.add_parser("verify", help="check the log: tree, checkpoints and signatures")
     p.add_argument("--deep", action="store_true", help="check every entry's signature and the stored tree too")
     p.add_argument("--against", metavar="CHECKPOINT_FILE", help="a checkpoint saved earlier: prove the log still extends it")
+    p.add_argument("--key", metavar="PEM", help="pin the log's first signing key (PEM) instead of the daemon's anchor")
     add_json_flag(p)
     p.set_defaults(handler=verify, needs_daemon=True)
 
@@ -129,14 +130,36 @@ def _read_checkpoint(path: str | None) -> str | None:
     return None if path is None else Path(path).read_text(encoding="utf-8")
 
 
+def _pinned_key(path: str) -> bytes | str:
+    """The raw Ed25519 public key in PEM file `path`, or why it cannot be used."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    try:
+        key = serialization.load_pem_public_key(Path(path).read_bytes())
+    except (OSError, ValueError) as exc:
+        return f"cannot read public key {path}: {exc}"
+    if not isinstance(key, Ed25519PublicKey):
+        return f"{path} is not an Ed25519 public key"
+    return key.public_bytes_raw()
+
+
 async def verify(args: argparse.Namespace, client: DaemonClient) -> int:
+    import base64
+
     from console.cli import fail, print_json
 
     try:
         against = _read_checkpoint(args.against)
     except OSError as exc:
         return fail(f"cannot read checkpoint {args.against}: {exc.strerror}")
-    result = await client.call("audit.verify", deep=args.deep, against=against)
+    params: dict[str, Any] = {"deep": args.deep, "against": against}
+    if args.key:
+        raw = _pinned_key(args.key)
+        if isinstance(raw, str):
+            return fail(raw)
+        params["first_key"] = base64.b64encode(raw).decode()
+    result = await client.call("audit.verify", **params)
     if args.json:
         print_json(result)
         return 0 if result["ok"] else 2
@@ -212,21 +235,16 @@ async def verify_export(args: argparse.Namespace, client: DaemonClient | None = 
     import asyncio
 
     from console.cli import fail, print_json
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     from daemon.audit.chain import Pin
     from daemon.audit.verify import verify_export as check
 
     pin = None
     if args.key:
-        try:
-            key = serialization.load_pem_public_key(Path(args.key).read_bytes())
-        except (OSError, ValueError) as exc:
-            return fail(f"cannot read public key {args.key}: {exc}")
-        if not isinstance(key, Ed25519PublicKey):
-            return fail(f"{args.key} is not an Ed25519 public key")
-        pin = Pin(key.public_bytes_raw(), f"--key {args.key}")
+        raw = _pinned_key(args.key)
+        if isinstance(raw, str):
+            return fail(raw)
+        pin = Pin(raw, f"--key {args.key}")
     try:
         against = _read_checkpoint(args.against)
     except OSError as exc:

@@ -3,6 +3,8 @@ thin wrappers over daemon.audit.log.AuditLog (`ctx.daemon.audit`)."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -36,19 +38,33 @@ async def tail(ctx: CallContext, limit: int = 50, action: str | None = None, act
 
 
 @method("audit.verify", role=Role.VIEWER)
-async def verify(ctx: CallContext, deep: bool = False, against: str | None = None) -> dict[str, Any]:
+async def verify(ctx: CallContext, deep: bool = False, against: str | None = None,
+                 first_key: str | None = None) -> dict[str, Any]:
     """`{ok, size, first_bad, reason, jobs_checked, unrecorded_jobs}`; `against` is a checkpoint note
-    saved earlier. A job with no `job.submit` entry fails the check (after the log's own checks)."""
+    saved earlier; `first_key` (base64 of a raw Ed25519 public key) pins where the key chain must
+    start instead of the anchor's key. A job with no `job.submit` entry fails the check (after the
+    log's own checks)."""
+    pinned = _raw_public_key(first_key) if first_key is not None else None
     limits = ctx.daemon.call_limits  # rate per user, one verification at a time (daemon.api.limits)
     limits.take(ctx.peer, "audit.verify")
     async with limits.verify_slot(ctx.peer):
         job_ids = await ctx.daemon.store.job_ids()  # first: a job's submit entry commits before the job
-        result = await ctx.daemon.audit.verify(deep=deep, against=against)
+        result = await ctx.daemon.audit.verify(deep=deep, against=against, first_key=pinned)
         missing = await ctx.daemon.audit.unrecorded_jobs(job_ids)
         result.update(jobs_checked=len(job_ids), unrecorded_jobs=missing[:100])
         if missing and result["ok"]:
             result.update(ok=False, reason=unrecorded_jobs_reason(missing))
         return result
+
+
+def _raw_public_key(text: str) -> bytes:
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 32:
+        raise invalid_params("first_key", "must be the base64 of a raw 32-byte Ed25519 public key")
+    return raw
 
 
 @method("audit.checkpoint", role=Role.VIEWER)

@@ -13,6 +13,7 @@ export open their own read-only connection in a worker thread, so none of them b
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from daemon.audit import checkpoint as cpmod
 from daemon.audit import merkle
 from daemon.audit.anchor import ANCHOR_ACTION, LogRows, Trust
+from daemon.audit.chain import Pin
 from daemon.audit.entry import check_action, check_actor, check_details, check_subject, key_id, utc_now
 from daemon.audit.writer import (SCHEMA, AuditClosed, AuditKeyMismatch, Record, Writer, connect_writer,
                                  entry_dict, own_actor)
@@ -341,11 +343,15 @@ class AuditLog:
                 "second_root": merkle.fold([nodes[k] for k in p2]).hex()}
 
     async def verify(self, deep: bool = False, against: str | None = None,
-                     workers: int | None = None) -> dict[str, Any]:
-        """Check the log (see daemon.audit.verify); runs in a worker thread on a snapshot."""
+                     workers: int | None = None, first_key: bytes | None = None) -> dict[str, Any]:
+        """Check the log (see daemon.audit.verify); runs in a worker thread on a snapshot. The
+        chain must start at `first_key` if given, else at the anchor's key."""
         from daemon.audit.verify import verify_db
 
         pin = self.trust.pin() if self.trust is not None else None  # before the snapshot: never beyond it
+        if first_key is not None:
+            given = "the key given to verify"
+            pin = dataclasses.replace(pin, first_key=first_key, source=given) if pin else Pin(first_key, given)
         return await asyncio.to_thread(verify_db, self.path, deep, against, pin, workers)
 
     async def unrecorded_jobs(self, job_ids: Collection[str]) -> list[str]:

@@ -40,6 +40,7 @@ class Served:
 
     async def _main(self, db: Path, key: Ed25519PrivateKey) -> None:
         from daemon import api, config
+        from daemon.api.limits import CallLimits
         from daemon.events import EventBus
         from daemon.queue.store import JobStore
         from daemon.server import SocketServer
@@ -51,7 +52,9 @@ class Served:
             bus = EventBus()
             self.log.subscribe(lambda entry: bus.publish("audit", entry))
             auth = config.load(environ={}, system_file=None).auth
-            server = SocketServer(self.socket, SimpleNamespace(audit=self.log, store=self.store), auth, bus)
+            limits = CallLimits.from_config(config.load(environ={}, system_file=None).daemon)
+            daemon = SimpleNamespace(audit=self.log, store=self.store, call_limits=limits)
+            server = SocketServer(self.socket, daemon, auth, bus)
             server.claim()
             await server.start()
             self._stop = asyncio.Event()

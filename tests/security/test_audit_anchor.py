@@ -110,7 +110,8 @@ async def test_a_log_rewritten_with_a_fresh_key_is_refused_everywhere(make_daemo
         result = await client.call("audit.verify", deep=deep)
         assert not result["ok"] and result["first_bad"] == 0, result
         assert f"must start at key {first_kid}" in result["reason"] and ANCHOR in result["reason"]
-    for flags in ((), ("--deep",)):
+    pem = str(daemon.state_dir / "keys" / "signing.pub.pem")
+    for flags in ((), ("--deep",), ("--key", pem)):
         cli = run_sai("audit", "verify", *flags, socket_path=daemon.socket)
         assert cli.returncode == 2 and "first bad entry: 0" in cli.stderr, cli.stderr
 
@@ -211,6 +212,11 @@ async def test_an_old_state_dir_is_anchored_on_first_start_but_not_a_forged_one(
     status = await client.call("daemon.status")
     assert status["audit"]["anchor"]["first_key_id"] == pinned
     assert (await client.call("audit.verify", deep=True))["ok"]
+    first_pem = keys / f"signing-ed25519-{pinned}.pub.pem"
+    assert run_sai("audit", "verify", "--key", str(first_pem), socket_path=again.socket).returncode == 0
+    cli = run_sai("audit", "verify", "--key", str(keys / "signing.pub.pem"), socket_path=again.socket)
+    assert cli.returncode == 2 and "first bad entry: 0" in cli.stderr and f"must start at key {pinned}" not in cli.stderr
+    assert "pinned by the key given to verify" in cli.stderr
     assert again.terminate() == 0
 
     (keys / "audit-anchor.json").unlink()
