@@ -116,10 +116,10 @@ class Trust:
     def checkpointed(self, size: int, root: bytes, note: str) -> None:
         """A checkpoint has committed (on the log's writer thread): the anchor moves up to it."""
         a = self.anchor
-        if (a is None and self._first_key is None) or (a is not None and size <= a.size):
+        first = a.first_key if a is not None else self._first_key
+        if first is None or (a is not None and size <= a.size):
             return
-        origin = a.origin if a else cpmod.parse(note).origin
-        new = Anchor(origin, a.first_key if a else self._first_key, size, root, note)  # type: ignore[arg-type]
+        new = Anchor(a.origin if a is not None else cpmod.parse(note).origin, first, size, root, note)
         try:
             atomic_write(self.path, new.to_json(), 0o600)
         except OSError as exc:

@@ -116,3 +116,16 @@ async def test_a_log_whose_first_key_the_key_store_lacks_is_not_anchored(tmp_pat
     await (await AuditLog.open(path, signing_key, ORIGIN, trust=trust(tmp_path, signing_key))).close()
     with sqlite3.connect(str(path)) as conn:  # anchored once: the next start finds the anchor
         assert conn.execute("SELECT count(*) FROM audit_entries WHERE entry LIKE '%audit.anchor%'").fetchone()[0] == 1
+
+
+async def test_an_anchor_that_cannot_be_written_is_reported_and_the_log_goes_on(
+        tmp_path: Path, signing_key: Ed25519PrivateKey) -> None:
+    raw = signing_key.public_key().public_bytes_raw()
+    gone = Trust(tmp_path / "no-such-dir" / FILE_NAME, lambda: {key_id(raw): raw})
+    log = await build(tmp_path / "audit.db", signing_key, 3, every=2, trust=gone)
+    status = gone.status()
+    assert status["size"] is None and f"cannot write {tmp_path / 'no-such-dir' / FILE_NAME}" in status["error"]
+    (tmp_path / "no-such-dir").mkdir()
+    await log.append(*record(3))  # the next checkpoint (every 2 entries) writes it
+    await log.close()
+    assert gone.status()["error"] is None and gone.status()["size"] == log.size
