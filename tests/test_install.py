@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-import re
 from importlib import metadata
 from pathlib import Path
 
 import pytest
-from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-ROOT = Path(__file__).resolve().parents[1]
-PIN = re.compile(r"^([A-Za-z0-9_.-]+)==(\S+)", re.MULTILINE)
-
-
-def pins(lock: Path) -> dict[str, str]:
-    return {canonicalize_name(name): version for name, version in PIN.findall(lock.read_text())}
+from daemon.lockfile import CHECKOUT as ROOT
+from daemon.lockfile import installed_lock_name, pins
 
 
 def installed_lock() -> Path:
     """The lock `make` chose: the CPU build of torch comes from requirements.lock, the CUDA build from the other."""
-    torch = Version(metadata.version("torch"))
-    return ROOT / ("requirements.lock" if torch.local == "cpu" else "requirements-cuda.lock")
+    return ROOT / installed_lock_name()
 
 
 def test_every_locked_package_is_installed_at_its_pinned_version() -> None:
