@@ -13,6 +13,7 @@ from typing import Any
 from daemon.config import Config
 from daemon.protocol import RATE_LIMITED, REFUSED_BY_POLICY, RpcError, invalid_params
 from daemon.queue.jobs import PRIORITIES
+from daemon.queue.textfold import TermMatcher
 
 SEED_MAX = 2**32 - 1
 
@@ -50,26 +51,26 @@ def clean_prompt(text: str, field_name: str, max_chars: int, warnings: list[str]
 
 
 class PromptPolicy:
-    """Blocked terms and patterns refuse a prompt; flagged terms raise its risk score."""
+    """Blocked terms and patterns refuse a prompt; flagged terms raise its risk score. Terms are
+    matched as whole tokens through look-alikes and invisible characters (daemon.queue.textfold)."""
 
     def __init__(self, blocked_terms: list[str], blocked_patterns: list[str], flagged_terms: list[str],
                  flag_weight: float) -> None:
-        self.blocked = [(f"term {t!r}", self._word(t)) for t in blocked_terms]
-        self.blocked += [(f"pattern {p!r}", re.compile(p, re.IGNORECASE)) for p in blocked_patterns]
-        self.flagged = [(t, self._word(t)) for t in flagged_terms]
+        self.blocked_terms = TermMatcher(blocked_terms)
+        self.blocked_patterns = [(f"pattern {p!r}", re.compile(p, re.IGNORECASE)) for p in blocked_patterns]
+        self.flagged = TermMatcher(flagged_terms)
         self.flag_weight = flag_weight
 
-    @staticmethod
-    def _word(term: str) -> re.Pattern[str]:
-        return re.compile(rf"(?<!\w){re.escape(unicodedata.normalize('NFKC', term).casefold())}(?!\w)")
-
     def check(self, field_name: str, text: str) -> tuple[float, list[str]]:
-        folded = unicodedata.normalize("NFKC", text).casefold()
-        for rule, regex in self.blocked:
-            if regex.search(folded) or regex.search(text):
-                raise RpcError(REFUSED_BY_POLICY, f"refused by policy: {field_name} matches blocked {rule}",
-                               {"field": field_name, "rule": rule})
-        hits = [term for term, regex in self.flagged if regex.search(folded)]
+        rules = [f"term {t!r}" for t in self.blocked_terms.find(text)[:1]]
+        if not rules and self.blocked_patterns:
+            folded = unicodedata.normalize("NFKC", text).casefold()
+            rules = [rule for rule, pattern in self.blocked_patterns
+                     if pattern.search(folded) or pattern.search(text)][:1]
+        if rules:
+            raise RpcError(REFUSED_BY_POLICY, f"refused by policy: {field_name} matches blocked {rules[0]}",
+                           {"field": field_name, "rule": rules[0]})
+        hits = self.flagged.find(text)
         return self.flag_weight * len(hits), [f"{field_name}: flagged term {t!r}" for t in hits]
 
 
