@@ -35,6 +35,7 @@ async def build(path: Path, key: Ed25519PrivateKey, count: int, every: int = 10,
 def writable(path: Path) -> sqlite3.Connection:
     """A plain connection for tampering (the expression indexes go first, as an attacker's would)."""
     conn = sqlite3.connect(str(path), isolation_level=None)
-    conn.execute("DROP INDEX IF EXISTS audit_entries_action")
-    conn.execute("DROP INDEX IF EXISTS audit_entries_user")
+    indexes = conn.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'audit_entries_%'")
+    for (name,) in indexes.fetchall():
+        conn.execute(f"DROP INDEX {name}")
     return conn
