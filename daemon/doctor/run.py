@@ -1,0 +1,101 @@
+"""Every `sai doctor` check, in the order the table lists them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from daemon import config, paths
+from daemon.doctor import Check, fail, host, ok, warn
+from daemon.worker import launch
+
+PROBE = "daemon.doctor.probe"
+PROBE_TIMEOUT = 300.0
+
+
+def _load_config(config_file: str | None) -> tuple[config.Config, Check]:
+    defaults = config.Config(tomllib.loads(config.DEFAULT_FILE.read_text()), (str(config.DEFAULT_FILE),))
+    try:
+        cfg = config.load(config_file)
+    except config.ConfigError as exc:
+        return defaults, fail("config", f"{exc} (the checks below use the shipped defaults)",
+                              f"correct {exc.key} in {exc.source}: {exc.reason}")
+    except OSError as exc:
+        return defaults, fail("config", f"cannot look at {exc.filename}: {exc.strerror} (the checks below use the "
+                                        "shipped defaults)", "run sai doctor as the daemon's user, or as root with --user")
+    return cfg, ok("config", "valid: " + ", ".join(cfg.sources))
+
+
+def _probe(state_dir: Path, models: list[dict[str, str]]) -> dict[str, Any]:
+    """Run daemon.doctor.probe the way the worker is run: isolated, from /, with the worker's environment."""
+    spec = {"sys_path": launch.import_path(sys.path), "state_dir": str(state_dir.absolute()), "models": models}
+    try:
+        done = subprocess.run([sys.executable, "-I", "-W", "ignore", "-m", PROBE, json.dumps(spec)],
+                              capture_output=True, text=True, timeout=PROBE_TIMEOUT, cwd=launch.WORKDIR,
+                              env=launch.child_environment(os.environ), stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return {"error": f"the probe ({sys.executable} -m {PROBE}) did not finish within {PROBE_TIMEOUT:g} s"}
+    except OSError as exc:
+        return {"error": f"cannot start {sys.executable}: {exc.strerror}"}
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": f"the probe ({sys.executable} -m {PROBE}) exited with {done.returncode}: {tail}"}
+    try:
+        return dict(json.loads(lines[-1]))
+    except ValueError:
+        return {"error": f"the probe ({sys.executable} -m {PROBE}) printed no result: {lines[-1][:200]}"}
+
+
+def torch_build(facts: dict[str, Any], device: str, gpus_present: bool) -> Check:
+    """The build the worker will import, and the devices it will see, against `model.device`."""
+    if "error" in facts:
+        return fail("torch", f"torch does not import in a worker-like interpreter: {facts['error']}",
+                    "reinstall from the lock (see the packages check)")
+    cuda = facts["cuda"]
+    build = f"torch {facts['version']}, " + (f"CUDA {cuda} build" if cuda else "CPU build")
+    visible = f"; CUDA_VISIBLE_DEVICES={facts['visible']}" if facts["visible"] is not None else ""
+    if facts["cuda_available"]:
+        names = ", ".join(f"cuda:{i} {n}" for i, n in enumerate(facts["devices"]))
+        return ok("torch", f"{build}: {len(facts['devices'])} device(s) visible: {names}{visible}")
+    unseen = "check `nvidia-smi`, CUDA_VISIBLE_DEVICES and the unit's DeviceAllow= lines"
+    cpu_build = "install the CUDA bundle (requirements-cuda.lock)"
+    if device == "cuda":
+        why = "a CPU build cannot use a GPU" if not cuda else f"no CUDA device is visible{visible}"
+        return fail("torch", f"{build}: model.device = \"cuda\" but {why}",
+                    f"{unseen if cuda else cpu_build}, or set model.device = \"auto\" to run on the CPU")
+    if gpus_present and not cuda:
+        return warn("torch", f"{build}: NVML sees GPUs, but the worker will run on the CPU", f"{cpu_build} on a GPU server")
+    if cuda:
+        return warn("torch", f"{build}: no CUDA device is visible{visible}; the worker will run on the CPU", unseen)
+    return ok("torch", f"{build}: the worker runs on the CPU (model.device = \"{device}\")")
+
+
+def configured_models(cfg: config.Config) -> list[dict[str, str]]:
+    return [{"name": cfg.model.name, "path": cfg.model.path, "config_dir": cfg.model.config_dir}]
+
+
+def run_checks(config_file: str | None, state_dir: str | None, lock: str | None, uid: int) -> list[Check]:
+    cfg, config_check = _load_config(config_file)
+    state = paths.state_dir(state_dir, cfg.daemon.state_dir).absolute()
+    source = config_file or "the config file"
+    checks = [host.python_version(), host.packages(Path(lock) if lock else None), config_check]
+    models = configured_models(cfg)
+    facts = _probe(state, models)
+    gpu, gpus = host.nvml(cfg.model.device == "cuda")
+    checks.append(torch_build(facts.get("torch", facts), cfg.model.device, gpus > 0))
+    checks.append(gpu)
+    checks += host.disk({"state dir": state, "outputs": state / "outputs"}, cfg.alerts)
+    checks += [host.state_ownership(state, uid), host.key_modes(state / "keys", uid),
+               host.socket_group(cfg.daemon.socket_group, uid, source), host.clock(state / "audit.db")]
+    if "error" in facts:
+        checks += [fail(f"model {m['name']}", facts["error"], "reinstall from the lock (see the packages check)")
+                   for m in models]
+    else:
+        checks += [Check(**c) for c in facts["models"]]
+    return checks
