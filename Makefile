@@ -47,8 +47,8 @@ test-latest: setup
 	$(UV_COMPILE) --upgrade -c $(LATEST)/constraints.txt --find-links $(TORCH_CPU_WHEELS) \
 	  --no-header --quiet -o $(LATEST)/latest.lock
 	@echo "drift against requirements.lock (locked -> latest):"
-	@$(PY) -c 'import re, sys; pins = lambda f: dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", open(f).read(), re.M)); \
-	  old, new = pins("requirements.lock"), pins(sys.argv[1]); \
+	@$(PY) -c 'import sys; from pathlib import Path; from daemon.lockfile import pins; \
+	  old, new = pins(Path("requirements.lock")), pins(Path(sys.argv[1])); \
 	  [print("  %s: %s -> %s" % (n, old.get(n, "-"), new.get(n, "-"))) for n in sorted(old.keys() | new.keys()) if old.get(n) != new.get(n)]' \
 	  $(LATEST)/latest.lock
 	$(MAKE) test VENV=$(LATEST) LOCK=$(LATEST)/latest.lock
