@@ -11,7 +11,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from daemon.client import DaemonClient
 
@@ -56,12 +56,16 @@ class DaemonProcess:
         config_file.write_text(to_toml(config))
         return cls(root / "d.sock", state, config_file, root / "daemon.log")
 
-    def start(self, wait: bool = True, timeout: float = 60.0, env: dict[str, str] | None = None) -> "DaemonProcess":
+    def start(self, wait: bool = True, timeout: float = 60.0, env: dict[str, str] | None = None, *,
+              program: Sequence[str] = (), cwd: Path = ROOT) -> "DaemonProcess":
+        """`sai daemon` with `env` added to this process's environment; `program` is the command that
+        runs `sai` (default: this interpreter with `-m console.cli`; or the installed script, or one
+        behind `setpriv`), started in `cwd`."""
         self._log = self.log_file.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "console.cli", "daemon", "--socket", str(self.socket),
+            [*(program or (sys.executable, "-m", "console.cli")), "daemon", "--socket", str(self.socket),
              "--state-dir", str(self.state_dir), "--config", str(self.config_file)],
-            stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT,
+            stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd,
             env={**os.environ, "SAI_SOCKET": str(self.socket), "XDG_CONFIG_HOME": str(self.socket.parent), **(env or {})})
         if wait:
             self.wait_answering(timeout)
