@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from daemon.background import TaskFailure
 from daemon.queue.admission import TokenCounter
 from daemon.queue.jobs import FAILED, SUCCEEDED, Job
 
@@ -71,6 +72,21 @@ class Reactions:
             self._spawn(alerts.raise_alert(key, "critical", message))
         else:
             self._spawn(alerts.clear(key, reason="writes succeed again"))
+
+    def task_failed(self, failure: TaskFailure) -> None:
+        """A critical alert naming the background task that died and what stopped with it."""
+        monitor = getattr(self.daemon, "monitor", None)
+        if monitor is None:  # died during start-up, which then fails with the log saying why
+            return
+        key = "task." + failure.name.replace(" ", "_")
+        self._spawn(self._raise_even_unaudited(monitor.alerts.raise_alert(key, "critical", failure.message(),
+                                                                          failure.view())))
+
+    async def _raise_even_unaudited(self, raising: Any) -> None:
+        try:
+            await raising
+        except Exception as exc:  # stored and published first; the audit log may be what died
+            log.error("alert raised but not audited: %s", exc)
 
     def job_finished(self, job: Job) -> None:
         if job.state in (SUCCEEDED, FAILED):

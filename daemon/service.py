@@ -13,12 +13,13 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from daemon import __version__, paths
 from daemon.api import load_all
 from daemon.api.limits import CallLimits
 from daemon.auth import Peer, in_process_peer
+from daemon.background import BackgroundTasks, TaskFailure, shutdown_step
 from daemon.config import Config, ConfigError
 from daemon.crypto import OutputError
 from daemon.crypto.envelope import PromptSealer
@@ -40,15 +41,23 @@ from daemon.queue.manager import QueueManager
 from daemon.queue.store import JobStore
 from daemon.reactions import Reactions
 from daemon.server import AlreadyRunning, SocketServer
+from daemon.systemd import Notifier
 from daemon.worker.supervisor import WorkerSupervisor
 
 log = logging.getLogger("sai.daemon")
+
+EXIT_TASK_FAILED = 70
+"""`sai daemon` exit status when a background task it cannot do without died (sysexits' EX_SOFTWARE);
+systemd's Restart=on-failure starts it again."""
+EXIT_UNCLEAN_STOP = 1
+"""Exit status when a shutdown step failed or hung (the rest ran; the log names the step)."""
+CLOSE_TIMEOUT = 30.0
+"""Seconds each shutdown step but the drain may take before the next one runs anyway."""
 
 
 class Daemon:
     def __init__(self, config: Config, socket_path: Path | None = None, state_dir: Path | None = None,
                  embedded: bool = False) -> None:
-from daemon.systemd import Notifier
         self.config = config
         self.socket_path = socket_path or paths.socket_path(None, config.daemon.socket)
         self.state_dir = (state_dir or paths.state_dir(None, config.daemon.state_dir)).absolute()
@@ -61,7 +70,6 @@ from daemon.systemd import Notifier
         self._stop = asyncio.Event()
         self._state_lock: int | None = None
         self._umask: int | None = None
-        self._tasks: list[asyncio.Task[Any]] = []
         self.keystore: KeyStore
         self.keys_created = False
         self.output_settings: OutputSettings
@@ -75,6 +83,8 @@ from daemon.systemd import Notifier
         self.monitor: Monitor
         self.audit: AuditLog
         self.reactions = Reactions(self)
+        self.background = BackgroundTasks(self._background_task_failed)
+        self.exit_code = 0
         self.own_peer = in_process_peer()
         self.call_limits = CallLimits.from_config(config.daemon)
 
@@ -161,6 +171,8 @@ from daemon.systemd import Notifier
                                          commit_max_batch=cfg.commit_max_batch,
                                          commit_max_delay_ms=cfg.commit_max_delay_ms,
                                          previous_key=self.keystore.previous_signing_key)
+        self.background.watch(self.audit.committer, "audit committer",
+                              "audited actions (submit, cancel, pause) and job finishes", essential=True)
         if self.keystore.previous_signing_key is not None:  # the log now announces the current key
             await self.run_blocking(self.keystore.retire_previous_signing_key)
         self.audit.subscribe(lambda entry: self.bus.publish("audit", entry) if self.bus.wants("audit") else None)
@@ -176,6 +188,8 @@ from daemon.systemd import Notifier
         await self._open_keys_and_outputs()
         await self._open_audit()
         self.store = await JobStore.open(self.state_dir / "jobs.sqlite3", PromptSealer(self.keystore))
+        self.background.watch(self.store.writer, "job store committer",
+                              "saving jobs (submits, state changes, finishes)", essential=True)
         self.job_history = await JobHistory.open(self.state_dir / "jobs.sqlite3")
         self.key_maintenance = KeyMaintenance(self.keystore, self.store, self.outputs_dir, self.run_blocking)
         await self.key_maintenance.resume_prompts()
@@ -205,15 +219,20 @@ from daemon.systemd import Notifier
                                           worker_memory=lambda: self.worker.info.get("memory"),
                                           queue_wait=self.queue.oldest_wait, audit=self.audit_action)
         self.monitor.start()
+        if self.monitor.sampling is not None:
+            self.background.watch(self.monitor.sampling, "monitor", "sampling, metrics and the alert rules",
+                                  essential=False)
         await self._check_jobs_recorded()
         self.store.on_stall = functools.partial(self.reactions.storage_blocked, "jobs_db.locked")
         self.audit.on_stall = functools.partial(self.reactions.storage_blocked, "audit_db.locked")
         self.dispatcher.on_outputs_blocked = functools.partial(self.reactions.storage_blocked, "outputs.no_space")
         await self.server.start()
-        self._tasks.append(asyncio.create_task(self.dispatcher.run(), name="sai-dispatch"))
-        self._tasks.append(asyncio.create_task(self.key_maintenance.resume_outputs(), name="sai-rewrap"))
+        self.background.start(self.dispatcher.run(), "dispatcher", "starting queued jobs", essential=True)
+        self.background.start(self.key_maintenance.resume_outputs(), "output rewrap",
+                              "re-wrapping outputs after a key rotation", essential=False, lasts=False)
         if cfg.model.preload:
-            self._tasks.append(asyncio.create_task(self.dispatcher.warm_up(), name="sai-warm-up"))
+            self.background.start(self.dispatcher.warm_up(), "model preload", "loading the model at start-up",
+                                  essential=False, lasts=False)
         log.info("daemon %s started (pid %d, state %s, queue %s)", __version__, os.getpid(), self.state_dir,
                  "paused" if self.queue.paused else "running")
 
@@ -246,23 +265,41 @@ from daemon.systemd import Notifier
     def request_stop(self) -> None:
         self._stop.set()
 
+    def _background_task_failed(self, failure: TaskFailure) -> None:
+        self.reactions.task_failed(failure)
+        if failure.essential:
+            self.exit_code = EXIT_TASK_FAILED
+            self.request_stop()
+
     async def shutdown(self) -> None:
+        """Drain and close every part in order. A step that fails or hangs (the audit log or the job
+        store whose committer died, say) is logged and the later steps still run, so the state lock
+        is released and the process exits, with EXIT_UNCLEAN_STOP unless a worse status is set."""
         log.info("shutting down: no new connections, draining the running batch")
-        await self.server.stop_accepting()
-        await self.dispatcher.shutdown(self.config.daemon.shutdown_grace)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.reactions.drain()
-        await self.monitor.close()
-        await self.server.close()
-        await self.job_history.close()
-        await self.store.close()
-        await self.audit_action(None, "daemon.stop", self.installation, {"uptime": round(time.time() - self.started_at, 3)})
-        await self.audit.close()
+        self.background.stopping()
+        grace = self.config.daemon.shutdown_grace
+        uptime = round(time.time() - self.started_at, 3)
+        steps: list[tuple[str, Callable[[], Awaitable[Any]], float]] = [
+            ("closing the socket to new connections", self.server.stop_accepting, CLOSE_TIMEOUT),
+            ("draining the running batch", lambda: self.dispatcher.shutdown(grace), grace + CLOSE_TIMEOUT),
+            ("stopping background tasks", self.background.cancel_started, CLOSE_TIMEOUT),
+            ("finishing alerts and audit entries in flight", self.reactions.drain, CLOSE_TIMEOUT),
+            ("closing the monitor", self.monitor.close, CLOSE_TIMEOUT),
+            ("closing client connections", self.server.close, CLOSE_TIMEOUT),
+            ("closing the job history", self.job_history.close, CLOSE_TIMEOUT),
+            ("closing the job store", self.store.close, CLOSE_TIMEOUT),
+            ("recording daemon.stop", lambda: self.audit_action(None, "daemon.stop", self.installation,
+                                                                {"uptime": uptime}), CLOSE_TIMEOUT),
+            ("closing the audit log", self.audit.close, CLOSE_TIMEOUT),
+        ]
+        clean = True
+        for what, action, timeout in steps:
+            clean = await shutdown_step(what, action, timeout) and clean
         self.executor.shutdown(wait=True)
         self._release_state()
-        log.info("daemon stopped")
+        if not clean and self.exit_code == 0:
+            self.exit_code = EXIT_UNCLEAN_STOP
+        log.info("daemon stopped" if clean else "daemon stopped; some shutdown steps failed (see above)")
 
     def _release_state(self) -> None:
         if self._state_lock is not None:
@@ -287,6 +324,19 @@ from daemon.systemd import Notifier
 
     # -- what status reports -----------------------------------------------------------------
 
+    def health_problem(self) -> str | None:
+        """Why the daemon cannot keep its promises right now (systemd's watchdog goes unfed), or None."""
+        if self.background.fatal is not None:
+            return self.background.fatal.message()
+        worker = self.config.worker
+        return self.worker.heartbeat_problem(silence=5 * worker.heartbeat_seconds, stall=worker.stall_seconds)
+
+    def describe(self) -> str:
+        """One line for systemd's STATUS=: queue and worker state."""
+        queue = self.queue.status()
+        return (f"queue {'paused' if queue['paused'] else 'running'}: {queue['queued']} queued, "
+                f"{queue['running']} running; worker {self.worker.state}")
+
     def status(self, peer: Peer) -> dict[str, Any]:
         return {
             "version": __version__,
@@ -303,6 +353,10 @@ from daemon.systemd import Notifier
             "model": {"name": self.config.model.name, "path": self.config.model.path},
             "audit": {"size": self.audit.size, "anchor": self.audit.trust.status() if self.audit.trust else None},
             "you": {"user": peer.user, "uid": peer.uid, "role": peer.role.label},
+            "tasks": {"failed": [failure.view() for failure in self.background.failures]},
+            "alerts": {"critical": [{"id": a["id"], "key": a["key"], "message": a["message"]}
+                                    for a in self.monitor.alerts.open_alerts.values()
+                                    if a["severity"] == "critical" and a["state"] == "active"]},
         }
 
 
@@ -316,27 +370,19 @@ async def run(config: Config, socket_path: Path | None, state_dir: Path | None) 
         await daemon.startup()
     except (AlreadyRunning, ConfigError, OutputError, AuditTrustError, AuditKeyMismatch) as exc:
         log.error("not starting: %s", exc)
-    def health_problem(self) -> str | None:
-        """Why the daemon cannot keep its promises right now (systemd's watchdog goes unfed), or None."""
-        worker = self.config.worker
-        return self.worker.heartbeat_problem(silence=5 * worker.heartbeat_seconds, stall=worker.stall_seconds)
-
-    def describe(self) -> str:
-        """One line for systemd's STATUS=: queue and worker state."""
-        queue = self.queue.status()
-        return (f"queue {'paused' if queue['paused'] else 'running'}: {queue['queued']} queued, "
-                f"{queue['running']} running; worker {self.worker.state}")
-
         return 2
     daemon.install_signal_handlers()
-    try:
-        await daemon.serve()
-    finally:
-        await daemon.shutdown()
-    return 0
     notifier = Notifier.from_environment()
     notifier.ready(f"serving on {daemon.socket_path}; {daemon.describe()}")
     keep_alive = asyncio.create_task(notifier.keep_alive(daemon.describe, daemon.health_problem), name="sai-systemd")
+    daemon.background.watch(keep_alive, "systemd notifier", "STATUS= lines and watchdog pings to systemd",
+                            essential=False)
+    try:
+        await daemon.serve()
+    finally:
+        daemon.background.stopping()
         keep_alive.cancel()
         notifier.stopping(f"draining: up to {daemon.config.daemon.shutdown_grace:.0f} s for the running batch")
+        await daemon.shutdown()
         notifier.close()
+    return daemon.exit_code

@@ -66,6 +66,9 @@ async def show_status(args: argparse.Namespace, client: DaemonClient) -> int:
         ("worker", f"{worker['state']} pid {worker.get('pid') or '-'} restarts {worker['restarts']}"
                    + (f" last error: {worker['last_error']}" if worker.get("last_error") else "")),
         *([("HALTED", f"{worker['halted']} (sai worker restart)")] if worker.get("halted") else []),
+        *[("FAILED", task["message"]) for task in status.get("tasks", {}).get("failed", [])],
+        *[("ALERT", f"{alert['message']} (sai ack {alert['id']})")
+          for alert in status.get("alerts", {}).get("critical", [])],
         ("queue", f"{'PAUSED' if queue['paused'] else 'running'}: {queue['queued']} queued, {queue['running']} running"),
         ("you", f"{status['you']['user']} ({status['you']['role']})"),
     ]

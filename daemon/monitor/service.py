@@ -143,6 +143,11 @@ class Monitor:
         if self.settings.enabled and self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="sai-monitor")
 
+    @property
+    def sampling(self) -> "asyncio.Task[None] | None":
+        """The task that samples and runs the alert rules (None before `start()` or when disabled)."""
+        return self._task
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         next_at = loop.time()

@@ -63,6 +63,10 @@ def _json_list(items: list[Any]) -> str:
     return json.dumps(items) if items else "[]"
 
 
+class JobStoreClosed(RuntimeError):
+    """The job store's committer has ended: no write can become durable."""
+
+
 class TextSealer(Protocol):
     """How prompts are stored. The daemon passes `daemon.crypto.envelope.PromptSealer` (SAIE blobs
     bound to the job id); `PlainText` is for tests of the queue alone."""
@@ -118,7 +122,20 @@ class JobStore:
         self._pending: asyncio.Queue[tuple[str, tuple[Any, ...], asyncio.Future[None]]] = asyncio.Queue()
         self._max_group = max_group
         self._writer = asyncio.create_task(self._write_loop(), name="sai-jobstore-writer")
+        self._writer.add_done_callback(self._refuse_waiting)
         self.commits = 0
+
+    @property
+    def writer(self) -> "asyncio.Task[None]":
+        """The task that commits writes; once it has ended every write fails with JobStoreClosed."""
+        return self._writer
+
+    def _refuse_waiting(self, writer: "asyncio.Task[None]") -> None:
+        while not self._pending.empty():
+            _, _, fut = self._pending.get_nowait()
+            self._pending.task_done()
+            if not fut.done():
+                fut.set_exception(JobStoreClosed("the job store's committer stopped before writing this"))
 
     @classmethod
     async def open(cls, path: Path, sealer: TextSealer | None = None) -> "JobStore":
@@ -133,7 +150,8 @@ class JobStore:
         return cls(db, sealer or PlainText(), path=path)
 
     async def close(self) -> None:
-        await self._pending.join()
+        if not self._writer.done():
+            await self._pending.join()
         self._writer.cancel()
         await self._db.close()
 
@@ -151,10 +169,10 @@ class JobStore:
                         fut.set_result(None)
             except Exception as exc:
                 log.error("job store commit failed: %s", exc)
-                await self._db.rollback()
-                for _, _, fut in group:
+                for _, _, fut in group:  # told first: a rollback that fails too ends this task
                     if not fut.done():
                         fut.set_exception(exc)
+                await self._db.rollback()
             finally:
                 for _ in group:
                     self._pending.task_done()
@@ -171,6 +189,8 @@ class JobStore:
                                  f"{len(group)} write(s) wait", self.on_stall, undo=self._db.rollback)
 
     async def _write(self, sql: str, args: tuple[Any, ...]) -> None:
+        if self._writer.done():
+            raise JobStoreClosed("the job store's committer has stopped; nothing can be saved until the daemon restarts")
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.put_nowait((sql, args, fut))
         await fut
