@@ -12,6 +12,7 @@ LOCK ?= $(if $(shell nvidia-smi -L 2>/dev/null),requirements-cuda.lock,requireme
 TORCH_CPU_WHEELS ?= /opt/wheels
 UV_COMPILE = $(VENV)/bin/uv pip compile pyproject.toml --extra test --extra dev --generate-hashes \
 	--python-version 3.11 --python-platform x86_64-manylinux_2_28 --custom-compile-command "make lock" \
+	--override overrides.txt \
 	$(if $(UPGRADE),--upgrade)
 
 .PHONY: run test setup system-deps bench lint soak lock test-latest bundle
@@ -28,9 +29,9 @@ setup: $(STAMP)
 # replaced by another build, and a release made tomorrow changes nothing. Then the project itself.
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	if $(PY) -c 'import packaging' 2>/dev/null; then $(PY) -m daemon.lockfile --unlocked $(LOCK) | xargs -r $(PIP) uninstall -q -y; fi
 	$(PIP) install -q --require-hashes --no-deps -r $(LOCK)
 	$(PIP) install -q --no-deps --no-build-isolation -e .
-	$(PIP) check
 	touch $(STAMP)
 
 # Regenerate both locks from pyproject.toml's ranges and constraints.txt's holds, keeping today's

@@ -48,3 +48,17 @@ def lock_candidates() -> list[Path]:
         return [*bundle, CHECKOUT / installed_lock_name()]
     except metadata.PackageNotFoundError:  # no torch: its build cannot choose, both locks pin it
         return [*bundle, CHECKOUT / CPU_LOCK]
+
+
+def unlocked(lock: Path) -> list[str]:
+    """Installed distributions that `lock` does not pin (left by an older lock): `make setup` removes
+    them before installing, so a venv holds exactly the lock (and two OpenCV builds never meet)."""
+    locked = pins(lock).keys() | {canonicalize_name("secure-ai-studio")}
+    names = {canonicalize_name(dist.metadata["Name"]) for dist in metadata.distributions()}
+    return sorted(names - locked)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["--unlocked"] or len(sys.argv) != 3:
+        sys.exit("usage: python -m daemon.lockfile --unlocked LOCK")
+    print("\n".join(unlocked(Path(sys.argv[2]))))
