@@ -9,6 +9,7 @@ import hashlib
 import os
 import pwd
 import sys
+import time
 from pathlib import Path
 
 from daemon.client import DaemonClient
@@ -66,6 +67,7 @@ async def backup(args: argparse.Namespace, client: DaemonClient) -> int:
     if problem:
         return fail(problem)
     os.nice(BACKUP_NICENESS)
+    started = time.perf_counter()
     copied = [0, 0]
 
     def count(rel: str, size: int) -> None:
@@ -90,7 +92,7 @@ async def backup(args: argparse.Namespace, client: DaemonClient) -> int:
         return fail(f"backup failed: {exc}")
     result = {"directory": str(target), "files": copied[0], "bytes": copied[1], "key_id": reply["key_id"],
               "manifest_sha256": digest, "audit": manifest["audit"], "keys": manifest["keys"],
-              "excluded": manifest["excluded"]}
+              "excluded": manifest["excluded"], "seconds": round(time.perf_counter() - started, 3)}
     if args.json:
         print_json(result)
     else:

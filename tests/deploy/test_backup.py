@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import shutil
+import sqlite3
 import stat
 import tempfile
 import time
@@ -17,13 +18,15 @@ from typing import Any, AsyncIterator, Callable
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from daemon.backup.manifest import audit_state
 from daemon.client import DaemonClient
 from daemon.crypto.keys import public_pem
 from daemon.harness import DaemonProcess, run_sai
 from daemon.protocol import CONFLICT, RpcError
 
 PASSPHRASE = {"SAI_PASSPHRASE": "correct horse battery"}
-SEALED = {"keys": {"sealed": True}, "audit": {"checkpoint_every_entries": 8}}
+SEALED = {"keys": {"sealed": True}, "audit": {"checkpoint_every_entries": 8},
+          "queue": {"burst": 10**6, "rate_per_minute": 1e9, "max_queued_per_user": 10**6}}
 
 
 @pytest.fixture
@@ -71,9 +74,9 @@ async def test_backup_under_load_restores_into_a_state_a_daemon_starts_on(
             reply = await client.call("job.submit", prompt=f"harbour {i}", seed=100 + i, priority="low")
             acknowledged.append((time.monotonic(), reply["job_id"]))
             i += 1
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.01)
 
-    load = asyncio.create_task(submit_load())
+    load = [asyncio.create_task(submit_load()) for _ in range(3)]  # submits in flight when the daemon signs
     while len(acknowledged) < 5:
         await asyncio.sleep(0.05)
     queue = (await client.call("daemon.status"))["queue"]
@@ -81,7 +84,7 @@ async def test_backup_under_load_restores_into_a_state_a_daemon_starts_on(
     began = time.monotonic()
     result = await _backup(daemon, scratch / "backup")
     stop.set()
-    await load
+    await asyncio.gather(*load)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     acked_before = [job_id for at, job_id in acknowledged if at < began]
@@ -193,6 +196,27 @@ async def test_backup_sign_refuses_an_audit_state_that_is_not_this_log(
     assert signed["key_id"].startswith("ed25519-")
     tail = await client.call("audit.tail", action="backup.create", limit=5)
     assert [e["subject"] for e in tail["entries"]] == ["a" * 64]
+
+
+async def test_backup_sign_checks_the_committed_log_while_submits_are_in_flight(
+        sealed_daemon: tuple[DaemonProcess, DaemonClient]) -> None:
+    """The daemon's log counts entries its readers cannot see yet; the check must not need them."""
+    daemon, client = sealed_daemon
+    others = [await daemon.client() for _ in range(4)]
+    for round_ in range(15):
+        burst = [asyncio.create_task(other.call("job.submit", prompt=f"burst {round_}-{i}"))
+                 for i in range(10) for other in others]
+        await asyncio.sleep(0.002)
+        conn = sqlite3.connect(f"file:{daemon.state_dir / 'audit.db'}?mode=ro", uri=True)
+        try:
+            size, root = audit_state(conn)
+        finally:
+            conn.close()
+        signed = await client.call("backup.sign", manifest_sha256=f"{round_:064x}", audit_size=size, audit_root=root)
+        assert signed["audit_size"] == size
+        await asyncio.gather(*burst)
+    for other in others:
+        await other.close()
 
 
 async def test_plain_keys_are_refused_without_the_flag(make_daemon: Callable[..., DaemonProcess],
