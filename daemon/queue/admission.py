@@ -13,7 +13,7 @@ from typing import Any
 from daemon.config import Config
 from daemon.protocol import RATE_LIMITED, REFUSED_BY_POLICY, RpcError, invalid_params
 from daemon.queue.jobs import PRIORITIES
-from daemon.queue.textfold import TermMatcher
+from daemon.queue.textfold import TermMatcher, views
 
 SEED_MAX = 2**32 - 1
 
@@ -62,7 +62,8 @@ class PromptPolicy:
         self.flag_weight = flag_weight
 
     def check(self, field_name: str, text: str) -> tuple[float, list[str]]:
-        rules = [f"term {t!r}" for t in self.blocked_terms.find(text)[:1]]
+        seen = views(text) if self.blocked_terms or self.flagged else []
+        rules = [f"term {t!r}" for t in self.blocked_terms.find(seen)[:1]]
         if not rules and self.blocked_patterns:
             folded = unicodedata.normalize("NFKC", text).casefold()
             rules = [rule for rule, pattern in self.blocked_patterns
@@ -70,7 +71,7 @@ class PromptPolicy:
         if rules:
             raise RpcError(REFUSED_BY_POLICY, f"refused by policy: {field_name} matches blocked {rules[0]}",
                            {"field": field_name, "rule": rules[0]})
-        hits = self.flagged.find(text)
+        hits = self.flagged.find(seen)
         return self.flag_weight * len(hits), [f"{field_name}: flagged term {t!r}" for t in hits]
 
 

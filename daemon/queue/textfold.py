@@ -81,8 +81,8 @@ def _tokens(text: str) -> list[str]:
     return [t for t in _NOT_LETTERS.split(text) if t]
 
 
-def _joined(tokens: Iterable[str]) -> str:
-    return " " + " ".join(t for t in tokens if t) + " "
+def _joined(tokens: list[str]) -> str:
+    return f" {' '.join(tokens)} "
 
 
 def views(text: str) -> list[str]:
@@ -96,7 +96,7 @@ def views(text: str) -> list[str]:
             return out * 2
         base = _letters(_IGNORABLE.sub(ignorable, nfkc) if hidden else nfkc)
         for cased in (base.upper(), base.lower()):
-            out.append(_joined(_fold_token(t) for t in _tokens(cased)))
+            out.append(_joined([folded for t in _tokens(cased) if (folded := _fold_token(t))]))
             out.append(_joined(_tokens(_fold(cased))))
     return out
 
@@ -108,9 +108,10 @@ class TermMatcher:
         forms = ((term, views(term)) for term in terms)
         self.terms = [(term, found) for term, found in forms if any(f.strip() for f in found)]
 
-    def find(self, text: str) -> list[str]:
-        if not self.terms:
-            return []
-        seen = views(text)
+    def __bool__(self) -> bool:
+        return bool(self.terms)
+
+    def find(self, seen: list[str]) -> list[str]:
+        """The terms found in a text whose `views` are `seen`."""
         return [term for term, forms in self.terms
                 if any(form.strip() and form in view for form, view in zip(forms, seen))]
