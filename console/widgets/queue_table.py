@@ -97,6 +97,7 @@ class QueueTable(ScrollView, can_focus=True):
         self._lines.clear()
         self._header = None
         self._sync_size()
+        self._follow_cursor()
 
     def _sync_size(self) -> None:
         """Rows changed. Setting `virtual_size` the usual way re-lays out the whole screen; the
@@ -315,12 +316,17 @@ class QueueTable(ScrollView, can_focus=True):
         self.refresh_line(0)
         self.refresh_line(old + 1)
         self.refresh_line(new + 1)
+        self._follow_cursor()
+
+    def _follow_cursor(self) -> None:
+        """Scroll just enough to show the cursor row under the header. Forced: without a scrollbar
+        (overflow hidden) Textual refuses scroll_to, and the rows shown stayed the first ones."""
         rows = max(1, self.size.height - 1)
         top = int(self.scroll_offset.y)
-        if new < top:
-            self.scroll_to(y=new, animate=False)
-        elif new >= top + rows:
-            self.scroll_to(y=new - rows + 1, animate=False)
+        if self.cursor < top:
+            self.scroll_to(y=self.cursor, animate=False, force=True)
+        elif self.cursor >= top + rows:
+            self.scroll_to(y=self.cursor - rows + 1, animate=False, force=True)
 
     def selected_key(self) -> str | None:
         return self.shown[self.cursor] if 0 <= self.cursor < len(self.shown) else None
