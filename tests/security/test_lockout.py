@@ -10,6 +10,9 @@ gets one by closing the longest idle.
 from __future__ import annotations
 
 import asyncio
+import time
+
+import psutil
 
 from attack_helpers import in_background, run_as, shared_daemon
 from daemon.client import DaemonClient
@@ -52,10 +55,12 @@ async def test_idle_connections_cannot_lock_out_admins_or_newcomers(make_daemon,
         "model": {"preload": False}})
     viewer, operator = local_users["viewer"], local_users["operator"]
     path = str(daemon.socket)
-    viewer_hold = in_background(lambda: run_as(viewer, HOLD, path, str(PER_USER), "10"))
-    await asyncio.sleep(1.5)
-    operator_hold = in_background(lambda: run_as(operator, HOLD, path, str(PER_USER), "8"))
-    await asyncio.sleep(2.0)  # both hold every connection they could get: the daemon is full for them
+    sockets = _unix_sockets(daemon.proc.pid)
+    viewer_hold = in_background(lambda: run_as(viewer, HOLD, path, str(PER_USER), "12"))
+    await _until_held(daemon.proc.pid, sockets + PER_USER)
+    operator_hold = in_background(lambda: run_as(operator, HOLD, path, str(PER_USER), "10"))
+    await _until_held(daemon.proc.pid, sockets + TOTAL - RESERVE)
+    await asyncio.sleep(0.5)  # the operator's last ones are refused: the daemon is full for them
 
     async with await DaemonClient.connect(daemon.socket) as root:  # the reserve: root still gets in
         assert (await root.call("daemon.status"))["you"]["role"] == "admin"
@@ -66,6 +71,19 @@ async def test_idle_connections_cannot_lock_out_admins_or_newcomers(make_daemon,
 
     held_by_viewer, held_by_operator = viewer_hold(), operator_hold()
     print(f"\nlock-out: viewer {held_by_viewer}, operator {held_by_operator}")
-    assert held_by_viewer["open_at_start"] + held_by_operator["open_at_start"] == TOTAL - RESERVE
-    assert held_by_viewer["open_at_end"] == held_by_viewer["open_at_start"] - 1  # its longest idle made room
+    at_start = held_by_viewer["open_at_start"] + held_by_operator["open_at_start"]
+    at_end = held_by_viewer["open_at_end"] + held_by_operator["open_at_end"]
+    assert at_start == TOTAL - RESERVE and at_end == at_start - 1  # the longest idle one made room
     assert "closed to make room" in daemon.read_log()
+
+
+def _unix_sockets(pid: int) -> int:
+    return len(psutil.Process(pid).net_connections("unix"))
+
+
+async def _until_held(pid: int, count: int, timeout: float = 60.0) -> None:
+    """Wait until the daemon holds `count` Unix sockets (the attackers' connections are open)."""
+    deadline = time.monotonic() + timeout
+    while _unix_sockets(pid) < count:
+        assert time.monotonic() < deadline, f"the daemon holds {_unix_sockets(pid)} sockets, not {count}"
+        await asyncio.sleep(0.1)
