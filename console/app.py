@@ -20,7 +20,7 @@ from console.connection import (AlertChanged, AuditAppended, DaemonLink, Embedde
 from console.screens.confirm import ConfirmScreen
 from console.screens.help import HelpScreen, binding_rows
 from console.screens.job_detail import JobDetailScreen
-from console.screens.main import COMMANDS, Command, MainScreen
+from console.screens.main import COMMANDS, TYPED_COMMANDS, Command, MainScreen
 from console.screens.new_job import NewJobScreen
 from console.widgets.audit_pane import AuditPane
 from console.widgets.display import clock_time, duration, parse_moment
@@ -259,8 +259,16 @@ class SaiConsole(App[int]):
             ("New-job form", binding_rows(self, NewJobScreen.BINDINGS) + [("tab shift+tab", "Next/previous field")]),
             ("Everywhere", [("ctrl+p", "Command palette: every action by name"), ("ctrl+c", "Quit"),
                             ("f1", "Help")]),
+            ("Command line (type : then a command, enter)", self._command_line_rows()),
         ]
         self.push_screen(HelpScreen(groups))
+
+    def _command_line_rows(self) -> list[tuple[str, str]]:
+        named = [(f":{c.name}", c.help) for c in COMMANDS
+                 if c.name and self.check_action(action_name(c.action), ())]
+        typed = [(f":{usage}", text) for usage, text, changes in TYPED_COMMANDS
+                 if not (changes and self.readonly)]
+        return sorted(named + typed)
 
     def action_refresh_all(self) -> None:
         if self.link is not None and not self.link.connected:
@@ -352,12 +360,19 @@ class SaiConsole(App[int]):
         elif name in ("pause", "resume"):
             if self.check_action("set_paused", ()):
                 main.set_paused(name == "pause")
+            else:
+                self._refuse_read_only(name)
         elif (command := next((c for c in COMMANDS if c.name == name), None)) is not None:
-            self.call_next(main.run_action, command.action)
+            if self.check_action(action_name(command.action), ()):
+                self.call_next(main.run_action, command.action)
+            else:
+                self._refuse_read_only(name)
         else:
-            names = sorted({c.name for c in COMMANDS if c.name} | {"at TIME", "filter TEXT", "sort COLUMN",
-                                                                     "theme dark|light", "job ID", "resume"})
-            self.notify(f"Unknown command {name!r}. Commands: {', '.join(names)}", severity="error", timeout=10)
+            self.notify(f"unknown command {name!r} (try :help)", severity="error", timeout=10)
+
+    def _refuse_read_only(self, name: str) -> None:
+        self.notify(f":{name} changes the daemon's state, and this console is read-only (--readonly)",
+                    severity="warning")
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)

@@ -23,7 +23,7 @@ from console.widgets.pane import Pane, console_of
 from console.widgets.pane_bar import PaneBar
 from console.widgets.prompt_line import PromptLine
 from console.widgets.queue_pane import QueuePane
-from console.widgets.jobs import PRIORITIES
+from console.widgets.jobs import PRIORITIES, SORTS
 from console.widgets.queue_table import QueueTable
 
 COMPACT_WIDTH, COMPACT_HEIGHT = 120, 36
@@ -83,6 +83,18 @@ COMMANDS: list[Command] = [
     Command("T", "app.toggle_theme", "Dark/light theme", "Switch between the dark and the light theme", "theme"),
     Command("escape", "clear_filter", "Clear filter", "Clear the filter of the pane", "clear"),
 ]
+
+
+TYPED_COMMANDS: list[tuple[str, str, bool]] = [
+    ("at TIME", "Look back to TIME: -30m, 2h, 14:05, 14:05:30 or 2026-11-26T14:05", False),
+    ("filter TEXT", "Filter the queue or audit pane, as / does", False),
+    ("sort COLUMN", f"Sort the queue by {', '.join(SORTS)}", False),
+    ("theme dark|light", "Dark or light theme", False),
+    ("job ID", "Open the detail of job ID", False),
+    ("resume", "Resume the queue (:pause pauses it)", True),
+]
+"""`:` commands that take an argument or have no command of their own: (usage, what it does, changes
+daemon state). With COMMANDS' names, what `:help` lists."""
 
 
 class MainScreen(Screen[None]):

@@ -152,7 +152,7 @@ async def test_command_line_and_palette(make_daemon: Any, client_of: Any) -> Non
         await until(pilot, lambda: app.main.header.queue.get("paused") is False, 10, "resumed via :resume")
         assert (await client.call("daemon.status"))["queue"]["paused"] is False
         await pilot.press("colon", *"bogus", "enter")
-        await until(pilot, lambda: any("Unknown command 'bogus'" in n for n in notifications(app)), 5)
+        await until(pilot, lambda: any("unknown command 'bogus' (try :help)" in n for n in notifications(app)), 5)
         await pilot.press("colon", *"theme light", "enter")
         assert app.theme == "textual-light"
         await pilot.press("ctrl+p")
