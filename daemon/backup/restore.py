@@ -19,6 +19,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from daemon.audit.anchor import FILE_NAME as ANCHOR_FILE, Anchor, AuditTrustError
+from daemon.backup.durable import sync_filesystem
 from daemon.backup.manifest import MANIFEST, SIGNATURE, STATE, BackupError, audit_state, check_signature, parse
 from daemon.safefiles import PrivateDir
 
@@ -99,6 +100,7 @@ class Restore:
                         made.add(sub)
                 total += self._copy(entry, out, rel)
             self._check_audit(manifest, out)
+            sync_filesystem(out.fd)
             out.commit()
         return {"state_dir": str(self.new_state), "files": len(manifest["files"]), "bytes": total, "key_id": kid,
                 "installation": manifest.get("installation"), "created_at": manifest.get("created_at"),
@@ -116,8 +118,6 @@ class Restore:
                 digest.update(chunk)
                 dst.write(chunk)
                 size += len(chunk)
-            dst.flush()
-            os.fsync(dst.fileno())
         if size != entry["size"] or digest.hexdigest() != entry["sha256"]:
             raise BackupError(f"{path} was changed: it is {size} bytes with SHA-256 {digest.hexdigest()}, the signed "
                               f"manifest says {entry['size']} bytes with SHA-256 {entry['sha256']}", path)

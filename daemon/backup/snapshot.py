@@ -28,6 +28,7 @@ from types import TracebackType
 from typing import Any, Callable
 
 from daemon.audit.entry import utc_now
+from daemon.backup.durable import sync_filesystem
 from daemon.backup.manifest import FORMAT, MANIFEST, SIGNATURE, STATE, BackupError, audit_state, encode
 from daemon.outputs.atomic import TEMP_MARK
 from daemon.safefiles import PrivateDir
@@ -95,6 +96,7 @@ class Snapshot:
         self._copy_tree("outputs", missing_ok=True)
         if self._digest("keys/keys.json") != keys_before:
             raise BackupError("the keys were rotated during the backup; run it again", "state/keys/keys.json")
+        sync_filesystem(self._out.fd)
         self.excluded = sorted(others)
         return {"format": FORMAT, "installation": self.installation, "created_at": utc_now(),
                 "state_dir": str(self.state_dir), "keys": self.keys, "audit": self.audit,
@@ -168,8 +170,6 @@ class Snapshot:
                     digest.update(chunk)
                     dst.write(chunk)
                     size += len(chunk)
-                dst.flush()
-                os.fsync(dst.fileno())
         self._record(rel, size, digest.hexdigest())
 
     def _copy_db(self, name: str) -> None:
@@ -182,7 +182,7 @@ class Snapshot:
         try:
             dst = sqlite3.connect(dest)
             try:
-                dst.execute("PRAGMA synchronous=OFF")  # a new file in a private dir: fsynced once below
+                dst.execute("PRAGMA synchronous=OFF")  # made durable with the rest, before the rename
                 src.backup(dst)
                 dst.execute("PRAGMA journal_mode=DELETE")
                 if name == "audit.db":
@@ -199,5 +199,4 @@ class Snapshot:
             while chunk := copy.read(CHUNK):
                 digest.update(chunk)
                 size += len(chunk)
-            os.fsync(copy.fileno())
         self._record(name, size, digest.hexdigest())
