@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from daemon.crypto.limits import check_scrypt_log2_n
 from daemon.monitor.checks import MONITOR_CHECKS
 
 DEFAULT_FILE = Path(__file__).resolve().parent / "default.toml"  # config/default.toml, shipped inside the package
@@ -104,12 +105,13 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "worker.crash_loop_count": _positive,
     "worker.crash_window": _positive,
     "worker.max_backoff": _positive,
-    "worker.leak_window": lambda v: None if v >= 3 else "must be 3 or more",
     "worker.heartbeat_seconds": _positive,
     "worker.stall_seconds": _positive,
+    "worker.leak_window": lambda v: None if v >= 3 else "must be 3 or more",
     "worker.leak_slope_mb": _positive,
     "model.scheduler": _one_of("euler", "ddim", "dpm"),
     "defaults.priority": _one_of(*PRIORITIES),
+    "keys.scrypt_log2_n": check_scrypt_log2_n,
     **MONITOR_CHECKS,
 }
 

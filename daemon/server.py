@@ -23,13 +23,16 @@ from daemon.config import Section
 from daemon.connection import Connection, idle_victim
 from daemon.events import EventBus
 from daemon.framing import READ_CHUNK, ConnectionLimits, InFlight, LineReader, LineTimeout, LineTooLong
+from daemon.ownership import check_ancestors, check_shared_dir
 from daemon.protocol import INTERNAL_ERROR, INVALID_REQUEST, NOT_PERMITTED, RATE_LIMITED, UNAVAILABLE, RpcError
+from daemon.safefiles import PrivateDir, open_lock
 
 log = logging.getLogger("sai.server")
 
 MAX_IN_FLIGHT = 64
 MAX_IN_FLIGHT_BYTES = 4 * protocol.MAX_LINE
 REFUSAL_LOG_INTERVAL = 10.0
+BIND_NAME = "s"
 
 
 class AlreadyRunning(Exception):
@@ -58,7 +61,7 @@ class SocketServer:
 
     def _take_lock(self) -> None:
         lock_path = self.path.with_name(self.path.name + ".lock")
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = open_lock(lock_path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -81,18 +84,22 @@ class SocketServer:
             probe.close()
 
     def _bind(self) -> socket.socket:
-        """bind, chmod 0, chown to the group, chmod 0660, listen: never open wider than 0660."""
+        """bind in a fresh private directory beside the socket (0600; reached through its descriptor),
+        chown to the group and chmod 0660 there, listen, then rename onto the socket path: no chmod
+        or chown goes through a name another user could swap for a symlink, and the socket is never
+        open wider than 0660."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old_umask = os.umask(0o177)
-        try:
-            sock.bind(str(self.path))
-        finally:
-            os.umask(old_umask)
-        os.chmod(self.path, 0)
-        if self.group:
-            os.chown(self.path, -1, grp.getgrnam(self.group).gr_gid)
-        os.chmod(self.path, 0o660)
-        sock.listen(128)
+        gid = grp.getgrnam(self.group).gr_gid if self.group else -1
+        with PrivateDir(self.path) as private:
+            old_umask = os.umask(0o177)
+            try:
+                sock.bind(f"/proc/self/fd/{private.fd}/{BIND_NAME}")
+            finally:
+                os.umask(old_umask)
+            os.chown(BIND_NAME, -1, gid, dir_fd=private.fd, follow_symlinks=False)
+            os.chmod(BIND_NAME, 0o660, dir_fd=private.fd)
+            sock.listen(128)
+            private.move_out(BIND_NAME)
         sock.setblocking(False)
         return sock
 
@@ -100,7 +107,10 @@ class SocketServer:
         """Take the lock beside the socket and clear a stale socket file; before anything else opens."""
         if len(str(self.path).encode()) > 107:
             raise OSError(f"socket path {self.path} is longer than the 107 bytes Unix sockets allow")
+        uid = os.geteuid()
+        check_ancestors(self.path.parent, uid, "socket directory")
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+        check_shared_dir(self.path.parent, uid, "socket directory")
         self._take_lock()
         if self.path.exists() or self.path.is_symlink():
             if self._answers():

@@ -23,12 +23,15 @@ from daemon.background import BackgroundTasks, TaskFailure, shutdown_step
 from daemon.config import Config, ConfigError
 from daemon.crypto import OutputError
 from daemon.crypto.envelope import PromptSealer
-from daemon.crypto.keys import KeyStore, resolve_passphrase
+from daemon.crypto.keys import KeyStore
+from daemon.crypto.passphrase import PassphraseSources
 from daemon.crypto.prompt_mac import PromptMac
 from daemon.dispatch import Dispatcher
 from daemon.events import EventBus
 from daemon.framing import ConnectionLimits
+from daemon.hardening import forbid_dumps, safe_python_children
 from daemon.outputs.atomic import PRIVATE_UMASK, ensure_dir, narrow_to_owner, remove_stale_temps
+from daemon.ownership import UnsafePath, check_ancestors, check_state_dir
 from daemon.outputs.pipeline import OutputSettings
 from daemon.audit.anchor import FILE_NAME as ANCHOR_FILE, AuditTrustError, Trust, unrecorded_jobs_reason
 from daemon.audit.entry import key_id
@@ -40,6 +43,7 @@ from daemon.queue.history import JobHistory
 from daemon.queue.manager import QueueManager
 from daemon.queue.store import JobStore
 from daemon.reactions import Reactions
+from daemon.safefiles import open_lock
 from daemon.server import AlreadyRunning, SocketServer
 from daemon.systemd import Notifier
 from daemon.worker.supervisor import WorkerSupervisor
@@ -86,6 +90,7 @@ class Daemon:
         self.background = BackgroundTasks(self._background_task_failed)
         self.exit_code = 0
         self.own_peer = in_process_peer()
+        self.passphrases = PassphraseSources.take(os.environ)  # no child ever inherits $SAI_PASSPHRASE
         self.call_limits = CallLimits.from_config(config.daemon)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -96,11 +101,15 @@ class Daemon:
         Whatever umask the daemon was started with (`UMask=0077` in the systemd unit, often 022 by
         hand), the files it creates from here on are its user's alone; the socket is opened to its
         group explicitly (server.claim). Files an earlier run or a copy left wider are narrowed.
+        A state dir another user owns, or could replace, is refused first (daemon.ownership).
         """
+        uid = os.geteuid()
+        check_ancestors(self.state_dir, uid, "state directory")
         umask = os.umask(PRIVATE_UMASK)
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.state_dir / "daemon.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            check_state_dir(self.state_dir, uid)
+            fd = open_lock(self.state_dir / "daemon.lock")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -115,6 +124,7 @@ class Daemon:
         narrow_to_owner(self.state_dir)
 
     async def startup(self) -> None:
+        forbid_dumps()  # before any key is read: no core file, no same-user ptrace holds them
         load_all()
         self.server = SocketServer(self.socket_path, self, self.config.auth, self.bus,
                                    self.config.daemon.socket_group, ConnectionLimits.from_config(self.config.daemon))
@@ -149,7 +159,7 @@ class Daemon:
         self.output_settings = OutputSettings.from_config(cfg.values)
         keys_dir = self.state_dir / "keys"
         self.keys_created = KeyStore.is_sealed(keys_dir) is None  # first start: for the audit log
-        passphrase = resolve_passphrase(keys_dir, seal_new=cfg.keys.sealed)
+        passphrase = self.passphrases.resolve(keys_dir, seal_new=cfg.keys.sealed)
         self.keystore = await self.run_blocking(
             lambda: KeyStore.open(keys_dir, passphrase, scrypt_log2_n=cfg.keys.scrypt_log2_n))
         ensure_dir(self.outputs_dir, 0o700)
@@ -365,10 +375,11 @@ async def run(config: Config, socket_path: Path | None, state_dir: Path | None) 
     # The output path's CPU work runs in threads; a short GIL switch interval keeps the event loop
     # (dispatch, commits, replies) responsive while it does (bench/overhead.py measures the effect).
     sys.setswitchinterval(0.0005)
+    safe_python_children()
     daemon = Daemon(config, socket_path, state_dir)
     try:
         await daemon.startup()
-    except (AlreadyRunning, ConfigError, OutputError, AuditTrustError, AuditKeyMismatch) as exc:
+    except (AlreadyRunning, ConfigError, OutputError, AuditTrustError, AuditKeyMismatch, UnsafePath) as exc:
         log.error("not starting: %s", exc)
         return 2
     daemon.install_signal_handlers()

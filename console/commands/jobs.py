@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
-import os
 import sys
 import time
 from pathlib import Path
@@ -217,6 +216,7 @@ async def set_priority(args: argparse.Namespace, client: DaemonClient) -> int:
 async def export(args: argparse.Namespace, client: DaemonClient) -> int:
     """Fetch the chunks, check the hash, then write the file atomically with mode 0600."""
     from console.cli import fail, print_json
+    from daemon.safefiles import PrivateDir
 
     target = Path(args.output)
     chunks: list[bytes] = []
@@ -229,14 +229,9 @@ async def export(args: argparse.Namespace, client: DaemonClient) -> int:
     data = b"".join(chunks)
     if hashlib.sha256(data).hexdigest() != reply["sha256"]:
         return fail(f"export of {args.job_id} arrived corrupted (hash mismatch); nothing written")
-    tmp = target.with_name(f".{target.name}.part")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, target)
+    with PrivateDir(target) as private:  # nothing another user planted beside the target is opened
+        private.write(target.name, data)
+        private.move_out(target.name)
     result = {"job_id": args.job_id, "index": args.index, "path": str(target), "bytes": len(data),
               "sha256": reply["sha256"]}
     print_json(result) if args.json else print(f"wrote {target} ({len(data)} bytes, sha256 {reply['sha256'][:16]}…)")

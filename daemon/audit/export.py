@@ -12,6 +12,7 @@ The entry bytes are the canonical JSON of a line's object without "leaf_hash" an
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -24,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from daemon.audit.entry import canonical_entry, key_id, utc_now
 from daemon.audit.verify import Row
+from daemon.safefiles import PrivateDir
 
 FORMAT = "secure-ai-studio/audit-export"
 VERSION = 1
@@ -36,39 +38,50 @@ class ExportError(Exception):
 
 
 def write_export(db_path: Path, directory: Path) -> dict[str, Any]:
-    """Write the export from one read snapshot of the database; returns the manifest."""
+    """Write the export from one read snapshot of the database; returns the manifest.
+
+    Everything is written in a fresh private directory beside `directory` and renamed onto it at
+    the end (daemon.safefiles.PrivateDir): symlinks another user plants in `directory` (or an empty
+    `directory` they made) during the export are never followed."""
     directory = Path(directory)
     if directory.exists() and any(directory.iterdir()):
         raise FileExistsError(f"{directory} is not empty: export into a new or empty directory")
-    (directory / "checkpoints").mkdir(parents=True, exist_ok=True)
-    (directory / "keys").mkdir(exist_ok=True)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with PrivateDir(directory) as out:
+        out.mkdir("checkpoints")
+        out.mkdir("keys")
+        manifest = _write_contents(db_path, out)
+        out.write("manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
+        out.commit()
+    return manifest
+
+
+def _write_contents(db_path: Path, out: PrivateDir) -> dict[str, Any]:
     conn = sqlite3.connect(f"file:{Path(db_path).resolve()}?mode=ro", uri=True, isolation_level=None)
     try:
         conn.execute("BEGIN")
         origin = conn.execute("SELECT value FROM audit_meta WHERE name = 'origin'").fetchone()[0]
         count = 0
-        with open(directory / "entries.jsonl", "w", encoding="utf-8", newline="\n") as out:
+        with out.open("entries.jsonl") as raw, io.TextIOWrapper(raw, encoding="utf-8", newline="\n") as entries:
             for seq, text, leaf, sig in conn.execute(
                     "SELECT seq, entry, leaf_hash, signature FROM audit_entries ORDER BY seq"):
-                out.write(f'{text[:-1]},"leaf_hash":"{leaf.hex()}","signature":"{sig.hex()}"}}\n')
+                entries.write(f'{text[:-1]},"leaf_hash":"{leaf.hex()}","signature":"{sig.hex()}"}}\n')
                 count += 1
-            out.flush()
-            os.fsync(out.fileno())
+            entries.flush()
+            os.fsync(entries.fileno())
         for size, note in conn.execute("SELECT tree_size, note FROM audit_checkpoints ORDER BY tree_size"):
-            (directory / "checkpoints" / f"{size:020d}.txt").write_text(note, encoding="utf-8")
+            out.write(f"checkpoints/{size:020d}.txt", note.encode("utf-8"))
         kids = []
-        for kid, raw in conn.execute("SELECT key_id, public_key FROM audit_keys ORDER BY first_seq"):
-            pem = Ed25519PublicKey.from_public_bytes(raw).public_bytes(
+        for kid, raw_key in conn.execute("SELECT key_id, public_key FROM audit_keys ORDER BY first_seq"):
+            pem = Ed25519PublicKey.from_public_bytes(raw_key).public_bytes(
                 serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-            (directory / "keys" / f"{kid}.pem").write_bytes(pem)
+            out.write(f"keys/{kid}.pem", pem)
             kids.append(kid)
         conn.execute("COMMIT")
     finally:
         conn.close()
-    manifest = {"format": FORMAT, "version": VERSION, "origin": origin, "entries": count,
-                "exported_at": utc_now(), "keys": kids}
-    (directory / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    return manifest
+    return {"format": FORMAT, "version": VERSION, "origin": origin, "entries": count,
+            "exported_at": utc_now(), "keys": kids}
 
 
 def line_entry(line: bytes, seq: int) -> tuple[bytes, bytes, bytes]:

@@ -8,9 +8,9 @@ Layout (directories 0700, files 0600, see docs/formats.md "Key files"):
     signing.pub.pem         the current public key (SubjectPublicKeyInfo PEM)
     signing-<kid>.pub.pem   every public key ever current, kept so old manifests stay verifiable
 
-Sealed mode: one scrypt derivation of the passphrase at open gives a sealing key; each secret key
-file is AES-256-GCM under it (nonce ‖ ciphertext ‖ tag, AAD names the key). A verifier in
-keys.json tells a wrong passphrase from a damaged file.
+Sealed mode (daemon.crypto.sealing): one scrypt derivation of the passphrase at open gives a
+sealing key; each secret key file is AES-256-GCM under it (nonce ‖ ciphertext ‖ tag, AAD names the
+key). Where the passphrase comes from: daemon.crypto.passphrase.
 
 Key material never leaves this object except through `kek()` and `signing_key`; nothing here
 logs or formats a key into a message.
@@ -18,32 +18,25 @@ logs or formats a key into a message.
 
 from __future__ import annotations
 
-import base64
-import getpass
 import hashlib
 import json
 import os
 import re
 import secrets
-import sys
 import threading
 import time
 from pathlib import Path
-from typing import Mapping
-
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from daemon.crypto import KeyPermissionError, KeyStoreError, UnknownKeyError, WrongPassphraseError
+from daemon.crypto.sealing import Sealer
 from daemon.outputs.atomic import atomic_write, ensure_dir, fsync_dir
 
 FORMAT = "sai-keys/1"
 KID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 SEALED_SUFFIX = ".sealed"
-SEAL_CHECK = b"sai-seal-check-v1"
 PASSPHRASE_ENV = "SAI_PASSPHRASE"
 
 
@@ -78,41 +71,14 @@ def load_public_keys(keys_dir: Path) -> dict[str, Ed25519PublicKey]:
     return found
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.b64decode(text.encode("ascii"), validate=True)
-
-
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-class _Sealer:
-    """AES-256-GCM under a key derived once from the passphrase with scrypt."""
-
-    def __init__(self, key: bytes) -> None:
-        self._aead = AESGCM(key)
-
-    @staticmethod
-    def derive(passphrase: str, salt: bytes, n: int, r: int, p: int) -> "_Sealer":
-        kdf = Scrypt(salt=salt, length=32, n=n, r=r, p=p)
-        return _Sealer(kdf.derive(passphrase.encode("utf-8")))
-
-    def seal(self, data: bytes, label: bytes) -> bytes:
-        nonce = secrets.token_bytes(12)
-        return nonce + self._aead.encrypt(nonce, data, label)
-
-    def unseal(self, blob: bytes, label: bytes) -> bytes:
-        return self._aead.decrypt(blob[:12], blob[12:], label)
 
 
 class KeyStore:
     """Holds the KEKs and the signing key of one installation. Use `KeyStore.open`."""
 
-    def __init__(self, keys_dir: Path, meta: dict, sealer: _Sealer | None) -> None:
+    def __init__(self, keys_dir: Path, meta: dict, sealer: Sealer | None) -> None:
         self.keys_dir = keys_dir
         self._meta = meta
         self._sealer = sealer
@@ -141,17 +107,12 @@ class KeyStore:
             return cls._create(keys_dir, passphrase, scrypt_log2_n)
         cls._check_modes(keys_dir)
         meta = cls._read_meta(meta_path)
-        sealer: _Sealer | None = None
+        sealer: Sealer | None = None
         if meta.get("sealed"):
             if passphrase is None:
                 raise WrongPassphraseError(
                     f"the keys in {keys_dir} are sealed: set {PASSPHRASE_ENV} or enter the passphrase at start-up")
-            seal = meta["seal"]
-            sealer = _Sealer.derive(passphrase, _unb64(seal["salt"]), seal["n"], seal["r"], seal["p"])
-            try:
-                sealer.unseal(_unb64(seal["check"]), SEAL_CHECK)
-            except (InvalidTag, ValueError):
-                raise WrongPassphraseError(f"wrong passphrase for the sealed keys in {keys_dir}") from None
+            sealer = Sealer.reopen(passphrase, meta["seal"], keys_dir)
         elif passphrase is not None:
             raise KeyStoreError(f"the keys in {keys_dir} are not sealed, but a passphrase was given; "
                                 f"unset {PASSPHRASE_ENV} or create a new sealed key store", field="passphrase")
@@ -170,12 +131,7 @@ class KeyStore:
         meta: dict = {"format": FORMAT, "sealed": passphrase is not None, "seal": None, "created_at": _now()}
         sealer = None
         if passphrase is not None:
-            if not passphrase:
-                raise WrongPassphraseError("an empty passphrase cannot seal keys")
-            salt, n, r, p = secrets.token_bytes(16), 1 << scrypt_log2_n, 8, 1
-            sealer = _Sealer.derive(passphrase, salt, n, r, p)
-            meta["seal"] = {"kdf": "scrypt", "salt": _b64(salt), "n": n, "r": r, "p": p,
-                            "check": _b64(sealer.seal(b"", SEAL_CHECK))}
+            sealer, meta["seal"] = Sealer.create(passphrase, scrypt_log2_n)
         store = cls(keys_dir, meta, sealer)
         kek_id = store._new_kek()
         signing = Ed25519PrivateKey.generate()
@@ -417,28 +373,3 @@ class KeyStore:
 
     def _write_meta(self) -> None:
         atomic_write(self.keys_dir / "keys.json", json.dumps(self._meta, indent=1, sort_keys=True).encode() + b"\n")
-
-
-def resolve_passphrase(keys_dir: Path, seal_new: bool = False, environ: Mapping[str, str] | None = None,
-                       interactive: bool | None = None) -> str | None:
-    """The passphrase to open (or create) the store: $SAI_PASSPHRASE, else a prompt on a terminal.
-
-    None when the store is unsealed (or will be created unsealed). Raises WrongPassphraseError
-    when one is needed and none can be had (no variable, no terminal).
-    """
-    environ = os.environ if environ is None else environ
-    sealed = KeyStore.is_sealed(keys_dir)
-    if not (sealed or (sealed is None and seal_new)):
-        return None
-    if environ.get(PASSPHRASE_ENV):
-        return environ[PASSPHRASE_ENV]
-    if interactive is None:
-        interactive = sys.stdin.isatty()
-    if not interactive:
-        raise WrongPassphraseError(f"the keys in {keys_dir} are sealed and no passphrase is available: "
-                                   f"set {PASSPHRASE_ENV} or start the daemon from a terminal")
-    first = getpass.getpass("Key passphrase: ")
-    if sealed is None:
-        if getpass.getpass("Repeat passphrase: ") != first:
-            raise WrongPassphraseError("the two passphrases differ; nothing was created")
-    return first

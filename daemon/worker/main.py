@@ -1,4 +1,4 @@
-"""Worker process entry point: `python -m daemon.worker.main SPEC_JSON`.
+"""Worker process entry point: `python -I -m daemon.worker.main SPEC_JSON` (daemon.worker.launch).
 
 Loads the model once, then runs batches sent on stdin, reporting on the protocol stream (the
 original stdout; stray prints from libraries are sent to stderr instead). Cancel requests are
@@ -285,13 +285,14 @@ def main() -> int:
     # Ctrl-C in the daemon's terminal reaches the whole process group; the daemon decides.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     spec = json.loads(sys.argv[1])
+    sys.path.extend(entry for entry in spec.get("sys_path", []) if entry not in sys.path)  # see launch.py
     protocol_stream = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     out = SyncWriter(protocol_stream)
     worker = Worker(spec, out)
-    try:
     threading.Thread(target=worker.beat, args=(float(spec.get("heartbeat_seconds", 2.0)),),
                      name="heartbeat", daemon=True).start()
+    try:
         worker.load()
     except Exception as exc:
         traceback.print_exc(file=sys.stderr)

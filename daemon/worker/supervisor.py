@@ -8,25 +8,14 @@ import json
 import logging
 import os
 import signal
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from daemon.worker import launch
 from daemon.worker.ipc import pack, read_message
 
 log = logging.getLogger("sai.worker")
-
-WORKER_ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-    "DIFFUSERS_VERBOSITY": "error",
-    "TRANSFORMERS_VERBOSITY": "error",
-    "TOKENIZERS_PARALLELISM": "false",
-    "PYTHONWARNINGS": "ignore",
-}
 
 
 class WorkerError(Exception):
@@ -75,8 +64,6 @@ class _Running:
 class WorkerSupervisor:
     def __init__(self, spec: dict[str, Any]) -> None:
         self.spec = spec
-        self.last_heartbeat: float | None = None  # monotonic
-        self.step_age: float | None = None
         self.process: asyncio.subprocess.Process | None = None
         self.info: dict[str, Any] = {}
         self.state = "stopped"
@@ -88,13 +75,14 @@ class WorkerSupervisor:
         self._ready: asyncio.Future[dict[str, Any]] | None = None
         self._reader: asyncio.Task[None] | None = None
         self._batches = 0
+        self.last_heartbeat: float | None = None  # monotonic
+        self.step_age: float | None = None
 
     @property
     def pid(self) -> int | None:
         return self.process.pid if self.process and self.process.returncode is None else None
 
     @property
-        self.last_heartbeat = self.step_age = None
     def alive(self) -> bool:
         return self.process is not None and self.process.returncode is None
 
@@ -106,14 +94,14 @@ class WorkerSupervisor:
 
     async def start(self, timeout: float = 600.0) -> dict[str, Any]:
         """Spawn the worker and wait until its model is loaded."""
+        self.last_heartbeat = self.step_age = None
         if self.process is not None:
             self.restarts += 1
         self.generation += 1
         self.state = "starting"
-        env = {**os.environ, **WORKER_ENV}
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "daemon.worker.main", json.dumps(self.spec),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env)
+            *launch.command(self.spec), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            cwd=launch.WORKDIR, env=launch.child_environment(os.environ))
         loop = asyncio.get_running_loop()
         self._ready = loop.create_future()
         self._reader = asyncio.create_task(self._read_loop(self.process), name="sai-worker-reader")
@@ -149,6 +137,18 @@ class WorkerSupervisor:
             self._ready.set_exception(WorkerLoadFailed(self.last_error or reason))
         for running in list(self._running.values()):
             if not running.done.done():
+                running.done.set_exception(WorkerCrashed(reason, running.started, running.generation))
+
+    @staticmethod
+    def _exit_reason(returncode: int) -> str:
+        if returncode < 0:
+            try:
+                name = signal.Signals(-returncode).name
+            except ValueError:
+                name = str(-returncode)
+            return f"worker process was killed by {name}"
+        return f"worker process exited with status {returncode}"
+
     def heartbeat_problem(self, silence: float, stall: float) -> str | None:
         """Why this worker is not known to be healthy now, or None. A worker that is starting,
         stopped or waiting for a restart is the dispatcher's business, not a wedge."""
@@ -161,25 +161,13 @@ class WorkerSupervisor:
             return f"worker pid {self.pid} made no denoising step for {self.step_age:.0f} s"
         return None
 
-                running.done.set_exception(WorkerCrashed(reason, running.started, running.generation))
-
+    def _handle(self, message: dict[str, Any], payload: bytes | None) -> None:
+        event = message.get("ev")
         if event == "heartbeat":
             self.last_heartbeat = time.monotonic()
             step_age = message.get("step_age")
             self.step_age = float(step_age) if isinstance(step_age, (int, float)) else None
             return
-    @staticmethod
-    def _exit_reason(returncode: int) -> str:
-        if returncode < 0:
-            try:
-                name = signal.Signals(-returncode).name
-            except ValueError:
-                name = str(-returncode)
-            return f"worker process was killed by {name}"
-        return f"worker process exited with status {returncode}"
-
-    def _handle(self, message: dict[str, Any], payload: bytes | None) -> None:
-        event = message.get("ev")
         if event == "ready" and self._ready is not None and not self._ready.done():
             self._ready.set_result(message)
             return

@@ -241,7 +241,7 @@ async def test_tampering_rotation_and_roles(make_daemon, client_of, wait_for, tm
 
 
 async def test_sealed_keys_need_the_passphrase(make_daemon, client_of, monkeypatch: pytest.MonkeyPatch):
-    sealed = {**NO_WORKER, "keys": {"sealed": True, "scrypt_log2_n": 12}}
+    sealed = {**NO_WORKER, "keys": {"sealed": True, "scrypt_log2_n": 15}}
     monkeypatch.setenv("SAI_PASSPHRASE", "correct horse battery")
     daemon = make_daemon(sealed)
     client = await client_of(daemon)
@@ -277,7 +277,7 @@ async def test_a_rotation_the_audit_log_never_announced_is_announced_at_the_next
         sealed: bool, make_daemon, client_of, monkeypatch: pytest.MonkeyPatch):
     """The daemon dies after the keys rotated on disk and before the audit entry that announces the
     new signing key: the next start still holds the old key, records the rotation, then drops it."""
-    config = {**NO_WORKER, "keys": {"sealed": sealed, "scrypt_log2_n": 12}}
+    config = {**NO_WORKER, "keys": {"sealed": sealed, "scrypt_log2_n": 15}}
     if sealed:
         monkeypatch.setenv("SAI_PASSPHRASE", "correct horse battery")
     daemon = make_daemon(config)
@@ -285,7 +285,7 @@ async def test_a_rotation_the_audit_log_never_announced_is_announced_at_the_next
     job_id = (await client.call("job.submit", prompt="before the rotation"))["job_id"]
     assert await asyncio.to_thread(daemon.terminate) == 0
     keys = daemon.state_dir / "keys"
-    store = KeyStore.open(keys, "correct horse battery" if sealed else None, scrypt_log2_n=12)
+    store = KeyStore.open(keys, "correct horse battery" if sealed else None, scrypt_log2_n=15)
     old_kid, (_, new_kid) = store.signing_kid, store.rotate()  # ...and the daemon is gone before announcing it
     assert list(keys.glob("signing.key*.previous"))
 

@@ -10,7 +10,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from daemon.crypto import KeyPermissionError, KeyStoreError, UnknownKeyError, WrongPassphraseError, envelope
-from daemon.crypto.keys import KeyStore, load_public_keys, resolve_passphrase, signing_kid_of
+from daemon.crypto.keys import KeyStore, load_public_keys, signing_kid_of
+from daemon.crypto.passphrase import PassphraseSources
 from out_helpers import keys_dir, keystore  # noqa: F401  (pytest fixtures)
 
 
@@ -44,7 +45,7 @@ def test_reopen_gives_the_same_keys(keys_dir: Path) -> None:
 
 
 def test_sealed_store(keys_dir: Path) -> None:
-    store = KeyStore.open(keys_dir, "correct horse", scrypt_log2_n=12)
+    store = KeyStore.open(keys_dir, "correct horse", scrypt_log2_n=15)
     assert store.sealed and KeyStore.is_sealed(keys_dir)
     kek = store.kek(store.current_kek_id)
     files = list((keys_dir / "kek").iterdir())
@@ -58,7 +59,7 @@ def test_sealed_store(keys_dir: Path) -> None:
 
 
 def test_wrong_or_missing_passphrase(keys_dir: Path) -> None:
-    KeyStore.open(keys_dir, "correct horse", scrypt_log2_n=12)
+    KeyStore.open(keys_dir, "correct horse", scrypt_log2_n=15)
     with pytest.raises(WrongPassphraseError, match="wrong passphrase") as caught:
         KeyStore.open(keys_dir, "battery staple")
     assert caught.value.field == "passphrase"
@@ -95,7 +96,7 @@ def test_unknown_and_hostile_kid(keystore: KeyStore) -> None:
 
 @pytest.mark.parametrize("sealed", [False, True])
 def test_rotate(keys_dir: Path, sealed: bool) -> None:
-    store = KeyStore.open(keys_dir, "pw" if sealed else None, scrypt_log2_n=12)
+    store = KeyStore.open(keys_dir, "pw" if sealed else None, scrypt_log2_n=15)
     old_kek, old_sig = store.current_kek_id, store.signing_kid
     old_pub = store.signing_key.public_key()
     new_kek, new_sig = store.rotate()
@@ -140,11 +141,14 @@ def test_interrupted_rotation_is_resolved_at_open(keys_dir: Path, committed: boo
 
 
 def test_resolve_passphrase(keys_dir: Path) -> None:
-    assert resolve_passphrase(keys_dir, seal_new=False, environ={}) is None
+    assert PassphraseSources().resolve(keys_dir, seal_new=False) is None
     with pytest.raises(WrongPassphraseError, match="no passphrase"):
-        resolve_passphrase(keys_dir, seal_new=True, environ={}, interactive=False)
-    assert resolve_passphrase(keys_dir, seal_new=True, environ={"SAI_PASSPHRASE": "pw"}) == "pw"
-    KeyStore.open(keys_dir, "pw", scrypt_log2_n=12)
-    assert resolve_passphrase(keys_dir, environ={"SAI_PASSPHRASE": "pw"}) == "pw"
+        PassphraseSources().resolve(keys_dir, seal_new=True, interactive=False)
+    environ = {"SAI_PASSPHRASE": "pw", "HOME": "/root"}
+    sources = PassphraseSources.take(environ)
+    assert environ == {"HOME": "/root"} and "pw" not in repr(sources)
+    assert sources.resolve(keys_dir, seal_new=True) == "pw"
+    KeyStore.open(keys_dir, "pw", scrypt_log2_n=15)
+    assert sources.resolve(keys_dir) == "pw"
     with pytest.raises(WrongPassphraseError):
-        resolve_passphrase(keys_dir, environ={}, interactive=False)
+        PassphraseSources().resolve(keys_dir, interactive=False)

@@ -224,7 +224,7 @@ def test_rotate_outputs_reports_damaged_files(protected, keystore, out_dir: Path
 
 
 def test_sealed_store_and_wrong_passphrase(image, keys_dir: Path, settings, out_dir: Path) -> None:
-    store = KeyStore.open(keys_dir, "open sesame", scrypt_log2_n=12)
+    store = KeyStore.open(keys_dir, "open sesame", scrypt_log2_n=15)
     protect_image(image("smooth", 6), make_info(), store, settings, out_dir)
     with pytest.raises(WrongPassphraseError):
         KeyStore.open(keys_dir, "open says me")

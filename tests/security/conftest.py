@@ -35,10 +35,14 @@ class LocalUser:
     def run(self, argv: Sequence[str], *, cwd: str | Path = "/", timeout: float = 60.0,
             env: dict[str, str] | None = None, check: bool = False) -> subprocess.CompletedProcess[str]:
         """Run `argv` as this user (real uid, gid and supplementary groups) with `setpriv`."""
-        cmd = ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--init-groups", "--", *argv]
+        cmd = self.command(argv)
         base = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8"}
         return subprocess.run(cmd, cwd=cwd, env={**base, **(env or {})}, capture_output=True,
                               text=True, timeout=timeout, check=check)
+
+    def command(self, argv: Sequence[str]) -> list[str]:
+        """`argv` behind `setpriv` as this user, for a process the test starts itself (Popen, a daemon)."""
+        return ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--init-groups", "--", *argv]
 
     def python(self, code: str, *args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
         """Run Python code as this user with the project's interpreter (isolated from the cwd)."""
