@@ -12,6 +12,7 @@ The entry bytes are the canonical JSON of a line's object without "leaf_hash" an
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -29,6 +30,8 @@ from daemon.safefiles import PrivateDir
 
 FORMAT = "secure-ai-studio/audit-export"
 VERSION = 1
+EXPORT_ROOT = "/var/backups/secure-ai-studio"
+"""Where the shipped unit lets the daemon write exports (config/secure-ai-studio.service)."""
 _CP_NAME = re.compile(r"^([0-9]{1,20})\.txt$")
 _SUFFIX_RE = re.compile(rb',"leaf_hash":"([0-9a-f]{64})","signature":"([0-9a-f]{128})"}\n?$')
 
@@ -46,13 +49,20 @@ def write_export(db_path: Path, directory: Path) -> dict[str, Any]:
     directory = Path(directory)
     if directory.exists() and any(directory.iterdir()):
         raise FileExistsError(f"{directory} is not empty: export into a new or empty directory")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    with PrivateDir(directory) as out:
-        out.mkdir("checkpoints")
-        out.mkdir("keys")
-        manifest = _write_contents(db_path, out)
-        out.write("manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
-        out.commit()
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        with PrivateDir(directory) as out:
+            out.mkdir("checkpoints")
+            out.mkdir("keys")
+            manifest = _write_contents(db_path, out)
+            out.write("manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
+            out.commit()
+    except OSError as exc:
+        if exc.errno not in (errno.EROFS, errno.EACCES):
+            raise
+        raise PermissionError(f"the daemon cannot write in {directory.parent} ({exc.strerror}); under the shipped "
+                              f"systemd unit it can write only its state directory and {EXPORT_ROOT} "
+                              "(ReadWritePaths=)") from None
     return manifest
 
 

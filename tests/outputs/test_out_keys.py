@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from daemon import config
 from daemon.crypto import KeyPermissionError, KeyStoreError, UnknownKeyError, WrongPassphraseError, envelope
 from daemon.crypto.keys import KeyStore, load_public_keys, signing_kid_of
 from daemon.crypto.passphrase import PassphraseSources
@@ -152,3 +153,15 @@ def test_resolve_passphrase(keys_dir: Path) -> None:
     assert sources.resolve(keys_dir) == "pw"
     with pytest.raises(WrongPassphraseError):
         PassphraseSources().resolve(keys_dir, interactive=False)
+
+
+@pytest.mark.parametrize("log2_n", [1, -3, 14, 23])
+def test_a_weak_or_absurd_scrypt_cost_is_refused(keys_dir: Path, tmp_path: Path, log2_n: int) -> None:
+    with pytest.raises(KeyStoreError, match=f"keys.scrypt_log2_n = {log2_n}: must be an integer from 15"):
+        KeyStore.open(keys_dir, "pw", scrypt_log2_n=log2_n)
+    assert not (keys_dir / "keys.json").exists()
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f"[keys]\nscrypt_log2_n = {log2_n}\n")
+    with pytest.raises(config.ConfigError) as info:
+        config.load(bad, environ={}, system_file=None)
+    assert info.value.key == "keys.scrypt_log2_n" and "from 15" in info.value.reason
