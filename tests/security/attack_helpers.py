@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import psutil
+
 from daemon.client import DaemonClient
 from daemon.harness import DaemonProcess, merged
 
@@ -96,5 +98,22 @@ async def fill_audit(client: DaemonClient, entries: int) -> None:
                                for i in range(start, min(entries, start + 200))))
 
 
-def socket_path(daemon: DaemonProcess) -> str:
-    return str(Path(daemon.socket))
+def unix_sockets(pid: int) -> int:
+    return len(psutil.Process(pid).net_connections("unix"))
+
+
+async def settled_sockets(pid: int) -> int:
+    """The daemon's Unix sockets once probes (the harness's readiness check) have gone."""
+    counts = []
+    for _ in range(5):
+        counts.append(unix_sockets(pid))
+        await asyncio.sleep(0.1)
+    return min(counts)
+
+
+async def until_held(pid: int, count: int, timeout: float = 60.0) -> None:
+    """Wait until the daemon holds `count` Unix sockets (an attacker's connections are open)."""
+    deadline = time.monotonic() + timeout
+    while unix_sockets(pid) < count:
+        assert time.monotonic() < deadline, f"the daemon holds {unix_sockets(pid)} sockets, not {count}"
+        await asyncio.sleep(0.1)

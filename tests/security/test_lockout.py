@@ -10,11 +10,8 @@ gets one by closing the longest idle.
 from __future__ import annotations
 
 import asyncio
-import time
 
-import psutil
-
-from attack_helpers import in_background, run_as, shared_daemon
+from attack_helpers import in_background, run_as, settled_sockets, shared_daemon, until_held
 from daemon.client import DaemonClient
 
 PER_USER, TOTAL, RESERVE, IDLE = 12, 24, 4, 3.0
@@ -55,11 +52,11 @@ async def test_idle_connections_cannot_lock_out_admins_or_newcomers(make_daemon,
         "model": {"preload": False}})
     viewer, operator = local_users["viewer"], local_users["operator"]
     path = str(daemon.socket)
-    sockets = _unix_sockets(daemon.proc.pid)
+    sockets = await settled_sockets(daemon.proc.pid)
     viewer_hold = in_background(lambda: run_as(viewer, HOLD, path, str(PER_USER), "12"))
-    await _until_held(daemon.proc.pid, sockets + PER_USER)
+    await until_held(daemon.proc.pid, sockets + PER_USER)
     operator_hold = in_background(lambda: run_as(operator, HOLD, path, str(PER_USER), "10"))
-    await _until_held(daemon.proc.pid, sockets + TOTAL - RESERVE)
+    await until_held(daemon.proc.pid, sockets + TOTAL - RESERVE)
     await asyncio.sleep(0.5)  # the operator's last ones are refused: the daemon is full for them
 
     async with await DaemonClient.connect(daemon.socket) as root:  # the reserve: root still gets in
@@ -76,14 +73,3 @@ async def test_idle_connections_cannot_lock_out_admins_or_newcomers(make_daemon,
     assert at_start == TOTAL - RESERVE and at_end == at_start - 1  # the longest idle one made room
     assert "closed to make room" in daemon.read_log()
 
-
-def _unix_sockets(pid: int) -> int:
-    return len(psutil.Process(pid).net_connections("unix"))
-
-
-async def _until_held(pid: int, count: int, timeout: float = 60.0) -> None:
-    """Wait until the daemon holds `count` Unix sockets (the attackers' connections are open)."""
-    deadline = time.monotonic() + timeout
-    while _unix_sockets(pid) < count:
-        assert time.monotonic() < deadline, f"the daemon holds {_unix_sockets(pid)} sockets, not {count}"
-        await asyncio.sleep(0.1)

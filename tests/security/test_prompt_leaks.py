@@ -14,7 +14,7 @@ import asyncio
 import hashlib
 import json
 
-from attack_helpers import in_background, run_as, shared_daemon
+from attack_helpers import in_background, run_as, settled_sockets, shared_daemon, until_held
 from daemon.crypto.keys import KeyStore
 
 FLAGGED, BLOCKED = "dragon", "bomb"
@@ -56,8 +56,10 @@ async def test_viewer_cannot_confirm_prompts_or_read_flags_and_refusals(make_dae
         "policy": {"flagged_terms": [FLAGGED], "blocked_terms": [BLOCKED]},
         "queue": {"start_paused": True}, "model": {"preload": False}})
     viewer, operator = local_users["viewer"], local_users["operator"]
+    sockets = await settled_sockets(daemon.proc.pid)
     watching = in_background(lambda: run_as(viewer, WATCH, str(daemon.socket), "8"))
-    await asyncio.sleep(2.0)  # subscribed before the operator works
+    await until_held(daemon.proc.pid, sockets + 1)
+    await asyncio.sleep(0.5)  # subscribed before the operator works
     work = run_as(operator, WORK, str(daemon.socket), PROMPT, REFUSED)
     assert work["own"]["warnings"] and FLAGGED in json.dumps(work["own"]["warnings"])  # the owner sees them
     assert work["refusal"]["code"] == -32005 and BLOCKED in work["refusal"]["message"]
