@@ -9,7 +9,6 @@ onto the new state directory at the end: directories 0700, files 0600.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sqlite3
 import stat
@@ -19,11 +18,10 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from daemon.audit.anchor import FILE_NAME as ANCHOR_FILE, Anchor, AuditTrustError
-from daemon.backup.durable import sync_filesystem
+from daemon.backup.durable import copy_hashed
 from daemon.backup.manifest import MANIFEST, SIGNATURE, STATE, BackupError, audit_state, check_signature, parse
 from daemon.safefiles import PrivateDir
 
-CHUNK = 1 << 20
 OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -100,7 +98,6 @@ class Restore:
                         made.add(sub)
                 total += self._copy(entry, out, rel)
             self._check_audit(manifest, out)
-            sync_filesystem(out.fd)
             out.commit()
         return {"state_dir": str(self.new_state), "files": len(manifest["files"]), "bytes": total, "key_id": kid,
                 "installation": manifest.get("installation"), "created_at": manifest.get("created_at"),
@@ -112,14 +109,10 @@ class Restore:
             fd = os.open(self.backup_dir / path, OPEN_FLAGS)
         except OSError as exc:
             raise BackupError(f"cannot read {path}: {exc.strerror}", path) from None
-        digest, size = hashlib.sha256(), 0
         with os.fdopen(fd, "rb") as src, out.open(rel) as dst:
-            while chunk := src.read(CHUNK):
-                digest.update(chunk)
-                dst.write(chunk)
-                size += len(chunk)
-        if size != entry["size"] or digest.hexdigest() != entry["sha256"]:
-            raise BackupError(f"{path} was changed: it is {size} bytes with SHA-256 {digest.hexdigest()}, the signed "
+            size, digest = copy_hashed(src, dst)
+        if size != entry["size"] or digest != entry["sha256"]:
+            raise BackupError(f"{path} was changed: it is {size} bytes with SHA-256 {digest}, the signed "
                               f"manifest says {entry['size']} bytes with SHA-256 {entry['sha256']}", path)
         return size
 

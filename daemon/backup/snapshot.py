@@ -28,12 +28,11 @@ from types import TracebackType
 from typing import Any, Callable
 
 from daemon.audit.entry import utc_now
-from daemon.backup.durable import sync_filesystem
+from daemon.backup.durable import copy_hashed
 from daemon.backup.manifest import FORMAT, MANIFEST, SIGNATURE, STATE, BackupError, audit_state, encode
 from daemon.outputs.atomic import TEMP_MARK
 from daemon.safefiles import PrivateDir
 
-CHUNK = 1 << 20
 DB_SUFFIXES = (".sqlite3", ".db")
 DB_ORDER = ("jobs.sqlite3", "audit.db")
 """Databases copied first, in this order; the others follow by name."""
@@ -96,7 +95,6 @@ class Snapshot:
         self._copy_tree("outputs", missing_ok=True)
         if self._digest("keys/keys.json") != keys_before:
             raise BackupError("the keys were rotated during the backup; run it again", "state/keys/keys.json")
-        sync_filesystem(self._out.fd)
         self.excluded = sorted(others)
         return {"format": FORMAT, "installation": self.installation, "created_at": utc_now(),
                 "state_dir": str(self.state_dir), "keys": self.keys, "audit": self.audit,
@@ -164,13 +162,9 @@ class Snapshot:
         with os.fdopen(fd, "rb") as src:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise BackupError(f"{self.state_dir / rel} is not a regular file", f"{STATE}/{rel}")
-            digest, size = hashlib.sha256(), 0
             with self._out.open(f"{STATE}/{rel}") as dst:
-                while chunk := src.read(CHUNK):
-                    digest.update(chunk)
-                    dst.write(chunk)
-                    size += len(chunk)
-        self._record(rel, size, digest.hexdigest())
+                size, digest = copy_hashed(src, dst)
+        self._record(rel, size, digest)
 
     def _copy_db(self, name: str) -> None:
         """One point-in-time copy with the online backup API, stored in rollback-journal mode (a
@@ -182,7 +176,7 @@ class Snapshot:
         try:
             dst = sqlite3.connect(dest)
             try:
-                dst.execute("PRAGMA synchronous=OFF")  # made durable with the rest, before the rename
+                dst.execute("PRAGMA synchronous=OFF")  # fsynced once it is whole, below
                 src.backup(dst)
                 dst.execute("PRAGMA journal_mode=DELETE")
                 if name == "audit.db":
@@ -194,9 +188,7 @@ class Snapshot:
             raise BackupError(f"cannot back up {source}: {exc}", f"{STATE}/{name}") from None
         finally:
             src.close()
-        digest, size = hashlib.sha256(), 0
         with open(dest, "rb") as copy:
-            while chunk := copy.read(CHUNK):
-                digest.update(chunk)
-                size += len(chunk)
-        self._record(name, size, digest.hexdigest())
+            digest = hashlib.file_digest(copy, "sha256").hexdigest()
+            os.fsync(copy.fileno())
+            self._record(name, os.fstat(copy.fileno()).st_size, digest)
