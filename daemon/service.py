@@ -213,7 +213,10 @@ class Daemon:
             "model": cfg.model.name, "path": cfg.model.path, "config_dir": cfg.model.config_dir,
             "device": cfg.model.device, "scheduler": cfg.model.scheduler, "threads": cfg.model.threads,
             "memory_headroom_mb": cfg.model.memory_headroom_mb, "pipeline_wrapper": cfg.worker.pipeline_wrapper,
-            "state_dir": str(self.state_dir), "heartbeat_seconds": cfg.worker.heartbeat_seconds})
+            "state_dir": str(self.state_dir), "heartbeat_seconds": cfg.worker.heartbeat_seconds},
+            watch_reader=lambda reader: self.background.watch(
+                reader, "worker reader", "hearing from the worker (progress, images, its exit)",
+                essential=True, lasts=False))
         sink = ProtectedSink(self.keystore, self.output_settings, self.outputs_dir,
                              lambda: self.worker.info.get("weights_sha256") or "")
         for job in recovered:  # what an interrupted attempt wrote was never reported to anyone

@@ -62,8 +62,12 @@ class _Running:
 
 
 class WorkerSupervisor:
-    def __init__(self, spec: dict[str, Any]) -> None:
+    def __init__(self, spec: dict[str, Any],
+                 watch_reader: Callable[["asyncio.Task[None]"], object] = lambda reader: None) -> None:
+        """`watch_reader` is given each worker's reader task: one that raises leaves that worker's
+        batches unanswered, so the daemon watches it (daemon.background)."""
         self.spec = spec
+        self._watch_reader = watch_reader
         self.process: asyncio.subprocess.Process | None = None
         self.info: dict[str, Any] = {}
         self.state = "stopped"
@@ -105,6 +109,7 @@ class WorkerSupervisor:
         loop = asyncio.get_running_loop()
         self._ready = loop.create_future()
         self._reader = asyncio.create_task(self._read_loop(self.process), name="sai-worker-reader")
+        self._watch_reader(self._reader)
         try:
             self.info = await asyncio.wait_for(asyncio.shield(self._ready), timeout)
         except (WorkerError, asyncio.TimeoutError) as exc:

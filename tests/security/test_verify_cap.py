@@ -16,14 +16,21 @@ from attack_helpers import fill_audit, run_as, shared_daemon
 ENTRIES = 4000
 
 VERIFY_FLOOD = r'''
-import threading
 path, n = sys.argv[1], int(sys.argv[2])
-replies = [None] * n
-def one(i):
-    replies[i] = rpc(path, "audit.verify", deep=True)
-threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
-for t in threads: t.start()
-for t in threads: t.join()
+socks = []
+for _ in range(n):  # every connection open first, then the requests back to back: they arrive together
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(path)
+    socks.append(s)
+line = b'{"jsonrpc":"2.0","id":1,"method":"audit.verify","params":{"deep":true}}\n'
+for s in socks:
+    s.sendall(line)
+replies = []
+for s in socks:
+    data = b""
+    while not data.endswith(b"\n"):
+        data += s.recv(1 << 16)
+    replies.append(json.loads(data))
 print(json.dumps(replies))
 '''
 
