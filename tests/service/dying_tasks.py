@@ -21,12 +21,14 @@ from daemon.audit.log import AuditLog  # noqa: E402
 from daemon.dispatch import Dispatcher  # noqa: E402
 from daemon.monitor.service import Monitor  # noqa: E402
 from daemon.queue.store import JobStore  # noqa: E402
+from daemon.worker.supervisor import WorkerSupervisor  # noqa: E402
 
 LOOPS: dict[str, tuple[type, str]] = {
     "audit committer": (AuditLog, "_commit_loop"),
     "job store committer": (JobStore, "_write_loop"),
     "monitor": (Monitor, "_run"),
     "dispatcher": (Dispatcher, "run"),
+    "worker reader": (WorkerSupervisor, "_read_loop"),
 }
 
 LoopMethod = Callable[..., Coroutine[Any, Any, Any]]

@@ -24,6 +24,7 @@ from daemon.harness import DaemonProcess, run_sai
 
 DOUBLE = Path(__file__).with_name("dying_tasks.py")
 NO_WORKER = {"model": {"preload": False}, "queue": {"start_paused": True}}
+WORKER_LOADED = {"model": {"preload": True}, "queue": {"start_paused": True}}
 EXIT_TASK_FAILED = 70
 UNATTENDED_SECONDS = 90.0
 
@@ -31,6 +32,13 @@ UNATTENDED_SECONDS = 90.0
 def start_with_dying(daemon: DaemonProcess, task: str) -> None:
     daemon.start(program=(sys.executable, str(DOUBLE), task))
     assert run_sai("status", socket_path=daemon.socket).returncode == 0  # serving: every loop is running
+
+
+def wait_worker_ready(daemon: DaemonProcess, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while json.loads(run_sai("status", "--json", socket_path=daemon.socket).stdout)["worker"]["state"] != "ready":
+        assert time.monotonic() < deadline, "the worker did not load the model"
+        time.sleep(0.5)
 
 
 def runs_on_uvloop(daemon: DaemonProcess) -> bool:
@@ -72,10 +80,13 @@ async def test_sai_daemon_on_uvloop_audits_and_checkpoints_through_overdue_check
     assert daemon.terminate() == 0
 
 
-@pytest.mark.parametrize("task", ["audit committer", "job store committer", "dispatcher"])
+@pytest.mark.parametrize("task", ["audit committer", "job store committer", "dispatcher", "worker reader"])
 def test_an_essential_task_that_dies_ends_the_daemon_non_zero_and_the_restart_shows_the_alert(task, make_daemon):
-    daemon = make_daemon(NO_WORKER, start=False)
+    reader = task == "worker reader"  # one runs per worker process: load the model first
+    daemon = make_daemon(WORKER_LOADED if reader else NO_WORKER, start=False)
     start_with_dying(daemon, task)
+    if reader:
+        wait_worker_ready(daemon)
     assert daemon.proc is not None
     daemon.proc.send_signal(signal.SIGUSR1)
     assert daemon.proc.wait(90) == EXIT_TASK_FAILED
