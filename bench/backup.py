@@ -111,8 +111,20 @@ def pad_outputs(outputs: Path, megabytes: int) -> None:
         (outputs / f"jbench{i:07x}-0.png.sai").write_bytes(os.urandom(1 << 20))
 
 
-def fmt(values: list[float], spec: str = "{:.1f}") -> str:
-    return " ".join(spec.format(v) for v in values)
+def one_round(daemon: DaemonProcess, root: Path, clients: int) -> dict[str, float]:
+    """Every figure of one round, by name (MB, MB/s, submits/s, seconds)."""
+    f: dict[str, float] = {}
+    seconds, own, size = timed_backup(daemon, root / "backup")
+    f["size"], f["backup"], f["own"] = size / 1e6, size / seconds / 1e6, size / own / 1e6
+    shutil.rmtree(root / "backup")
+    for name, durable in (("cp", False), ("synced", True)):
+        seconds, copied = timed_cp(daemon.state_dir, root / "cp", durable)
+        f[name] = copied / seconds / 1e6
+        shutil.rmtree(root / "cp")
+    f["busy"], f["window"] = uvloop.run(submits_while(daemon, clients, root / "during"))
+    f["quiet"] = uvloop.run(submits_while(daemon, clients, None, f["window"]))[0]
+    f["ratio"] = f["busy"] / f["quiet"]
+    return f
 
 
 def main() -> int:
@@ -131,44 +143,30 @@ def main() -> int:
         try:
             fill = uvloop.run(daemon_calls(daemon, 20, max(1, args.jobs // 20), "job.submit", prompt="bench fill"))
             pad_outputs(daemon.state_dir / "outputs", args.outputs_mb)
-            backup_rates, copy_rates, cp_rates, synced_rates, sizes, quiet, busy, windows = [], [], [], [], [], [], [], []
-            for r in range(args.rounds):
-                seconds, own, size = timed_backup(daemon, root / f"backup-{r}")
-                backup_rates.append(size / seconds / 1e6)
-                copy_rates.append(size / own / 1e6)
-                sizes.append(size / 1e6)
-                seconds, copied = timed_cp(daemon.state_dir, root / f"cp-{r}", durable=False)
-                cp_rates.append(copied / seconds / 1e6)
-                shutil.rmtree(root / f"cp-{r}")
-                seconds, copied = timed_cp(daemon.state_dir, root / f"cp-{r}", durable=True)
-                synced_rates.append(copied / seconds / 1e6)
-                shutil.rmtree(root / f"backup-{r}")
-                shutil.rmtree(root / f"cp-{r}")
-                rate, seconds = uvloop.run(submits_while(daemon, args.clients, root / "during"))
-                busy.append(rate)
-                windows.append(seconds)
-                quiet.append(uvloop.run(submits_while(daemon, args.clients, None, seconds))[0])
+            rounds = [one_round(daemon, root, args.clients) for _ in range(args.rounds)]
         finally:
             daemon.stop()
-    b, c = statistics.median(backup_rates), statistics.median(cp_rates)
-    d = statistics.median(synced_rates)
-    q, w = statistics.median(quiet), statistics.median(busy)
-    ratios = [x / y for x, y in zip(busy, quiet)]
+
+    def med(name: str) -> float:
+        return statistics.median(r[name] for r in rounds)
+
+    def each(name: str, spec: str = "{:.1f}") -> str:
+        return " ".join(spec.format(r[name]) for r in rounds)
+
     print(f"backup benchmark: state filled with {args.jobs} submits ({fill.rate:.0f}/s), {os.cpu_count()} CPUs, "
           f"{args.rounds} rounds (medians; each round's figure after it)")
-    print(f"  state backed up: {statistics.median(sizes):.1f} MB ({fmt(sizes)})")
-    print(f"  sai backup (online backup API, SHA-256, synced, signed):{b:7.1f} MB/s  ({fmt(backup_rates)})")
-    print(f"  the same, as the CLI times its work after start-up:   {statistics.median(copy_rates):7.1f} MB/s  "
-          f"({fmt(copy_rates)})")
-    print(f"  cp -a of the same state dir (not consistent):            {c:7.1f} MB/s  ({fmt(cp_rates)})")
-    print(f"  cp -a, then sync -f (on disk, as a backup is):           {d:7.1f} MB/s  ({fmt(synced_rates)})")
-    print(f"  ratio sai backup / cp -a: {b / c:.2f} end to end, {statistics.median(copy_rates) / c:.2f} after start-up; "
-          f"sai backup / cp -a + sync: {b / d:.2f}")
-    print(f"  job.submit, {args.clients} clients: while a backup runs {w:6.0f}/s ({fmt(busy, '{:.0f}')}), "
-          f"in as long a window right after without one {q:6.0f}/s ({fmt(quiet, '{:.0f}')}); windows "
-          f"{fmt(windows)} s")
-    print(f"  ratio submits during backup / without, per round: {statistics.median(ratios):.2f} ({fmt(ratios, '{:.2f}')}); "
-          f"of the medians: {w / q:.2f} (target >= {TARGET_RATIO})")
+    print(f"  state backed up: {med('size'):.1f} MB ({each('size')})")
+    print(f"  sai backup (online backup API, SHA-256, synced, signed): {med('backup'):7.1f} MB/s  ({each('backup')})")
+    print(f"  the same, as the CLI times its work after start-up:     {med('own'):7.1f} MB/s  ({each('own')})")
+    print(f"  cp -a of the same state dir (not consistent):            {med('cp'):7.1f} MB/s  ({each('cp')})")
+    print(f"  cp -a, then sync -f (on disk, as a backup is):           {med('synced'):7.1f} MB/s  ({each('synced')})")
+    print(f"  ratio sai backup / cp -a: {med('backup') / med('cp'):.2f} end to end, {med('own') / med('cp'):.2f} after "
+          f"start-up; sai backup / cp -a + sync: {med('backup') / med('synced'):.2f}")
+    print(f"  job.submit, {args.clients} clients: while a backup runs {med('busy'):6.0f}/s ({each('busy', '{:.0f}')}), "
+          f"in as long a window right after without one {med('quiet'):6.0f}/s ({each('quiet', '{:.0f}')}); "
+          f"windows {each('window')} s")
+    print(f"  ratio submits during backup / without, per round: {med('ratio'):.2f} ({each('ratio', '{:.2f}')}) "
+          f"(target >= {TARGET_RATIO})")
     print(f"  machine load {os.getloadavg()[0]:.2f}")
     return 0
 

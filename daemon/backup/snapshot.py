@@ -29,7 +29,8 @@ from typing import Any, Callable
 
 from daemon.audit.entry import utc_now
 from daemon.backup.durable import copy_hashed
-from daemon.backup.manifest import FORMAT, MANIFEST, SIGNATURE, STATE, BackupError, audit_state, encode
+from daemon.backup.manifest import (FORMAT, MANIFEST, SIGNATURE, STATE, BackupError, audit_state, check_relative,
+                                    encode)
 from daemon.outputs.atomic import TEMP_MARK
 from daemon.safefiles import PrivateDir
 
@@ -66,7 +67,8 @@ class Snapshot:
                               "would hold them in the clear. Seal them ([keys] sealed = true in a new state) or "
                               "pass --include-plain-keys and keep the backup as safe as the keys", "state/keys")
         if self.target.is_symlink() or (self.target.exists() and any(self.target.iterdir())):
-            raise BackupError(f"{self.target} exists and is not empty: back up into a new or empty directory",
+            raise BackupError(f"{self.target} exists and is not an empty directory: back up into a new or "
+                              "empty directory",
                               str(self.target))
         self.target.parent.mkdir(parents=True, exist_ok=True)
         self.on_file = on_file
@@ -126,7 +128,7 @@ class Snapshot:
         return sorted(databases, key=lambda n: (rank.get(n, len(rank)), n)), others
 
     def _record(self, rel: str, size: int, digest: str) -> None:
-        self.files.append({"path": f"{STATE}/{rel}", "size": size, "sha256": digest})
+        self.files.append({"path": check_relative(f"{STATE}/{rel}"), "size": size, "sha256": digest})
         if self.on_file is not None:
             self.on_file(rel, size)
 

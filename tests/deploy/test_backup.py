@@ -178,8 +178,13 @@ async def test_changed_missing_extra_or_resigned_backups_are_refused_naming_the_
     occupied.mkdir()
     (occupied / "something").write_text("x")
     refused = _restore(good, occupied)
-    assert refused.returncode == 2 and "not empty" in refused.stderr
+    assert refused.returncode == 2 and "not an empty directory" in refused.stderr
     assert (await _backup(daemon, occupied)).returncode != 0
+    elsewhere = scratch / "elsewhere"
+    elsewhere.mkdir()
+    (scratch / "planted").symlink_to(elsewhere)
+    planted = await _backup(daemon, scratch / "planted")
+    assert planted.returncode == 1 and "not an empty directory" in planted.stderr and not list(elsewhere.iterdir())
 
     assert _restore(good, scratch / "fine").returncode == 0
 
