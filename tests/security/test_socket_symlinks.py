@@ -12,9 +12,9 @@ directory others can write (not sticky) is refused.
 from __future__ import annotations
 
 import grp
-import os
 import subprocess
 import sys
+from pathlib import Path
 
 from attack_helpers import run_as, shared_config
 from daemon.harness import DaemonProcess
@@ -53,8 +53,8 @@ else:
 (while the daemon runs)."""
 
 
-def with_socket_in(daemon: DaemonProcess, directory: os.PathLike[str]) -> DaemonProcess:
-    daemon.socket = directory / daemon.socket.name  # type: ignore[operator]
+def with_socket_in(daemon: DaemonProcess, directory: Path) -> DaemonProcess:
+    daemon.socket = directory / daemon.socket.name
     return daemon
 
 
