@@ -132,8 +132,7 @@ class SaiConsole(App[int]):
         except Exception as exc:
             self.report("Loading from the daemon", exc)
             return
-        main.header.status = status
-        main.memory.set_worker(status.get("worker") or {})
+        self._show_status(status)
         main.table.load(jobs.get("jobs", []))
         self._header_counts()
         await asyncio.gather(main.memory.reload(), main.alerts.reload(), main.audit.reload(), return_exceptions=True)
@@ -172,9 +171,15 @@ class SaiConsole(App[int]):
             status = await self.rpc("daemon.status")
         except (RpcError, DaemonUnavailable):
             return
-        self.main.header.status = status
-        self.main.memory.set_worker(status.get("worker") or {})
+        self._show_status(status)
         self._header_counts()
+
+    def _show_status(self, status: dict[str, Any]) -> None:
+        main = self.main
+        main.header.status = status
+        main.memory.set_worker(status.get("worker") or {})
+        failed = (status.get("tasks") or {}).get("failed") or []
+        main.banner.fault = "DAEMON FAULT: " + " · ".join(task["message"] for task in failed) if failed else ""
 
     # -- events ------------------------------------------------------------------------------------
 
@@ -218,6 +223,9 @@ class SaiConsole(App[int]):
     def on_alert_changed(self, message: AlertChanged) -> None:
         if self.lookback_at is None:
             self.main.alerts.apply(message.data)
+        alert = message.data.get("alert") or {}
+        if str(alert.get("key", "")).startswith("task."):  # a daemon task died: the banner says so
+            self._status_soon()
 
     @while_running
     def on_audit_appended(self, message: AuditAppended) -> None:
