@@ -1,8 +1,9 @@
 """Files created where other users may have been first: never through a symlink, never into a
 file someone else made.
 
-`open_lock` opens a lock file with O_NOFOLLOW and checks it is a regular file of ours with one
-link (a planted symlink or hard link to a root file is refused, not truncated). `PrivateDir` writes
+`read_nofollow` reads a file, never through a symlink. `open_lock` opens a lock file with
+O_NOFOLLOW and checks it is a regular file of ours with one link (a planted symlink or hard link
+to a root file is refused, not truncated). `PrivateDir` writes
 a set of files in a new 0700 directory beside their destination, by directory descriptor and with
 O_EXCL|O_NOFOLLOW, then renames the whole onto the destination: nothing another user plants in
 the destination or the parent during the write is ever opened, and a rename of the temp
@@ -47,6 +48,19 @@ def open_lock(path: Path) -> int:
         raise
     _ours(fd, path, "file")
     return fd
+
+
+def read_nofollow(path: Path) -> bytes:
+    """The bytes of the file `path` itself: a symlink there is refused (UnsafePath), never read through."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafePath(f"{path} is a symbolic link; the daemon reads only the file itself: put the file "
+                             "there (or restore the directory from backup)") from None
+        raise
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read()
 
 
 class PrivateDir:

@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from daemon.crypto import KeyPermissionError, KeyStoreError, UnknownKeyError, WrongPassphraseError
 from daemon.crypto.sealing import Sealer
 from daemon.outputs.atomic import atomic_write, ensure_dir, fsync_dir
+from daemon.safefiles import read_nofollow
 
 FORMAT = "sai-keys/1"
 KID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -62,7 +63,7 @@ def load_public_keys(keys_dir: Path) -> dict[str, Ed25519PublicKey]:
     found: dict[str, Ed25519PublicKey] = {}
     for path in sorted(Path(keys_dir).glob("signing*.pub.pem")):
         try:
-            key = serialization.load_pem_public_key(path.read_bytes())
+            key = serialization.load_pem_public_key(read_nofollow(path))
         except (OSError, ValueError) as exc:
             raise KeyStoreError(f"cannot read public key {path}: {exc}", path=str(path)) from None
         if not isinstance(key, Ed25519PublicKey):
@@ -145,7 +146,7 @@ class KeyStore:
     @staticmethod
     def _read_meta(meta_path: Path) -> dict:
         try:
-            meta = json.loads(meta_path.read_bytes())
+            meta = json.loads(read_nofollow(meta_path))
         except (OSError, ValueError) as exc:
             raise KeyStoreError(f"cannot read {meta_path}: {exc}", path=str(meta_path)) from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
@@ -203,12 +204,13 @@ class KeyStore:
         try:
             if self._sealer is not None:
                 try:
-                    key = self._sealer.unseal(Path(str(base) + SEALED_SUFFIX).read_bytes(), b"sai-kek\0" + kid.encode())
+                    sealed = read_nofollow(Path(str(base) + SEALED_SUFFIX))
+                    key = self._sealer.unseal(sealed, b"sai-kek\0" + kid.encode())
                 except InvalidTag:
                     raise KeyStoreError(f"sealed key {base}{SEALED_SUFFIX} is damaged (authentication failed)",
                                         path=str(base)) from None
             else:
-                key = base.read_bytes()
+                key = read_nofollow(base)
         except FileNotFoundError:
             raise UnknownKeyError(f"key-encryption key {kid!r} is not in {self.keys_dir / 'kek'}; the file was "
                                   f"made by another installation or its key was removed", path=str(base)) from None
@@ -225,7 +227,7 @@ class KeyStore:
         check_kid(kid)
         path = self.keys_dir / f"signing-{kid}.pub.pem"
         try:
-            key = serialization.load_pem_public_key(path.read_bytes())
+            key = serialization.load_pem_public_key(read_nofollow(path))
         except FileNotFoundError:
             raise UnknownKeyError(f"no public key for signing key {kid!r} in {self.keys_dir}", path=str(path)) from None
         if not isinstance(key, Ed25519PublicKey) or signing_kid_of(key) != kid:
@@ -249,7 +251,7 @@ class KeyStore:
             signing = Ed25519PrivateKey.generate()
             pending = self.keys_dir / (self._signing_name() + ".next")
             skid = self._write_signing_key(signing, pending)
-            atomic_write(self._previous_path(), (self.keys_dir / self._signing_name()).read_bytes())
+            atomic_write(self._previous_path(), read_nofollow(self.keys_dir / self._signing_name()))
             self.previous_signing_key, self.previous_signing_kid = self._signing_key, self.signing_kid
             self._meta.update(current_kek=kek_id, signing_kid=skid, previous_signing_kid=self.signing_kid,
                               rotated_at=_now())
@@ -318,7 +320,7 @@ class KeyStore:
         return skid
 
     def _read_signing_key(self, path: Path, kid: str | None) -> Ed25519PrivateKey:
-        data = path.read_bytes()
+        data = read_nofollow(path)
         if self._sealer is None:
             try:
                 key = serialization.load_pem_private_key(data, password=None)
@@ -365,7 +367,7 @@ class KeyStore:
     def _repair_current_public_key(self) -> None:
         pem = public_pem(self.signing_key.public_key())
         path = self.keys_dir / "signing.pub.pem"
-        if not path.exists() or path.read_bytes() != pem:
+        if not path.exists() or read_nofollow(path) != pem:
             atomic_write(path, pem)
         own = self.keys_dir / f"signing-{self.signing_kid}.pub.pem"
         if not own.exists():

@@ -165,3 +165,15 @@ def test_a_weak_or_absurd_scrypt_cost_is_refused(keys_dir: Path, tmp_path: Path,
     with pytest.raises(config.ConfigError) as info:
         config.load(bad, environ={}, system_file=None)
     assert info.value.key == "keys.scrypt_log2_n" and "from 15" in info.value.reason
+
+
+def test_a_key_file_replaced_by_a_symlink_is_not_read_through(keys_dir: Path, tmp_path: Path) -> None:
+    store = KeyStore.open(keys_dir)
+    kek = keys_dir / "kek" / f"{store.current_kek_id}.key"
+    elsewhere = tmp_path / "elsewhere.key"
+    elsewhere.write_bytes(os.urandom(32))
+    elsewhere.chmod(0o600)
+    kek.unlink()
+    kek.symlink_to(elsewhere)
+    with pytest.raises(PermissionError, match=f"{kek} is a symbolic link"):
+        KeyStore.open(keys_dir)
