@@ -72,11 +72,15 @@ bundle: setup
 	tar -C build/bundle --owner=0 --group=0 --sort=name -czf $(DIST)/$(BUNDLE).tar.gz $(BUNDLE)
 	@echo "$(DIST)/$(BUNDLE).tar.gz: $$(du -h $(DIST)/$(BUNDLE).tar.gz | cut -f1), $$(ls $(STAGE)/wheelhouse | wc -l) wheels"
 
-# System tools the tests drive for real: tmux (the console in a terminal), openssl (manifest checks).
+# System tools the tests drive for real: tmux (the console in a terminal), openssl (manifest and
+# release-key checks), podman and debootstrap (the container image, built from a local base),
+# systemd-analyze (the unit's exposure score).
+SYSTEM_TOOLS := tmux openssl podman debootstrap systemd-analyze
+SYSTEM_PACKAGES := tmux openssl podman debootstrap systemd
 system-deps:
-	@command -v tmux >/dev/null && command -v openssl >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tmux openssl >/dev/null; \
-	  else echo "install tmux and openssl (e.g. sudo apt-get install tmux openssl)"; exit 1; fi; }
+	@missing=$$(for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || echo $$t; done); [ -z "$$missing" ] || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
+	  else echo "missing: $$missing (e.g. sudo apt-get install $(SYSTEM_PACKAGES))"; exit 1; fi; }
 
 lint: setup
 	$(VENV)/bin/lint-imports

@@ -11,47 +11,18 @@ import os
 import re
 import shutil
 import subprocess
-import sys
-import tarfile
 import time
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from deploy_helpers import ROOT, make_key, run
+
 pytestmark = pytest.mark.slow
 
 needs_unshare = pytest.mark.skipif(
     shutil.which("unshare") is None or os.geteuid() != 0,
     reason="proving 'offline' needs `unshare -n`, which needs root here")
-
-
-def run(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=600, **kwargs)  # type: ignore[call-overload]
-
-
-def make_key(path: Path) -> Path:
-    run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", str(path)], check=True)
-    pub = path.with_suffix(".pub.pem")
-    run(["openssl", "pkey", "-in", str(path), "-pubout", "-out", str(pub)], check=True)
-    return pub
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    work = tmp_path_factory.mktemp("bundle")
-    key = work / "release.pem"
-    pub = make_key(key)
-    venv = Path(sys.prefix)
-    made = run(["make", "-C", str(ROOT), "bundle", f"VENV={venv}", "LOCK=requirements.lock",
-                f"DIST={work / 'dist'}", f"RELEASE_KEY={key}"])
-    assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
-    tarballs = list((work / "dist").glob("*.tar.gz"))
-    assert [t.name for t in tarballs] == ["secure-ai-studio-0.1.0-linux_x86_64-cpu.tar.gz"]
-    with tarfile.open(tarballs[0]) as tar:
-        tar.extractall(work / "unpacked", filter="data")
-    (top,) = (work / "unpacked").iterdir()
-    return {"dir": top, "pub": pub, "work": work}
 
 
 def test_bundle_holds_every_locked_wheel_and_checksums_every_member(bundle: dict[str, Path]) -> None:
