@@ -83,8 +83,7 @@ class Restore:
         manifest, kid = check(self.backup_dir, self.pinned)
         if self.new_state.is_symlink() or (self.new_state.exists() and any(self.new_state.iterdir())):
             raise BackupError(f"{self.new_state} exists and is not an empty directory: restore into a new or "
-                              "empty directory",
-                              str(self.new_state))
+                              "empty directory", str(self.new_state))
         self.new_state.parent.mkdir(parents=True, exist_ok=True)
         total = 0
         with PrivateDir(self.new_state) as out:

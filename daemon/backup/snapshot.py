@@ -37,8 +37,6 @@ from daemon.safefiles import PrivateDir
 DB_SUFFIXES = (".sqlite3", ".db")
 DB_ORDER = ("jobs.sqlite3", "audit.db")
 """Databases copied first, in this order; the others follow by name."""
-SKIPPED_TOP = ("models", "daemon.lock")
-"""Not backed up: models are rebuilt or reinstalled, the lock belongs to a running daemon."""
 OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -68,12 +66,10 @@ class Snapshot:
                               "pass --include-plain-keys and keep the backup as safe as the keys", "state/keys")
         if self.target.is_symlink() or (self.target.exists() and any(self.target.iterdir())):
             raise BackupError(f"{self.target} exists and is not an empty directory: back up into a new or "
-                              "empty directory",
-                              str(self.target))
+                              "empty directory", str(self.target))
         self.target.parent.mkdir(parents=True, exist_ok=True)
         self.on_file = on_file
         self.files: list[dict[str, Any]] = []
-        self.excluded: list[str] = []
         self.audit: dict[str, Any] = {}
         self._out = PrivateDir(self.target)
         self._out.mkdir(STATE)
@@ -97,10 +93,9 @@ class Snapshot:
         self._copy_tree("outputs", missing_ok=True)
         if self._digest("keys/keys.json") != keys_before:
             raise BackupError("the keys were rotated during the backup; run it again", "state/keys/keys.json")
-        self.excluded = sorted(others)
         return {"format": FORMAT, "installation": self.installation, "created_at": utc_now(),
                 "state_dir": str(self.state_dir), "keys": self.keys, "audit": self.audit,
-                "excluded": self.excluded, "files": sorted(self.files, key=lambda f: f["path"])}
+                "excluded": sorted(others), "files": sorted(self.files, key=lambda f: f["path"])}
 
     def finish(self, manifest: dict[str, Any], signature_doc: bytes) -> Path:
         """Write the manifest and its signature, and rename the backup onto `target`."""
