@@ -45,10 +45,19 @@ IN_FLIGHT = 2
 """Batches handed to the worker at once: the running one and the next."""
 
 
+WatchWork = Callable[["asyncio.Task[Any]", str, str, bool], object]
+"""Told of each task the dispatcher starts for a batch: (task, what it is, what it does, whether jobs
+stay `running` for good if it raises)."""
+
+
 class Dispatcher:
     def __init__(self, manager: QueueManager, worker: WorkerSupervisor, sink: OutputSink, executor: Executor,
-                 max_batch: int, policy: Section) -> None:
+                 max_batch: int, policy: Section,
+                 watch_work: WatchWork = lambda task, name, duty, holds_jobs: None) -> None:
+        """`watch_work` sees every batch, output and bookkeeping task: one that raises leaves its
+        jobs `running` for good, so the daemon watches them (daemon.background)."""
         self.manager = manager
+        self._watch_work = watch_work
         self.worker = worker
         self.sink = sink
         self.executor = executor
@@ -105,6 +114,7 @@ class Dispatcher:
                 continue
             work.set()
             task = asyncio.create_task(self._run_batch(batch), name="sai-batch")
+            self._watch_work(task, "batch runner", "running a batch and recording its outcome", True)
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
 
@@ -143,9 +153,13 @@ class Dispatcher:
         if stopped:
             self._track(self._cancelled(stopped))
 
-    def _track(self, coro: Any) -> None:
+    def _track(self, coro: Any, holds_jobs: bool = True) -> None:
         """Run bookkeeping beside the batch; shutdown waits for it."""
         task = asyncio.create_task(coro)
+        if holds_jobs:
+            self._watch_work(task, "job bookkeeping", "recording job starts and cancels", True)
+        else:
+            self._watch_work(task, "batch figures", "recording batch figures for reports", False)
         self.finishing.add(task)
         task.add_done_callback(self.finishing.discard)
 
@@ -185,7 +199,8 @@ class Dispatcher:
         except BatchFailed as exc:
             live = [job for job in batch if job.state == RUNNING]
             self._track(self.on_batch_figures(live, {"jobs": len(batch), "images": len(command["items"]),
-                                                     "worker_rss": self.worker.info.get("memory", {}).get("rss")}))
+                                                     "worker_rss": self.worker.info.get("memory", {}).get("rss")}),
+                        holds_jobs=False)
             await self.manager.finish(live, FAILED, f"generation failed: {exc}")
             return
         self._backoff = 1.0
@@ -193,7 +208,7 @@ class Dispatcher:
         self.memory.observe(result.peak)
         self._track(self.on_batch_figures(batch, {"jobs": len(batch), "images": len(command["items"]),
                                                   "peak_bytes_per_image": result.peak.get("bytes_per_image"),
-                                                  "worker_rss": result.memory.get("rss")}))
+                                                  "worker_rss": result.memory.get("rss")}), holds_jobs=False)
         done = [job for job in batch if job.state == RUNNING]
         cancelled = [job for job in done if job.job_id in result.cancelled or job.job_id in self.cancel_requested]
         if cancelled:
@@ -203,6 +218,7 @@ class Dispatcher:
         finished = [job for job in done if job not in cancelled]
         if finished:
             task = asyncio.create_task(self._write_outputs(finished, result), name="sai-outputs")
+            self._watch_work(task, "output writer", "writing a batch's outputs and finishing its jobs", True)
             self.finishing.add(task)
             task.add_done_callback(self.finishing.discard)
 

@@ -221,7 +221,9 @@ class Daemon:
                              lambda: self.worker.info.get("weights_sha256") or "")
         for job in recovered:  # what an interrupted attempt wrote was never reported to anyone
             await self.run_blocking(sink.discard, job.job_id, job.count, "removing the files of an interrupted attempt")
-        self.dispatcher = Dispatcher(self.queue, self.worker, sink, self.executor, cfg.queue.max_batch, cfg.worker)
+        self.dispatcher = Dispatcher(self.queue, self.worker, sink, self.executor, cfg.queue.max_batch, cfg.worker,
+                                     watch_work=lambda task, name, duty, holds_jobs: self.background.watch(
+                                         task, name, duty, essential=holds_jobs, lasts=False))
         self.dispatcher.on_worker_event = self.reactions.worker_event
         self.dispatcher.on_batch_figures = self.job_history.record_batch
         self.queue.on_finished = self.reactions.job_finished

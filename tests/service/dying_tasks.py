@@ -1,9 +1,10 @@
-"""Test double: the real `sai daemon`, with one background task made to die on SIGUSR1.
+"""Test double: the real `sai daemon`, with one background task made to die.
 
 `python dying_tasks.py TASK daemon ARGS...` runs `sai daemon ARGS...` (on uvloop, as installed)
 after wrapping the loop of TASK (a key of LOOPS) so that SIGUSR1 makes its task end with
-InjectedFault, as a task that hit a bug would. Everything else is the daemon's own code: this is
-how the tests kill a background task for which no outside fault reaches the loop.
+InjectedFault, as a task that hit a bug would; a task of ONE_SHOTS raises InjectedFault the first
+time it runs. Everything else is the daemon's own code: this is how the tests kill a background
+task for which no outside fault reaches the loop.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ LOOPS: dict[str, tuple[type, str]] = {
     "monitor": (Monitor, "_run"),
     "dispatcher": (Dispatcher, "run"),
     "worker reader": (WorkerSupervisor, "_read_loop"),
+}
+
+ONE_SHOTS: dict[str, tuple[type, str]] = {
+    "batch runner": (Dispatcher, "_run_batch"),
 }
 
 LoopMethod = Callable[..., Coroutine[Any, Any, Any]]
@@ -57,8 +62,25 @@ def dying_on_sigusr1(name: str, loop_method: LoopMethod) -> LoopMethod:
     return run
 
 
+def dying_once(name: str, method: LoopMethod) -> LoopMethod:
+    died = False
+
+    async def run(self: Any, *args: Any) -> Any:
+        nonlocal died
+        if not died:
+            died = True
+            raise InjectedFault(f"{name} killed on purpose by the test double (first run)")
+        return await method(self, *args)
+
+    return run
+
+
 if __name__ == "__main__":
     task = sys.argv[1]
-    owner, method = LOOPS[task]
-    setattr(owner, method, dying_on_sigusr1(task, getattr(owner, method)))
+    if task in ONE_SHOTS:
+        owner, method = ONE_SHOTS[task]
+        setattr(owner, method, dying_once(task, getattr(owner, method)))
+    else:
+        owner, method = LOOPS[task]
+        setattr(owner, method, dying_on_sigusr1(task, getattr(owner, method)))
     sys.exit(main(sys.argv[2:]))

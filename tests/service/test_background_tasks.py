@@ -124,3 +124,22 @@ async def test_a_monitor_that_dies_is_alerted_and_shown_while_the_daemon_goes_on
     assert (await wait_for(client, job_id))["state"] == "succeeded"
     assert daemon.proc.poll() is None
     assert daemon.terminate() == 0
+
+
+def test_a_batch_runner_that_raises_ends_the_daemon_and_its_job_runs_after_the_restart(make_daemon):
+    daemon = make_daemon({"model": {"preload": False}}, start=False)
+    daemon.start(program=(sys.executable, str(DOUBLE), "batch runner"))
+    submitted = run_sai("submit", "a job whose first batch runner raised", "--json", socket_path=daemon.socket)
+    job_id = json.loads(submitted.stdout)["job_id"]
+    assert daemon.proc is not None and daemon.proc.wait(120) == EXIT_TASK_FAILED
+    assert re.search(r"CRITICAL.*batch runner died: InjectedFault", daemon.read_log())
+
+    restarted = make_daemon({"model": {"preload": False}}, state_from=daemon)
+    deadline = time.monotonic() + 120
+    while (job := json.loads(run_sai("job", job_id, "--json", socket_path=restarted.socket).stdout))["state"] \
+            not in ("succeeded", "failed", "cancelled"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.5)
+    assert job["state"] == "succeeded", job
+    status = run_sai("status", socket_path=restarted.socket).stdout
+    assert re.search(r"ALERT\s+batch runner died: InjectedFault", status), status
