@@ -66,7 +66,7 @@ async def through_daemon(daemon: DaemonProcess, size: int, steps: int) -> dict:
     status = await client.call("daemon.status")
     snapshot = await client.call("metrics.snapshot")
     await client.close()
-    return {"seconds": results, "worker": status["worker"], "gpu": snapshot.get("latest", {}).get("gpu")}
+    return {"seconds": results, "worker": status["worker"], "gpu": snapshot.get("gpus")}  # the latest sample is at the top
 
 
 def main() -> int:
