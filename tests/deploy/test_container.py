@@ -92,18 +92,19 @@ READ_ONLY_RUN = textwrap.dedent("""\
     mount --bind $sock $root/run/sai
     mount -t proc proc $root/proc
     mount --rbind /dev $root/dev
-    printf '[defaults]\\nwidth = 64\\nheight = 64\\nsteps = 2\\n' > $state/c.toml
-    in_image() { env -i PATH=/opt/secure-ai-studio/.venv/bin:/usr/bin:/bin SAI_SOCKET=/run/sai/daemon.sock \\
-        HOME=/var/lib/secure-ai-studio PYTHONDONTWRITEBYTECODE=1 HF_HUB_OFFLINE=1 \\
-        unshare -n /usr/sbin/chroot --userspec=10001:10001 $root "$@"; }
-    in_image sai daemon --state-dir /var/lib/secure-ai-studio --config /var/lib/secure-ai-studio/c.toml > $vol/log 2>&1 &
+    printf '[defaults]\\nwidth = 64\\nheight = 64\\nsteps = 2\\n' > $root/tmp/c.toml
+    in_image="env -i PATH=/opt/secure-ai-studio/.venv/bin:/usr/bin:/bin SAI_SOCKET=/run/sai/daemon.sock
+        HOME=/var/lib/secure-ai-studio PYTHONDONTWRITEBYTECODE=1 HF_HUB_OFFLINE=1
+        unshare -n /usr/sbin/chroot --userspec=10001:10001 $root"
+    # each program execs the next, so $! below is the daemon itself
+    $in_image sai daemon --state-dir /var/lib/secure-ai-studio --config /tmp/c.toml > $vol/log 2>&1 &
     pid=$!
     for i in $(seq 180); do
         kill -0 $pid 2>/dev/null || { cat $vol/log; exit 1; }
-        in_image sai status >/dev/null 2>&1 && break; sleep 1
+        $in_image sai status >/dev/null 2>&1 && break; sleep 1
     done
-    in_image sai status
-    in_image sai submit "a read-only root" --wait
+    $in_image sai status
+    $in_image sai submit "a read-only root" --wait
     if touch $root/opt/planted 2>/dev/null; then echo "root filesystem is writable"; exit 1; fi
     kill -TERM $pid; wait $pid; echo "daemon exit $?"
     ls -ln $state/outputs | grep -c '\\.png\\.sai$'
