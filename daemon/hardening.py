@@ -35,6 +35,7 @@ def forbid_dumps() -> None:
 
 
 def safe_python_children() -> None:
-    """Python children the standard library starts never put the working directory on `sys.path`
-    (for `sai daemon`, whose environment is its own; an embedded daemon leaves the console's alone)."""
+    """Python children the standard library starts (the deep-verify pool) never put the working
+    directory on `sys.path`. Set by every daemon, embedded in the console too: only processes
+    started afterwards read it, and the console starts no other Python."""
     os.environ["PYTHONSAFEPATH"] = "1"
