@@ -24,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sai", description="Secure AI Studio: offline image generation. With no command, opens the console.")
     _add_common(parser, None)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}",
+                        help="print the installed version and exit")
     parser.add_argument("--readonly", action="store_true", help="console: attach with every destructive action removed")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     import console.commands as commands
@@ -34,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     for command in sub.choices.values():
         _add_common(command, argparse.SUPPRESS)
     return parser
+
+
+def _version() -> str:
+    from daemon import __version__
+
+    return __version__
 
 
 def _add_common(parser: argparse.ArgumentParser, default: Any) -> None:

@@ -39,6 +39,13 @@ def test_help_lists_everyday_commands_first():
     assert {"submit", "jobs", "cancel", "export", "audit", "report", "verify"} <= set(listed)
 
 
+def test_version_names_the_installed_release():
+    from importlib.metadata import version
+
+    out = run_sai("--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"sai {version('secure-ai-studio')}"
+
+
 def test_no_daemon_is_a_clear_message(tmp_path):
     out = run_sai("status", socket_path=tmp_path / "nothing.sock")
     assert out.returncode == 3
