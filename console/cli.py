@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import importlib
 import json
+import os
 import pkgutil
 import sys
 from typing import Any, Iterable, Sequence
@@ -128,6 +129,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(str(exc), EXIT_UNAVAILABLE)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`sai jobs | head`): say nothing more, as other Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -111,3 +111,17 @@ def test_bad_config_stops_the_daemon_with_file_and_key(tmp_path):
               "--state-dir", str(tmp_path / "state"))
     assert out.returncode == 2
     assert str(config) in out.stderr and "queue.max_batch" in out.stderr and "greater than 0" in out.stderr
+
+
+async def test_output_cut_short_by_a_pipe_is_quiet(make_daemon):
+    """`sai … | head` ends the reader early: sai stops without a BrokenPipeError traceback."""
+    daemon = make_daemon({"queue": {"start_paused": True, "burst": 200}})
+    client = await daemon.client()
+    for i in range(150):  # well past a pipe's 64 KiB of JSON, so the writer meets the closed end
+        await client.call("job.submit", prompt=f"pipe {i}", client_token=f"pipe-{i}")
+    sai = f"{sys.executable} -m console.cli --socket {daemon.socket}"
+    for command in (f"{sai} audit tail -n 1000 --json | head -c 10", f"{sai} jobs --json | head -c 10"):
+        out = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, timeout=120)
+        assert "Traceback" not in out.stderr and "BrokenPipe" not in out.stderr, out.stderr
+        assert out.returncode == 0, (command, out.returncode, out.stderr)
+
