@@ -133,6 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The reader went away (`sai jobs | head`): say nothing more, as other Unix tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as exc:  # a file the command was told to read or write: name it, no traceback
+        return fail(f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc))
 
 
 if __name__ == "__main__":

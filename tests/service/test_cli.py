@@ -70,6 +70,10 @@ def test_submit_wait_shows_outputs_then_export_writes_0600(make_daemon, tmp_path
     assert out.returncode == 0, out.stderr
     assert target.read_bytes().startswith(b"\x89PNG")
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    nowhere = tmp_path / "missing" / "dir" / "x.png"
+    out = run_sai("export", job_id, "-o", str(nowhere), socket_path=daemon.socket)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.strip() == f"sai: {nowhere.parent}: No such file or directory"
     detail = json.loads(run_sai("job", job_id, "--json", socket_path=daemon.socket).stdout)
     assert detail["params"]["prompt"] == "a lighthouse" and detail["state"] == "succeeded"
     fields = run_sai("job", job_id, socket_path=daemon.socket).stdout.splitlines()
