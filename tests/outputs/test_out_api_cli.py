@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from daemon import config
 from daemon.api import outputs as api
+from daemon.api.limits import CallLimits
 from daemon.api.registry import CallContext, METHODS, Role, bind
 from daemon.auth import Peer
 from daemon.crypto.keys import KeyStore
@@ -42,6 +44,7 @@ class StubDaemon:
     def __init__(self, keystore: KeyStore, outputs_dir: Path) -> None:
         self.keystore, self.outputs_dir, self.queue = keystore, outputs_dir, StubQueue()
         self.executor = ThreadPoolExecutor(2)
+        self.call_limits = CallLimits.from_config(config.load(system_file=None, environ={}).daemon)
 
     async def run_blocking(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
