@@ -36,6 +36,7 @@ def forbid_dumps() -> None:
 
 def safe_python_children() -> None:
     """Python children the standard library starts (the deep-verify pool) never put the working
-    directory on `sys.path`. Set by every daemon, embedded in the console too: only processes
-    started afterwards read it, and the console starts no other Python."""
+    directory on `sys.path`. Set by `sai daemon`, whose environment is its own; an embedded daemon
+    leaves the console's environment alone (setting it there leaks into every process the console's
+    host starts afterwards, a test runner's included)."""
     os.environ["PYTHONSAFEPATH"] = "1"

@@ -125,7 +125,6 @@ class Daemon:
 
     async def startup(self) -> None:
         forbid_dumps()  # before any key is read: no core file, no same-user ptrace holds them
-        safe_python_children()  # embedded in the console too: its verify pool starts from the console's cwd
         load_all()
         self.server = SocketServer(self.socket_path, self, self.config.auth, self.bus,
                                    self.config.daemon.socket_group, ConnectionLimits.from_config(self.config.daemon))
@@ -381,6 +380,7 @@ async def run(config: Config, socket_path: Path | None, state_dir: Path | None) 
     # The output path's CPU work runs in threads; a short GIL switch interval keeps the event loop
     # (dispatch, commits, replies) responsive while it does (bench/overhead.py measures the effect).
     sys.setswitchinterval(0.0005)
+    safe_python_children()
     daemon = Daemon(config, socket_path, state_dir)
     try:
         await daemon.startup()
