@@ -81,6 +81,8 @@ class WorkerSupervisor:
         self._batches = 0
         self.last_heartbeat: float | None = None  # monotonic
         self.step_age: float | None = None
+        self._killed: asyncio.subprocess.Process | None = None
+        """The process `kill` ended on purpose: its SIGKILL is no crash to log as an error."""
 
     @property
     def pid(self) -> int | None:
@@ -134,10 +136,12 @@ class WorkerSupervisor:
         if process is not self.process:
             return
         reason = self._exit_reason(returncode)
-        if self.state not in ("stopping", "stopped", "failed"):  # "failed": start() has the load error
+        if process is self._killed:
+            log.info("worker pid %s stopped by the daemon (%s)", process.pid, reason)
+        elif self.state not in ("stopping", "stopped", "failed"):  # "failed": start() has the load error
             self.state = "crashed"
             self.last_error = reason
-            log.error("worker %s", reason)
+            log.error("worker pid %s: %s", process.pid, reason)
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(WorkerLoadFailed(self.last_error or reason))
         for running in list(self._running.values()):
@@ -242,6 +246,10 @@ class WorkerSupervisor:
         self.state = "stopped"
 
     async def kill(self) -> None:
+        """End the worker on purpose (a shutdown past its grace period, a failed start): its batches
+        still fail with WorkerCrashed, so their jobs go back to the queue, but the log says the
+        daemon stopped it rather than reporting a crash."""
         if self.alive and self.process is not None:
+            self._killed = self.process
             self.process.kill()
             await self.process.wait()

@@ -124,7 +124,12 @@ async def test_sigterm_past_the_grace_period_requeues_the_batch(make_daemon, cli
     started = time.monotonic()
     rc = await asyncio.to_thread(daemon.terminate)
     assert rc == 0 and time.monotonic() - started < 30
-    assert "putting it back in the queue" in daemon.read_log()
+    log = daemon.read_log()
+    assert "putting it back in the queue" in log
+    # The daemon killed its worker on purpose: said plainly, and no ERROR line claiming a crash.
+    assert re.search(r"INFO sai\.worker: worker pid \d+ stopped by the daemon \(worker process was killed by "
+                     r"SIGKILL\)", log), log
+    assert not [line for line in log.splitlines() if " ERROR " in line and "SIGKILL" in line], log
     again = make_daemon(state_from=daemon, config={"queue": {"start_paused": True}, "model": {"preload": False}})
     client = await client_of(again)
     job = await client.call("job.get", job_id=job_id)
@@ -178,7 +183,7 @@ async def test_worker_killed_mid_job_is_restarted_and_the_job_retried(make_daemo
     assert job["state"] == "succeeded" and job["attempts"] == 2
     status = await client.call("daemon.status")
     assert status["worker"]["restarts"] >= 0 and status["worker"]["pid"] != worker
-    assert "killed by SIGKILL" in daemon.read_log()
+    assert re.search(rf"ERROR sai\.worker: worker pid {worker}: worker process was killed by SIGKILL", daemon.read_log())
 
 
 def test_start_paused_holds_work_until_resume(make_daemon):
