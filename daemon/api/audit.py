@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -90,17 +91,54 @@ async def consistency(ctx: CallContext, first: int, second: int | None = None) -
         return await ctx.daemon.audit.consistency(first, second)
 
 
-@method("audit.export", role=Role.ADMIN)
+@method("audit.export", role=Role.VIEWER)  # the admin check is below, so that a refusal is recorded
 async def export(ctx: CallContext, directory: str) -> dict[str, Any]:
     """Write entries, checkpoints and public keys into `directory` (absolute, new or empty, on the
-    daemon's host, written as the daemon's user): the manifest, plus `directory`."""
+    daemon's host, written as the daemon's user): the manifest, plus `directory`.
+
+    Every attempt is recorded as `audit.export` with its outcome: `refused` with the reason (not
+    an admin, a relative path, a directory that is not empty or not writable) and nothing written;
+    `started` before writing (so the export holds its own entry); `failed` with the reason when the
+    writing fails after all."""
     path = Path(directory)
-    if not path.is_absolute():
-        raise invalid_params("directory", "must be an absolute path")
     log = ctx.daemon.audit
-    await log.append(ctx.peer.actor(), "audit.export", str(path), {})
+    try:
+        ctx.require(Role.ADMIN, "audit.export")
+        if not path.is_absolute():
+            raise invalid_params("directory", "must be an absolute path")
+        refusal = _unwritable(path)
+        if refusal:
+            raise RpcError(CONFLICT, f"cannot export to {path}: {refusal}")
+    except RpcError as exc:
+        await log.append(ctx.peer.actor(), "audit.export", str(path), {"outcome": "refused", "reason": exc.message})
+        raise
+    await log.append(ctx.peer.actor(), "audit.export", str(path), {"outcome": "started"})
     try:
         manifest = await log.export(path)
-    except (FileExistsError, NotADirectoryError, PermissionError) as exc:
-        raise RpcError(CONFLICT, f"cannot export to {path}: {exc}") from None
+    except OSError as exc:
+        reason = f"cannot export to {path}: {exc}"
+        await log.append(ctx.peer.actor(), "audit.export", str(path), {"outcome": "failed", "reason": reason})
+        raise RpcError(CONFLICT, reason) from None
     return {"directory": str(path), **manifest}
+
+
+def _unwritable(path: Path) -> str | None:
+    """Why the daemon cannot export into `path`, checked before anything is recorded as started:
+    a directory that is not empty, something else of that name, or no write access to the nearest
+    directory that exists (a read-only mount included)."""
+    try:
+        if path.is_dir():
+            if any(path.iterdir()):
+                return "it is not empty: export into a new or empty directory"
+        elif path.exists():
+            return "it exists and is not a directory"
+        existing = path.parent
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+    except (OSError, ValueError) as exc:
+        return f"it cannot be examined ({exc})"
+    if not existing.is_dir():
+        return f"{existing} is not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"the daemon's user may not write in {existing}"
+    return None
