@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Callable
 
 from daemon.protocol import TOPICS
 
@@ -37,10 +37,20 @@ class Subscription:
         return await self.queue.get()
 
 
+Listener = Callable[[str, dict[str, Any]], None]
+
+
 class EventBus:
     def __init__(self) -> None:
         self._subs: set[Subscription] = set()
+        self._listeners: list[tuple[frozenset[str], Listener]] = []
         self.published = 0
+
+    def listen(self, topics: set[str], listener: Listener) -> None:
+        """Call `listener(topic, data)` in the publisher's turn for every event on `topics`, for the
+        daemon's own counters (the metrics): unlike a subscription it never lags nor overflows, so
+        it must be quick and must not keep `data`."""
+        self._listeners.append((frozenset(topics), listener))
 
     def subscribe(self, topics: set[str]) -> Subscription:
         unknown = topics - set(TOPICS)
@@ -55,9 +65,15 @@ class EventBus:
 
     def wants(self, topic: str) -> bool:
         """Whether anyone follows `topic`: publishers skip building events nobody reads."""
-        return any(topic in sub.topics for sub in self._subs)
+        return any(topic in sub.topics for sub in self._subs) or any(topic in t for t, _ in self._listeners)
 
     def publish(self, topic: str, data: dict[str, Any]) -> None:
         self.published += 1
+        for topics, listener in self._listeners:
+            if topic in topics:
+                try:
+                    listener(topic, data)
+                except Exception:
+                    log.exception("event listener failed on a %r event", topic)
         for sub in list(self._subs):
             sub.offer(topic, data)

@@ -233,6 +233,7 @@ class Daemon:
                                           worker_pid=lambda: self.worker.pid,
                                           worker_memory=lambda: self.worker.info.get("memory"),
                                           queue_wait=self.queue.oldest_wait, audit=self.audit_action)
+        self.monitor.attach(self)
         self.monitor.start()
         if self.monitor.sampling is not None:
             self.background.watch(self.monitor.sampling, "monitor", "sampling, metrics and the alert rules",

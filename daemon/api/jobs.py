@@ -17,14 +17,18 @@ async def submit(ctx: CallContext, prompt: str, negative_prompt: str = "", width
                  height: int | None = None, steps: int | None = None, guidance: float | None = None,
                  seed: int | None = None, priority: str | None = None, count: int | None = None,
                  client_token: str | None = None, reproducible: bool = False) -> dict[str, Any]:
-    if client_token is not None and not 1 <= len(client_token) <= 128:
-        raise invalid_params("client_token", "must be 1 to 128 characters")
-    refusal = ctx.daemon.monitor.disk_refusal()
-    if refusal:
-        raise RpcError(UNAVAILABLE, refusal, {"reason": "disk"})
-    return await ctx.daemon.queue.submit(
-        ctx.peer, client_token, prompt=prompt, negative_prompt=negative_prompt, width=width, height=height,
-        steps=steps, guidance=guidance, seed=seed, priority=priority, count=count, reproducible=reproducible)
+    try:
+        if client_token is not None and not 1 <= len(client_token) <= 128:
+            raise invalid_params("client_token", "must be 1 to 128 characters")
+        refusal = ctx.daemon.monitor.disk_refusal()
+        if refusal:
+            raise RpcError(UNAVAILABLE, refusal, {"reason": "disk"})
+        return await ctx.daemon.queue.submit(
+            ctx.peer, client_token, prompt=prompt, negative_prompt=negative_prompt, width=width, height=height,
+            steps=steps, guidance=guidance, seed=seed, priority=priority, count=count, reproducible=reproducible)
+    except RpcError as exc:
+        ctx.daemon.monitor.service.submit_refused(exc)  # the sai_job_submits_refused_total metric
+        raise
 
 
 @method("job.get", role=Role.VIEWER)

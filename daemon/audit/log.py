@@ -144,8 +144,15 @@ class AuditLog:
 
     @property
     def stats(self) -> dict[str, int]:
-        """Group commits and entries written by `append` since open (average batch = ratio)."""
-        return {"commits": self._writer.commits, "entries": self._writer.entries_written}
+        """Group commits and entries written by `append` since open (average batch = ratio), and
+        checkpoints written since open."""
+        w = self._writer
+        return {"commits": w.commits, "entries": w.entries_written, "checkpoints": w.checkpoints_written}
+
+    @property
+    def checkpointed(self) -> tuple[int, float | None]:
+        """(entries the newest checkpoint covers, epoch time it was written; None before any)."""
+        return max(0, self._writer.cp_size), self._writer.cp_at
 
     def subscribe(self, callback: Callable[[dict[str, Any]], Any]) -> Callable[[], None]:
         """Call `callback(entry)` after each entry commits (the `audit` event topic). Returns an

@@ -23,6 +23,7 @@ from daemon.audit import checkpoint as cpmod
 from daemon.audit import merkle
 from daemon.audit.entry import INIT_ACTION, ROTATE_ACTION, check_details, entry_bytes, key_id, leaf_hash, utc_now
 from daemon.crypto.ed25519 import Signer
+from daemon.timefmt import parse_rfc3339
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -105,11 +106,15 @@ class Writer:
         last = self.conn.execute("SELECT max(seq) FROM audit_entries").fetchone()[0]
         size = 0 if last is None else last + 1
         self.frontier = merkle.Frontier(size, self.fetch(merkle.root_plan(size)))
-        row = self.conn.execute("SELECT tree_size, note FROM audit_checkpoints ORDER BY tree_size DESC LIMIT 1").fetchone()
+        row = self.conn.execute("SELECT tree_size, note, created_at FROM audit_checkpoints "
+                                "ORDER BY tree_size DESC LIMIT 1").fetchone()
         self.cp_size, self.cp_note = (row[0], row[1]) if row else (-1, None)
         self.cp_time = time.monotonic()
+        self.cp_at: float | None = parse_rfc3339(row[2]) if row else None
+        """Wall-clock time the newest stored checkpoint committed (the metrics' staleness figure)."""
         self.commits = 0
         self.entries_written = 0
+        self.checkpoints_written = 0
 
     def use_key(self, key: Ed25519PrivateKey) -> None:
         """Sign the next entries with `key` (it must be the key in force: see `rotate`)."""
@@ -169,6 +174,9 @@ class Writer:
 
     def _committed(self) -> None:
         done, self._uncommitted = self._uncommitted, None
+        if done is not None:
+            self.checkpoints_written += 1
+            self.cp_at = time.time()
         if done is not None and self.on_checkpoint is not None:
             self.on_checkpoint(*done)
 

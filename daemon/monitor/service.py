@@ -18,7 +18,7 @@ import time
 from collections import deque
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import aiosqlite
 
@@ -31,7 +31,11 @@ from daemon.monitor.prometheus import Exporter, registry_for, render
 from daemon.monitor.ring import Ring
 from daemon.monitor.rules import GIB, LEVELS, Evaluator, rules_from_config
 from daemon.monitor.sampler import Inputs, Sampler
+from daemon.monitor.service_metrics import ServiceMetrics, attach
 from daemon.timefmt import rfc3339
+
+if TYPE_CHECKING:
+    from daemon.service import Daemon
 
 log = logging.getLogger("sai.monitor")
 
@@ -75,6 +79,7 @@ class Monitor:
                                    self.limits.raise_after_samples, self.limits.clear_after_samples)
         self.outcomes: deque[tuple[float, bool]] = deque()
         self.registry = registry_for(lambda: (self.ring.latest(), self.alerts.counts))
+        self.service = ServiceMetrics(self.registry)
         self.exporter: Exporter | None = None
         self._task: asyncio.Task[None] | None = None
         self._tick_lock = asyncio.Lock()
@@ -230,6 +235,11 @@ class Monitor:
                 self.executor.shutdown(wait=True)
 
     # -- what the daemon feeds in -------------------------------------------------------------
+
+    def attach(self, daemon: "Daemon") -> None:
+        """Feed the service metrics (daemon.monitor.service_metrics) from the daemon's parts, once
+        they are open; until then the exposition carries the host figures only."""
+        attach(self.service, daemon)
 
     def record_job_outcome(self, succeeded: bool) -> None:
         """A job finished (True) or failed (False); feeds the failure-rate rule. Cancelled jobs: do not call."""
