@@ -158,11 +158,12 @@ async def report(args: argparse.Namespace, _: DaemonClient | None) -> int:
 
 async def _report(args: argparse.Namespace, connection: _Connection, since: float, until: float) -> int:
     from console.cli import print_json
-    from console.report import render, summary
+    from console.report import history, render, summary
 
     client = await connection.get()
     rows = await fetch_rows(client, since, until)
-    result = summary.build(rows, since, until, args.bucket, source=await _source(client))
+    result = summary.build(rows, since, until, args.bucket, source=await _source(client),
+                           memory_history=await history.fetch(client, since, until, args.bucket))
     if args.format == "json":
         print_json(result)
     else:

@@ -13,6 +13,7 @@ from typing import Any, Iterator
 
 from console.report.compare import verdict
 from console.report import METRICS
+from console.report.history import label
 from console.widgets.display import human_bytes
 
 FIGURES = ("n", "mean", "p50", "p90", "p99", "max")
@@ -74,7 +75,20 @@ def markdown(report: dict[str, Any]) -> str:
                     [[m["group"], str(m["measured"]), human_bytes(m["peak_bytes_per_image_max"]),
                       human_bytes(m["peak_bytes_per_image_p50"]), human_bytes(m["worker_rss_max"]),
                       "-" if m["batch_images_max"] is None else str(m["batch_images_max"])] for m in report["memory"]])
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + ["", *_memory_history(report.get("memory_history"))]) + "\n"
+
+
+def _memory_history(history: dict[str, Any] | None) -> list[str]:
+    """The monitor's memory peaks per bucket over the window (reports saved before it had them: nothing)."""
+    if not history:
+        return []
+    step = history["step"]
+    lines = [f"## Memory over time (monitor, largest per {span(step)} bucket)" if step else "## Memory over time", ""]
+    if not history["points"]:
+        return lines + [f"No memory figures: {history['unavailable'] or 'none in this window'}."]
+    return lines + _table(["bucket start", *(label(name) for name in history["series"])],
+                          [[p["start"], *(human_bytes(p[name]) for name in history["series"])]
+                           for p in history["points"]])
 
 
 def _report_rows(report: dict[str, Any]) -> Iterator[tuple[str, str, str, Any]]:
@@ -97,6 +111,10 @@ def _report_rows(report: dict[str, Any]) -> Iterator[tuple[str, str, str, Any]]:
         for key, value in row.items():
             if key != "group":
                 yield "memory", row["group"], key, value
+    for point in (report.get("memory_history") or {}).get("points", []):
+        for key, value in point.items():
+            if key != "start":
+                yield "memory_history", point["start"], key, value
 
 
 def _csv(header: tuple[str, ...], rows: Iterator[tuple[Any, ...]]) -> str:

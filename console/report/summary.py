@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from console.report import METRICS
 from console.report.stats import describe, median
 from console.widgets.display import parse_time
 from daemon.timefmt import rfc3339
+
+if TYPE_CHECKING:
+    from console.report.history import MemoryHistory
 
 FORMAT, VERSION = "sai-report", 1
 BUCKETS = (60, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400)
@@ -159,8 +162,9 @@ def durations(jobs: list[JobRecord]) -> list[dict[str, Any]]:
 
 
 def build(rows: list[dict[str, Any]], since: float, until: float, bucket: int | None = None,
-          source: str = "") -> dict[str, Any]:
-    """The whole report: what `--format json` prints and what `--compare` reads back."""
+          source: str = "", memory_history: "MemoryHistory | None" = None) -> dict[str, Any]:
+    """The whole report: what `--format json` prints and what `--compare` reads back.
+    `memory_history` is `console.report.history.fetch`'s answer (None: it was not asked for)."""
     jobs = records(rows)
     fail = failures(jobs)
     return {
@@ -173,6 +177,8 @@ def build(rows: list[dict[str, Any]], since: float, until: float, bucket: int | 
         "throughput": throughput(jobs, bucket),
         "failures": fail,
         "memory": memory(jobs),
+        "memory_history": memory_history or {"step": None, "series": [], "points": [],
+                                             "unavailable": "the monitor history was not asked for"},
         "jobs": rows,
     }
 

@@ -11,17 +11,18 @@ from typing import Iterator
 import pytest
 
 from daemon.harness import DaemonProcess
-from report_helpers import CONFIG, ReportDaemon, run_jobs
+from report_helpers import ReportDaemon, logo_config, run_jobs
 
 
 @pytest.fixture(scope="module")
 def report_daemon(tiny_model: Path) -> Iterator[ReportDaemon]:
     root = Path(tempfile.mkdtemp(prefix="sai-r-", dir="/tmp"))
-    daemon = DaemonProcess.create(root, CONFIG, None, tiny_model)
+    config = logo_config(root)
+    daemon = DaemonProcess.create(root, config, None, tiny_model)
     try:
         daemon.start()
         try:
-            jobs = asyncio.run(run_jobs(daemon.socket))
+            jobs = asyncio.run(run_jobs(daemon.socket, Path(config["watermark"]["logo"])))
         except TimeoutError:
             raise TimeoutError(f"the jobs did not finish; daemon log:\n{daemon.read_log()[-4000:]}") from None
         yield ReportDaemon(daemon, jobs)

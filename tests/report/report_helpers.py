@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from daemon.client import DaemonClient
 from daemon.harness import DaemonProcess
 from daemon.timefmt import rfc3339
@@ -17,15 +19,34 @@ SHAPES = [(64, 64, 2, 1), (64, 64, 2, 2), (64, 64, 2, 1), (96, 96, 3, 1), (96, 9
 CONFIG = {"defaults": {"width": 64, "height": 64, "steps": 2}, "model": {"threads": 1}}
 
 
+def logo_config(root: Path) -> dict[str, dict[str, Any]]:
+    """CONFIG with a logo watermark drawn from a PNG made under `root` (deleting it makes the
+    output step of later jobs fail for real)."""
+    logo = root / "logo.png"
+    Image.new("RGBA", (40, 20), (200, 30, 30, 255)).save(logo)
+    return {**CONFIG, "watermark": {"visible_kind": "logo", "logo": str(logo)}}
+
+
 @dataclass
 class ReportDaemon:
     daemon: DaemonProcess
     jobs: list[dict[str, Any]]
 
 
-async def run_jobs(socket: Path) -> list[dict[str, Any]]:
-    """Three 64x64 jobs of 2 steps (one of 2 images), three 96x96 jobs of 3 steps, and one job
-    cancelled while the queue was paused; returns each job as `job.get` shows it once all are done."""
+async def _settled(client: DaemonClient, ids: list[str]) -> list[dict[str, Any]]:
+    async with asyncio.timeout(180):
+        while True:
+            jobs = [await client.call("job.get", job_id=job_id) for job_id in ids]
+            if all(job["state"] in ("succeeded", "failed", "cancelled") for job in jobs):
+                return jobs
+            await asyncio.sleep(0.1)
+
+
+async def run_jobs(socket: Path, logo: Path) -> list[dict[str, Any]]:
+    """Three 64x64 jobs of 2 steps (one of 2 images), three 96x96 jobs of 3 steps, one job
+    cancelled while the queue was paused, and a last 64x64 job whose outputs cannot be written
+    (the watermark's logo, `logo`, is deleted once the others are done: generation runs, the
+    output step fails); returns each job as `job.get` shows it once all are done."""
     client = await DaemonClient.connect(socket)
     try:
         await client.call("queue.pause")
@@ -37,12 +58,10 @@ async def run_jobs(socket: Path) -> list[dict[str, Any]]:
             reply = await client.call("job.submit", prompt=PROMPT, width=width, height=height, steps=steps,
                                       count=count)
             ids.append(reply["job_id"])
-        async with asyncio.timeout(180):
-            while True:
-                jobs = [await client.call("job.get", job_id=job_id) for job_id in ids]
-                if all(job["state"] in ("succeeded", "failed", "cancelled") for job in jobs):
-                    return jobs
-                await asyncio.sleep(0.1)
+        await _settled(client, ids)
+        logo.unlink()
+        ids.append((await client.call("job.submit", prompt=PROMPT, width=64, height=64, steps=2))["job_id"])
+        return await _settled(client, ids)
     finally:
         await client.close()
 

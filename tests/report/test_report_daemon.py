@@ -53,6 +53,9 @@ async def test_rows_match_the_jobs_and_carry_batch_and_memory_figures(report_dae
         if job["state"] == "succeeded":
             assert row["error_kind"] is None and 1 <= row["batch_jobs"] <= row["batch_images"]
             assert row["peak_bytes_per_image"] is not None and row["worker_rss"] > 0
+        elif job["state"] == "failed":  # generation ran, writing its outputs did not
+            assert job["error"].startswith("writing outputs failed") and row["error_kind"] == "output"
+            assert row["started_at"] is not None and row["batch_jobs"] == 1
         else:
             assert job["state"] == "cancelled" and row["error_kind"] == "cancelled" and row["batch_jobs"] is None
 
@@ -93,21 +96,29 @@ def test_json_report_matches_the_jobs_own_timestamps(report_daemon: ReportDaemon
     assert set(groups) == {"64x64 2 steps", "96x96 3 steps", "all"}
     for name, size, steps in (("64x64 2 steps", 64, 2), ("96x96 3 steps", 96, 3)):
         mine = [job for job in succeeded if job["params"]["width"] == size and job["params"]["steps"] == steps]
+        started = [job for job in report_daemon.jobs if job["started_at"] and job["params"]["width"] == size]
         latency = [seconds(job, "finished_at", "created_at") for job in mine]
-        wait = [seconds(job, "started_at", "created_at") for job in mine]
+        wait = [seconds(job, "started_at", "created_at") for job in started]  # the failed job waited too
         assert groups[name]["latency"]["n"] == len(mine) == 3
         for q in (50, 90, 99):
             assert groups[name]["latency"][f"p{q}"] == pytest.approx(np.percentile(latency, q), abs=1e-6)
             assert groups[name]["wait"][f"p{q}"] == pytest.approx(np.percentile(wait, q), abs=1e-6)
         assert groups[name]["latency"]["mean"] == pytest.approx(np.mean(latency), abs=1e-6)
-    assert report["counts"] == {"finished": 7, "succeeded": 6, "failed": 0, "cancelled": 1}
-    assert report["failures"]["rate_percent"] == 0.0 and report["failures"]["by_kind"] == {}
+    # the job whose outputs could not be written is a failure, not a success
+    assert report["counts"] == {"finished": 8, "succeeded": 6, "failed": 1, "cancelled": 1}
+    assert report["failures"]["rate_percent"] == pytest.approx(100 / 7) and report["failures"]["by_kind"] == {
+        "output": 1}
     buckets = report["throughput"]["buckets"]
-    assert sum(b["succeeded"] for b in buckets) == 6 and sum(b["cancelled"] for b in buckets) == 1
+    assert [sum(b[state] for b in buckets) for state in ("succeeded", "failed", "cancelled")] == [6, 1, 1]
     assert sum(b["images_per_minute"] for b in buckets) * report["throughput"]["bucket_seconds"] / 60 == \
         pytest.approx(7)  # one job made two images
     memory = {m["group"]: m for m in report["memory"]}
-    assert memory["all"]["measured"] == 6 and memory["all"]["worker_rss_max"] > 0
+    assert memory["all"]["measured"] == 7 and memory["all"]["worker_rss_max"] > 0
+    history = report["memory_history"]
+    assert history["unavailable"] is None and history["step"] == 1800 and len(history["points"]) >= 1
+    assert {"worker_rss", "daemon_rss", "host_memory_used"} <= set(history["series"])
+    assert all(point["host_memory_used"] > 0 for point in history["points"])
+    assert max(point["worker_rss"] or 0 for point in history["points"]) > 0
     assert "tiny" in report["source"] and PROMPT not in out.stdout
 
 
@@ -118,13 +129,16 @@ def test_markdown_and_csv_parse(report_daemon: ReportDaemon) -> None:
     assert len(table) == 4  # latency, run, wait, memory
     cells = [cell.strip() for cell in table[0].strip("|").split("|")]
     assert cells[1] == "3" and all(float(c) >= 0 for c in cells[2:])
-    assert "Failure rate: 0.0% (0 of 6 jobs that ran to an end); 1 cancelled." in md.stdout
+    assert "Finished: 8 (6 succeeded, 1 failed, 1 cancelled)" in md.stdout
+    assert "Failure rate: 14.3% (1 of 7 jobs that ran to an end); 1 cancelled." in md.stdout
+    assert "| output | 1 |" in md.stdout and "## Memory over time (monitor, largest per 5 min bucket)" in md.stdout
     out = run_sai("report", "--format", "csv", "--bucket", "1m", socket_path=report_daemon.daemon.socket)
     assert out.returncode == 0, out.stderr
     rows = list(csv.DictReader(io.StringIO(out.stdout)))
     value = {(r["section"], r["group"], r["metric"]): r["value"] for r in rows}
     assert value[("counts", "all", "succeeded")] == "6" and value[("latency", "64x64 2 steps", "n")] == "3"
-    assert {r["section"] for r in rows} == {"counts", "throughput", "latency", "run", "wait", "failures", "memory"}
+    assert {r["section"] for r in rows} == {"counts", "throughput", "latency", "run", "wait", "failures", "memory",
+                                            "memory_history"}
 
 
 def test_charts_are_valid_pngs(report_daemon: ReportDaemon, tmp_path: Path) -> None:
@@ -133,7 +147,7 @@ def test_charts_are_valid_pngs(report_daemon: ReportDaemon, tmp_path: Path) -> N
     json.loads(out.stdout)
     assert "charts:" in out.stderr
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["latency.png", "queue_wait.png", "throughput.png"]
+    assert names == ["latency.png", "memory.png", "queue_wait.png", "throughput.png"]
     for name in names:
         with Image.open(tmp_path / name) as image:
             image.verify()

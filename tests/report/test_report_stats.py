@@ -159,7 +159,7 @@ def test_compare_output_names_the_significant_groups() -> None:
 def test_charts_are_png_files(tmp_path) -> None:
     report = summary.build(synthetic_rows(), T0, T0 + 600)
     written = report_charts(report, tmp_path / "charts")
-    assert sorted(p.name for p in written) == ["latency.png", "queue_wait.png", "throughput.png"]
+    assert sorted(p.name for p in written) == ["latency.png", "memory.png", "queue_wait.png", "throughput.png"]
     result = compare(Side("A", None, None, synthetic_rows()), Side("B", None, None, synthetic_rows()))
     written += compare_chart(result, synthetic_rows(), synthetic_rows(), tmp_path / "charts")
     for path in written:
