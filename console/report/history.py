@@ -29,6 +29,9 @@ SERIES = {
 }
 """Report name -> the monitor's dotted name; GPUs add `gpu<index>_memory_used`."""
 
+NONE_KEPT = ("the monitor kept no memory figures in this window (it samples only while the daemon runs, "
+             "with monitor.enabled)")
+
 LABELS = {"worker_rss": "worker RSS", "daemon_rss": "daemon RSS", "host_memory_used": "host memory in use",
           "torch_peak": "torch peak (worker)"}
 
@@ -85,7 +88,7 @@ def shape(samples: list[dict[str, Any]], step: int) -> MemoryHistory:
     series = [name for name in order if name in seen]
     return {"step": step, "series": series,
             "points": [{"start": p["start"], **{n: p.get(n) for n in series}} for p in points if p["start"]],
-            "unavailable": None if series else "the monitor kept no memory figures in this window"}
+            "unavailable": None if series else NONE_KEPT}
 
 
 async def fetch(client: "DaemonClient", since: float, until: float, bucket: int | None) -> MemoryHistory:

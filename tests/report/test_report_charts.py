@@ -111,7 +111,7 @@ def test_memory_history_takes_the_peaks_of_the_memory_series() -> None:
     with_gpu = monitor_points()
     with_gpu[0]["max"]["gpus.0.memory.used"] = 3e9
     assert history.shape(with_gpu, 60)["series"][-1] == "gpu0_memory_used"
-    assert history.shape([], 60)["unavailable"] == "the monitor kept no memory figures in this window"
+    assert history.shape([], 60)["unavailable"] == history.NONE_KEPT
     assert history.history_step(T0, T0 + 86400, None) == 1800 and history.history_step(T0, T0 + 600, 30) == 60
 
 
