@@ -74,12 +74,16 @@ bundle: setup
 
 # System tools the tests drive for real: tmux (the console in a terminal), openssl (manifest and
 # release-key checks), podman and debootstrap (the container image, built from a local base),
-# systemd-analyze (the unit's exposure score).
-SYSTEM_TOOLS := tmux openssl podman debootstrap systemd-analyze
-SYSTEM_PACKAGES := tmux openssl podman debootstrap systemd
+# systemd-analyze (the unit's exposure score), promtool (the metrics exposition and the shipped
+# alerting rules). Debian's prometheus package, which brings promtool, enables its server and node
+# exporter on a systemd host: installed here only for promtool, they are stopped and disabled again.
+SYSTEM_TOOLS := tmux openssl podman debootstrap systemd-analyze promtool
+SYSTEM_PACKAGES := tmux openssl podman debootstrap systemd prometheus
 system-deps:
 	@missing=$$(for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || echo $$t; done); [ -z "$$missing" ] || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
+	    case " $$(echo $$missing) " in *" promtool "*) [ ! -d /run/systemd/system ] || \
+	      systemctl disable --now -q prometheus.service prometheus-node-exporter.service 2>/dev/null || true;; esac; \
 	  else echo "missing: $$missing (e.g. sudo apt-get install $(SYSTEM_PACKAGES))"; exit 1; fi; }
 
 lint: setup
