@@ -1,6 +1,8 @@
 """Alerts: severity, rule and message, how often, last seen, acknowledged; `a` acknowledges.
 
-From alerts.list and the `alert` topic. A daemon without them gets a plain note instead.
+From alerts.list and the `alert` topic. A daemon without them gets a plain note instead. Alerts
+cleared in the last RECENT_CLEARED seconds stay, dimmed and counted: a worker-crash alert clears
+itself once the worker is back, seconds later, and an operator who looks later must still see it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from console.widgets.display import clock_time, parse_time
 from console.widgets.pane import Pane, console_of
 from console.widgets.table import Table
 
+RECENT_CLEARED = 24 * 3600.0
+CLEARED_LIMIT = 200
 SEVERITY_RANK = {"critical": 0, "error": 0, "warning": 1, "info": 2}
 SEVERITY_LABEL = {"critical": "CRIT", "error": "CRIT", "warning": "WARN", "info": "INFO"}
 
@@ -28,9 +32,13 @@ def is_acked(alert: dict[str, Any]) -> bool:
     return bool(alert.get("acked") or alert.get("acked_at") or alert.get("state") == "acked")
 
 
+def is_cleared(alert: dict[str, Any]) -> bool:
+    return alert.get("state") == "cleared"
+
+
 class AlertsTable(Table):
     COMPONENT_CLASSES: ClassVar[set[str]] = {"alerts-table--critical", "alerts-table--warning",
-                                             "alerts-table--info", "alerts-table--acked"}
+                                             "alerts-table--info", "alerts-table--acked", "alerts-table--cleared"}
 
     alerts: list[dict[str, Any]] = []
 
@@ -44,16 +52,22 @@ class AlertsTable(Table):
                             ("last", "last", 8)])
         for alert in alerts:
             severity = str(alert.get("severity", "info")).lower()
-            acked = is_acked(alert)
+            acked, cleared = is_acked(alert), is_cleared(alert)
             name = f"alerts-table--{severity if severity in ('critical', 'warning') else 'info'}"
-            style = self.get_component_rich_style("alerts-table--acked" if acked else name, partial=True)
+            look = "alerts-table--cleared" if cleared else "alerts-table--acked" if acked else name
+            style = self.get_component_rich_style(look, partial=True)
             label = SEVERITY_LABEL.get(severity, severity[:4].upper())
             message = str(alert.get("message") or alert.get("rule") or "")
-            if acked:
+            if cleared:
+                message += f" (cleared {clock_time(parse_time(alert.get('cleared_at')))})"
+            elif acked:
                 message += f" (acked by {alert.get('acked_by') or '?'})"
-            self.add_row(Text(("✓ " if acked else "● ") + label, style=style),
-                         Text(message, no_wrap=True, overflow="ellipsis", style=style if acked else ""),
-                         str(alert.get("count", 1)), clock_time(parse_time(alert.get("last_seen") or alert.get("time"))),
+            mark = "○ " if cleared else "✓ " if acked else "● "
+            self.add_row(Text(mark + label, style=style),
+                         Text(message, no_wrap=True, overflow="ellipsis", style=style if acked or cleared else ""),
+                         Text(str(alert.get("count", 1)), style=style if cleared else ""),
+                         Text(clock_time(parse_time(alert.get("last_seen") or alert.get("time"))),
+                              style=style if cleared else ""),
                          key=alert_id(alert))
         self.select_key(keep)
 
@@ -83,9 +97,12 @@ class AlertsPane(Pane):
         note.display = bool(text)
 
     async def reload(self, until: float | None = None) -> None:
+        """The open alerts and, when live, those cleared in the last RECENT_CLEARED seconds."""
         params: dict[str, Any] = {} if until is None else {"until": until}
+        app = console_of(self)
         try:
-            result = await console_of(self).rpc("alerts.list", **params)
+            result = await app.rpc("alerts.list", **params)
+            cleared = [] if until is not None else await app.rpc("alerts.list", state="cleared", limit=CLEARED_LIMIT)
         except Exception as exc:
             self.offered = False if not_offered(exc) else self.offered
             self._note("The daemon does not raise alerts yet (alerts.list: no such method). "
@@ -93,10 +110,8 @@ class AlertsPane(Pane):
             self.query_one(AlertsTable).display = bool(self.offered)
             self.set_info("not offered" if not_offered(exc) else "error")
             return
-        alerts = result.get("alerts", []) if isinstance(result, dict) else list(result or [])
         self.offered = True
-        self.alerts = {alert_id(a): a for a in alerts if isinstance(a, dict)}
-        self._note("" if self.alerts else "No alerts.")
+        self.alerts = {alert_id(a): a for a in _listed(cleared) + _listed(result)}
         self._redraw()
 
     def apply(self, data: dict[str, Any]) -> None:
@@ -104,26 +119,37 @@ class AlertsPane(Pane):
         key = alert_id(alert)
         if not key:
             return
-        if data.get("kind") == "cleared" or alert.get("state") == "cleared":
-            self.alerts.pop(key, None)
-        else:
-            self.alerts[key] = {**self.alerts.get(key, {}), **alert}
+        update = {**alert, "state": "cleared"} if data.get("kind") == "cleared" else alert
+        self.alerts[key] = {**self.alerts.get(key, {}), **update}
         self.offered = True
-        self._note("")
         self._redraw()
 
+    def _recent(self, alert: dict[str, Any]) -> bool:
+        """Open, or cleared within RECENT_CLEARED seconds of now."""
+        if not is_cleared(alert):
+            return True
+        stamp = parse_time(alert.get("cleared_at") or alert.get("last_seen"))
+        return stamp is not None and stamp >= console_of(self).clock() - RECENT_CLEARED
+
     def _redraw(self) -> None:
-        alerts = sorted(self.alerts.values(), key=lambda a: (is_acked(a), SEVERITY_RANK.get(
+        self.alerts = {key: a for key, a in self.alerts.items() if self._recent(a)}
+        alerts = sorted(self.alerts.values(), key=lambda a: (is_cleared(a), is_acked(a), SEVERITY_RANK.get(
             str(a.get("severity", "info")).lower(), 3), -(parse_time(a.get("last_seen") or a.get("time")) or 0.0)))
         table = self.query_one(AlertsTable)
         table.display = True
         table.show(alerts)
-        open_count = sum(1 for a in alerts if not is_acked(a))
-        self.set_info(f"{open_count} open, {len(alerts)} total")
+        cleared = sum(1 for a in alerts if is_cleared(a))
+        self._note("" if alerts else "No alerts (none open, none cleared in the last 24 h).")
+        self.set_info(f"{self.open_count()} open, {cleared} cleared in 24 h, {len(alerts)} total")
 
     def selected(self) -> dict[str, Any] | None:
         key = self.query_one(AlertsTable).selected_key() if self.offered else None
         return self.alerts.get(key) if key else None
 
     def open_count(self) -> int:
-        return sum(1 for a in self.alerts.values() if not is_acked(a))
+        return sum(1 for a in self.alerts.values() if not is_acked(a) and not is_cleared(a))
+
+
+def _listed(result: Any) -> list[dict[str, Any]]:
+    alerts = result.get("alerts", []) if isinstance(result, dict) else list(result or [])
+    return [a for a in alerts if isinstance(a, dict)]

@@ -135,6 +135,9 @@ ALERTS = [
     {"alert_id": 5, "key": "host_memory", "severity": "warning", "state": "acked", "count": 3,
      "message": "host memory 91% used (warning at 90%)", "first_seen": iso(NOW - 900), "last_seen": iso(NOW - 300),
      "acked": True, "acked_by": "alice"},
+    {"alert_id": 4, "key": "worker.crash", "severity": "warning", "state": "cleared", "count": 1,
+     "message": "crashed: worker process was killed by SIGKILL", "first_seen": iso(NOW - 1800),
+     "last_seen": iso(NOW - 1800), "cleared_at": iso(NOW - 1794), "acked": False},
 ]
 
 
