@@ -170,7 +170,7 @@ class Dispatcher:
         await self.manager.finish(jobs, CANCELLED, f"cancelled by {', '.join(sorted(by))} while running")
 
     async def _run_batch(self, batch: list[Job]) -> None:
-        await self.manager.mark_running(batch)
+        self.manager.hand_over(batch)
         head = batch[0].params
         budget = self.memory.image_budget(head["width"], head["height"], self.capacity())
         chunk = self.max_batch if budget is None else min(self.max_batch, budget)
@@ -184,25 +184,27 @@ class Dispatcher:
             nonlocal started
             if not started:  # it may have waited in the worker's queue behind the previous batch
                 started = True
-                self._track(self.manager.mark_started(batch))
+                self._track(self.manager.record_start(self.manager.begin(batch)))
             self._on_progress(batch, step, steps)
 
         try:
             result = await self.worker.run_batch(command, on_progress)
         except WorkerCrashed as exc:
-            live = [job for job in batch if job.state == RUNNING]
+            live = [job for job in batch if job.state == RUNNING or job.handed]
             failed = await self.manager.requeue(live, str(exc), count_attempt=not self._abandon)
             if not self._abandon and exc.generation != self._counted_crash:
                 self._counted_crash = exc.generation
                 await self._crashed(str(exc), batch, failed)
             return
         except BatchFailed as exc:
-            live = [job for job in batch if job.state == RUNNING]
+            live = [job for job in batch if job.state == RUNNING or job.handed]
             self._track(self.on_batch_figures(live, {"jobs": len(batch), "images": len(command["items"]),
                                                      "worker_rss": self.worker.info.get("memory", {}).get("rss")}),
                         holds_jobs=False)
             await self.manager.finish(live, FAILED, f"generation failed: {exc}")
             return
+        if not started:  # every job of it was cancelled or withdrawn before the worker began it
+            await self.manager.record_start(self.manager.begin(batch))
         self._backoff = 1.0
         self._check_leak(result.memory.get("rss"))
         self.memory.observe(result.peak)
@@ -320,6 +322,17 @@ class Dispatcher:
             self.on_worker_event("restarted", {"reason": reason})
         self.manager.work.set()
 
+    async def _withdraw_waiting(self) -> None:
+        waiting = self.manager.handed()
+        if not waiting:
+            return
+        try:
+            self.worker.cancel([job.job_id for job in waiting])
+        except WorkerCrashed:
+            pass  # its batches come back through the crash path
+        log.info("shutting down: %d job(s) waiting in the worker go back to the queue", len(waiting))
+        await self.manager.requeue(waiting, "withdrawn from the worker at shutdown", count_attempt=False)
+
     async def cancel_running(self, job: Job, by: str) -> None:
         self.cancel_requested[job.job_id] = by
         try:
@@ -328,9 +341,12 @@ class Dispatcher:
             pass
 
     async def shutdown(self, grace: float) -> None:
-        """Stop taking work; let the running batch finish within `grace` seconds, else put it back."""
+        """Stop taking work; let the running batch finish within `grace` seconds, else put it back.
+        The batch waiting behind it in the worker goes back to the queue at once: a drain never
+        starts new work."""
         self.stopping = True
         self.manager.work.set()
+        await self._withdraw_waiting()
         if self._inflight:
             log.info("waiting up to %.0f s for the running batch to finish", grace)
             _, pending = await asyncio.wait(self._inflight, timeout=grace)

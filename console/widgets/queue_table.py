@@ -133,6 +133,8 @@ class QueueTable(ScrollView, can_focus=True):
             progress = float(job.get("progress") or 0.0)
             label = "running " if self.wide else ""
             return Text(f"▶ {label}{bar(progress, 10 if self.wide else 4)} {progress:.0%}", style=style)
+        if state == "queued" and job.get("next"):
+            return Text(f"{STATE_MARK[state]} next" + (" (in worker)" if self.wide else ""), style=style)
         return Text(f"{STATE_MARK.get(state, '?')} {state}", style=style)
 
     def _cells(self, job: dict[str, Any]) -> dict[str, Text]:

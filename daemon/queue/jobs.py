@@ -49,6 +49,9 @@ class Job:
     model_id: str = ""
     isolate: bool = False
     """Run alone: set after its batch crashed the worker, so a poison job is found and quarantined."""
+    handed: bool = False
+    """Queued, but already handed to the worker, where it waits behind the running batch (not kept:
+    the store has it as queued, which is what it is until the worker begins it)."""
 
     @property
     def priority_name(self) -> str:
@@ -92,4 +95,5 @@ class Job:
             "risk": self.risk,
             "warnings": self.warnings if show_prompt else [],  # they name flagged terms of the prompt
             "model_id": self.model_id,
+            "next": self.handed,
         }

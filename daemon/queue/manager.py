@@ -44,6 +44,8 @@ class QueueManager:
         self.model_id = model_id
         self.active: dict[str, Job] = {}
         self.index = scheduler.QueueIndex()
+        self._handed: dict[Job, None] = {}
+        """Queued jobs handed to the worker (at most two batches): out of the index, not yet begun."""
         self.paused = False
         self.work = asyncio.Event()
         self._seq = 0
@@ -83,12 +85,20 @@ class QueueManager:
             self.index.add(job)
 
     def queued(self) -> list[Job]:
+        """The jobs a batch can still be made of (not those already handed to the worker)."""
         return list(self.index)
 
+    def handed(self) -> list[Job]:
+        """Queued jobs handed to the worker, in the order it will begin them."""
+        return list(self._handed)
+
     def position(self, job: Job) -> int | None:
+        """1-based place in the start order; the jobs handed to the worker come first."""
         if job.state != QUEUED:
             return None
-        return self.index.position(job, time.time(), self.policy.aging_seconds)
+        if job.handed:
+            return 1 + list(self._handed).index(job)
+        return len(self._handed) + self.index.position(job, time.time(), self.policy.aging_seconds)
 
     @staticmethod
     def may_see_prompt(peer: Peer, job: Job) -> bool:
@@ -109,8 +119,10 @@ class QueueManager:
         now = time.time()
         live = [job for job in self.active.values() if state in (None, job.state)]
         running = [job for job in live if job.state == RUNNING]
-        queued = scheduler.order([job for job in live if job.state == QUEUED], now, self.policy.aging_seconds)
-        jobs = running + queued
+        handed = [job for job in self._handed if job in live]
+        queued = scheduler.order([job for job in live if job.state == QUEUED and not job.handed], now,
+                                 self.policy.aging_seconds)
+        jobs = running + handed + queued
         if state is None or state in FINISHED:
             jobs += await self.store.finished(state, max(0, limit - len(jobs)))
         return jobs[:limit]
@@ -121,9 +133,10 @@ class QueueManager:
         return None if oldest is None else max(0.0, time.time() - oldest)
 
     def status(self) -> dict[str, Any]:
-        # Every active job is either queued (and in the index) or running: no walk over the queue.
-        queued = len(self.index)
-        return {"paused": self.paused, "queued": queued, "running": len(self.active) - queued}
+        """Counts by state; `next` of the queued ones are handed to the worker and start next."""
+        queued = len(self.index) + len(self._handed)
+        return {"paused": self.paused, "queued": queued, "next": len(self._handed),
+                "running": len(self.active) - queued}
 
     # -- changing ------------------------------------------------------------------------------
 
@@ -225,6 +238,8 @@ class QueueManager:
             raise RpcError(CONFLICT, f"job {job_id} already {job.state}; nothing to cancel", {"state": job.state})
         await self.audit(peer, "job.cancel", job_id, {"state": job.state})
         if job.state == QUEUED:
+            if job.handed:
+                await on_running(job)  # the worker drops it before it begins
             self._finish(job, CANCELLED, f"cancelled by {peer.user}")
             await self.store.save(job)
             self._publish_state(job)
@@ -235,6 +250,9 @@ class QueueManager:
     async def set_priority(self, peer: Peer, job_id: str, priority: int) -> dict[str, Any]:
         job = await self.get(job_id)
         self.check_owner(peer, job, "reprioritising")
+        if job.handed:
+            raise RpcError(CONFLICT, f"job {job_id} is next: handed to the worker, it starts after the running "
+                                     "batch and its priority can no longer change", {"state": job.state})
         if job.state != QUEUED:
             raise RpcError(CONFLICT, f"job {job_id} is {job.state}; only a queued job's priority can change",
                            {"state": job.state})
@@ -263,27 +281,32 @@ class QueueManager:
     def next_batch(self, image_budget: int | None = None) -> list[Job]:
         return scheduler.pick_batch(self.queued(), time.time(), self.policy, image_budget)
 
-    async def mark_running(self, jobs: list[Job]) -> None:
-        """Handed to the worker (it may wait there behind the batch before it): out of the queue."""
+    def hand_over(self, jobs: list[Job]) -> None:
+        """Handed to the worker, where they may wait behind the running batch: out of the index, but
+        still queued (and kept as queued) until the worker begins them."""
         for job in jobs:
             self.index.remove(job)
-            job.state, job.started_at, job.progress, job.error = RUNNING, None, 0.0, None
-        await self.store.save_many(jobs)
-        for job in jobs:
+            self._handed[job] = None
+            job.handed, job.started_at, job.progress, job.error = True, None, 0.0, None
             self._publish_state(job)
 
-    async def mark_started(self, jobs: list[Job]) -> None:
-        """The worker began the batch (its first step): only now does an attempt count."""
+    def begin(self, jobs: list[Job]) -> list[Job]:
+        """The worker began the batch (its first step): the jobs still handed run from now on, and an
+        attempt counts. At once, so this very step's progress is theirs; `record_start` commits it."""
         now = time.time()
-        live = [job for job in jobs if job.state == RUNNING]
+        live = [job for job in jobs if job.handed]
         for job in live:
-            job.started_at = now
+            self._handed.pop(job, None)
+            job.handed, job.state, job.started_at = False, RUNNING, now
             job.attempts += 1
-        batch = [job.job_id for job in live]
+        return live
+
+    async def record_start(self, jobs: list[Job]) -> None:
+        batch = [job.job_id for job in jobs]
         await asyncio.gather(*(self.audit(None, "job.start", job.job_id, {"attempt": job.attempts, "batch": batch})
-                               for job in live))
-        await self.store.save_many(live)
-        for job in live:
+                               for job in jobs))
+        await self.store.save_many(jobs)
+        for job in jobs:
             self._publish_state(job)
 
     def progress(self, jobs: list[Job], step: int, steps: int) -> None:
@@ -298,6 +321,8 @@ class QueueManager:
     def _finish(self, job: Job, state: str, error: str | None = None) -> None:
         if job.state == QUEUED:
             self.index.remove(job)
+        self._handed.pop(job, None)
+        job.handed = False
         job.state, job.finished_at, job.error = state, time.time(), error
         if state != "succeeded":
             job.progress = job.progress if state == CANCELLED else 0.0
@@ -323,9 +348,13 @@ class QueueManager:
         job cannot take the others down with it. Returns the jobs that failed."""
         failed = []
         for job in jobs:
-            if not count_attempt and job.started_at is not None:
+            self._handed.pop(job, None)
+            job.handed = False
+            if job.started_at is None:
+                pass  # it never began: neither an attempt nor a suspect
+            elif not count_attempt:
                 job.attempts = max(0, job.attempts - 1)
-            elif count_attempt and len(jobs) > 1:
+            elif len(jobs) > 1:
                 job.isolate = True
             if job.attempts >= self.config.queue.max_attempts:
                 self._finish(job, FAILED, f"quarantined after {job.attempts} attempts; last: {reason}")

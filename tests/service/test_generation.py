@@ -125,11 +125,11 @@ async def test_cancel_queued_is_immediate_and_running_stops_at_next_step(make_da
         event = await client.next_event(timeout=120)
         if event["data"].get("job_id") == long and event["data"].get("step", 0) >= 2:
             break
-    assert (await client.call("daemon.status"))["queue"] == {"paused": False, "queued": 0, "running": 1}
+    assert (await client.call("daemon.status"))["queue"] == {"paused": False, "queued": 0, "next": 0, "running": 1}
     assert (await client.call("job.cancel", job_id=long))["state"] == "cancelling"
     job = await wait_for(client, long, timeout=30)
     assert job["state"] == "cancelled" and job["progress"] < 0.5 and job["outputs"] == []
-    assert (await client.call("daemon.status"))["queue"] == {"paused": False, "queued": 0, "running": 0}
+    assert (await client.call("daemon.status"))["queue"] == {"paused": False, "queued": 0, "next": 0, "running": 0}
     # The worker is still usable afterwards.
     after = await wait_for(client, (await client.call("job.submit", prompt="after cancel"))["job_id"])
     assert after["state"] == "succeeded"
