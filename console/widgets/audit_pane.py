@@ -1,10 +1,15 @@
-"""Audit: the live tail of the log, its latest checkpoint, and the result of `v` (audit.verify)."""
+"""Audit: the live tail of the log, its latest checkpoint, and the result of `v` (audit.verify).
+
+The pane holds the latest entries only; a filter searches the whole log, page by page from the
+newest entry back, in a worker (as `sai audit tail --action` does on the daemon's side), and the
+border says how far the search has got."""
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
 
 from rich.text import Text
+from textual import work
 from textual.message import Message
 from textual.widgets import Static
 
@@ -15,6 +20,7 @@ from console.widgets.table import Table
 
 KEEP = 1000
 PAGE = 200
+SEARCH_PAGE = 1000
 
 
 def entry_fields(entry: dict[str, Any]) -> dict[str, str]:
@@ -90,6 +96,9 @@ class AuditPane(Pane):
         self.verify_result = ""
         self.looking_back = False
         self.log_size = 0
+        self.matches: list[dict[str, Any]] | None = None
+        """The filter's matches in the whole log, once searched (None: the filter covers `entries` only)."""
+        self.search_note = ""
 
     def compose(self) -> Any:
         yield Static("waiting for the daemon…", id="audit-note", classes="note")
@@ -111,6 +120,9 @@ class AuditPane(Pane):
     async def reload(self) -> None:
         app = console_of(self)
         self.looking_back = False
+        if self.row_filter:
+            self.matches = None
+            self._search(self.row_filter)
         try:
             result = await app.rpc("audit.tail", limit=PAGE)
         except Exception as exc:
@@ -138,15 +150,61 @@ class AuditPane(Pane):
         self.entries.append(entry)
         del self.entries[:-KEEP]
         if not self.row_filter or self.row_filter.matches(entry_fields(entry)):
+            if self.matches is not None:
+                self.matches = (self.matches + [entry])[-KEEP:]
             self.query_one(AuditTable).append(entry)
         self._info()
 
     def set_filter(self, text: str) -> None:
         self.row_filter = RowFilter(text)
+        self.matches, self.search_note = None, ""
+        self._redraw(follow=True)
+        if self.row_filter and not self.looking_back:
+            self._search(self.row_filter)
+        else:
+            self.workers.cancel_group(self, "audit-search")
+
+    @work(group="audit-search", exclusive=True, exit_on_error=False)
+    async def _search(self, row_filter: RowFilter) -> None:
+        """Every entry of the log through `row_filter`, newest page first; the newest KEEP matches."""
+        app = console_of(self)
+        found: list[dict[str, Any]] = []
+        scanned, before = 0, None
+        total = self.log_size
+        while len(found) < KEEP:
+            self.search_note = f"searching the whole log: {scanned} of {total} entries read…"
+            self._info()
+            try:
+                page = await app.rpc("audit.tail", limit=SEARCH_PAGE,
+                                     **({} if before is None else {"before_seq": before}))
+            except Exception as exc:
+                self.search_note = (f"matches among the last {len(self.entries)} entries only: searching the "
+                                    f"whole log failed ({exc}); r reloads, then filter again")
+                self._info()
+                return
+            entries = list(page.get("entries") or [])
+            total = max(total, int(page.get("size", total)))
+            scanned += len(entries)
+            found[:0] = [e for e in entries if row_filter.matches(entry_fields(e))]
+            if not entries or int(entries[0].get("seq", 0)) <= 0:
+                break
+            before = int(entries[0]["seq"])
+        if row_filter is not self.row_filter:
+            return
+        newest = {int(e.get("seq", -1)) for e in found}
+        later = [e for e in self.entries if int(e.get("seq", -1)) > max(newest, default=-1)
+                 and row_filter.matches(entry_fields(e))]  # written while the search ran
+        self.matches = (found + later)[-KEEP:]
+        whole = "the whole log" if len(found) < KEEP else f"the log back to #{found[0].get('seq')}"
+        self.search_note = (f"{len(self.matches)} match(es) in {whole}" +
+                            (f" (the newest {KEEP} shown)" if len(found) >= KEEP else ""))
         self._redraw(follow=True)
 
     def _redraw(self, follow: bool) -> None:
-        shown = [e for e in self.entries if not self.row_filter or self.row_filter.matches(entry_fields(e))]
+        if self.row_filter and self.matches is not None:
+            shown = self.matches
+        else:
+            shown = [e for e in self.entries if not self.row_filter or self.row_filter.matches(entry_fields(e))]
         self.query_one(AuditTable).show(shown, follow)
         self._info()
 
@@ -154,6 +212,10 @@ class AuditPane(Pane):
         parts = [f"{self.log_size} entries"]
         if self.row_filter:
             parts.append(f"filter {self.row_filter.text!r}")
+            if self.search_note:
+                parts.append(self.search_note)
+            elif self.looking_back:
+                parts.append(f"among the {len(self.entries)} entries loaded")
         if self.looking_back and self.entries:
             parts.append(f"up to #{self.entries[-1].get('seq')}")
         self.set_info(" · ".join(parts))
@@ -181,6 +243,8 @@ class AuditPane(Pane):
             else:
                 high = middle
         self.looking_back = True
+        self.matches, self.search_note = None, ""
+        self.workers.cancel_group(self, "audit-search")
         page = await app.rpc("audit.tail", limit=PAGE, before_seq=low) if low else {"entries": []}
         self.entries = list(page.get("entries", []))
         self._redraw(follow=True)

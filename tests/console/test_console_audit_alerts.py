@@ -55,3 +55,33 @@ async def test_a_worker_crash_alert_that_cleared_itself_stays_dimmed_and_counted
         assert mark.plain == "○ WARN" and message.plain.startswith(f"{alert['message']} (cleared ")
         assert "○ WARN  crashed" in screen_text(late)
         assert table.get_component_rich_style("alerts-table--cleared").dim
+
+
+async def test_the_audit_filter_searches_the_whole_log_not_the_last_page(make_daemon: Any, client_of: Any) -> None:
+    daemon = make_daemon(PAUSED_NO_WORKER)
+    client = await client_of(daemon)
+    await client.call("queue.resume")
+    await client.call("queue.pause")
+    await client.call("queue.resume")
+    await client.call("queue.pause")
+    job_id = (await client.call("job.submit", prompt="moved about"))["job_id"]
+    for i in range(130):  # 260 entries: the two queue.pause are long out of the pane's first page
+        await client.call("job.set_priority", job_id=job_id, priority="high")
+        await client.call("job.set_priority", job_id=job_id, priority="low")
+    everywhere = (await client.call("audit.tail", limit=1000, action="queue.pause"))["entries"]
+    assert len(everywhere) == 2  # what `sai audit tail --action queue.pause` finds
+    app = SaiConsole(str(daemon.socket))
+    async with app.run_test(size=SIZE) as pilot:
+        await connected(pilot, app)
+        audit = app.main.audit
+        await until(pilot, lambda: len(audit.entries) >= 200, 10, "the audit pane loaded")
+        assert not [e for e in audit.entries if e["action"] == "queue.pause"]
+        await pilot.press("4", "slash", *"queue.pause", "enter")
+        table = audit.query_one("#audit-table")
+        await until(pilot, lambda: "in the whole log" in str(audit.border_title), 20, "the whole-log search")
+        assert table.row_count == 2
+        assert [e["action"] for e in table.entries] == ["queue.pause", "queue.pause"]  # type: ignore[attr-defined]
+        assert "2 match(es) in the whole log" in str(audit.border_title)
+        await client.call("queue.resume")
+        await client.call("queue.pause")  # a new match, live
+        await until(pilot, lambda: table.row_count == 3, 10, "the live match added")
