@@ -28,6 +28,7 @@ from daemon.crypto.passphrase import PassphraseSources
 from daemon.crypto.prompt_mac import PromptMac
 from daemon.dispatch import Dispatcher
 from daemon.events import EventBus
+from daemon.exitcodes import ExitCode
 from daemon.framing import ConnectionLimits
 from daemon.hardening import forbid_dumps, safe_python_children
 from daemon.outputs.atomic import PRIVATE_UMASK, ensure_dir, narrow_to_owner, remove_stale_temps
@@ -50,7 +51,7 @@ from daemon.worker.supervisor import WorkerSupervisor
 
 log = logging.getLogger("sai.daemon")
 
-EXIT_TASK_FAILED = 70
+EXIT_TASK_FAILED = ExitCode.TASK_FAILED
 """`sai daemon` exit status when a background task it cannot do without died (sysexits' EX_SOFTWARE);
 systemd's Restart=on-failure starts it again."""
 EXIT_UNCLEAN_STOP = 1
@@ -387,7 +388,7 @@ async def run(config: Config, socket_path: Path | None, state_dir: Path | None) 
         await daemon.startup()
     except (AlreadyRunning, ConfigError, OutputError, AuditTrustError, AuditKeyMismatch, UnsafePath) as exc:
         log.error("not starting: %s", exc)
-        return 2
+        return ExitCode.ALREADY_RUNNING if isinstance(exc, AlreadyRunning) else ExitCode.NOT_STARTED
     daemon.install_signal_handlers()
     notifier = Notifier.from_environment()
     notifier.ready(f"serving on {daemon.socket_path}; {daemon.describe()}")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.client import DaemonClient
+from daemon.exitcodes import ExitCode
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     cmds = audit.add_subparsers(dest="audit_command", metavar="AUDIT_COMMAND", required=True)
 
     p = cmds.add_parser("tail", help="latest entries (oldest first); -f follows new ones")
-    p.add_argument("-n", "--limit", type=int, default=20, help="entries to show first (default 20)")
+    p.add_argument("-n", "--limit", type=int, default=20, metavar="N", help="entries to show first, 1 to 1000")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing entries as they are written")
     p.add_argument("--action", help="only this action, e.g. job.submit")
     p.add_argument("--actor", help="only this user (name, or uid)")
@@ -38,14 +39,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=checkpoint, needs_daemon=True)
 
     p = cmds.add_parser("proof", help="inclusion proof of entry SEQ, checked here against the returned root")
-    p.add_argument("seq", type=int)
-    p.add_argument("--tree-size", type=int, help="tree size to prove against (default: the whole log)")
+    p.add_argument("seq", type=int, metavar="SEQ", help="the entry's sequence number")
+    p.add_argument("--tree-size", type=int, metavar="N", help="tree size to prove against (default: the whole log)")
     add_json_flag(p)
     p.set_defaults(handler=proof, needs_daemon=True)
 
     p = cmds.add_parser("consistency", help="proof that the log at size FIRST is a prefix of the log at SECOND")
-    p.add_argument("first", type=int)
-    p.add_argument("second", type=int, nargs="?")
+    p.add_argument("first", type=int, metavar="FIRST", help="the earlier tree size")
+    p.add_argument("second", type=int, nargs="?", metavar="SECOND", help="the later tree size (default: the whole log)")
     add_json_flag(p)
     p.set_defaults(handler=consistency, needs_daemon=True)
 
@@ -92,7 +93,7 @@ async def tail(args: argparse.Namespace, client: DaemonClient) -> int:
     from console.cli import fail
 
     if not 1 <= args.limit <= 1000:
-        return fail("--limit must be between 1 and 1000")
+        return fail("--limit must be between 1 and 1000", ExitCode.USAGE)
     if args.follow:
         await client.call("events.subscribe", topics=["audit"])
     reply = await client.call("audit.tail", limit=args.limit, action=args.action, actor=args.actor)
@@ -122,7 +123,7 @@ def _print_verdict(result: dict[str, Any], what: str) -> int:
         return 0
     where = f" (first bad entry: {result['first_bad']})" if result.get("first_bad") is not None else ""
     print(f"sai: {what} FAILED verification{where}: {result['reason']}", file=sys.stderr)
-    return 2
+    return ExitCode.VERIFY_FAILED
 
 
 def _read_checkpoint(path: str | None) -> str | None:
@@ -162,7 +163,7 @@ async def verify(args: argparse.Namespace, client: DaemonClient) -> int:
     result = await client.call("audit.verify", **params)
     if args.json:
         print_json(result)
-        return 0 if result["ok"] else 2
+        return ExitCode.OK if result["ok"] else ExitCode.VERIFY_FAILED
     return _print_verdict(result, "the audit log" + (" (deep)" if args.deep else ""))
 
 
@@ -198,7 +199,7 @@ async def proof(args: argparse.Namespace, client: DaemonClient) -> int:
             print(f"path  {h}")
         print(f"root  {reply['root_hash']}")
         print("proof verified against the root" if ok else "PROOF DOES NOT VERIFY")
-    return 0 if ok else 2
+    return ExitCode.OK if ok else ExitCode.VERIFY_FAILED
 
 
 async def consistency(args: argparse.Namespace, client: DaemonClient) -> int:
@@ -216,7 +217,7 @@ async def consistency(args: argparse.Namespace, client: DaemonClient) -> int:
         for h in reply["hashes"]:
             print(f"path {h}")
         print("consistency verified" if ok else "PROOF DOES NOT VERIFY")
-    return 0 if ok else 2
+    return ExitCode.OK if ok else ExitCode.VERIFY_FAILED
 
 
 async def export(args: argparse.Namespace, client: DaemonClient) -> int:
@@ -252,5 +253,5 @@ async def verify_export(args: argparse.Namespace, client: DaemonClient | None = 
     result = await asyncio.to_thread(check, Path(args.directory), args.deep, against, pin)
     if args.json:
         print_json(result)
-        return 0 if result["ok"] else 2
+        return ExitCode.OK if result["ok"] else ExitCode.VERIFY_FAILED
     return _print_verdict(result, f"the export in {args.directory}")

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 from daemon.client import DaemonClient
+from daemon.exitcodes import ExitCode
 
-EXIT_REFUSED = 2
 BACKUP_NICENESS = 10
 """The copy yields the CPU to the daemon it backs up (bench/backup.py measures submits meanwhile)."""
 
@@ -108,14 +108,16 @@ async def restore(args: argparse.Namespace, client: DaemonClient | None = None) 
     from daemon.backup.restore import Restore
 
     if not getattr(args, "state_dir", None):
-        return fail("restore needs --state-dir NEW: a new or empty directory to restore into")
+        return fail("restore needs --state-dir NEW: a new or empty directory to restore into", ExitCode.USAGE)
     pinned = None
     try:
         if args.key:
             pinned = load_public_key(Path(args.key).read_bytes(), args.key)
         result = await asyncio.to_thread(Restore(Path(args.directory), Path(args.state_dir), pinned).run)
     except BackupError as exc:
-        return fail(f"restore refused: {exc}", EXIT_REFUSED)
+        # The backup fails its checks (changed, unsigned, not this installation's): verification failed.
+        occupied = exc.path == str(Path(args.state_dir))
+        return fail(f"restore refused: {exc}", ExitCode.FAILURE if occupied else ExitCode.VERIFY_FAILED)
     except OSError as exc:
         return fail(f"restore failed: {exc}")
     if args.json:

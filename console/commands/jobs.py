@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import hashlib
 import sys
@@ -11,9 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from daemon.client import DaemonClient
-from daemon.protocol import RpcError
+from daemon.exitcodes import ExitCode
 
-TERMINAL = ("succeeded", "failed", "cancelled")
+PRIORITIES = ("low", "normal", "high", "critical")
+DEFAULT_LIMIT = 50
+PAGE = 1000
+"""Jobs per job.list call under --all (the daemon's most)."""
+COLUMNS = ("JOB", "PRI", "STATE", "PROGRESS", "USER", "AGE", "SIZE", "PROMPT")
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -25,51 +30,69 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from console.cli import add_json_flag
+    from console.cli import add_job_argument, add_json_flag
 
     p = sub.add_parser("submit", help="queue a generation job")
     p.add_argument("prompt")
-    p.add_argument("--negative", default="", help="negative prompt")
-    p.add_argument("--size", type=_size, help="WIDTHxHEIGHT, multiples of 8")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--guidance", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--priority", choices=("low", "normal", "high", "critical"))
-    p.add_argument("--count", type=int, help="images")
+    p.add_argument("--negative", default="", help="negative prompt (default: none)")
+    p.add_argument("--size", type=_size, help="WIDTHxHEIGHT, multiples of 8 (default: the daemon's [defaults])")
+    p.add_argument("--steps", type=int, help="denoising steps (default: the daemon's [defaults])")
+    p.add_argument("--guidance", type=float, help="guidance scale (default: the daemon's [defaults])")
+    p.add_argument("--seed", type=int, help="seed (default: a random one, recorded with the job)")
+    p.add_argument("--priority", choices=PRIORITIES, help="place in the queue (default: the daemon's [defaults])")
+    p.add_argument("--count", type=int, help="images (default: the daemon's [defaults])")
     p.add_argument("--reproducible", action="store_true", help="run alone, so the pixels depend only on the seed")
     p.add_argument("--token", help="client token: a retried submit with the same token returns the same job")
-    p.add_argument("--wait", action="store_true", help="show progress and wait for the outputs")
+    p.add_argument("--wait", action="store_true", help="show progress and wait for the job to finish; exit status "
+                                                       f"{ExitCode.JOB_FAILED:d} if it fails or is cancelled")
     add_json_flag(p)
     p.set_defaults(handler=submit, needs_daemon=True)
 
-    p = sub.add_parser("jobs", help="list jobs")
-    p.add_argument("--state", choices=("queued", "running", "succeeded", "failed", "cancelled"))
-    p.add_argument("--limit", type=int, default=50)
+    p = sub.add_parser("jobs", help="list jobs: running, queued, then finished ones newest first",
+                       description="Lists jobs: running, queued in start order, then finished ones newest first. "
+                                   f"Shows the first {DEFAULT_LIMIT} unless --limit or --all; when more match, says "
+                                   "how many on stderr. Piped (not a terminal): one job per line, tab-separated, no "
+                                   "header, the columns " + ", ".join(COLUMNS) + ".")
+    p.add_argument("--state", choices=("queued", "running", "succeeded", "failed", "cancelled"),
+                   help="only jobs in this state (default: all)")
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("--limit", type=_positive, default=DEFAULT_LIMIT, metavar="N", help="show the first N")
+    shown.add_argument("--all", action="store_true", help="show every job (fetched a page at a time)")
     add_json_flag(p)
     p.set_defaults(handler=list_jobs, needs_daemon=True)
 
     p = sub.add_parser("job", help="one job in full")
-    p.add_argument("job_id")
+    add_job_argument(p)
     add_json_flag(p)
     p.set_defaults(handler=show_job, needs_daemon=True)
 
     p = sub.add_parser("cancel", help="cancel a queued or running job")
-    p.add_argument("job_id")
+    add_job_argument(p)
     add_json_flag(p)
     p.set_defaults(handler=cancel, needs_daemon=True)
 
     p = sub.add_parser("priority", help="change a queued job's priority")
-    p.add_argument("job_id")
-    p.add_argument("priority", choices=("low", "normal", "high", "critical"))
+    add_job_argument(p)
+    p.add_argument("priority", choices=PRIORITIES, metavar="PRIORITY", help=f"one of {', '.join(PRIORITIES)}")
     add_json_flag(p)
     p.set_defaults(handler=set_priority, needs_daemon=True)
 
     p = sub.add_parser("export", help="write a job's image to a file (mode 0600)")
-    p.add_argument("job_id")
-    p.add_argument("--index", type=int, default=0)
-    p.add_argument("-o", "--output", required=True, help="file to write")
+    add_job_argument(p)
+    p.add_argument("--index", type=int, default=0, help="which of the job's images")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="file to write (required)")
     add_json_flag(p)
     p.set_defaults(handler=export, needs_daemon=True)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
+    return value
 
 
 def _submit_params(args: argparse.Namespace) -> dict[str, Any]:
@@ -90,54 +113,29 @@ def _submit_params(args: argparse.Namespace) -> dict[str, Any]:
 
 async def submit(args: argparse.Namespace, client: DaemonClient) -> int:
     from console.cli import print_json
+    from console.commands.wait import follow, outcome, print_outcome, say_still_running
 
     if args.wait:
         await client.call("events.subscribe", topics=["job"])
     reply = await client.call("job.submit", **_submit_params(args))
+    for warning in reply["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
     if not args.wait:
         if args.json:
             print_json(reply)
         else:
             print(f"{reply['job_id']} queued at position {reply['position']} (risk {reply['risk']})")
-            for warning in reply["warnings"]:
-                print(f"warning: {warning}", file=sys.stderr)
         return 0
-    for warning in reply["warnings"]:
-        print(f"warning: {warning}", file=sys.stderr)
-    job = await _wait(client, reply["job_id"], quiet=args.json)
+    try:
+        job = (await follow(client, [reply["job_id"]], quiet=args.json))[reply["job_id"]]
+    except asyncio.CancelledError:
+        say_still_running([reply["job_id"]])
+        raise
     if args.json:
         print_json(job)
     else:
-        _print_outcome(job)
-    return 0 if job["state"] == "succeeded" else 1
-
-
-async def _wait(client: DaemonClient, job_id: str, quiet: bool) -> dict[str, Any]:
-    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
-
-    job = await client.call("job.get", job_id=job_id)
-    with Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
-                  transient=True, disable=quiet or not sys.stderr.isatty(), console=None) as bar:
-        task = bar.add_task(f"{job_id} {job['state']}", total=1.0, completed=job["progress"])
-        while job["state"] not in TERMINAL:
-            event = await client.next_event()
-            if event is None:
-                raise RpcError(-32010, f"lost the daemon while waiting for {job_id}")
-            data = event.get("data", {})
-            if data.get("job_id") != job_id:
-                continue
-            if data.get("kind") == "progress":
-                bar.update(task, completed=data["progress"], description=f"{job_id} step {data['step']}/{data['steps']}")
-            elif data.get("kind") == "state":
-                job = await client.call("job.get", job_id=job_id)
-                bar.update(task, completed=job["progress"], description=f"{job_id} {job['state']}")
-    return job
-
-
-def _print_outcome(job: dict[str, Any]) -> None:
-    print(f"{job['job_id']} {job['state']}" + (f": {job['error']}" if job.get("error") else ""))
-    for output in job["outputs"]:
-        print(output.get("path", output))
+        print_outcome(job)
+    return outcome([job])
 
 
 def _age(stamp: str | None) -> str:
@@ -152,38 +150,69 @@ def _age(stamp: str | None) -> str:
     return f"{seconds}s"
 
 
-def _snippet(job: dict[str, Any], width: int = 40) -> str:
+async def _fetch(client: DaemonClient, state: str | None, limit: int | None) -> tuple[list[dict[str, Any]], int]:
+    """The first `limit` jobs (None: all, a page at a time; a job that moves between pages is
+    listed once) and how many match in all."""
+    jobs: dict[str, dict[str, Any]] = {}
+    total = 0
+    while limit is None or len(jobs) < limit:
+        offset = len(jobs)
+        page = await client.call("job.list", state=state, offset=offset,
+                                 limit=PAGE if limit is None else min(PAGE, limit - offset))
+        total = page.get("total", total)
+        jobs.update((job["job_id"], job) for job in page["jobs"] if job["job_id"] not in jobs)
+        if len(jobs) == offset or len(jobs) >= total:
+            break
+    return list(jobs.values()), max(total, len(jobs))
+
+
+def _row(job: dict[str, Any]) -> tuple[str, ...]:
+    p = job["params"]
+    return (job["job_id"], job["priority"], job["state"],
+            f"{job['progress'] * 100:.0f}%" if job["state"] == "running" else "-",
+            job["user"], _age(job["created_at"]), f"{p['width']}x{p['height']}x{p['count']}", _prompt(job))
+
+
+def _prompt(job: dict[str, Any]) -> str:
+    """The prompt on one line: newlines and tabs as spaces, so a piped listing keeps one job a line."""
     prompt = job["params"].get("prompt")
-    if prompt is None:
-        return "(hidden)"
-    return prompt if len(prompt) <= width else prompt[: width - 1] + "…"
+    return "(hidden)" if prompt is None else " ".join(prompt.split())
 
 
 async def list_jobs(args: argparse.Namespace, client: DaemonClient) -> int:
     from console.cli import print_json
-    from rich.console import Console
-    from rich.table import Table
 
-    reply = await client.call("job.list", state=args.state, limit=args.limit)
+    jobs, total = await _fetch(client, args.state, None if args.all else args.limit)
     if args.json:
-        print_json(reply)
-        return 0
-    table = Table(box=None, pad_edge=False)
-    for column in ("JOB", "PRI", "STATE", "PROGRESS", "USER", "AGE", "SIZE", "PROMPT"):
-        table.add_column(column)
-    for job in reply["jobs"]:
-        p = job["params"]
-        table.add_row(job["job_id"], job["priority"], job["state"],
-                      f"{job['progress'] * 100:.0f}%" if job["state"] == "running" else "",
-                      job["user"], _age(job["created_at"]), f"{p['width']}x{p['height']}×{p['count']}", _snippet(job))
-    Console(highlight=False, soft_wrap=True).print(table)
+        print_json({"jobs": jobs, "total": total})
+    elif sys.stdout.isatty():
+        _print_table(jobs)
+    else:
+        sys.stdout.writelines("\t".join(_row(job)) + "\n" for job in jobs)
+    if len(jobs) < total:
+        print(f"sai: {len(jobs)} of {total} jobs shown; --all or --limit N for more", file=sys.stderr)
     return 0
 
 
-async def show_job(args: argparse.Namespace, client: DaemonClient) -> int:
-    from console.cli import print_fields, print_json
+def _print_table(jobs: list[dict[str, Any]]) -> None:
+    """For a person: ids and states whole however narrow the terminal; the prompt is cut to fit."""
+    from rich.console import Console
+    from rich.table import Table
 
-    job = await client.call("job.get", job_id=args.job_id)
+    rows = [_row(job) for job in jobs]
+    table = Table(box=None, pad_edge=False)
+    for i, column in enumerate(COLUMNS[:-1]):
+        table.add_column(column, no_wrap=True, min_width=max([len(column), *(len(row[i]) for row in rows)]))
+    table.add_column(COLUMNS[-1], no_wrap=True, overflow="ellipsis", min_width=8)
+    for row in rows:
+        table.add_row(*row)
+    Console(highlight=False).print(table)
+
+
+async def show_job(args: argparse.Namespace, client: DaemonClient) -> int:
+    from console.cli import print_fields, print_json, resolve_job
+
+    job = await client.call("job.get", job_id=await resolve_job(client, args.job_id))
     if args.json:
         print_json(job)
         return 0
@@ -198,41 +227,43 @@ async def show_job(args: argparse.Namespace, client: DaemonClient) -> int:
 
 
 async def cancel(args: argparse.Namespace, client: DaemonClient) -> int:
-    from console.cli import print_json
+    from console.cli import print_json, resolve_job
 
-    reply = await client.call("job.cancel", job_id=args.job_id)
+    reply = await client.call("job.cancel", job_id=await resolve_job(client, args.job_id))
     print_json(reply) if args.json else print(f"{reply['job_id']} {reply['state']}")
     return 0
 
 
 async def set_priority(args: argparse.Namespace, client: DaemonClient) -> int:
-    from console.cli import print_json
+    from console.cli import print_json, resolve_job
 
-    reply = await client.call("job.set_priority", job_id=args.job_id, priority=args.priority)
+    reply = await client.call("job.set_priority", job_id=await resolve_job(client, args.job_id),
+                              priority=args.priority)
     print_json(reply) if args.json else print(f"{reply['job_id']} now {reply['priority']}, position {reply['position']}")
     return 0
 
 
 async def export(args: argparse.Namespace, client: DaemonClient) -> int:
     """Fetch the chunks, check the hash, then write the file atomically with mode 0600."""
-    from console.cli import fail, print_json
+    from console.cli import fail, print_json, resolve_job
     from daemon.safefiles import PrivateDir
 
+    job_id = await resolve_job(client, args.job_id)
     target = Path(args.output)
     chunks: list[bytes] = []
     offset, reply = 0, None
     while reply is None or not reply["eof"]:
-        reply = await client.call("output.export", job_id=args.job_id, index=args.index, offset=offset)
+        reply = await client.call("output.export", job_id=job_id, index=args.index, offset=offset)
         chunk = base64.b64decode(reply["data"])
         chunks.append(chunk)
         offset += len(chunk)
     data = b"".join(chunks)
     if hashlib.sha256(data).hexdigest() != reply["sha256"]:
-        return fail(f"export of {args.job_id} arrived corrupted (hash mismatch); nothing written")
+        return fail(f"export of {job_id} arrived corrupted (hash mismatch); nothing written", ExitCode.VERIFY_FAILED)
     with PrivateDir(target) as private:  # nothing another user planted beside the target is opened
         private.write(target.name, data)
         private.move_out(target.name)
-    result = {"job_id": args.job_id, "index": args.index, "path": str(target), "bytes": len(data),
+    result = {"job_id": job_id, "index": args.index, "path": str(target), "bytes": len(data),
               "sha256": reply["sha256"]}
     print_json(result) if args.json else print(f"wrote {target} ({len(data)} bytes, sha256 {reply['sha256'][:16]}…)")
     return 0

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.client import DaemonClient
+from daemon.exitcodes import ExitCode
 
 LOCAL_SUFFIXES = (".png.sai", ".manifest.json", ".manifest.sig")
 
@@ -30,17 +31,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     from console.cli import add_json_flag
 
     p = sub.add_parser("inspect", help="show an exported PNG's fingerprint, job and watermarks (offline)")
-    p.add_argument("file", help="a PNG exported with `sai export`")
-    p.add_argument("--outputs-dir", help="also match the fingerprint against the manifests in this directory")
+    p.add_argument("file", metavar="FILE", help="a PNG exported with `sai export`")
+    p.add_argument("--outputs-dir", metavar="DIR", help="also match the fingerprint against the manifests in this directory")
     p.add_argument("--prompt", action="store_true", help="also print the prompt from the PNG metadata")
     add_json_flag(p)
     p.set_defaults(handler=inspect_file, needs_daemon=False)
 
     p = sub.add_parser("verify", help="check an output's signature and hashes (no decryption)")
     p.add_argument("target", action=_Target, metavar="JOB|FILE",
-                   help="a job id (asks the daemon) or a .png.sai / .manifest.json file (checked here)")
-    p.add_argument("--index", type=int, help="only this image of the job")
-    p.add_argument("--keys-dir", help="public keys for a FILE (default: the state directory's keys/)")
+                   help="a job id or its unique start (asks the daemon), or a .png.sai / .manifest.json file "
+                        "(checked here)")
+    p.add_argument("--index", type=int, help="only this image of the job (default: all)")
+    p.add_argument("--keys-dir", metavar="DIR", help="public keys for a FILE (default: the state directory's keys/)")
     add_json_flag(p)
     p.set_defaults(handler=verify, needs_daemon=True)
 
@@ -116,7 +118,7 @@ def _print_verify(report: dict[str, Any]) -> None:
 
 
 async def verify(args: argparse.Namespace, client: DaemonClient | None) -> int:
-    from console.cli import fail, print_json
+    from console.cli import fail, print_json, resolve_job
 
     if client is None:
         from daemon.crypto import OutputError
@@ -128,7 +130,7 @@ async def verify(args: argparse.Namespace, client: DaemonClient | None) -> int:
         except (OutputError, OSError) as exc:
             return fail(str(exc))
     else:
-        params: dict[str, Any] = {"job_id": args.target}
+        params: dict[str, Any] = {"job_id": await resolve_job(client, args.target)}
         if args.index is not None:
             params["index"] = args.index
         report = await client.call("output.verify", **params)
@@ -137,5 +139,5 @@ async def verify(args: argparse.Namespace, client: DaemonClient | None) -> int:
     else:
         _print_verify(report)
     if not report["ok"]:
-        return fail(f"verification of {args.target} failed")
+        return fail(f"verification of {args.target} failed", ExitCode.VERIFY_FAILED)
     return 0

@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any
 from console.report import FORMATS, METRICS
 from console.widgets.display import RELATIVE, UNITS, parse_moment
 from daemon.client import DaemonClient
+from daemon.exitcodes import ExitCode
 
 if TYPE_CHECKING:
     from console.report.compare import Side
 
 DEFAULT_WINDOW = 86400.0
 PAGE = 1000
-EXIT_USAGE = 2
 PERIOD_FORMS = "START..END, e.g. 2h..1h, 1h..now or 2026-11-26T10:00Z..2026-11-26T11:00Z"
 
 
@@ -84,13 +84,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="window start: a duration ago (2h, 90m, 1d), a time (14:05) or RFC 3339 (default: 24h "
                         "before --until)")
     p.add_argument("--until", type=_moment, metavar="WHEN", help="window end, in the same forms or `now` (default)")
-    p.add_argument("--format", choices=FORMATS, default="md", help="md (default), csv or json (json can be "
-                                                                    "compared later with --compare)")
+    p.add_argument("--format", choices=FORMATS, help="md (default), csv or json; --json is the same as "
+                                                      "--format json (a json report can be compared later with "
+                                                      "--compare)")
+    p.add_argument("--json", action="store_true", help="print JSON, as every command's --json does")
     p.add_argument("--charts", type=Path, metavar="DIR", help="also write PNG charts into DIR")
     p.add_argument("--bucket", type=_duration, metavar="DURATION",
                    help="throughput bucket, e.g. 5m (default: chosen from the span)")
     p.add_argument("--compare", nargs=2, type=_side, metavar=("A", "B"),
-                   help=f"compare two periods ({PERIOD_FORMS}) or report files written with --format json")
+                   help=f"compare two periods ({PERIOD_FORMS}) or report files written with --json")
     p.add_argument("--metric", choices=METRICS, default="latency",
                    help="what --compare compares: latency (default), run or wait")
     p.add_argument("--alpha", type=_alpha, default=0.05, help="significance level for --compare (default 0.05)")
@@ -141,8 +143,11 @@ class _Connection:
 async def report(args: argparse.Namespace, _: DaemonClient | None) -> int:
     from console.cli import fail
 
+    if args.json and args.format not in (None, "json"):
+        return fail(f"--json and --format {args.format} ask for different output: give one", ExitCode.USAGE)
+    args.format = "json" if args.json else args.format or "md"
     if args.compare and (args.since is not None or args.until is not None):
-        return fail(f"--since and --until do not apply to --compare: give each side as {PERIOD_FORMS}", EXIT_USAGE)
+        return fail(f"--since and --until do not apply to --compare: give each side as {PERIOD_FORMS}", ExitCode.USAGE)
     connection = _Connection(args)
     try:
         if args.compare:
@@ -150,7 +155,7 @@ async def report(args: argparse.Namespace, _: DaemonClient | None) -> int:
         until = time.time() if args.until is None else args.until
         since = until - DEFAULT_WINDOW if args.since is None else args.since
         if since >= until:
-            return fail("--since must be before --until", EXIT_USAGE)
+            return fail("--since must be before --until", ExitCode.USAGE)
         return await _report(args, connection, since, until)
     finally:
         await connection.close()
@@ -204,7 +209,7 @@ async def _compare(args: argparse.Namespace, connection: _Connection) -> int:
     try:
         a, b = [await _load_side(spec, connection) for spec in args.compare]
     except ValueError as exc:
-        return fail(str(exc), EXIT_USAGE)
+        return fail(str(exc), ExitCode.USAGE)
     result = compare(a, b, args.metric, args.alpha)
     if args.format == "json":
         print_json(result)

@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from daemon.client import DaemonClient
+from daemon.exitcodes import ExitCode
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,7 +40,7 @@ async def run_daemon(args: argparse.Namespace, client: None) -> int:
         cfg = config.load(args.config)
     except config.ConfigError as exc:
         print(f"sai daemon: bad configuration: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.NOT_STARTED
     logs.setup(cfg.daemon.log_level)
     from daemon import paths
 

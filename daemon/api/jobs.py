@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from daemon.api.registry import CallContext, Role, method
-from daemon.protocol import UNAVAILABLE, RpcError, echo, invalid_params
-from daemon.queue.jobs import PRIORITIES, STATES
+from daemon.protocol import INVALID_PARAMS, NOT_FOUND, UNAVAILABLE, RpcError, echo, invalid_params
+from daemon.queue.jobs import FINISHED, PRIORITIES, STATES
 
 Priority = Literal["low", "normal", "high", "critical"]
 MAX_LIST = 1000
+MAX_CANDIDATES = 10
+PREFIX = re.compile(r"j[0-9a-f]{0,12}")
 
 
 @method("job.submit", role=Role.OPERATOR)
@@ -38,13 +41,42 @@ async def get(ctx: CallContext, job_id: str) -> dict[str, Any]:
 
 
 @method("job.list", role=Role.VIEWER)
-async def list_jobs(ctx: CallContext, state: str | None = None, limit: int = 100) -> dict[str, Any]:
+async def list_jobs(ctx: CallContext, state: str | None = None, limit: int = 100, offset: int = 0) -> dict[str, Any]:
+    """A page of the listing and `total`, how many jobs match `state` in all. Past the running and
+    queued jobs (at most the queue's cap, in memory) a page is read from the store at its offset."""
     if state is not None and state not in STATES:
         raise invalid_params("state", f"{echo(state)!r} is not one of {', '.join(STATES)}")
     if not 1 <= limit <= MAX_LIST:
         raise invalid_params("limit", f"{limit} is out of range; allowed 1 to {MAX_LIST}")
+    if offset < 0:
+        raise invalid_params("offset", f"{offset} is negative")
     queue = ctx.daemon.queue
-    return {"jobs": [queue.view(ctx.peer, job) for job in await queue.list(state, limit)]}
+    live = sum(1 for job in queue.active.values() if state in (None, job.state))
+    if offset < live:
+        jobs = (await queue.list(state, offset + limit))[offset:]
+    else:
+        jobs = await queue.store.finished(state, limit, offset - live) if state in (None, *FINISHED) else []
+    total = live + (await queue.store.count_finished(state) if state in (None, *FINISHED) else 0)
+    return {"jobs": [queue.view(ctx.peer, job) for job in jobs], "total": total, "offset": offset}
+
+
+@method("job.resolve", role=Role.VIEWER)
+async def resolve(ctx: CallContext, prefix: str) -> dict[str, Any]:
+    """The one job whose id starts with `prefix`, so people and scripts can type a few characters.
+    The leading `j` may be left out. Several: invalid params naming up to ten candidates;
+    none: not found."""
+    text = prefix.strip().lower()
+    text = text if text.startswith("j") else "j" + text
+    found = await ctx.daemon.queue.store.ids_starting(text, MAX_CANDIDATES + 1) if PREFIX.fullmatch(text) else []
+    if not found:
+        raise RpcError(NOT_FOUND, f"no job {echo(prefix)} (a job id is j and 12 hex digits; its start will do)",
+                       {"job_id": echo(prefix)})
+    if len(found) > 1:
+        more = ", …" if len(found) > MAX_CANDIDATES else ""
+        shown = found[:MAX_CANDIDATES]
+        raise RpcError(INVALID_PARAMS, f"{text} is ambiguous: it starts {', '.join(shown)}{more}; give more characters",
+                       {"field": "prefix", "candidates": shown})
+    return {"job_id": found[0]}
 
 
 @method("job.cancel", role=Role.OPERATOR)

@@ -246,11 +246,26 @@ class JobStore:
         jobs = await self._select("WHERE uid = ? AND client_token = ?", (uid, token))
         return jobs[0] if jobs else None
 
-    async def finished(self, state: str | None, limit: int) -> list[Job]:
+    async def finished(self, state: str | None, limit: int, offset: int = 0) -> list[Job]:
         if state:
-            return await self._select("WHERE state = ? ORDER BY seq DESC LIMIT ?", (state, limit))
+            return await self._select("WHERE state = ? ORDER BY seq DESC LIMIT ? OFFSET ?", (state, limit, offset))
         marks = ", ".join("?" * len(FINISHED))
-        return await self._select(f"WHERE state IN ({marks}) ORDER BY seq DESC LIMIT ?", (*FINISHED, limit))
+        return await self._select(f"WHERE state IN ({marks}) ORDER BY seq DESC LIMIT ? OFFSET ?",
+                                  (*FINISHED, limit, offset))
+
+    async def count_finished(self, state: str | None) -> int:
+        states = (state,) if state else FINISHED
+        query = f"SELECT COUNT(*) FROM jobs WHERE state IN ({', '.join('?' * len(states))})"
+        async with self._db.execute(query, tuple(states)) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def ids_starting(self, prefix: str, limit: int) -> list[str]:
+        """Job ids that start with `prefix` (hex digits after the `j`, checked by the caller), in
+        id order; GLOB is case-sensitive, so SQLite answers it from the job_id index."""
+        async with self._db.execute("SELECT job_id FROM jobs WHERE job_id GLOB ? ORDER BY job_id LIMIT ?",
+                                    (prefix + "*", limit)) as cur:
+            return [row[0] for row in await cur.fetchall()]
 
     async def get_setting(self, key: str) -> str | None:
         async with self._db.execute("SELECT value FROM settings WHERE key = ?", (key,)) as cur:

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from daemon.backup.manifest import audit_state
 from daemon.client import DaemonClient
 from daemon.crypto.keys import public_pem
+from daemon.exitcodes import ExitCode
 from daemon.harness import DaemonProcess, run_sai
 from daemon.protocol import CONFLICT, RpcError
 
@@ -164,7 +165,7 @@ async def test_changed_missing_extra_or_resigned_backups_are_refused_naming_the_
     for name, (backup, named) in cases.items():
         target = scratch / f"restore-{name}"
         refused = _restore(backup, target)
-        assert refused.returncode == 2, (name, refused.stdout, refused.stderr)
+        assert refused.returncode == ExitCode.VERIFY_FAILED, (name, refused.stdout, refused.stderr)
         assert named in refused.stderr, (name, refused.stderr)
         assert not target.exists() and not list(scratch.glob(f".restore-{name}.tmp-*")), name
 
@@ -172,13 +173,13 @@ async def test_changed_missing_extra_or_resigned_backups_are_refused_naming_the_
     stranger = scratch / "stranger.pub.pem"
     stranger.write_bytes(public_pem(other.public_key()))
     refused = _restore(good, scratch / "restore-pinned", "--key", str(stranger))
-    assert refused.returncode == 2 and "pinned key" in refused.stderr, refused.stderr
+    assert refused.returncode == ExitCode.VERIFY_FAILED and "pinned key" in refused.stderr, refused.stderr
 
     occupied = scratch / "occupied"
     occupied.mkdir()
     (occupied / "something").write_text("x")
     refused = _restore(good, occupied)
-    assert refused.returncode == 2 and "not an empty directory" in refused.stderr
+    assert refused.returncode == ExitCode.FAILURE and "not an empty directory" in refused.stderr
     assert (await _backup(daemon, occupied)).returncode != 0
     elsewhere = scratch / "elsewhere"
     elsewhere.mkdir()

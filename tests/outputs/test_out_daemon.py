@@ -24,6 +24,7 @@ from PIL import Image
 
 from daemon.crypto import envelope
 from daemon.crypto.keys import KeyStore
+from daemon.exitcodes import ExitCode
 from daemon.outputs.pipeline import export_output
 from daemon.harness import run_sai
 
@@ -263,9 +264,9 @@ async def test_sealed_keys_need_the_passphrase(make_daemon, client_of, monkeypat
                               stdin=subprocess.DEVNULL)
 
     missing = start(None)
-    assert missing.returncode == 2 and "not starting" in missing.stderr and "SAI_PASSPHRASE" in missing.stderr
+    assert missing.returncode == ExitCode.NOT_STARTED and "not starting" in missing.stderr and "SAI_PASSPHRASE" in missing.stderr
     wrong = start("wrong horse")
-    assert wrong.returncode == 2 and "wrong passphrase" in wrong.stderr
+    assert wrong.returncode == ExitCode.NOT_STARTED and "wrong passphrase" in wrong.stderr
     again = make_daemon(sealed, state_from=daemon)
     client = await client_of(again)
     assert (await client.call("job.get", job_id=job_id))["params"]["prompt"] == f"sealed {marker}"

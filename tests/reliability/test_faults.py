@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from daemon.client import DaemonClient
+from daemon.exitcodes import ExitCode
 from daemon.harness import ROOT, DaemonProcess
 from rel_helpers import (IN_MOVED_TO, OUTPUT_SUFFIXES, DirWatch, export_png, hold_exclusive_lock, limit_file_size,
                          output_files, small_tmpfs, snapshot, temp_files)
@@ -312,7 +313,7 @@ async def test_corrupt_key_file_refuses_to_start_naming_it_and_changes_nothing(c
     refused = subprocess.run([sys.executable, "-m", "console.cli", "daemon", "--socket", str(daemon.socket),
                               "--state-dir", str(daemon.state_dir), "--config", str(daemon.config_file)],
                              capture_output=True, text=True, cwd=ROOT, timeout=60)
-    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert refused.returncode == ExitCode.NOT_STARTED, refused.stderr[-2000:]
     assert "not starting" in refused.stderr and str(key_file) in refused.stderr and reason in refused.stderr
     assert "Traceback" not in refused.stderr
     assert snapshot(daemon.state_dir) == before, "a refused start changed the state directory"

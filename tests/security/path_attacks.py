@@ -16,6 +16,7 @@ from typing import Any, Iterator
 import pytest
 
 from attack_helpers import LocalUser
+from daemon.exitcodes import ExitCode
 from daemon.harness import DaemonProcess
 
 SAI = str(Path(sys.executable).with_name("sai"))
@@ -68,7 +69,7 @@ class Background:
 
 
 def refused(daemon: DaemonProcess, **start: Any) -> str:
-    """Start `daemon`, which must refuse (exit 2) instead of serving; its log."""
-    with pytest.raises(RuntimeError, match="daemon exited with 2"):
+    """Start `daemon`, which must refuse (ExitCode.NOT_STARTED) instead of serving; its log."""
+    with pytest.raises(RuntimeError, match=f"daemon exited with {ExitCode.NOT_STARTED:d}"):
         daemon.start(timeout=120, **start)
     return daemon.read_log()

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from daemon.audit.entry import ROTATE_ACTION, canonical_json, check_details, key_id, utc_now
 from daemon.audit.export import write_export
 from daemon.audit.writer import Writer
+from daemon.exitcodes import ExitCode
 from daemon.harness import DaemonProcess, run_sai
 
 ANCHOR = "keys/audit-anchor.json"
@@ -77,12 +78,12 @@ def replace_log(db: Path, forged: Path) -> None:
 
 
 def refused(daemon: DaemonProcess) -> str:
-    """Start `daemon` and expect it to refuse (exit 2); its log."""
+    """Start `daemon` and expect it to refuse (ExitCode.NOT_STARTED); its log."""
     daemon.start(wait=False)
     try:
         daemon.wait_answering(90)
     except RuntimeError:
-        assert daemon.proc is not None and daemon.proc.returncode == 2, daemon.read_log()[-3000:]
+        assert daemon.proc is not None and daemon.proc.returncode == ExitCode.NOT_STARTED, daemon.read_log()[-3000:]
         return daemon.read_log()
     pytest.fail(f"the daemon started on a tampered audit log:\n{daemon.read_log()[-3000:]}")
 
@@ -113,13 +114,14 @@ async def test_a_log_rewritten_with_a_fresh_key_is_refused_everywhere(make_daemo
     pem = str(daemon.state_dir / "keys" / "signing.pub.pem")
     for flags in ((), ("--deep",), ("--key", pem)):
         cli = run_sai("audit", "verify", *flags, socket_path=daemon.socket)
-        assert cli.returncode == 2 and "first bad entry: 0" in cli.stderr, cli.stderr
+        assert cli.returncode == ExitCode.VERIFY_FAILED and "first bad entry: 0" in cli.stderr, cli.stderr
 
     export = tmp_path / "export"
     write_export(forged, export)  # what the attacker hands a third party
     cli = run_sai("audit", "verify-export", "--deep", "--key", str(daemon.state_dir / "keys" / "signing.pub.pem"),
                   str(export))
-    assert cli.returncode == 2 and "first bad entry: 0" in cli.stderr and f"key {first_kid}" in cli.stderr, cli.stderr
+    assert cli.returncode == ExitCode.VERIFY_FAILED, cli.stderr
+    assert "first bad entry: 0" in cli.stderr and f"key {first_kid}" in cli.stderr, cli.stderr
 
     daemon.kill9()
     log = refused(make_daemon(state_from=daemon, start=False))
@@ -141,7 +143,8 @@ async def test_a_truncated_log_is_refused_and_verify_says_truncated(make_daemon:
         assert not result["ok"] and result["first_bad"] == cut, result
         assert "truncated" in result["reason"] and f"vouches for {size} entries" in result["reason"]
     cli = run_sai("audit", "verify", socket_path=daemon.socket)
-    assert cli.returncode == 2 and f"first bad entry: {cut}" in cli.stderr and "truncated" in cli.stderr
+    assert cli.returncode == ExitCode.VERIFY_FAILED, cli.stderr
+    assert f"first bad entry: {cut}" in cli.stderr and "truncated" in cli.stderr
 
     daemon.kill9()
     log = refused(make_daemon(state_from=daemon, start=False))
@@ -187,7 +190,7 @@ async def test_a_job_with_no_submit_entry_is_flagged(make_daemon: Any, client_of
     result = await client.call("audit.verify")
     assert not result["ok"] and result["unrecorded_jobs"] == [job_id] and job_id in result["reason"]
     cli = run_sai("audit", "verify", socket_path=again.socket)
-    assert cli.returncode == 2 and job_id in cli.stderr
+    assert cli.returncode == ExitCode.VERIFY_FAILED and job_id in cli.stderr
 
 
 async def test_an_old_state_dir_is_anchored_on_first_start_but_not_a_forged_one(make_daemon: Any, client_of: Any,
@@ -215,7 +218,8 @@ async def test_an_old_state_dir_is_anchored_on_first_start_but_not_a_forged_one(
     first_pem = keys / f"signing-ed25519-{pinned}.pub.pem"
     assert run_sai("audit", "verify", "--key", str(first_pem), socket_path=again.socket).returncode == 0
     cli = run_sai("audit", "verify", "--key", str(keys / "signing.pub.pem"), socket_path=again.socket)
-    assert cli.returncode == 2 and "first bad entry: 0" in cli.stderr and f"must start at key {pinned}" not in cli.stderr
+    assert cli.returncode == ExitCode.VERIFY_FAILED, cli.stderr
+    assert "first bad entry: 0" in cli.stderr and f"must start at key {pinned}" not in cli.stderr
     assert "pinned by the key given to verify" in cli.stderr
     assert again.terminate() == 0
 

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from attack_helpers import run_as, shared_config
+from daemon.exitcodes import ExitCode
 from daemon.harness import DaemonProcess
 from path_attacks import Background, refused, scratch  # noqa: F401  (a fixture)
 
@@ -89,6 +90,6 @@ def test_a_socket_swapped_for_a_symlink_after_bind_opens_nothing(make_daemon, lo
         exit_code = None  # serving
     mode, group = precious.stat().st_mode & 0o777, precious.stat().st_gid
     assert (mode, group) == (0o600, 0), f"{outcome}: {precious} became {mode:o} group {grp.getgrgid(group).gr_name}"
-    assert exit_code == 2
+    assert exit_code == ExitCode.NOT_STARTED
     log = daemon.read_log()
     assert f"socket directory {writable} is writable by other users" in log and f"chmod go-w {writable}" in log

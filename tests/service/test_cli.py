@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from daemon.exitcodes import ExitCode
 from daemon.harness import run_sai
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,8 +64,8 @@ def test_submit_wait_shows_outputs_then_export_writes_0600(make_daemon, tmp_path
     assert len(lines) == 3 and all(job_id in line for line in lines[1:])
     listed = json.loads(run_sai("jobs", "--json", socket_path=daemon.socket).stdout)["jobs"]
     assert [job["job_id"] for job in listed] == [job_id]
-    table = run_sai("jobs", socket_path=daemon.socket).stdout
-    assert "JOB" in table and job_id in table and "succeeded" in table
+    piped = run_sai("jobs", socket_path=daemon.socket).stdout  # not a terminal: one tab-separated line a job
+    assert piped.split("\t")[:3] == [job_id, "normal", "succeeded"] and piped.count("\n") == 1
     target = tmp_path / "out.png"
     out = run_sai("export", job_id, "--index", "1", "-o", str(target), socket_path=daemon.socket)
     assert out.returncode == 0, out.stderr
@@ -113,7 +114,7 @@ def test_bad_config_stops_the_daemon_with_file_and_key(tmp_path):
     config.write_text("[queue]\nmax_batch = -1\n")
     out = run_sai("daemon", "--config", str(config), "--socket", str(tmp_path / "d.sock"),
               "--state-dir", str(tmp_path / "state"))
-    assert out.returncode == 2
+    assert out.returncode == ExitCode.NOT_STARTED
     assert str(config) in out.stderr and "queue.max_batch" in out.stderr and "greater than 0" in out.stderr
 
 
