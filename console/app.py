@@ -22,6 +22,7 @@ from console.screens.help import HelpScreen, binding_rows
 from console.screens.job_detail import JobDetailScreen
 from console.screens.main import COMMANDS, TYPED_COMMANDS, Command, MainScreen
 from console.screens.new_job import NewJobScreen
+from console.screens.stopping import StoppingScreen
 from console.widgets.audit_pane import AuditPane
 from console.widgets.display import clock_time, duration, parse_moment
 from console.widgets.prompt_line import PromptLine
@@ -111,6 +112,7 @@ class SaiConsole(App[int]):
     @while_running
     def on_link_up(self, _: LinkUp) -> None:
         self.main.banner.connection = ""
+        self._show_stopping(None)  # a daemon that takes a new connection is serving
         self.main.header.link = "up"
         self.lookback_at = None
         self.main.banner.lookback = ""
@@ -177,9 +179,17 @@ class SaiConsole(App[int]):
     def _show_status(self, status: dict[str, Any]) -> None:
         main = self.main
         main.header.status = status
+        self._show_stopping(status.get("stopping"))
         main.memory.set_worker(status.get("worker") or {})
         failed = (status.get("tasks") or {}).get("failed") or []
         main.banner.fault = "DAEMON FAULT: " + " · ".join(task["message"] for task in failed) if failed else ""
+
+    def _show_stopping(self, stopping: dict[str, Any] | None) -> None:
+        """The daemon's drain (daemon.stopping, or daemon.status `stopping`): banner countdown, header."""
+        main = self.main
+        main.header.stopping = stopping is not None
+        main.banner.stopping_until = (None if stopping is None
+                                      else main.banner.clock() + float(stopping.get("drain_left", 0.0)))
 
     # -- events ------------------------------------------------------------------------------------
 
@@ -210,6 +220,10 @@ class SaiConsole(App[int]):
         if isinstance(data.get("worker"), dict):
             header.worker_state(data["worker"])
             self.main.memory.set_worker(data["worker"])
+        if data.get("kind") == "daemon.stopping":
+            self._show_stopping(data)
+            self.notify(f"The daemon is shutting down: the running batch has {float(data['drain_left']):.0f} s "
+                        "to finish.", title="Daemon stopping", severity="warning", timeout=10)
         if str(data.get("kind", "")).startswith("worker."):
             self.notify(f"Worker {str(data['kind'])[7:]}" + (f": {data['error']}" if data.get("error") else ""),
                         severity="error" if data["kind"] in ("worker.crashed", "worker.start_failed") else "information")
@@ -251,6 +265,9 @@ class SaiConsole(App[int]):
                             "its grace period, then goes back to the queue; queued jobs wait for the next start.")
                 if not await self.push_screen_wait(ConfirmScreen("Quit and stop the daemon?", question, yes="Quit")):
                     return
+            daemon = self.embedded.daemon
+            await self.push_screen(StoppingScreen(daemon.config.daemon.shutdown_grace, daemon.queue.status))
+            await self.embedded.stop_daemon()
         self.exit(0)
 
     def action_help(self) -> None:

@@ -180,10 +180,18 @@ class Embedded:
     log_path: Path
     terminal_fd: int | None = None
     log_handlers: tuple[list[logging.Handler], bool] = ([], True)
+    _shutdown: "asyncio.Future[None] | None" = None
+
+    async def stop_daemon(self) -> None:
+        """Shut the daemon down (once, however often asked): the console shows its drain while
+        `stop`, after the app has exited, waits for the same shutdown and restores the terminal."""
+        if self._shutdown is None:
+            self._shutdown = asyncio.ensure_future(self.daemon.shutdown())
+        await asyncio.shield(self._shutdown)
 
     async def stop(self) -> None:
         try:
-            await self.daemon.shutdown()
+            await self.stop_daemon()
         finally:
             root = logging.getLogger("sai")
             for handler in root.handlers:

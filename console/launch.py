@@ -69,7 +69,11 @@ async def _console(config: Any, socket_path: Path, state_dir: Path | None, reado
         await app.run_async()
     finally:
         if embedded is not None:
-            _tell(embedded.terminal_fd, "sai: stopping the embedded daemon...")
+            if embedded.daemon.drain_deadline is None:  # not stopped from inside the console already
+                running = embedded.daemon.queue.status()["running"]
+                _tell(embedded.terminal_fd, "sai: stopping the embedded daemon" + (
+                    f" ({running} running job(s) have up to {embedded.daemon.config.daemon.shutdown_grace:.0f} s "
+                    "to finish, then go back to the queue)..." if running else "..."))
             await embedded.stop()
             _tell(2, f"sai: embedded daemon stopped (log: {embedded.log_path})")
     return app.return_code or 0

@@ -73,6 +73,8 @@ class Daemon:
         self.bus = EventBus()
         self.started_at = time.time()
         self._stop = asyncio.Event()
+        self.drain_deadline: float | None = None
+        """When the drain of a shutdown gives up on the running batch (time.time()); None while serving."""
         self._state_lock: int | None = None
         self._umask: int | None = None
         self.keystore: KeyStore
@@ -295,6 +297,8 @@ class Daemon:
         log.info("shutting down: no new connections, draining the running batch")
         self.background.stopping()
         grace = self.config.daemon.shutdown_grace
+        self.drain_deadline = time.time() + grace
+        self.bus.publish("queue", {"kind": "daemon.stopping", "drain_left": grace, **self.queue.status()})
         uptime = round(time.time() - self.started_at, 3)
         steps: list[tuple[str, Callable[[], Awaitable[Any]], float]] = [
             ("closing the socket to new connections", self.server.stop_accepting, CLOSE_TIMEOUT),
@@ -365,6 +369,8 @@ class Daemon:
             "state_dir": str(self.state_dir),
             "started_at": self.started_at,
             "uptime": round(time.time() - self.started_at, 3),
+            "stopping": None if self.drain_deadline is None else
+            {"drain_left": round(max(0.0, self.drain_deadline - time.time()), 1)},
             "queue": self.queue.status(),
             "worker": {**self.worker.status(), "halted": self.dispatcher.halted},
             "model": {"name": self.config.model.name, "path": self.config.model.path},

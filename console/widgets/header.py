@@ -22,12 +22,16 @@ class StatusHeader(Widget):
     audit: reactive[dict[str, Any]] = reactive(dict, always_update=True)
     link: reactive[str] = reactive("connecting")
     readonly: reactive[bool] = reactive(False)
+    stopping: reactive[bool] = reactive(False)
 
     def __init__(self, clock: Callable[[], float], embedded: bool, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.clock = clock
         self.embedded = embedded
-        self._status_at = clock()
+        self._started: float | None = None
+        """When the daemon started, on `clock`: from the `uptime` of the newest daemon.status reply."""
+        self._uptime_seen: float | None = None
+        self._frozen_at: float | None = None
 
     def on_mount(self) -> None:
         self.set_interval(1.0, self._tick)
@@ -37,9 +41,21 @@ class StatusHeader(Widget):
             self.refresh()
 
     def watch_status(self, status: dict[str, Any]) -> None:
-        self._status_at = self.clock()
+        uptime = status.get("uptime")
+        if uptime is not None and uptime != self._uptime_seen:  # a new reply, not a worker event merged in
+            self._uptime_seen = float(uptime)
+            self._started = self.clock() - float(uptime)
         if "queue" in status:
             self.queue = dict(status["queue"])
+
+    def watch_link(self, link: str) -> None:
+        """While the link is down the uptime stands still (the daemon may be gone), then resumes."""
+        self._frozen_at = None if link == "up" else (self._frozen_at or self.clock())
+
+    def uptime(self) -> float | None:
+        if self._started is None:
+            return None
+        return max(0.0, (self._frozen_at or self.clock()) - self._started)
 
     def worker_state(self, worker: dict[str, Any]) -> None:
         self.status = {**self.status, "worker": {**self.status.get("worker", {}), **worker}}
@@ -69,8 +85,8 @@ class StatusHeader(Widget):
             first.append(" │ ", style=self._style("label"))
             first.append(f"attached (pid {status.get('pid', '-')}"
                          + (", embedded in another sai)" if status.get("embedded") else ")"), style=self._style("mode"))
-        if "uptime" in status:
-            uptime = float(status["uptime"]) + (self.clock() - self._status_at if self.link == "up" else 0.0)
+        uptime = self.uptime()
+        if uptime is not None:
             self._pair(first, "up", duration(uptime))
         you = status.get("you") or {}
         if you:
@@ -90,7 +106,8 @@ class StatusHeader(Widget):
         queue = self.queue
         if queue:
             paused = bool(queue.get("paused"))
-            label = Text("PAUSED" if paused else "running", style=self._style("alarm" if paused else "good"))
+            word = "STOPPING" if self.stopping else "PAUSED" if paused else "running"
+            label = Text(word, style=self._style("good" if word == "running" else "alarm"))
             label.append(f" {queue.get('queued', 0)}q {queue.get('running', 0)}r", style="")
             self._pair(second, "queue", label)
         audit = self.audit
