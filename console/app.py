@@ -13,14 +13,15 @@ from typing import Any, Callable, ClassVar, Iterable, TypeVar
 from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
+from textual.markup import escape
 from textual.screen import Screen
 
 from console.connection import (AlertChanged, AuditAppended, DaemonLink, Embedded, JobChanged, JobProgress, LinkDown,
                                 LinkUp, MetricsSample, QueueChanged, not_offered)
 from console.screens.confirm import ConfirmScreen
-from console.screens.help import HelpScreen, binding_rows
+from console.screens.help import HelpScreen, binding_rows, key_label
 from console.screens.job_detail import JobDetailScreen
-from console.screens.main import COMMANDS, TYPED_COMMANDS, Command, MainScreen
+from console.screens.main import COMMANDS, TYPED_COMMANDS, Command, MainScreen, read_only_refusal
 from console.screens.new_job import NewJobScreen
 from console.screens.stopping import StoppingScreen
 from console.widgets.audit_pane import AuditPane
@@ -396,14 +397,13 @@ class SaiConsole(App[int]):
             self.notify(f"unknown command {name!r} (try :help)", severity="error", timeout=10)
 
     def _refuse_read_only(self, name: str) -> None:
-        self.notify(f":{name} changes the daemon's state, and this console is read-only (--readonly)",
-                    severity="warning")
+        self.notify(read_only_refusal(name), severity="warning")
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
         for command in COMMANDS:
             if command.name and self.check_action(action_name(command.action), ()):
-                keys = f" [{command.keys}]" if command.keys else ""
+                keys = " " + escape(f"[{key_label(self, command.keys)}]") if command.keys else ""
                 yield SystemCommand(command.title, command.help + keys, partial(self._palette, command))
 
     def _palette(self, command: Command) -> None:

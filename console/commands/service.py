@@ -20,7 +20,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     status.set_defaults(handler=show_status, needs_daemon=True)
     worker = sub.add_parser("worker", help="the generation worker")
     worker_sub = worker.add_subparsers(dest="worker_command", metavar="ACTION", required=True)
-    restart = worker_sub.add_parser("restart", help="restart the worker after its current batch (admin)")
+    restart = worker_sub.add_parser(
+        "restart", help="restart the worker (admin)",
+        description="Restart the worker process (admin). The batch it is running finishes first and no new one "
+                    "starts meanwhile; then the worker restarts (at once when idle). This also clears a "
+                    "crash-loop halt.")
     restart.add_argument("--reason", default="", help="recorded in the audit log")
     add_json_flag(restart)
     restart.set_defaults(handler=restart_worker, needs_daemon=True)
@@ -84,7 +88,8 @@ async def restart_worker(args: argparse.Namespace, client: DaemonClient) -> int:
     if args.json:
         print_json(reply)
     else:
-        print("worker restarting " + ("after the running batch" if reply["after_batch"] else "now"))
+        print("worker restarting " + ("once the running batch finishes (no new batch starts meanwhile)"
+                                     if reply["after_batch"] else "now"))
     return 0
 
 

@@ -40,7 +40,8 @@ class HelpScreen(ModalScreen[None]):
 
     def compose(self) -> Any:
         with VerticalScroll(id="help-box"):
-            yield Label("Keys — esc closes; ctrl+p lists every action by name", id="help-title")
+            yield Label("Keys — esc closes; ↑ ↓ j k pgup pgdn scroll; ctrl+p lists every action by name",
+                        id="help-title")
             for heading, rows in self.groups:
                 table = Table.grid(padding=(0, 2))
                 table.add_column(style="bold", min_width=14)
@@ -49,6 +50,21 @@ class HelpScreen(ModalScreen[None]):
                     table.add_row(Text(keys), Text(text))
                 yield Label(heading, classes="help-heading")
                 yield Static(table, classes="help-group")
+
+    def on_mount(self) -> None:
+        box = self.query_one("#help-box", VerticalScroll)
+        self.watch(box, "scroll_y", self._where, init=False)
+        self.call_after_refresh(self._where)
+
+    def on_resize(self) -> None:
+        self.call_after_refresh(self._where)
+
+    def _where(self) -> None:
+        """The border says when there is more above or below: the list is longer than most terminals."""
+        box = self.query_one("#help-box", VerticalScroll)
+        more = [word for word, there in (("↑ more above", box.scroll_y > 0),
+                                         ("↓ more below (j, ↓, pgdn)", box.scroll_y < box.max_scroll_y)) if there]
+        box.border_subtitle = " · ".join(more)
 
     def action_scroll(self, step: int) -> None:
         box = self.query_one("#help-box", VerticalScroll)

@@ -21,7 +21,7 @@ from textual.widgets import Label, Static
 from textual_image.widget import Image
 
 from console.connection import not_offered
-from console.screens.confirm import cancel_jobs
+from console.screens.confirm import CANCELLABLE, cancel_jobs
 from console.widgets.display import bar, clock_time, human_bytes, parse_time, short_hash
 from console.screens.help import key_label
 from console.widgets.key_bar import KeyBar
@@ -85,8 +85,13 @@ class JobDetailScreen(Screen[None]):
                 yield Label("Preview", id="preview-title", classes="detail-heading")
                 yield Image(id="preview-image")
                 yield Static(id="preview-note")
-        yield KeyBar([(key_label(self.app, b.key), b.description) for b in self.BINDINGS  # type: ignore[union-attr]
-                      if b.show and not (b.action == "cancel" and console_of(self).readonly)], id="detail-keys")
+        yield KeyBar(self._keys(), id="detail-keys")
+
+    def _keys(self) -> list[tuple[str, str]]:
+        """The key hints: `x Cancel job` only while there is something to cancel and leave to do it."""
+        cancellable = self.job.get("state") in CANCELLABLE and not console_of(self).readonly
+        return [(key_label(self.app, b.key), b.description) for b in self.BINDINGS  # type: ignore[union-attr]
+                if b.show and (b.action != "cancel" or cancellable)]
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "cancel" and console_of(self).readonly:
@@ -192,6 +197,7 @@ class JobDetailScreen(Screen[None]):
         if job.get("error"):
             text.append(f"\n{job['error']}", style="bold")
         self.query_one("#detail-title", Static).update(text)
+        self.query_one(KeyBar).set_keys(self._keys())
 
     def _draw(self) -> None:
         """Everything on the left as one renderable: one widget to lay out and paint per change."""
@@ -286,4 +292,9 @@ class JobDetailScreen(Screen[None]):
 
     @work(group="cancel", exclusive=True)
     async def action_cancel(self) -> None:
+        state = self.job.get("state")
+        if state not in CANCELLABLE:
+            self.notify(f"{self.job_id} is {state}: only a queued or running job can be cancelled.",
+                        severity="warning")
+            return
         await cancel_jobs(self, [self.job])

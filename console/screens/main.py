@@ -27,6 +27,13 @@ from console.widgets.jobs import PRIORITIES, SORTS
 from console.widgets.queue_table import QueueTable
 
 COMPACT_WIDTH, COMPACT_HEIGHT = 120, 36
+RESTART_WHEN = ("The batch it is running finishes first and no new one starts meanwhile; then the worker "
+                "restarts (at once when idle). This also clears a crash-loop halt.")
+"""What worker.restart does (daemon.dispatch): `sai worker restart --help` says the same."""
+
+
+def read_only_refusal(name: str) -> str:
+    return f":{name} changes the daemon's state, and this console is read-only (--readonly)"
 
 
 @dataclass(frozen=True)
@@ -132,6 +139,16 @@ class MainScreen(Screen[None]):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         return self.app.check_action(action, parameters)
+
+    def on_key(self, event: events.Key) -> None:
+        """A key that changes the daemon's state, pressed in a read-only console: its binding is
+        switched off (check_action), so say why nothing happens."""
+        if not self.readonly:
+            return
+        command = next((c for c in COMMANDS if c.changes and c.keys and event.key in c.keys.split(",")), None)
+        if command is not None:
+            event.stop()
+            self.notify(read_only_refusal(command.name), severity="warning")
 
     def on_mount(self) -> None:
         self.header.readonly = self.readonly
@@ -246,10 +263,12 @@ class MainScreen(Screen[None]):
             if not jobs:
                 self.notify("Only queued jobs have a priority to change; select or tag one.", severity="warning")
                 return
+            at_limit = []
             for job in jobs:
                 index = PRIORITIES.index(job["priority"]) if job.get("priority") in PRIORITIES else 1
                 new = PRIORITIES[max(0, min(len(PRIORITIES) - 1, index + step))]
                 if new == job.get("priority"):
+                    at_limit.append(job["job_id"])
                     continue
                 try:
                     reply = await app.rpc("job.set_priority", job_id=job["job_id"], priority=new)
@@ -257,6 +276,11 @@ class MainScreen(Screen[None]):
                     self._report(f"Priority of {job['job_id']}", exc)
                 else:
                     job["priority"] = reply.get("priority", new)
+            if at_limit:
+                limit = PRIORITIES[-1] if step > 0 else PRIORITIES[0]
+                names = ", ".join(at_limit[:3]) + (f" and {len(at_limit) - 3} more" if len(at_limit) > 3 else "")
+                self.notify(f"{names} already {'has' if len(at_limit) == 1 else 'have'} the "
+                            f"{'highest' if step > 0 else 'lowest'} priority ({limit}).", severity="warning")
 
     def _report(self, what: str, exc: BaseException) -> None:
         console_of(self).report(what, exc)
@@ -279,7 +303,7 @@ class MainScreen(Screen[None]):
     async def action_restart_worker(self) -> None:
         worker = self.header.status.get("worker") or {}
         question = (f"Restart the worker process (pid {worker.get('pid') or '-'}, {worker.get('state') or '-'})?\n"
-                    "A running batch goes back to the queue. This needs the admin role.")
+                    f"{RESTART_WHEN} This needs the admin role.")
         if not await self.app.push_screen_wait(ConfirmScreen("Restart worker", question)):
             return
         try:
@@ -287,7 +311,7 @@ class MainScreen(Screen[None]):
         except Exception as exc:
             self._report("Restart worker", exc)
             return
-        when = "after the running batch" if result.get("after_batch") else "now"
+        when = "once the running batch finishes" if result.get("after_batch") else "now"
         self.notify(f"The daemon restarts the worker {when}." if result.get("restarting") else str(result),
                     title="Restart worker")
 

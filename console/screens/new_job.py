@@ -23,6 +23,16 @@ FIELDS = ("prompt", "negative_prompt", "size", "steps", "seed", "priority", "cou
 FIELD_OF_PARAM = {"width": "size", "height": "size"}
 
 
+class FormSelect(Select[str]):
+    """A Select whose ↑ and ↓ move between the form's fields, as they do on the inputs; enter or
+    space opens the list (Select's own ↑ and ↓ open it, which traps a person walking the form)."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("up", "app.focus_previous", "Previous field", show=False),
+        Binding("down", "app.focus_next", "Next field", show=False),
+    ]
+
+
 def number(text: str) -> int | str | None:
     """An integer when the text is one; the text itself otherwise, so that the daemon says what is wrong."""
     text = text.strip()
@@ -48,11 +58,12 @@ class NewJobScreen(ModalScreen[str | None]):
             yield from self._row("prompt", "Prompt", Input(placeholder="what to draw", id="prompt", compact=True))
             yield from self._row("negative_prompt", "Negative", Input(placeholder="what to avoid (optional)",
                                                                      id="negative_prompt", compact=True))
-            yield from self._row("size", "Size", Select(SIZES, value="", allow_blank=False, id="size", compact=True))
+            yield from self._row("size", "Size", FormSelect(SIZES, value="", allow_blank=False, id="size",
+                                                                      compact=True))
             yield from self._row("steps", "Steps", Input(placeholder="daemon default", id="steps", compact=True))
             yield from self._row("seed", "Seed", Input(placeholder="random", id="seed", compact=True))
-            yield from self._row("priority", "Priority", Select([(p, p) for p in PRIORITIES], value="normal",
-                                                               allow_blank=False, id="priority", compact=True))
+            yield from self._row("priority", "Priority", FormSelect([(p, p) for p in PRIORITIES], value="normal",
+                                                                   allow_blank=False, id="priority", compact=True))
             yield from self._row("count", "Images", Input(placeholder="1", id="count", compact=True))
             yield Static("", id="error-form", classes="form-error")
             with Horizontal(id="form-buttons"):
@@ -107,6 +118,20 @@ class NewJobScreen(ModalScreen[str | None]):
                 return
         self._show_error("form", str(exc))
 
+    @on(Input.Changed)
+    @on(Select.Changed)
+    def _edited(self, event: Input.Changed | Select.Changed) -> None:
+        """A field's error goes once its value changes: it spoke of the value that was refused."""
+        field = event.control.id or ""
+        if field in FIELDS:
+            self._hide_error(field)
+
+    def _hide_error(self, field: str) -> None:
+        widget = self.query_one(f"#error-{field}", Static)
+        if widget.display:
+            widget.update("")
+            widget.display = False
+
     @on(Input.Submitted)
     def _enter(self, event: Input.Submitted) -> None:
         event.stop()
@@ -130,7 +155,7 @@ class NewJobScreen(ModalScreen[str | None]):
             return
         warnings = result.get("warnings") or []
         position = result.get("position")
-        self.notify(f"Submitted {result['job_id']}" + (f", position {position + 1}" if position is not None else "")
+        self.notify(f"Submitted {result['job_id']}" + (f", position {position}" if position is not None else "")
                     + ("; " + "; ".join(warnings) if warnings else ""), title="New job",
                     severity="warning" if warnings else "information")
         self.dismiss(str(result["job_id"]))

@@ -16,6 +16,12 @@ class KeyBar(Widget):
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.keys = keys
 
+    def set_keys(self, keys: list[tuple[str, str]]) -> None:
+        """New hints (a screen whose keys depend on what it shows); redrawn only when they differ."""
+        if keys != self.keys:
+            self.keys = keys
+            self.refresh()
+
     def render(self) -> Text:
         style = self.get_component_rich_style("key-bar--key", partial=True)
         text = Text(no_wrap=True, overflow="ellipsis", end="")

@@ -246,9 +246,9 @@ class QueueTable(ScrollView, can_focus=True):
             self.set_timer(0.15, self._fill)
 
     def _refresh_ages(self) -> None:
-        top = int(self.scroll_offset.y)
-        for job_id in self.shown[top:top + self.size.height]:
-            self._lines.pop(job_id, None)
+        """Every drawn row holds its age: drop them all, not only those in view, or a row scrolled
+        into view later shows the age it had when it was last drawn. Rows are redrawn when shown."""
+        self._lines.clear()
         self.refresh()
 
     # -- data in -----------------------------------------------------------------------------

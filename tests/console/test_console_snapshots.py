@@ -27,6 +27,7 @@ async def form_with_errors(pilot: Pilot[Any]) -> None:
         widget.cursor_blink = False
     await pilot.press(*"a lighthouse at dusk")
     form.query_one("#steps", Input).value = "many"
+    await pilot.pause()  # the edit is handled (it clears the field's error) before the daemon's answer comes
     form.show_rpc_error(_invalid("steps", "must be an integer, got str"))  # type: ignore[attr-defined]
     await pilot.pause()
 
