@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Restart the worker process (admin). The batch it is running finishes first and no new one "
                     "starts meanwhile; then the worker restarts (at once when idle). This also clears a "
                     "crash-loop halt.")
-    restart.add_argument("--reason", default="", help="recorded in the audit log")
+    restart.add_argument("--reason", default="", help="recorded in the audit log (default: none)")
     add_json_flag(restart)
     restart.set_defaults(handler=restart_worker, needs_daemon=True)
     for name, method, text in (("pause", "queue.pause", "stop starting jobs (running ones finish)"),
