@@ -21,7 +21,7 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from console.widgets.display import RowFilter, bar, duration, parse_time
-from console.widgets.jobs import COLUMN_SORT, PRIORITY_LABEL, SORT_KEYS, SORTS, STATE_MARK, job_fields
+from console.widgets.jobs import COLUMN_SORT, FINISHED, PRIORITY_LABEL, SORT_KEYS, SORTS, STATE_MARK, job_fields
 
 class QueueTable(ScrollView, can_focus=True):
     """Jobs by job id, drawn a screenful at a time; the cursor is a row of `shown`."""
@@ -68,6 +68,8 @@ class QueueTable(ScrollView, can_focus=True):
         self.sort = "queue"
         self.reverse = False
         self.shown: list[str] = []
+        self._cursor_state: str | None = None
+        """The state of the job under the cursor when it was last placed there or followed."""
         self._row_of: dict[str, int] = {}
         self._columns: list[tuple[str, str, int]] = []
         self._lines: dict[str, tuple[int, Style, Strip]] = {}
@@ -207,7 +209,9 @@ class QueueTable(ScrollView, can_focus=True):
     # -- the view: filter, sort, rows --------------------------------------------------------
 
     def _fill(self) -> None:
-        """Recompute the rows shown, keeping the cursor on the same job."""
+        """Recompute the rows shown, keeping the cursor on the same job, unless that job has just
+        finished: then the cursor keeps its row, so an operator watching the head of the queue is
+        not carried down to the finished jobs each time one ends."""
         self._rebuild_pending = False
         keep = self.selected_key()
         if self._keys_sort != self.sort:
@@ -219,8 +223,15 @@ class QueueTable(ScrollView, can_focus=True):
         self.shown = ids
         self._row_of = {job_id: row for row, job_id in enumerate(self.shown)}
         self._sync_size()
-        self.cursor = self._row_of.get(keep, min(self.cursor, max(0, len(self.shown) - 1))) if keep else 0
+        row = self._row_of.get(keep) if keep else 0
+        if row is None or (keep and self._just_finished(keep)):
+            row = min(self.cursor, max(0, len(self.shown) - 1))
+        self.cursor = row
         self.post_message(self.ViewChanged())
+
+    def _just_finished(self, job_id: str) -> bool:
+        state = self.jobs[job_id].get("state")
+        return state in FINISHED and self._cursor_state not in (None, *FINISHED)
 
     def _fields_of(self, job_id: str) -> dict[str, str]:
         fields = self._fields.get(job_id)
@@ -315,6 +326,8 @@ class QueueTable(ScrollView, can_focus=True):
         return max(0, min(cursor, len(self.shown) - 1)) if self.shown else 0
 
     def watch_cursor(self, old: int, new: int) -> None:
+        selected = self.selected_key()
+        self._cursor_state = self.jobs[selected].get("state") if selected in self.jobs else None
         self.refresh_line(0)
         self.refresh_line(old + 1)
         self.refresh_line(new + 1)

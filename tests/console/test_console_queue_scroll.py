@@ -68,3 +68,24 @@ async def test_queue_view_follows_the_cursor_through_hundreds_of_jobs(size: tupl
         for _ in range(2 * len(first) + 4):
             rows = await press("k")
         assert rows[0] < top
+
+
+async def test_the_cursor_keeps_its_row_when_the_job_under_it_finishes(make_daemon: Any, client_of: Any) -> None:
+    """Watching the head of a busy queue: each job that ends would otherwise carry the cursor (and the
+    view) down to the finished rows at the bottom."""
+    daemon = make_daemon({"queue": {"max_batch": 1}})
+    client = await client_of(daemon)
+    await asyncio.gather(*(client.call("job.submit", prompt=f"head of the queue {n}", steps=2) for n in range(60)))
+    app = SaiConsole(str(daemon.socket))
+    async with app.run_test(size=(100, 24)) as pilot:
+        await connected(pilot, app)
+        table = app.main.table
+        await until(pilot, lambda: len(table.shown) == 60, 30, "60 jobs listed")
+        table.focus()
+        await pilot.press("g")
+        watched = table.selected_key()
+        assert watched is not None and table.cursor == 0
+        await until(pilot, lambda: table.jobs[watched]["state"] == "succeeded", 60, "the watched job to finish")
+        await pilot.pause()
+        assert table.cursor == 0 and table.selected_key() != watched
+        assert 0 in on_screen(app)
