@@ -40,7 +40,7 @@ from textual._compositor import CompositorUpdate  # noqa: E402
 from console.app import SaiConsole  # noqa: E402
 from console.connection import MetricsSample  # noqa: E402
 from daemon.client import DaemonClient  # noqa: E402
-from daemon.protocol import RpcError  # noqa: E402
+from daemon.protocol import PRIORITIES, RpcError  # noqa: E402
 
 CONFIG = """[queue]
 start_paused = true
@@ -52,7 +52,6 @@ preload = false
 """
 PROMPTS = ("a lighthouse on a cliff at dusk", "portrait of an astronaut, oil painting", "a red fox in the snow",
            "isometric city block at night, neon", "still life with lemons and a blue jug")
-PRIORITIES = ("low", "normal", "high", "critical")
 QUIET = 0.05
 SAMPLE = {"time": None, "host": {"memory": {"used": 12 * 2**30, "total": 24 * 2**30}}, "gpus": [],
           "gpu_error": "synthetic sample", "worker": {"rss": 2**30}, "daemon": {"rss": 2**28}}

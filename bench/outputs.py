@@ -62,7 +62,7 @@ def ms(seconds: float) -> str:
 
 def bench_path(sizes: list[int], reps: int, work: Path) -> None:
     keystore = KeyStore.open(work / "keys")
-    settings = OutputSettings()
+    settings = OutputSettings.defaults()
     kinds = ("photo", "noise")
     print("== 1. cost per image of the whole output path (median of", reps, "runs per image kind; ms) ==")
     for size in sizes:

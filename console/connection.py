@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from textual.message import Message
 
 from daemon.client import DaemonClient, DaemonUnavailable
+from daemon.logs import plain_formatter
 from daemon.protocol import METHOD_NOT_FOUND, RpcError
 
 if TYPE_CHECKING:
@@ -214,7 +215,7 @@ async def start_embedded(config: "Config", socket_path: Path, state_dir: Path | 
     log_path = daemon.state_dir / "embedded-daemon.log"
     os.close(os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))  # private before the first line
     handler = logging.FileHandler(log_path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S%z"))
+    handler.setFormatter(plain_formatter())
     root = logging.getLogger("sai")
     previous = (list(root.handlers), root.propagate)
     root.handlers[:] = [handler]

@@ -1,27 +1,23 @@
 """Layered configuration: shipped defaults, system and user files, --config, SAI_* variables.
 
 The shipped `config/default.toml` is also the schema: an override may only set keys that exist
-there, with a value of the same type. A bad value stops start-up with the file, key and reason.
+there, with a value of the same type and within the range the key's line states (daemon.schema).
+A bad value stops start-up with the file, key and reason.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import tomllib
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
-from daemon.crypto.limits import check_scrypt_log2_n
-from daemon.monitor.checks import MONITOR_CHECKS
+from daemon.schema import DEFAULT_FILE, shipped_rules
 
-DEFAULT_FILE = Path(__file__).resolve().parent / "default.toml"  # config/default.toml, shipped inside the package
 SYSTEM_FILE = Path("/etc/secure-ai-studio/config.toml")
 ENV_PREFIX = "SAI_"
-
-PRIORITIES = ("low", "normal", "high", "critical")
-LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class ConfigError(Exception):
@@ -30,90 +26,6 @@ class ConfigError(Exception):
     def __init__(self, source: str, key: str, reason: str) -> None:
         super().__init__(f"{source}: {key}: {reason}")
         self.source, self.key, self.reason = source, key, reason
-
-
-def _positive(value: Any) -> str | None:
-    return None if value > 0 else "must be greater than 0"
-
-
-def _non_negative(value: Any) -> str | None:
-    return None if value >= 0 else "must be 0 or more"
-
-
-def _one_of(*choices: str) -> Callable[[Any], str | None]:
-    def check(value: Any) -> str | None:
-        return None if value in choices else f"must be one of {', '.join(choices)}"
-
-    return check
-
-
-def _regexes(value: list[Any]) -> str | None:
-    for pattern in value:
-        try:
-            re.compile(pattern)
-        except (re.error, TypeError) as exc:
-            return f"pattern {pattern!r} is not a valid regular expression: {exc}"
-    return None
-
-
-def _strings(value: list[Any]) -> str | None:
-    bad = [v for v in value if not isinstance(v, str)]
-    return f"every item must be a string, not {bad[0]!r}" if bad else None
-
-
-# Checks beyond "same type as the default". Keys not listed only need the right type.
-CHECKS: dict[str, Callable[[Any], str | None]] = {
-    "daemon.shutdown_grace": _non_negative,
-    "daemon.log_level": _one_of(*LOG_LEVELS),
-    "daemon.max_connections": _positive,
-    "daemon.max_connections_per_user": _positive,
-    "daemon.max_batch_requests": _positive,
-    "daemon.line_timeout": _positive,
-    "daemon.write_timeout": _positive,
-    "daemon.max_unread_mb": _positive,
-    "daemon.max_in_flight_per_user": _positive,
-    "daemon.admin_reserve_connections": _non_negative,
-    "daemon.idle_timeout": _positive,
-    "daemon.verify_per_minute": _positive,
-    "daemon.verify_burst": _positive,
-    "daemon.preview_per_minute": _positive,
-    "daemon.preview_burst": _positive,
-    "auth.unknown": _one_of("viewer", "refuse"),
-    "queue.aging_seconds": _non_negative,
-    "queue.max_batch": _positive,
-    "queue.max_attempts": _positive,
-    "queue.rate_per_minute": _positive,
-    "queue.burst": _positive,
-    "queue.max_queued_per_user": _positive,
-    "queue.retain_finished": _non_negative,
-    "limits.min_side": _positive,
-    "limits.max_side": _positive,
-    "limits.max_pixels": _positive,
-    "limits.max_steps": _positive,
-    "limits.max_guidance": _non_negative,
-    "limits.max_count": _positive,
-    "limits.max_prompt_chars": _positive,
-    "policy.blocked_terms": _strings,
-    "policy.flagged_terms": _strings,
-    "policy.blocked_patterns": _regexes,
-    "model.device": _one_of("auto", "cpu", "cuda"),
-    "model.memory_headroom_mb": _non_negative,
-    "audit.checkpoint_every_entries": _positive,
-    "audit.checkpoint_every_seconds": _positive,
-    "audit.commit_max_batch": _positive,
-    "audit.commit_max_delay_ms": _non_negative,
-    "worker.crash_loop_count": _positive,
-    "worker.crash_window": _positive,
-    "worker.max_backoff": _positive,
-    "worker.heartbeat_seconds": _positive,
-    "worker.stall_seconds": _positive,
-    "worker.leak_window": lambda v: None if v >= 3 else "must be 3 or more",
-    "worker.leak_slope_mb": _positive,
-    "model.scheduler": _one_of("euler", "ddim", "dpm"),
-    "defaults.priority": _one_of(*PRIORITIES),
-    "keys.scrypt_log2_n": check_scrypt_log2_n,
-    **MONITOR_CHECKS,
-}
 
 
 class Section(Mapping[str, Any]):
@@ -181,6 +93,7 @@ def _coerce(default: Any, value: Any) -> tuple[bool, Any]:
 
 
 def _merge(base: dict[str, dict[str, Any]], layer: Mapping[str, Any], source: str) -> None:
+    rules = shipped_rules()
     for section, table in layer.items():
         if section not in base:
             raise ConfigError(source, section, f"unknown section; known: {', '.join(sorted(base))}")
@@ -194,8 +107,8 @@ def _merge(base: dict[str, dict[str, Any]], layer: Mapping[str, Any], source: st
             ok, value = _coerce(default, value)
             if not ok:
                 raise ConfigError(source, dotted, f"must be {_type_name(default)}, not {_type_name(value)}")
-            check = CHECKS.get(dotted)
-            reason = check(value) if check else None
+            rule = rules.get(dotted)
+            reason = rule.check(value) if rule else None
             if reason:
                 raise ConfigError(source, dotted, f"{reason} (got {value!r})")
             base[section][key] = value
@@ -226,6 +139,12 @@ def _env_layer(base: Mapping[str, Mapping[str, Any]], environ: Mapping[str, str]
                     value = raw
                 layer.setdefault(section, {})[key] = value
     return layer
+
+
+@lru_cache(maxsize=1)
+def defaults() -> Config:
+    """The shipped file alone (no system, user or environment layer), read once."""
+    return Config(_read(DEFAULT_FILE), (str(DEFAULT_FILE),))
 
 
 def load(config_file: str | os.PathLike[str] | None = None,

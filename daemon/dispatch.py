@@ -145,7 +145,7 @@ class Dispatcher:
 
     def _items(self, batch: list[Job]) -> list[dict[str, Any]]:
         return [{"job_id": job.job_id, "index": i, "prompt": job.prompt, "negative_prompt": job.negative_prompt,
-                 "seed": (int(job.params["seed"]) + i) % 2**32} for job in batch for i in range(job.count)]
+                 "seed": job.image_seed(i)} for job in batch for i in range(job.count)]
 
     def _on_progress(self, batch: list[Job], step: int, steps: int) -> None:
         self.manager.progress(batch, step, steps)

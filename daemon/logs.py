@@ -20,13 +20,17 @@ class JournalFormatter(logging.Formatter):
         return "\n".join(f"<{priority}>{line}" for line in text.splitlines())
 
 
+def plain_formatter() -> logging.Formatter:
+    """`2025-01-31T12:00:00+0000 INFO sai.queue: message`: a terminal, or the embedded daemon's log file."""
+    return logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S%z")
+
+
 def setup(level: str = "info") -> None:
     handler = logging.StreamHandler(sys.stderr)
     if os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"):
         handler.setFormatter(JournalFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
-                                               "%Y-%m-%dT%H:%M:%S%z"))
+        handler.setFormatter(plain_formatter())
     root = logging.getLogger("sai")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -10,7 +10,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 MAX_LINE = 1024 * 1024
 """Most bytes one line may carry, newline excluded. asyncio streams must be given this limit."""
@@ -21,6 +21,10 @@ MAX_INT_DIGITS = 64
 """Longest integer literal a request may carry: nothing needs more, and long ones cost quadratic time."""
 
 TOPICS = ("job", "queue", "metrics", "alert", "audit")
+
+Priority = Literal["low", "normal", "high", "critical"]
+PRIORITIES: tuple[Priority, ...] = get_args(Priority)
+"""A job's priority names, lowest first; the queue stores a job's priority as its index here."""
 
 # Standard JSON-RPC codes.
 PARSE_ERROR = -32700

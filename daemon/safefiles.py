@@ -1,10 +1,17 @@
-"""Files created where other users may have been first: never through a symlink, never into a
-file someone else made.
+"""The daemon's file writes, in one bottom-layer module that crypto/, audit/, outputs/, backup/
+and the service import (nothing here imports another part of the daemon but `ownership`).
 
-`read_nofollow` reads a file, never through a symlink. `open_lock` opens a lock file with
-O_NOFOLLOW and checks it is a regular file of ours with one link (a planted symlink or hard link
-to a root file is refused, not truncated). `PrivateDir` writes
-a set of files in a new 0700 directory beside their destination, by directory descriptor and with
+Crash-safe writes: `atomic_write` writes a temp file in the same directory, fsyncs it, renames it
+and fsyncs the directory. After it returns, the file is complete on disk under its final name; if
+it raises (or the process dies) the final name either does not exist or still holds its previous
+content. Temp files are named `.<name>.tmp-<random>` so that `remove_stale_temps` can clear a
+crash's leftovers. Modes are set exactly, whatever the umask: the daemon's files are its user's alone.
+
+Files created where other users may have been first: never through a symlink, never into a
+file someone else made. `read_nofollow` reads a file, never through a symlink. `open_lock` opens
+a lock file with O_NOFOLLOW and checks it is a regular file of ours with one link (a planted
+symlink or hard link to a root file is refused, not truncated). `PrivateDir` writes a set of files
+in a new 0700 directory beside their destination, by directory descriptor and with
 O_EXCL|O_NOFOLLOW, then renames the whole onto the destination: nothing another user plants in
 the destination or the parent during the write is ever opened, and a rename of the temp
 directory under us moves our files, not our writes.
@@ -13,6 +20,7 @@ directory under us moves our files, not our writes.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import secrets
 import shutil
@@ -25,6 +33,96 @@ from daemon.ownership import UnsafePath, user_name
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+TEMP_MARK = ".tmp-"
+PRIVATE_UMASK = 0o077
+"""The daemon's umask: what SQLite, logs and the model builder create is mode 0600 / 0700."""
+
+log = logging.getLogger("sai.files")
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or unlink in `directory` durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def ensure_dir(directory: Path, mode: int = 0o700) -> Path:
+    """Create `directory` (and parents) if needed and set its mode exactly (umask ignored)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if (directory.stat().st_mode & 0o777) != mode:
+        os.chmod(directory, mode)
+    return directory
+
+
+def narrow_to_owner(directory: Path) -> list[str]:
+    """Take group and other bits off the regular files directly in `directory` (symlinks are
+    left alone); return what was narrowed, as "name (was 0644)", and log it."""
+    narrowed = []
+    for entry in os.scandir(directory):
+        if entry.is_file(follow_symlinks=False) and (mode := entry.stat(follow_symlinks=False).st_mode & 0o777) & 0o077:
+            os.chmod(entry.path, mode & 0o700)
+            narrowed.append(f"{entry.name} (was {mode:04o})")
+    if narrowed:
+        log.warning("other users could read files in %s; now only their owner can: %s", directory, ", ".join(narrowed))
+    return narrowed
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def atomic_write(path: Path, data: bytes | memoryview, mode: int = 0o600, *, overwrite: bool = True) -> Path:
+    """Write `data` to `path` atomically with permission bits `mode`.
+
+    `overwrite=False` refuses to replace an existing file (FileExistsError) — used for outputs,
+    which are written once. The check-then-rename is race-free for a single writer, which is the
+    daemon's case (one process, one file per job/index).
+    """
+    path = Path(path)
+    directory = path.parent
+    if not overwrite and path.exists():
+        raise FileExistsError(f"{path} already exists; outputs are written once")
+    tmp = directory / f".{path.name}{TEMP_MARK}{secrets.token_hex(6)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        try:
+            os.fchmod(fd, mode)  # the umask may have narrowed or widened what os.open set
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if not overwrite and path.exists():
+            raise FileExistsError(f"{path} already exists; outputs are written once")
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    fsync_dir(directory)
+    return path
+
+
+def remove_stale_temps(directory: Path) -> list[Path]:
+    """Delete temp files a crash left in `directory` (call at start-up, before writing)."""
+    removed: list[Path] = []
+    if not directory.is_dir():
+        return removed
+    for entry in directory.iterdir():
+        if entry.name.startswith(".") and TEMP_MARK in entry.name and entry.is_file():
+            entry.unlink(missing_ok=True)
+            removed.append(entry)
+    if removed:
+        fsync_dir(directory)
+    return removed
 
 
 def _ours(fd: int, path: Path, kind: str) -> None:
@@ -71,7 +169,7 @@ class PrivateDir:
     def __init__(self, target: Path) -> None:
         self.target = Path(os.path.abspath(target))
         self._parent = os.open(self.target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        self.name = f".{self.target.name}.tmp-{secrets.token_hex(6)}"
+        self.name = f".{self.target.name}{TEMP_MARK}{secrets.token_hex(6)}"
         try:
             os.mkdir(self.name, 0o700, dir_fd=self._parent)
             self._fd = os.open(self.name, DIR_FLAGS, dir_fd=self._parent)

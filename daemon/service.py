@@ -31,7 +31,7 @@ from daemon.events import EventBus
 from daemon.exitcodes import ExitCode
 from daemon.framing import ConnectionLimits
 from daemon.hardening import forbid_dumps, safe_python_children
-from daemon.outputs.atomic import PRIVATE_UMASK, ensure_dir, narrow_to_owner, remove_stale_temps
+from daemon.safefiles import PRIVATE_UMASK, ensure_dir, narrow_to_owner, open_lock, remove_stale_temps
 from daemon.ownership import UnsafePath, check_ancestors, check_state_dir
 from daemon.outputs.pipeline import OutputSettings
 from daemon.audit.anchor import FILE_NAME as ANCHOR_FILE, AuditTrustError, Trust, unrecorded_jobs_reason
@@ -44,7 +44,6 @@ from daemon.queue.history import JobHistory
 from daemon.queue.manager import QueueManager
 from daemon.queue.store import JobStore
 from daemon.reactions import Reactions
-from daemon.safefiles import open_lock
 from daemon.server import AlreadyRunning, SocketServer
 from daemon.systemd import Notifier
 from daemon.worker.supervisor import WorkerSupervisor
@@ -159,7 +158,7 @@ class Daemon:
         """Keys (created on first start; a sealed store needs its passphrase), the outputs directory
         (0700, a crash's temp files removed) and the watermark/output settings."""
         cfg = self.config
-        self.output_settings = OutputSettings.from_config(cfg.values)
+        self.output_settings = OutputSettings.from_config(cfg)
         keys_dir = self.state_dir / "keys"
         self.keys_created = KeyStore.is_sealed(keys_dir) is None  # first start: for the audit log
         passphrase = self.passphrases.resolve(keys_dir, seal_new=cfg.keys.sealed)

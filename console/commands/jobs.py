@@ -13,8 +13,8 @@ from typing import Any
 
 from daemon.client import DaemonClient
 from daemon.exitcodes import ExitCode
+from daemon.protocol import PRIORITIES
 
-PRIORITIES = ("low", "normal", "high", "critical")
 DEFAULT_LIMIT = 50
 PAGE = 1000
 """Jobs per job.list call under --all (the daemon's most)."""

@@ -10,7 +10,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, Static
 
-from daemon.protocol import INVALID_PARAMS, RpcError
+from daemon.protocol import INVALID_PARAMS, PRIORITIES, RpcError
 from console.widgets.pane import console_of
 
 SIZES: list[tuple[str, str]] = [
@@ -18,7 +18,6 @@ SIZES: list[tuple[str, str]] = [
     ("512 × 768 portrait", "512x768"), ("768 × 512 landscape", "768x512"), ("256 × 256", "256x256"),
     ("64 × 64 (test)", "64x64"),
 ]
-PRIORITIES = ["low", "normal", "high", "critical"]
 FIELDS = ("prompt", "negative_prompt", "size", "steps", "seed", "priority", "count")
 FIELD_OF_PARAM = {"width": "size", "height": "size"}
 

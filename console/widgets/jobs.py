@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from console.widgets.display import parse_time
+from daemon.protocol import PRIORITIES
 
 FINISHED = ("succeeded", "failed", "cancelled")
-PRIORITIES = ("low", "normal", "high", "critical")
 PRIORITY_LABEL = {"low": "low", "normal": "norm", "high": "HIGH", "critical": "CRIT"}
 STATE_MARK = {"queued": "●", "running": "▶", "succeeded": "✓", "failed": "✗", "cancelled": "–"}
 SORTS = ("queue", "id", "priority", "state", "user", "age", "prompt")

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any
 
 from daemon.api.registry import CallContext, Role, method
-from daemon.protocol import INVALID_PARAMS, NOT_FOUND, UNAVAILABLE, RpcError, echo, invalid_params
-from daemon.queue.jobs import FINISHED, PRIORITIES, STATES
+from daemon.protocol import INVALID_PARAMS, NOT_FOUND, PRIORITIES, UNAVAILABLE, RpcError, echo, invalid_params
+from daemon.queue.jobs import FINISHED, STATES
 
-Priority = Literal["low", "normal", "high", "critical"]
 MAX_LIST = 1000
 MAX_CANDIDATES = 10
 PREFIX = re.compile(r"j[0-9a-f]{0,12}")

@@ -30,7 +30,7 @@ from daemon.audit import merkle
 from daemon.audit.chain import KeyChain, Pin
 from daemon.audit.entry import ROTATE_ACTION, key_id, utc_now
 from daemon.audit.verify import Row, verify_db
-from daemon.outputs.atomic import atomic_write
+from daemon.safefiles import atomic_write
 
 FORMAT = "sai-audit-anchor/1"
 FILE_NAME = "audit-anchor.json"

@@ -31,8 +31,7 @@ from daemon.audit.entry import utc_now
 from daemon.backup.durable import copy_hashed
 from daemon.backup.manifest import (FORMAT, MANIFEST, SIGNATURE, STATE, BackupError, audit_state, check_relative,
                                     encode)
-from daemon.outputs.atomic import TEMP_MARK
-from daemon.safefiles import PrivateDir
+from daemon.safefiles import TEMP_MARK, PrivateDir
 
 DB_SUFFIXES = (".sqlite3", ".db")
 DB_ORDER = ("jobs.sqlite3", "audit.db")

@@ -32,8 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from daemon.crypto import KeyPermissionError, KeyStoreError, UnknownKeyError, WrongPassphraseError
 from daemon.crypto.sealing import Sealer
-from daemon.outputs.atomic import atomic_write, ensure_dir, fsync_dir
-from daemon.safefiles import read_nofollow
+from daemon.safefiles import atomic_write, ensure_dir, fsync_dir, read_nofollow
 
 FORMAT = "sai-keys/1"
 KID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")

@@ -1,8 +1,8 @@
 """Monitoring: a sampler (host, processes, GPUs through NVML) into a ring buffer, per-minute history in
 SQLite, alert rules with hysteresis, and a Prometheus view.
 
-The package imports lightly: `daemon.config` uses `daemon.monitor.checks` for its key checks, and
-psutil, aiosqlite and prometheus_client load only with `Monitor` (from `daemon.monitor.service`).
+The package imports lightly: psutil, aiosqlite and prometheus_client load only with `Monitor`
+(from `daemon.monitor.service`). The `[monitor]` and `[alerts]` ranges are in config/default.toml.
 """
 
 from __future__ import annotations

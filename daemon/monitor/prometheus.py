@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, generate_latest, start_http_ser
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from daemon.monitor.checks import parse_listen
+from daemon.schema import parse_listen
 
 log = logging.getLogger("sai.monitor.prometheus")
 

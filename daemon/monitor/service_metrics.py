@@ -28,8 +28,8 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from daemon import __version__
-from daemon.protocol import INVALID_PARAMS, RATE_LIMITED, REFUSED_BY_POLICY, UNAVAILABLE, RpcError
-from daemon.queue.jobs import CANCELLED, FAILED, PRIORITIES, QUEUED, RUNNING, SUCCEEDED, Job
+from daemon.protocol import INVALID_PARAMS, PRIORITIES, RATE_LIMITED, REFUSED_BY_POLICY, UNAVAILABLE, RpcError
+from daemon.queue.jobs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job
 from daemon.timefmt import parse_rfc3339
 
 if TYPE_CHECKING:

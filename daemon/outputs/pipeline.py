@@ -15,98 +15,59 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from daemon.config import Config, ConfigError, defaults as config_defaults
 from daemon.crypto import OutputError, envelope
 from daemon.outputs import watermark
-from daemon.outputs.atomic import atomic_write
+from daemon.safefiles import atomic_write
+from daemon.schema import parse_color
 from daemon.outputs.manifest import FORMAT, manifest_bytes, output_paths, sha256_hex, sign
 from daemon.outputs.png import encode_png, metadata_text
-from daemon.outputs.visible import ANCHORS, KINDS, MarkSpec, apply_visible, logo_digest, parse_color
+from daemon.outputs.visible import MarkSpec, apply_visible, logo_digest
 
 if TYPE_CHECKING:
     from daemon.crypto.keys import KeyStore
 
-TEMPLATE_FIELDS = ("job_id", "date", "user", "index", "model")
-
-
-def _config_error(key: str, reason: str) -> Exception:
-    from daemon.config import ConfigError
-
-    return ConfigError("config", key, reason)
-
-
 @dataclass(frozen=True)
 class OutputSettings:
-    """The `[watermark]` and `[outputs]` config sections, checked."""
+    """The `[watermark]` and `[outputs]` config sections, typed. Their defaults and ranges are those
+    of config/default.toml, checked when the config is loaded (daemon.config, daemon.schema)."""
 
-    visible: bool = True
-    visible_kind: str = "text"
-    text: str = "SAI {job_id} {date}"
-    logo: str = ""
-    position: str = "bottom-right"
-    margin: float = 0.02
-    opacity: float = 0.6
-    angle: float = 0.0
-    scale: float = 0.045
-    color: str = "#ffffff"
-    outline: str = "#000000"
-    tile_spacing: float = 2.0
-    invisible: bool = True
-    invisible_strength: int = watermark.DEFAULT_STRENGTH
-    png_compress_level: int = 1
-    preview_max_side: int = 256
+    visible: bool
+    visible_kind: str
+    text: str
+    logo: str
+    position: str
+    margin: float
+    opacity: float
+    angle: float
+    scale: float
+    color: str
+    outline: str
+    tile_spacing: float
+    invisible: bool
+    invisible_strength: int
+    png_compress_level: int
+    preview_max_side: int
 
     @classmethod
-    def from_config(cls, sections: Mapping[str, Mapping[str, Any]]) -> "OutputSettings":
-        """From `{"watermark": {...}, "outputs": {...}}` (unknown keys of other owners ignored)."""
-        values: dict[str, Any] = {}
-        for section in ("watermark", "outputs"):
-            table = sections.get(section) or {}
-            for name in cls.__dataclass_fields__:
-                if name in table:
-                    default = getattr(cls, name)
-                    value = table[name]
-                    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-                        value = float(value)
-                    if type(value) is not type(default):
-                        raise _config_error(f"{section}.{name}", f"must be {type(default).__name__}, "
-                                                                 f"not {type(value).__name__}")
-                    values[name] = value
-        settings = cls(**values)
-        settings.check()
+    def from_config(cls, cfg: Config) -> "OutputSettings":
+        """From a loaded config; ConfigError when the logo to draw is not a file."""
+        values = {**cfg.values["watermark"], **cfg.values["outputs"]}
+        settings = cls(**{name: values[name] for name in cls.__dataclass_fields__})
+        if settings.visible and settings.visible_kind == "logo" and not Path(settings.logo).is_file():
+            raise ConfigError("config", "watermark.logo", f"visible_kind is logo but {settings.logo!r} is not a file")
         return settings
 
-    def check(self) -> None:
-        w = "watermark."
-        if self.visible_kind not in KINDS:
-            raise _config_error(w + "visible_kind", f"must be one of {', '.join(KINDS)}")
-        if self.position not in ANCHORS:
-            raise _config_error(w + "position", f"must be one of {', '.join(ANCHORS)}")
-        for name, low, high in (("opacity", 0.0, 1.0), ("margin", 0.0, 0.5), ("scale", 0.001, 1.0),
-                                ("tile_spacing", 1.0, 20.0)):
-            if not low <= getattr(self, name) <= high:
-                raise _config_error(w + name, f"must be between {low} and {high}")
-        for name in ("color", "outline"):
-            try:
-                parse_color(getattr(self, name))
-            except ValueError as exc:
-                raise _config_error(w + name, str(exc)) from None
-        try:
-            self.text.format(**{k: "x" for k in TEMPLATE_FIELDS})
-        except (KeyError, IndexError, ValueError) as exc:
-            raise _config_error(w + "text", f"bad template ({exc}); fields: "
-                                + ", ".join("{%s}" % k for k in TEMPLATE_FIELDS)) from None
-        if self.visible and self.visible_kind == "logo" and not Path(self.logo).is_file():
-            raise _config_error(w + "logo", f"visible_kind is logo but {self.logo!r} is not a file")
-        if not 8 <= self.invisible_strength <= 128:
-            raise _config_error(w + "invisible_strength", "must be between 8 and 128")
-        if not 0 <= self.png_compress_level <= 9:
-            raise _config_error("outputs.png_compress_level", "must be between 0 and 9")
-        if not 16 <= self.preview_max_side <= 2048:
-            raise _config_error("outputs.preview_max_side", "must be between 16 and 2048")
+    @classmethod
+    def defaults(cls, **changes: Any) -> "OutputSettings":
+        """The shipped settings, with `changes` (checked like a config file's) for tests and benches."""
+        shipped = config_defaults()
+        section = {key: name for name in ("watermark", "outputs") for key in shipped.values[name]}
+        return cls.from_config(shipped.replace(**{f"{section[key]}__{key}": value for key, value in changes.items()}))
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 import numpy as np
 
 from daemon.crypto import OutputError, envelope
-from daemon.outputs.atomic import fsync_dir
+from daemon.safefiles import fsync_dir
 from daemon.outputs.pipeline import OutputInfo, OutputSettings, output_paths, protect_image, rotate_outputs
 
 if TYPE_CHECKING:
@@ -45,10 +45,9 @@ class ProtectedSink:
 
     def write(self, job: "Job", index: int, shape: tuple[int, ...], pixels: bytes) -> dict[str, Any]:
         rgb = np.frombuffer(pixels, dtype=np.uint8).reshape(shape)
-        seed = job.params.get("seed")
         info = OutputInfo(job_id=job.job_id, index=index, user=job.user, params=dict(job.params),
                           prompt=job.prompt, negative_prompt=job.negative_prompt,
-                          seed=None if seed is None else (int(seed) + index) % 2**32, model_id=job.model_id,
+                          seed=job.image_seed(index), model_id=job.model_id,
                           weights_sha256=self.weights_sha256() or "", created=datetime.now(timezone.utc))
         discard_unreported(self.outputs_dir, job.job_id, index)  # only a retried job has any
         out = protect_image(rgb, info, self.keystore, self.settings, self.outputs_dir)

@@ -13,7 +13,7 @@ high on a marked one. It tells "this mark is (not) there", not "some mark is the
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +21,12 @@ import cv2
 import numpy as np
 
 from daemon.crypto import WatermarkError
+from daemon.config import defaults as config_defaults
+from daemon.schema import choices, parse_color
 
-ANCHORS = ("top-left", "top", "top-right", "left", "center", "right", "bottom-left", "bottom", "bottom-right")
-KINDS = ("text", "logo", "tiled")
+ANCHORS = choices("watermark.position")
+"""The nine anchors as config/default.toml lists them: row by row from the top left, the order
+`_anchor_origin` reads them in."""
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 PRESENT_THRESHOLD = 0.12  # unmarked synthetic and noise images score below 0.06
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -33,18 +36,28 @@ _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 class MarkSpec:
     """Everything needed to draw (or re-draw, for detection) one visible mark."""
 
-    kind: str = "text"
-    text: str = ""
-    logo: str = ""
-    logo_sha256: str = ""
-    position: str = "bottom-right"
-    margin: float = 0.02
-    opacity: float = 0.6
-    angle: float = 0.0
-    scale: float = 0.045
-    color: tuple[int, int, int] = (255, 255, 255)
-    outline: tuple[int, int, int] = (0, 0, 0)
-    tile_spacing: float = 2.0
+    kind: str
+    text: str
+    logo: str
+    logo_sha256: str
+    position: str
+    margin: float
+    opacity: float
+    angle: float
+    scale: float
+    color: tuple[int, int, int]
+    outline: tuple[int, int, int]
+    tile_spacing: float
+
+    @classmethod
+    def shipped(cls, **changes: Any) -> "MarkSpec":
+        """The mark config/default.toml's `[watermark]` describes (its text taken as it is, not as a
+        template; no logo), with `changes`."""
+        w = config_defaults().watermark
+        spec = cls(kind=w.visible_kind, text=w.text, logo="", logo_sha256="", position=w.position,
+                   margin=w.margin, opacity=w.opacity, angle=w.angle, scale=w.scale, color=parse_color(w.color),
+                   outline=parse_color(w.outline), tile_spacing=w.tile_spacing)
+        return replace(spec, **changes)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -53,19 +66,12 @@ class MarkSpec:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "MarkSpec":
+        """A stored spec; a field it lacks (a manifest older than the field) takes the shipped value."""
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         for key in ("color", "outline"):
             if key in known:
                 known[key] = tuple(int(c) for c in known[key])
-        return cls(**known)
-
-
-def parse_color(text: str) -> tuple[int, int, int]:
-    """'#rrggbb' → (r, g, b)."""
-    value = text.strip().lstrip("#")
-    if len(value) != 6:
-        raise ValueError(f"colour {text!r} must be #rrggbb")
-    return int(value[0:2], 16), int(value[2:4], 16), int(value[4:6], 16)
+        return cls.shipped(**{"text": "", **known})
 
 
 def drawable(text: str) -> str:

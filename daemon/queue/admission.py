@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from daemon.config import Config
-from daemon.protocol import RATE_LIMITED, REFUSED_BY_POLICY, RpcError, invalid_params
-from daemon.queue.jobs import PRIORITIES
+from daemon.protocol import PRIORITIES, RATE_LIMITED, REFUSED_BY_POLICY, RpcError, invalid_params
+from daemon.queue.jobs import SEED_RANGE
 from daemon.queue.textfold import TermMatcher, views
 
-SEED_MAX = 2**32 - 1
+SEED_MAX = SEED_RANGE - 1
 
 
 @dataclass

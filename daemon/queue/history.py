@@ -20,7 +20,8 @@ from typing import Any
 
 import aiosqlite
 
-from daemon.queue.jobs import CANCELLED, PRIORITIES, SUCCEEDED, Job
+from daemon.protocol import PRIORITIES
+from daemon.queue.jobs import CANCELLED, SUCCEEDED, Job
 from daemon.timefmt import rfc3339
 
 log = logging.getLogger("sai.queue")

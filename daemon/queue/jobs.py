@@ -6,13 +6,15 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
+from daemon.protocol import PRIORITIES
 from daemon.timefmt import rfc3339
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 FINISHED = frozenset({SUCCEEDED, FAILED, CANCELLED})
-PRIORITIES = ("low", "normal", "high", "critical")
 PRIORITY_RANK = {name: rank for rank, name in enumerate(PRIORITIES)}
+SEED_RANGE = 2**32
+"""Seeds run from 0 to SEED_RANGE - 1, what torch.Generator.manual_seed takes on every device."""
 
 # Parameters that must match for jobs to share one pipeline call.
 SHAPE_KEYS = ("width", "height", "steps", "guidance")
@@ -68,6 +70,12 @@ class Job:
     @property
     def runs_alone(self) -> bool:
         return self.reproducible or self.isolate
+
+    def image_seed(self, index: int) -> int | None:
+        """The seed image `index` of this job is made with: the job's seed plus the index, modulo
+        SEED_RANGE, so that one image of a job can be made again on its own. None without a seed."""
+        seed = self.params.get("seed")
+        return None if seed is None else (int(seed) + index) % SEED_RANGE
 
     def shape(self) -> tuple[Any, ...]:
         return (self.model_id, self.params.get("scheduler", ""), *(self.params[k] for k in SHAPE_KEYS))

@@ -8,7 +8,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
-from daemon.queue.jobs import PRIORITIES, PRIORITY_RANK, Job
+from daemon.protocol import PRIORITIES
+from daemon.queue.jobs import PRIORITY_RANK, Job
 
 TOP_RANK = PRIORITY_RANK["critical"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from daemon.config import ConfigError
-from daemon.monitor.checks import parse_listen
+from daemon.schema import parse_listen
 from mon_helpers import monitor_config
 
 

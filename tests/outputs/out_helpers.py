@@ -75,7 +75,7 @@ def out_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def settings() -> OutputSettings:
-    return OutputSettings()
+    return OutputSettings.defaults()
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.outputs import atomic
-from daemon.outputs.atomic import atomic_write, remove_stale_temps
+from daemon import safefiles
+from daemon.safefiles import atomic_write, remove_stale_temps
 
 
 def test_writes_with_mode_regardless_of_umask(tmp_path: Path) -> None:
@@ -76,7 +76,7 @@ def test_process_killed_mid_write_leaves_only_a_temp_that_is_swept(tmp_path: Pat
     code = f"""
 import os
 from pathlib import Path
-from daemon.outputs.atomic import atomic_write
+from daemon.safefiles import atomic_write
 real = os.write
 def half(fd, data):
     real(fd, bytes(data[: len(data) // 2]))
@@ -87,6 +87,6 @@ atomic_write(Path({str(tmp_path)!r}) / "job-0.png.sai", b"z" * 1_000_000)
     result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2])
     assert result.returncode == 9
     names = [p.name for p in tmp_path.iterdir()]
-    assert "job-0.png.sai" not in names and len(names) == 1 and atomic.TEMP_MARK in names[0]
+    assert "job-0.png.sai" not in names and len(names) == 1 and safefiles.TEMP_MARK in names[0]
     assert [p.name for p in remove_stale_temps(tmp_path)] == names
     assert list(tmp_path.iterdir()) == []

@@ -37,10 +37,10 @@ SSIM_MIN = 0.98
 MSE_MAX = 4.0
 
 CASES = {
-    "blobs-text": ("blobs", 11, OutputSettings(), "j-golden-1"),
-    "gradient-tiled": ("gradient", 12, OutputSettings(visible_kind="tiled", angle=30.0, opacity=0.35), "j-golden-2"),
-    "dark-top-left": ("flat-dark", 13, OutputSettings(position="top-left", scale=0.06, angle=-10.0), "j-golden-3"),
-    "light-center": ("flat-light", 14, OutputSettings(position="center", scale=0.05, opacity=0.8), "j-golden-4"),
+    "blobs-text": ("blobs", 11, OutputSettings.defaults(), "j-golden-1"),
+    "gradient-tiled": ("gradient", 12, OutputSettings.defaults(visible_kind="tiled", angle=30.0, opacity=0.35), "j-golden-2"),
+    "dark-top-left": ("flat-dark", 13, OutputSettings.defaults(position="top-left", scale=0.06, angle=-10.0), "j-golden-3"),
+    "light-center": ("flat-light", 14, OutputSettings.defaults(position="center", scale=0.05, opacity=0.8), "j-golden-4"),
 }
 
 

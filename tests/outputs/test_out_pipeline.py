@@ -270,7 +270,7 @@ def test_inspect_exported_and_stripped(protected, keystore, out_dir: Path, tmp_p
 
 
 def test_visible_off_and_small_images(image, keystore, out_dir: Path, tmp_path: Path) -> None:
-    off = OutputSettings(visible=False)
+    off = OutputSettings.defaults(visible=False)
     rgb = image("smooth", 8)
     out = protect_image(rgb, make_info("job-off"), keystore, off, out_dir)
     png = export_output(out_dir, "job-off", 0, keystore)
@@ -278,7 +278,7 @@ def test_visible_off_and_small_images(image, keystore, out_dir: Path, tmp_path: 
     path = tmp_path / "off.png"
     path.write_bytes(png)
     assert inspect_png(path)["visible"]["present"] is None
-    small = protect_image(image("smooth", 9, 128), make_info("job-small"), keystore, OutputSettings(), out_dir)
+    small = protect_image(image("smooth", 9, 128), make_info("job-small"), keystore, OutputSettings.defaults(), out_dir)
     assert small.manifest["watermark"] == {"visible": True, "invisible": False}
     with pytest.raises(OutputError, match="uint8"):
         protect_image(rgb.astype(np.float32), make_info("job-bad"), keystore, off, out_dir)
@@ -290,16 +290,17 @@ def test_settings_from_config() -> None:
     from daemon import config
 
     loaded = config.load(system_file=None, environ={})
-    settings = OutputSettings.from_config(loaded.values)
-    assert settings == OutputSettings()
-    with pytest.raises(ConfigError, match="watermark.opacity"):
-        OutputSettings.from_config({"watermark": {"opacity": 1.5}})
-    with pytest.raises(ConfigError, match="watermark.position"):
-        OutputSettings.from_config({"watermark": {"position": "middle"}})
-    with pytest.raises(ConfigError, match="watermark.text"):
-        OutputSettings.from_config({"watermark": {"text": "{prompt}"}})
-    with pytest.raises(ConfigError, match="must be bool"):
-        OutputSettings.from_config({"watermark": {"visible": "yes"}})
+    settings = OutputSettings.from_config(loaded)
+    assert settings == OutputSettings.defaults()
+    for key, value, words in (("watermark__opacity", 1.5, "between 0 and 1"),
+                              ("watermark__position", "middle", "one of top-left"),
+                              ("watermark__text", "{prompt}", "bad template"),
+                              ("watermark__visible", "yes", "must be a boolean"),
+                              ("watermark__invisible_strength", 4, "between 8 and 128"),
+                              ("outputs__png_compress_level", 10, "between 0 and 9")):
+        with pytest.raises(ConfigError, match=words) as err:
+            loaded.replace(**{key: value})
+        assert err.value.key == key.replace("__", ".")
     with pytest.raises(ConfigError, match="watermark.logo"):
-        OutputSettings.from_config({"watermark": {"visible_kind": "logo", "logo": "/nonexistent.png"}})
-    assert OutputSettings.from_config({"watermark": {"opacity": 1}}).opacity == 1.0
+        OutputSettings.from_config(loaded.replace(watermark__visible_kind="logo", watermark__logo="/nonexistent.png"))
+    assert OutputSettings.defaults(opacity=1).opacity == 1.0

@@ -90,7 +90,7 @@ def _bbox(before: np.ndarray, after: np.ndarray) -> tuple[int, int, int, int]:
 @pytest.mark.parametrize("anchor", ANCHORS)
 def test_nine_anchors_with_margin(image, anchor: str) -> None:
     rgb = image("flat-dark", 0)
-    spec = MarkSpec(text="SAI test", position=anchor, margin=0.05, scale=0.06)
+    spec = MarkSpec.shipped(text="SAI test", position=anchor, margin=0.05, scale=0.06)
     y0, x0, y1, x1 = _bbox(rgb, apply_visible(rgb, spec))
     row, col = divmod(ANCHORS.index(anchor), 3)
     margin = 0.05 * 256
@@ -103,7 +103,7 @@ def test_nine_anchors_with_margin(image, anchor: str) -> None:
 @pytest.mark.parametrize("kind", ["flat-light", "flat-dark", "smooth", "noise"])
 def test_text_mark_is_legible_on_light_and_dark(image, kind: str) -> None:
     rgb = image(kind, 0)
-    spec = MarkSpec(text="SAI job 2026-11-26", scale=0.05, opacity=0.6)
+    spec = MarkSpec.shipped(text="SAI job 2026-11-26", scale=0.05, opacity=0.6)
     marked = apply_visible(rgb, spec)
     _, alpha, region = overlay(spec, rgb.shape)
     lum = cv2.cvtColor(marked[region], cv2.COLOR_RGB2GRAY).astype(int)
@@ -114,20 +114,20 @@ def test_text_mark_is_legible_on_light_and_dark(image, kind: str) -> None:
 
 
 def test_visible_detection_false_positive_rate(image) -> None:
-    spec = MarkSpec(text="SAI j0001 2026-11-26")
+    spec = MarkSpec.shipped(text="SAI j0001 2026-11-26")
     scores = [mark_score(image(kind, seed), spec) for kind in ("smooth", "gradient", "noise") for seed in range(8)]
     assert max(scores) < PRESENT_THRESHOLD
 
 
 def test_angle_scale_opacity_and_tiling(image) -> None:
     rgb = image("smooth", 2)
-    flat = overlay(MarkSpec(text="SAI rotated mark", scale=0.05), rgb.shape)[1]
-    turned = overlay(MarkSpec(text="SAI rotated mark", scale=0.05, angle=45), rgb.shape)[1]
+    flat = overlay(MarkSpec.shipped(text="SAI rotated mark", scale=0.05), rgb.shape)[1]
+    turned = overlay(MarkSpec.shipped(text="SAI rotated mark", scale=0.05, angle=45), rgb.shape)[1]
     assert flat.shape[1] / flat.shape[0] > 3 and 0.5 < turned.shape[1] / turned.shape[0] < 2
-    big = overlay(MarkSpec(text="SAI", scale=0.1), rgb.shape)[1]
-    assert big.shape[0] > 1.6 * overlay(MarkSpec(text="SAI", scale=0.05), rgb.shape)[1].shape[0]
-    assert np.array_equal(apply_visible(rgb, MarkSpec(text="SAI", opacity=0.0)), rgb)
-    tiled = MarkSpec(kind="tiled", text="SAI j1", angle=30, opacity=0.3)
+    big = overlay(MarkSpec.shipped(text="SAI", scale=0.1), rgb.shape)[1]
+    assert big.shape[0] > 1.6 * overlay(MarkSpec.shipped(text="SAI", scale=0.05), rgb.shape)[1].shape[0]
+    assert np.array_equal(apply_visible(rgb, MarkSpec.shipped(text="SAI", opacity=0.0)), rgb)
+    tiled = MarkSpec.shipped(kind="tiled", text="SAI j1", angle=30, opacity=0.3)
     changed = np.any(apply_visible(rgb, tiled) != rgb, axis=-1)
     for quarter in (changed[:128, :128], changed[:128, 128:], changed[128:, :128], changed[128:, 128:]):
         assert quarter.mean() > 0.03
@@ -140,7 +140,7 @@ def test_logo_mark(image, tmp_path: Path) -> None:
     cv2.putText(logo, "S", (30, 30), cv2.FONT_HERSHEY_SIMPLEX, 0.9, (255, 255, 255, 255), 2)
     path = tmp_path / "logo.png"
     cv2.imwrite(str(path), logo)
-    spec = MarkSpec(kind="logo", logo=str(path), scale=0.2, position="top-left")
+    spec = MarkSpec.shipped(kind="logo", logo=str(path), scale=0.2, position="top-left")
     rgb = image("gradient", 1)
     marked = apply_visible(rgb, spec)
     y0, x0, y1, x1 = _bbox(rgb, marked)
@@ -149,9 +149,9 @@ def test_logo_mark(image, tmp_path: Path) -> None:
     from daemon.crypto import WatermarkError
 
     with pytest.raises(WatermarkError, match="cannot be read"):
-        apply_visible(rgb, MarkSpec(kind="logo", logo=str(tmp_path / "missing.png")))
+        apply_visible(rgb, MarkSpec.shipped(kind="logo", logo=str(tmp_path / "missing.png")))
 
 
 def test_spec_json_round_trip() -> None:
-    spec = MarkSpec(kind="tiled", text="x", color=(1, 2, 3), angle=12.5)
+    spec = MarkSpec.shipped(kind="tiled", text="x", color=(1, 2, 3), angle=12.5)
     assert MarkSpec.from_json(spec.to_json()) == spec

@@ -49,7 +49,7 @@ def run_in(executor: ThreadPoolExecutor):
 
 
 def test_sink_writes_protected_outputs_and_a_full_record(image, keystore, out_dir: Path) -> None:
-    sink = ProtectedSink(keystore, OutputSettings(), out_dir, lambda: "cd" * 32)
+    sink = ProtectedSink(keystore, OutputSettings.defaults(), out_dir, lambda: "cd" * 32)
     job = make_job()
     rgb = image("smooth", 3)
     record = sink.write(job, 1, rgb.shape, rgb.tobytes())
@@ -69,7 +69,7 @@ def test_sink_writes_protected_outputs_and_a_full_record(image, keystore, out_di
 
 
 def test_sink_replaces_what_an_interrupted_attempt_left(image, keystore, out_dir: Path) -> None:
-    sink = ProtectedSink(keystore, OutputSettings(), out_dir)
+    sink = ProtectedSink(keystore, OutputSettings.defaults(), out_dir)
     rgb = image("smooth", 4)
     first = sink.write(make_job(), 0, rgb.shape, rgb.tobytes())
     second = sink.write(make_job(attempts=2), 0, rgb.shape, rgb.tobytes())
@@ -132,7 +132,7 @@ async def test_rotation_rewraps_prompts_and_outputs_together(image, keystore, ke
         job = make_job()
         await store.insert(job)
         rgb = image("gradient", 5)
-        ProtectedSink(keystore, OutputSettings(), out_dir).write(job, 0, rgb.shape, rgb.tobytes())
+        ProtectedSink(keystore, OutputSettings.defaults(), out_dir).write(job, 0, rgb.shape, rgb.tobytes())
         keys = KeyMaintenance(keystore, store, out_dir, run_in(executor))
         old_kek = keystore.current_kek_id
         result = await keys.rotate()
