@@ -100,7 +100,7 @@ class Connection:
             self._pump = asyncio.create_task(self._pump_events(self.subscription), name="sai-events")
         else:
             self.bus.subscribe(topics)  # validates the names
-            self.subscription.topics |= topics
+            self.subscription.topics.update(topics)
         return self.subscription.topics
 
     async def _pump_events(self, sub: Subscription) -> None:

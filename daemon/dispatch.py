@@ -18,7 +18,7 @@ from typing import Any, Awaitable, Callable, Protocol
 
 from daemon.queue.jobs import CANCELLED, FAILED, RUNNING, SUCCEEDED, Job
 from daemon.config import Section
-from daemon.queue.manager import QueueManager
+from daemon.queue.manager import Auditor, QueueManager
 from daemon.worker.leak import LeakDetector
 from daemon.worker.memory_model import MemoryModel
 from daemon.worker.supervisor import BatchFailed, BatchResult, WorkerCrashed, WorkerLoadFailed, WorkerSupervisor
@@ -34,10 +34,6 @@ class OutputSink(Protocol):
         """Remove what was written of a job's images when its outputs could not all be written."""
 
 
-async def figures_not_kept(jobs: list[Job], figures: dict[str, Any]) -> None:
-    """Stands in until the daemon connects its job history."""
-
-
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 """Write errors that mean the outputs filesystem (or a file-size limit) is full, not that the job is bad."""
 
@@ -49,14 +45,31 @@ WatchWork = Callable[["asyncio.Task[Any]", str, str, bool], object]
 """Told of each task the dispatcher starts for a batch: (task, what it is, what it does, whether jobs
 stay `running` for good if it raises)."""
 
+BatchFigures = Callable[[list[Job], dict[str, Any]], Awaitable[None]]
+"""Given each batch's jobs and figures (jobs, images, worker memory) for reports and metrics."""
+
+
+class WorkerEvents(Protocol):
+    """Who hears the facts about the worker (`ready`, `start_failed`, `crashed`, `crash_loop`,
+    `leak`, `restarted`) and decides what they mean for operators (daemon.reactions)."""
+
+    def worker_event(self, kind: str, data: dict[str, Any], worker: dict[str, Any]) -> None:
+        """`data`: the fact's details; `worker`: the worker's state as `daemon.status` shows it."""
+
 
 class Dispatcher:
     def __init__(self, manager: QueueManager, worker: WorkerSupervisor, sink: OutputSink, executor: Executor,
-                 max_batch: int, policy: Section,
-                 watch_work: WatchWork = lambda task, name, duty, holds_jobs: None) -> None:
-        """`watch_work` sees every batch, output and bookkeeping task: one that raises leaves its
+                 max_batch: int, policy: Section, *, audit: Auditor, memory: MemoryModel, worker_events: WorkerEvents,
+                 outputs_blocked: Callable[[str | None], None], batch_figures: BatchFigures,
+                 watch_work: WatchWork) -> None:
+        """`audit` records each output written (the queue records the jobs' own changes).
+        `memory`: the memory model the queue also refuses oversized jobs with; the dispatcher
+        feeds it the worker's measured peaks and sizes batches by it. `outputs_blocked(message)`
+        when outputs cannot be written for lack of space, `(None)` once they can again.
+        `watch_work` sees every batch, output and bookkeeping task: one that raises leaves its
         jobs `running` for good, so the daemon watches them (daemon.background)."""
         self.manager = manager
+        self._audit = audit
         self._watch_work = watch_work
         self.worker = worker
         self.sink = sink
@@ -75,12 +88,12 @@ class Dispatcher:
         self.crashes: deque[float] = deque()
         self.halted: str | None = None
         self.leak = LeakDetector(policy.leak_window, policy.leak_slope_mb)
-        self.memory = MemoryModel()
+        self.memory = memory
         self._restart_reason: str | None = None
-        self.on_worker_event: Callable[[str, dict[str, Any]], Any] = lambda kind, data: None
-        self.on_outputs_blocked: Callable[[str | None], Any] = lambda message: None
+        self._worker_events = worker_events
+        self._outputs_blocked_hook = outputs_blocked
         self._outputs_blocked = False
-        self.on_batch_figures: Callable[[list[Job], dict[str, Any]], Awaitable[None]] = figures_not_kept
+        self._batch_figures = batch_figures
 
     async def run(self) -> None:
         """Keep up to IN_FLIGHT batches with the worker: one running and the next waiting in its
@@ -134,13 +147,13 @@ class Dispatcher:
             info = await self.worker.start()
         except WorkerLoadFailed as exc:
             log.error("worker could not start: %s; retrying in %.0f s", exc, self._backoff)
-            self.on_worker_event("start_failed", {"error": str(exc)})
+            self._worker_event("start_failed", {"error": str(exc)})
             await asyncio.sleep(self._backoff)
             self._backoff = min(self._backoff * 2, self.policy.max_backoff)
             self.manager.work.set()
             return False
         self._backoff = 1.0
-        self.on_worker_event("ready", info)
+        self._worker_event("ready", info)
         return True
 
     def _items(self, batch: list[Job]) -> list[dict[str, Any]]:
@@ -172,7 +185,7 @@ class Dispatcher:
     async def _run_batch(self, batch: list[Job]) -> None:
         self.manager.hand_over(batch)
         head = batch[0].params
-        budget = self.memory.image_budget(head["width"], head["height"], self.capacity())
+        budget = self.memory.image_budget(head["width"], head["height"], self.worker.capacity())
         chunk = self.max_batch if budget is None else min(self.max_batch, budget)
         command = {"width": head["width"], "height": head["height"], "steps": head["steps"],
                    "guidance": head["guidance"], "chunk": chunk, "items": self._items(batch)}
@@ -198,7 +211,7 @@ class Dispatcher:
             return
         except BatchFailed as exc:
             live = [job for job in batch if job.state == RUNNING or job.handed]
-            self._track(self.on_batch_figures(live, {"jobs": len(batch), "images": len(command["items"]),
+            self._track(self._batch_figures(live, {"jobs": len(batch), "images": len(command["items"]),
                                                      "worker_rss": self.worker.info.get("memory", {}).get("rss")}),
                         holds_jobs=False)
             await self.manager.finish(live, FAILED, f"generation failed: {exc}")
@@ -208,7 +221,7 @@ class Dispatcher:
         self._backoff = 1.0
         self._check_leak(result.memory.get("rss"))
         self.memory.observe(result.peak)
-        self._track(self.on_batch_figures(batch, {"jobs": len(batch), "images": len(command["items"]),
+        self._track(self._batch_figures(batch, {"jobs": len(batch), "images": len(command["items"]),
                                                   "peak_bytes_per_image": result.peak.get("bytes_per_image"),
                                                   "worker_rss": result.memory.get("rss")}), holds_jobs=False)
         done = [job for job in batch if job.state == RUNNING]
@@ -235,7 +248,7 @@ class Dispatcher:
                     shape, pixels = result.images[(job.job_id, index)]
                     record = await loop.run_in_executor(self.executor, self.sink.write, job, index, shape, pixels)
                     outputs.append(record)
-                    await self.manager.audit(None, "output.write", job.job_id, {
+                    await self._audit(None, "output.write", job.job_id, {
                         k: record[k] for k in ("index", "png_sha256", "sai_sha256", "fingerprint", "kid",
                                                "signing_kid") if k in record})
             except Exception as exc:
@@ -250,7 +263,7 @@ class Dispatcher:
             await self.manager.finish([job], SUCCEEDED)
             if self._outputs_blocked:
                 self._outputs_blocked = False
-                self.on_outputs_blocked(None)
+                self._outputs_blocked_hook(None)
 
     async def _no_space(self, jobs: list[Job], exc: OSError) -> None:
         """The outputs filesystem is full: the jobs go back to the queue (no attempt charged; what
@@ -262,14 +275,15 @@ class Dispatcher:
         await self.manager.requeue(jobs, message, count_attempt=False)
         await self.manager.set_paused(None, True)
         self._outputs_blocked = True
-        self.on_outputs_blocked(message)
+        self._outputs_blocked_hook(message)
 
-    def capacity(self) -> int | None:
-        """Bytes the worker can use for generation (device memory, or its address-space cap)."""
-        return self.worker.info.get("memory", {}).get("capacity")
+    def worker_view(self) -> dict[str, Any]:
+        """The worker as `daemon.status` and the `worker.*` events show it: its state, and `halted`
+        (why restarts stopped after a crash loop, or None)."""
+        return {**self.worker.status(), "halted": self.halted}
 
-    def fit_refusal(self, params: dict[str, Any]) -> str | None:
-        return self.memory.refusal(params["width"], params["height"], self.capacity())
+    def _worker_event(self, kind: str, data: dict[str, Any]) -> None:
+        self._worker_events.worker_event(kind, data, self.worker_view())
 
     async def _crashed(self, reason: str, batch: list[Job], failed: list[Job]) -> None:
         """Count the crash; K crashes in T seconds halt restarts and pause the queue."""
@@ -279,13 +293,13 @@ class Dispatcher:
             self.crashes.popleft()
         details = {"error": reason, "jobs": [j.job_id for j in batch], "quarantined": [j.job_id for j in failed],
                    "crashes": len(self.crashes)}
-        self.on_worker_event("crashed", details)
+        self._worker_event("crashed", details)
         if len(self.crashes) >= self.policy.crash_loop_count:
             self.halted = (f"worker crashed {len(self.crashes)} times in {self.policy.crash_window:.0f} s; "
                            f"last: {reason}")
             log.critical("%s; not restarting it, queue paused (run `sai worker restart` when fixed)", self.halted)
             await self.manager.set_paused(None, True)
-            self.on_worker_event("crash_loop", {**details, "error": self.halted})
+            self._worker_event("crash_loop", {**details, "error": self.halted})
             return
         log.warning("restarting the worker in %.0f s", self._backoff)
         self._restart_at = time.monotonic() + self._backoff
@@ -298,7 +312,7 @@ class Dispatcher:
         message = (f"worker memory grows {slope:.1f} MiB per batch over the last {self.leak.window} batches "
                    f"(threshold {self.policy.leak_slope_mb:g})")
         log.warning("possible leak: %s", message)
-        self.on_worker_event("leak", {"error": message, "slope_mb": round(slope, 2), "rss": rss,
+        self._worker_event("leak", {"error": message, "slope_mb": round(slope, 2), "rss": rss,
                                       "auto_restart": self.policy.leak_auto_restart})
         self.leak.reset()
         if self.policy.leak_auto_restart:
@@ -319,7 +333,7 @@ class Dispatcher:
         self.leak.reset()
         self._backoff = 1.0
         if await self._start_worker():
-            self.on_worker_event("restarted", {"reason": reason})
+            self._worker_event("restarted", {"reason": reason})
         self.manager.work.set()
 
     async def _withdraw_waiting(self) -> None:

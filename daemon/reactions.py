@@ -1,7 +1,11 @@
-"""How the daemon answers what happens to its worker and jobs: alerts, events, job statistics.
+"""How the daemon answers what happens to its worker, its storage and its background tasks:
+alerts, events, audit entries.
 
-The dispatcher reports plain facts (`crashed`, `leak`, `ready`, ...); this module decides which
-become alerts an operator sees, and which clear them again.
+The dispatcher reports plain facts about the worker (`crashed`, `leak`, `ready`, ...) through
+`worker_event`, a hook it is given when built; this module decides which become alerts an
+operator sees, and which clear them again. The parts built before the alert book (the audit
+log, the job store, the background tasks, the output path) report through alarm events on the
+bus instead (daemon.alarms), which Reactions listens to from its construction on.
 """
 
 from __future__ import annotations
@@ -9,14 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Coroutine
 
-from daemon.background import TaskFailure
-from daemon.queue.admission import TokenCounter
-from daemon.queue.jobs import FAILED, SUCCEEDED, Job
-
-if TYPE_CHECKING:
-    from daemon.service import Daemon
+from daemon.alarms import ALARM
+from daemon.events import EventBus
+from daemon.monitor.alerts import AlertBook
+from daemon.queue.manager import Auditor, QueueManager
 
 log = logging.getLogger("sai.daemon")
 
@@ -34,63 +36,56 @@ CLEARS = {
 
 
 class Reactions:
-    def __init__(self, daemon: "Daemon") -> None:
-        self.daemon = daemon
+    def __init__(self, *, alerts: AlertBook, bus: EventBus, audit: Auditor, queue: QueueManager) -> None:
+        """`alerts`: the monitor's alert book; `bus`: where the `worker.*` events go and the alarms
+        come from; `audit`: records model loads and worker restarts; `queue`: its counts go with
+        each `worker.*` event, and a loaded model's tokenizer to its admission."""
+        self.alerts = alerts
+        self.bus = bus
+        self.audit = audit
+        self.queue = queue
         self._tasks: set[asyncio.Task[Any]] = set()
+        bus.listen({ALARM}, self._alarm)
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def worker_event(self, kind: str, data: dict[str, Any]) -> None:
-        d = self.daemon
+    def worker_event(self, kind: str, data: dict[str, Any], worker: dict[str, Any]) -> None:
+        """The dispatcher's hook (daemon.dispatch.WorkerEvents)."""
         if kind == "ready":
-            tokenizer = Path(data.get("path", "")) / "tokenizer" / "tokenizer.json"
-            d.queue.admission.tokens = TokenCounter(tokenizer, int(data.get("max_tokens", 77)))
-            self._spawn(d.audit_action(None, "model.load", data.get("model_id", ""),
-                                       {"weights_sha256": data.get("weights_sha256"), "device": data.get("device"),
-                                        "dtype": data.get("dtype"), "worker_pid": data.get("pid")}))
+            self.queue.use_tokenizer(Path(data.get("path", "")) / "tokenizer" / "tokenizer.json",
+                                     int(data.get("max_tokens", 77)))
+            self._spawn(self.audit(None, "model.load", data.get("model_id", ""),
+                                   {"weights_sha256": data.get("weights_sha256"), "device": data.get("device"),
+                                    "dtype": data.get("dtype"), "worker_pid": data.get("pid")}))
         details = {k: v for k, v in data.items() if k not in ("memory", "path")}
-        d.bus.publish("queue", {**details, "kind": f"worker.{kind}", **d.queue.status(),
-                                "worker": {**d.worker.status(), "halted": d.dispatcher.halted}})
+        self.bus.publish("queue", {**details, "kind": f"worker.{kind}", **self.queue.status(), "worker": worker})
         if kind in ALERTS:
             key, severity = ALERTS[kind]
             message = f"{kind.replace('_', ' ')}: {data.get('error', '')}".strip(": ")
-            self._spawn(d.monitor.alerts.raise_alert(key, severity, message, details))
+            self._spawn(self.alerts.raise_alert(key, severity, message, details))
         for key in CLEARS.get(kind, ()):
-            self._spawn(d.monitor.alerts.clear(key, reason=kind))
+            self._spawn(self.alerts.clear(key, reason=kind))
         if kind == "restarted":
-            self._spawn(d.audit_action(None, "worker.restarted", "", {"reason": data.get("reason", "")}))
+            self._spawn(self.audit(None, "worker.restarted", "", {"reason": data.get("reason", "")}))
 
-    def storage_blocked(self, key: str, message: str | None) -> None:
-        """A critical alert `key` while writes cannot go to disk (message: the job store or the
-        audit log waits on a lock, the outputs filesystem is full); cleared when they succeed
-        again (None)."""
-        alerts = self.daemon.monitor.alerts
-        if message is not None:
-            self._spawn(alerts.raise_alert(key, "critical", message))
-        else:
-            self._spawn(alerts.clear(key, reason="writes succeed again"))
-
-    def task_failed(self, failure: TaskFailure) -> None:
-        """A critical alert naming the background task that died and what stopped with it."""
-        monitor = getattr(self.daemon, "monitor", None)
-        if monitor is None:  # died during start-up, which then fails with the log saying why
+    def _alarm(self, topic: str, data: dict[str, Any]) -> None:
+        """An alarm event (daemon.alarms): a critical alert raised, or cleared (message None) when
+        writes succeed again."""
+        key, message = str(data["key"]), data.get("message")
+        if message is None:
+            self._spawn(self.alerts.clear(key, reason="writes succeed again"))
             return
-        key = "task." + failure.name.replace(" ", "_")
-        self._spawn(self._raise_even_unaudited(monitor.alerts.raise_alert(key, "critical", failure.message(),
-                                                                          failure.view())))
+        raising = self.alerts.raise_alert(key, "critical", str(message), dict(data.get("details") or {}))
+        self._spawn(raising if data.get("audited", True) else self._raise_even_unaudited(raising))
 
-    async def _raise_even_unaudited(self, raising: Any) -> None:
+    async def _raise_even_unaudited(self, raising: Coroutine[Any, Any, Any]) -> None:
         try:
             await raising
         except Exception as exc:  # stored and published first; the audit log may be what died
             log.error("alert raised but not audited: %s", exc)
-
-    def job_finished(self, job: Job) -> None:
-        if job.state in (SUCCEEDED, FAILED):
-            self.daemon.monitor.record_job_outcome(job.state == SUCCEEDED)
 
     async def drain(self) -> None:
         if self._tasks:

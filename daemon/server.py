@@ -18,6 +18,7 @@ from typing import Any
 
 from daemon import protocol
 from daemon.api import registry
+from daemon.api.registry import DaemonApi
 from daemon.auth import Peer, PeerRefused, Role, identify
 from daemon.config import Section
 from daemon.connection import Connection, idle_victim
@@ -40,8 +41,10 @@ class AlreadyRunning(Exception):
 
 
 class SocketServer:
-    def __init__(self, path: Path, daemon: Any, auth: Section, bus: EventBus, group: str = "",
+    def __init__(self, path: Path, daemon: DaemonApi, auth: Section, bus: EventBus, group: str = "",
                  limits: ConnectionLimits = ConnectionLimits()) -> None:
+        """`daemon`: what the method handlers are given (`CallContext.daemon`). It is built before
+        the parts it names exist (the socket is claimed first); no call is answered until `start()`."""
         self.path = path
         self.daemon = daemon
         self.auth = auth
@@ -245,8 +248,14 @@ class SocketServer:
             task = asyncio.create_task(self._answer(conn, line))
             self._tasks.add(task)
             conn.answering.add(task)
-            task.add_done_callback(lambda t, size=size: (self._tasks.discard(t), conn.answering.discard(t),
-                                                         in_flight.release(size), user_in_flight.release(0)))
+
+            def answered(task: "asyncio.Task[None]", size: int = size) -> None:
+                self._tasks.discard(task)
+                conn.answering.discard(task)
+                in_flight.release(size)
+                user_in_flight.release(0)
+
+            task.add_done_callback(answered)
 
     def _in_flight_of(self, peer: Peer) -> InFlight:
         """The budget all of `peer`'s connections share (`max_in_flight_per_user`); admins' is
@@ -297,6 +306,7 @@ class SocketServer:
             req = protocol.parse_request(message)
         except RpcError as exc:
             return protocol.error(protocol.request_id_of(message), exc)
+        error: RpcError | None
         try:
             method = registry.lookup(req.method)
             value = await registry.call(method, registry.CallContext(self.daemon, conn.peer, conn), req.params)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-import functools
 import logging
 import os
 import signal
@@ -12,43 +11,42 @@ import socket
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, TypeVar
 
 from daemon import __version__, paths
+from daemon.alarms import raise_alarm
 from daemon.api import load_all
 from daemon.api.limits import CallLimits
+from daemon.assembly import Parts, Site, assemble
+from daemon.audit.anchor import AuditTrustError
+from daemon.audit.log import AuditKeyMismatch, AuditLog
 from daemon.auth import Peer, in_process_peer
 from daemon.background import BackgroundTasks, TaskFailure, shutdown_step
 from daemon.config import Config, ConfigError
 from daemon.crypto import OutputError
-from daemon.crypto.envelope import PromptSealer
 from daemon.crypto.keys import KeyStore
 from daemon.crypto.passphrase import PassphraseSources
-from daemon.crypto.prompt_mac import PromptMac
 from daemon.dispatch import Dispatcher
 from daemon.events import EventBus
 from daemon.exitcodes import ExitCode
 from daemon.framing import ConnectionLimits
 from daemon.hardening import forbid_dumps, safe_python_children
-from daemon.safefiles import PRIVATE_UMASK, ensure_dir, narrow_to_owner, open_lock, remove_stale_temps
+from daemon.monitor.service import Monitor
+from daemon.outputs.sink import KeyMaintenance
 from daemon.ownership import UnsafePath, check_ancestors, check_state_dir
-from daemon.outputs.pipeline import OutputSettings
-from daemon.audit.anchor import FILE_NAME as ANCHOR_FILE, AuditTrustError, Trust, unrecorded_jobs_reason
-from daemon.audit.entry import key_id
-from daemon.audit.log import AuditKeyMismatch, AuditLog
-from daemon.monitor import Monitor
-from daemon.outputs.sink import KeyMaintenance, ProtectedSink
-from daemon.queue.admission import Admission, TokenCounter
 from daemon.queue.history import JobHistory
 from daemon.queue.manager import QueueManager
 from daemon.queue.store import JobStore
-from daemon.reactions import Reactions
+from daemon.safefiles import PRIVATE_UMASK, ensure_dir, narrow_to_owner, open_lock
 from daemon.server import AlreadyRunning, SocketServer
 from daemon.systemd import Notifier
 from daemon.worker.supervisor import WorkerSupervisor
 
 log = logging.getLogger("sai.daemon")
+
+T = TypeVar("T")
 
 EXIT_TASK_FAILED = ExitCode.TASK_FAILED
 """`sai daemon` exit status when a background task it cannot do without died (sysexits' EX_SOFTWARE);
@@ -76,19 +74,9 @@ class Daemon:
         """When the drain of a shutdown gives up on the running batch (time.time()); None while serving."""
         self._state_lock: int | None = None
         self._umask: int | None = None
-        self.keystore: KeyStore
-        self.keys_created = False
-        self.output_settings: OutputSettings
-        self.key_maintenance: KeyMaintenance
-        self.store: JobStore
-        self.job_history: JobHistory
-        self.queue: QueueManager
-        self.worker: WorkerSupervisor
-        self.dispatcher: Dispatcher
+        self.parts: Parts
+        """The parts, built in order by daemon.assembly at start-up; the properties below name them."""
         self.server: SocketServer
-        self.monitor: Monitor
-        self.audit: AuditLog
-        self.reactions = Reactions(self)
         self.background = BackgroundTasks(self._background_task_failed)
         self.exit_code = 0
         self.own_peer = in_process_peer()
@@ -136,146 +124,74 @@ class Daemon:
         except BaseException:
             self.server.release()
             raise
+        opened = AsyncExitStack()
         try:
-            await self._open_parts()
+            self.parts = await assemble(
+                self.config, Site(self.state_dir, self.outputs_dir, self.socket_path, self.installation, self.embedded),
+                bus=self.bus, background=self.background, executor=self.executor, run_blocking=self.run_blocking,
+                passphrases=self.passphrases, own_peer=self.own_peer, opened=opened)
+            await self._start_serving()
         except BaseException:
-            await self._close_parts()
+            await opened.aclose()  # what was opened, newest first
+            self.server.release()
+            self._release_state()
             raise
 
-    async def _close_parts(self) -> None:
-        if hasattr(self, "monitor"):
-            await self.monitor.close()
-        if hasattr(self, "job_history"):
-            await self.job_history.close()
-        if hasattr(self, "store"):
-            await self.store.close()
-        if hasattr(self, "audit"):
-            await self.audit.close()
-        self.server.release()
-        self._release_state()
-
-    async def _open_keys_and_outputs(self) -> None:
-        """Keys (created on first start; a sealed store needs its passphrase), the outputs directory
-        (0700, a crash's temp files removed) and the watermark/output settings."""
-        cfg = self.config
-        self.output_settings = OutputSettings.from_config(cfg)
-        keys_dir = self.state_dir / "keys"
-        self.keys_created = KeyStore.is_sealed(keys_dir) is None  # first start: for the audit log
-        passphrase = self.passphrases.resolve(keys_dir, seal_new=cfg.keys.sealed)
-        self.keystore = await self.run_blocking(
-            lambda: KeyStore.open(keys_dir, passphrase, scrypt_log2_n=cfg.keys.scrypt_log2_n))
-        ensure_dir(self.outputs_dir, 0o700)
-        removed = await self.run_blocking(remove_stale_temps, self.outputs_dir)
-        if removed:
-            log.warning("removed %d unfinished temp file(s) from %s", len(removed), self.outputs_dir)
-
-    async def _open_audit(self) -> None:
-        """The audit chain in its own SQLite file (its commits never wait on the queue's), signed
-        with the installation's signing key; every entry is also an `audit` event."""
-        cfg = self.config.audit
-        origin = "".join(c if c.isalnum() or c in "-._/" else "-" for c in self.installation) + "/sai-audit"
-        path = self.state_dir / "audit.db"
-        trust = Trust(self.keystore.keys_dir / ANCHOR_FILE, lambda: {
-            key_id(raw): raw for raw in (k.public_bytes_raw() for k in self.keystore.public_keys().values())})
-        self.audit = await AuditLog.open(path, self.keystore.signing_key, origin, trust=trust,
-                                         checkpoint_every_entries=cfg.checkpoint_every_entries,
-                                         checkpoint_every_seconds=cfg.checkpoint_every_seconds,
-                                         commit_max_batch=cfg.commit_max_batch,
-                                         commit_max_delay_ms=cfg.commit_max_delay_ms,
-                                         previous_key=self.keystore.previous_signing_key)
-        self.background.watch(self.audit.committer, "audit committer",
-                              "audited actions (submit, cancel, pause) and job finishes", essential=True)
-        if self.keystore.previous_signing_key is not None:  # the log now announces the current key
-            await self.run_blocking(self.keystore.retire_previous_signing_key)
-        self.audit.subscribe(lambda entry: self.bus.publish("audit", entry) if self.bus.wants("audit") else None)
-        if self.keys_created:
-            await self.audit_action(None, "keys.create", self.keystore.signing_kid,
-                                    {"kek_id": self.keystore.current_kek_id, "signing_kid": self.keystore.signing_kid})
-        await self.audit_action(None, "daemon.start", self.installation,
-                                {"version": __version__, "pid": os.getpid(), "socket": str(self.socket_path),
-                                 "embedded": self.embedded})
-
-    async def _open_parts(self) -> None:
-        cfg = self.config
-        await self._open_keys_and_outputs()
-        await self._open_audit()
-        self.store = await JobStore.open(self.state_dir / "jobs.sqlite3", PromptSealer(self.keystore))
-        self.background.watch(self.store.writer, "job store committer",
-                              "saving jobs (submits, state changes, finishes)", essential=True)
-        self.job_history = await JobHistory.open(self.state_dir / "jobs.sqlite3")
-        self.key_maintenance = KeyMaintenance(self.keystore, self.store, self.outputs_dir, self.run_blocking)
-        await self.key_maintenance.resume_prompts()
-        self.queue = QueueManager(self.store, Admission(cfg, self._token_counter()), self.bus, cfg,
-                                  model_id=lambda: self.worker.info.get("model_id") or cfg.model.name,
-                                  prompt_digest=PromptMac(self.keystore).details)
-        recovered = await self.queue.recover()
-        if recovered:
-            log.warning("recovered %d job(s) that were running when the daemon stopped", len(recovered))
-        self.worker = WorkerSupervisor({
-            "model": cfg.model.name, "path": cfg.model.path, "config_dir": cfg.model.config_dir,
-            "device": cfg.model.device, "scheduler": cfg.model.scheduler, "threads": cfg.model.threads,
-            "memory_headroom_mb": cfg.model.memory_headroom_mb, "pipeline_wrapper": cfg.worker.pipeline_wrapper,
-            "state_dir": str(self.state_dir), "heartbeat_seconds": cfg.worker.heartbeat_seconds},
-            watch_reader=lambda reader: self.background.watch(
-                reader, "worker reader", "hearing from the worker (progress, images, its exit)",
-                essential=True, lasts=False))
-        sink = ProtectedSink(self.keystore, self.output_settings, self.outputs_dir,
-                             lambda: self.worker.info.get("weights_sha256") or "")
-        for job in recovered:  # what an interrupted attempt wrote was never reported to anyone
-            await self.run_blocking(sink.discard, job.job_id, job.count, "removing the files of an interrupted attempt")
-        self.dispatcher = Dispatcher(self.queue, self.worker, sink, self.executor, cfg.queue.max_batch, cfg.worker,
-                                     watch_work=lambda task, name, duty, holds_jobs: self.background.watch(
-                                         task, name, duty, essential=holds_jobs, lasts=False))
-        self.dispatcher.on_worker_event = self.reactions.worker_event
-        self.dispatcher.on_batch_figures = self.job_history.record_batch
-        self.queue.on_finished = self.reactions.job_finished
-        self.queue.fit_refusal = self.dispatcher.fit_refusal
-        self.queue.audit = self.audit_action
-        self.monitor = await Monitor.open(cfg, self.state_dir, self.outputs_dir, self.bus,
-                                          worker_pid=lambda: self.worker.pid,
-                                          worker_memory=lambda: self.worker.info.get("memory"),
-                                          queue_wait=self.queue.oldest_wait, audit=self.audit_action)
-        self.monitor.attach(self)
-        self.monitor.start()
-        if self.monitor.sampling is not None:
-            self.background.watch(self.monitor.sampling, "monitor", "sampling, metrics and the alert rules",
-                                  essential=False)
-        await self._check_jobs_recorded()
-        self.store.on_stall = functools.partial(self.reactions.storage_blocked, "jobs_db.locked")
-        self.audit.on_stall = functools.partial(self.reactions.storage_blocked, "audit_db.locked")
-        self.dispatcher.on_outputs_blocked = functools.partial(self.reactions.storage_blocked, "outputs.no_space")
+    async def _start_serving(self) -> None:
+        """Open the socket and start the work that runs beside it, once every part is built."""
         await self.server.start()
         self.background.start(self.dispatcher.run(), "dispatcher", "starting queued jobs", essential=True)
         self.background.start(self.key_maintenance.resume_outputs(), "output rewrap",
                               "re-wrapping outputs after a key rotation", essential=False, lasts=False)
-        if cfg.model.preload:
+        if self.config.model.preload:
             self.background.start(self.dispatcher.warm_up(), "model preload", "loading the model at start-up",
                                   essential=False, lasts=False)
         log.info("daemon %s started (pid %d, state %s, queue %s)", __version__, os.getpid(), self.state_dir,
                  "paused" if self.queue.paused else "running")
 
-    async def _check_jobs_recorded(self) -> None:
-        """A job whose `job.submit` entry is not in the log (write-ahead audit never leaves one) is a
-        critical alert: the log lost entries after its anchored checkpoint, or the job was forged."""
-        missing = await self.audit.unrecorded_jobs(await self.store.job_ids())
-        if missing:
-            reason = unrecorded_jobs_reason(missing)
-            log.error("%s", reason)
-            await self.monitor.alerts.raise_alert("audit.unrecorded_jobs", "critical", reason, {"jobs": missing[:20]})
+    # -- the parts, as handlers (daemon.api.registry.DaemonApi) and the lifecycle name them --------
 
-    def _token_counter(self) -> TokenCounter:
-        tokenizer = self.state_dir / "models" / self.config.model.name / "tokenizer" / "tokenizer.json"
-        return TokenCounter(tokenizer if not self.config.model.path else None)
+    @property
+    def keystore(self) -> KeyStore:
+        return self.parts.keystore
+
+    @property
+    def audit(self) -> AuditLog:
+        return self.parts.audit
+
+    @property
+    def store(self) -> JobStore:
+        return self.parts.store
+
+    @property
+    def job_history(self) -> JobHistory:
+        return self.parts.job_history
+
+    @property
+    def key_maintenance(self) -> KeyMaintenance:
+        return self.parts.key_maintenance
+
+    @property
+    def queue(self) -> QueueManager:
+        return self.parts.queue
+
+    @property
+    def worker(self) -> WorkerSupervisor:
+        return self.parts.worker
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        return self.parts.dispatcher
+
+    @property
+    def monitor(self) -> Monitor:
+        return self.parts.monitor
 
     async def audit_action(self, peer: Peer | dict[str, Any] | None, action: str, subject: str,
                            details: dict[str, Any]) -> None:
         """Record a state change in the audit log. `peer` is who asked (a Peer, or an actor dict as
         the monitor keeps it); None means the daemon itself."""
-        audit = getattr(self, "audit", None)
-        if audit is None:
-            return
-        actor = peer if isinstance(peer, dict) else (peer or self.own_peer).actor()
-        await audit.append(actor, action, subject, details)
+        await self.parts.record(peer, action, subject, details)
 
     async def serve(self) -> None:
         await self._stop.wait()
@@ -284,7 +200,10 @@ class Daemon:
         self._stop.set()
 
     def _background_task_failed(self, failure: TaskFailure) -> None:
-        self.reactions.task_failed(failure)
+        """A critical alert naming the task that died and what stopped with it (an alarm event: the
+        background tasks exist before the alert book), raised even if the audit log is what died."""
+        raise_alarm(self.bus, "task." + failure.name.replace(" ", "_"), failure.message(), failure.view(),
+                    audited=False)
         if failure.essential:
             self.exit_code = EXIT_TASK_FAILED
             self.request_stop()
@@ -303,7 +222,7 @@ class Daemon:
             ("closing the socket to new connections", self.server.stop_accepting, CLOSE_TIMEOUT),
             ("draining the running batch", lambda: self.dispatcher.shutdown(grace), grace + CLOSE_TIMEOUT),
             ("stopping background tasks", self.background.cancel_started, CLOSE_TIMEOUT),
-            ("finishing alerts and audit entries in flight", self.reactions.drain, CLOSE_TIMEOUT),
+            ("finishing alerts and audit entries in flight", self.parts.reactions.drain, CLOSE_TIMEOUT),
             ("closing the monitor", self.monitor.close, CLOSE_TIMEOUT),
             ("closing client connections", self.server.close, CLOSE_TIMEOUT),
             ("closing the job history", self.job_history.close, CLOSE_TIMEOUT),
@@ -338,7 +257,7 @@ class Daemon:
         log.info("received %s", sig.name)
         self.request_stop()
 
-    async def run_blocking(self, fn: Any, *args: Any) -> Any:
+    async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
         """Run CPU-heavy or blocking work in the thread pool, never on the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
@@ -371,7 +290,7 @@ class Daemon:
             "stopping": None if self.drain_deadline is None else
             {"drain_left": round(max(0.0, self.drain_deadline - time.time()), 1)},
             "queue": self.queue.status(),
-            "worker": {**self.worker.status(), "halted": self.dispatcher.halted},
+            "worker": self.dispatcher.worker_view(),
             "model": {"name": self.config.model.name, "path": self.config.model.path},
             "audit": {"size": self.audit.size, "anchor": self.audit.trust.status() if self.audit.trust else None},
             "you": {"user": peer.user, "uid": peer.uid, "role": peer.role.label},

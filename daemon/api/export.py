@@ -47,8 +47,8 @@ async def export(ctx: CallContext, job_id: str, index: int = 0, offset: int = 0)
     if offset > len(png):
         raise invalid_params("offset", f"must be between 0 and {len(png)}")
     chunk = png[offset:offset + CHUNK]
-    await queue.audit(ctx.peer, "output.export", job_id, {"index": index, "png_sha256": digest, "offset": offset,
-                                                          "length": len(chunk), "size": len(png)})
+    await ctx.daemon.audit_action(ctx.peer, "output.export", job_id, {
+        "index": index, "png_sha256": digest, "offset": offset, "length": len(chunk), "size": len(png)})
     return {"job_id": job_id, "index": index, "offset": offset, "size": len(png), "sha256": digest,
             "data": base64.b64encode(chunk).decode(), "eof": offset + len(chunk) >= len(png),
             "content_type": "image/png"}

@@ -6,20 +6,20 @@ Times in results are RFC 3339 (with `ts` epoch seconds beside them on samples); 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from daemon.api.registry import CallContext, Role, int64_param, method, time_param
-from daemon.protocol import NOT_FOUND, UNAVAILABLE, RpcError, echo, invalid_params
+from daemon.protocol import NOT_FOUND, RpcError, echo, invalid_params
+
+if TYPE_CHECKING:
+    from daemon.monitor.service import Monitor
 
 MAX_ALERTS = 1000
 AlertState = Literal["open", "active", "acked", "cleared", "all"]
 
 
-def _monitor(ctx: CallContext) -> Any:
-    monitor = getattr(ctx.daemon, "monitor", None)
-    if monitor is None:
-        raise RpcError(UNAVAILABLE, "the monitor is not running")
-    return monitor
+def _monitor(ctx: CallContext) -> Monitor:
+    return ctx.daemon.monitor
 
 
 def _time(name: str, value: float | str | None) -> float | None:

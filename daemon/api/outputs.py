@@ -54,7 +54,7 @@ async def preview(ctx: CallContext, job_id: str, index: int = 0, max_side: int =
     except OutputError as exc:
         raise rpc_error(exc, f"preview of {job_id} image {index}") from None
     width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
-    await queue.audit(ctx.peer, "output.preview", job_id, {"index": index, "max_side": max_side})
+    await ctx.daemon.audit_action(ctx.peer, "output.preview", job_id, {"index": index, "max_side": max_side})
     return {"job_id": job_id, "index": index, "width": width, "height": height,
             "content_type": "image/png", "png": base64.b64encode(png).decode("ascii")}
 
@@ -71,5 +71,5 @@ async def rotate(ctx: CallContext) -> dict[str, Any]:
                "old_signing_kid": result["previous_signing_kid"], "new_signing_kid": result["signing_kid"],
                "rewrapped": result["outputs"]["rewrapped"], "failed": len(result["outputs"]["failed"]),
                "prompts_rewrapped": result["prompts"]["rewrapped"], "prompts_failed": len(result["prompts"]["failed"])}
-    await ctx.daemon.queue.audit(ctx.peer, "keys.rotate", result["signing_kid"], details)
+    await ctx.daemon.audit_action(ctx.peer, "keys.rotate", result["signing_kid"], details)
     return result

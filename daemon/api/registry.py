@@ -11,23 +11,75 @@ import inspect
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Union
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol, TypeVar, Union
 
 from daemon.auth import Peer, Role
 from daemon.protocol import METHOD_NOT_FOUND, NOT_PERMITTED, RpcError, echo, invalid_params
 
-__all__ = ["CallContext", "Method", "Role", "method", "METHODS", "lookup", "time_param", "int64_param"]
+if TYPE_CHECKING:  # the parts' modules import heavy packages; handlers get them at run time from the daemon
+    from daemon.api.limits import CallLimits
+    from daemon.audit.log import AuditLog
+    from daemon.connection import Connection
+    from daemon.crypto.keys import KeyStore
+    from daemon.dispatch import Dispatcher
+    from daemon.monitor.service import Monitor
+    from daemon.outputs.sink import KeyMaintenance
+    from daemon.queue.history import JobHistory
+    from daemon.queue.manager import QueueManager
+    from daemon.queue.store import JobStore
+
+__all__ = ["CallContext", "DaemonApi", "Method", "Role", "method", "METHODS", "lookup", "time_param",
+           "int64_param"]
 
 INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
+T = TypeVar("T")
+
+
+class DaemonApi(Protocol):
+    """Exactly what the method handlers use of the daemon (daemon.service.Daemon is one), so a
+    reader and mypy can follow every handler into the part it calls."""
+
+    @property
+    def queue(self) -> QueueManager: ...
+    @property
+    def dispatcher(self) -> Dispatcher: ...
+    @property
+    def monitor(self) -> Monitor: ...
+    @property
+    def audit(self) -> AuditLog: ...
+    @property
+    def store(self) -> JobStore: ...
+    @property
+    def job_history(self) -> JobHistory: ...
+    @property
+    def keystore(self) -> KeyStore: ...
+    @property
+    def key_maintenance(self) -> KeyMaintenance: ...
+    @property
+    def call_limits(self) -> CallLimits: ...
+    @property
+    def outputs_dir(self) -> Path: ...
+
+    def status(self, peer: Peer) -> dict[str, Any]:
+        """`daemon.status` for `peer`."""
+
+    async def audit_action(self, peer: Peer | dict[str, Any] | None, action: str, subject: str,
+                           details: dict[str, Any]) -> None:
+        """Record a state change in the audit log (None: the daemon itself)."""
+
+    async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run blocking work in the daemon's thread pool."""
 
 
 @dataclass
 class CallContext:
-    """What a handler may use: the daemon, who is calling, and their connection."""
+    """What a handler may use: the daemon's parts, who is calling, and their connection (None for
+    a call made in-process)."""
 
-    daemon: Any
+    daemon: DaemonApi
     peer: Peer
-    connection: Any = None
+    connection: Connection | None = None
 
     def require(self, role: Role, action: str) -> None:
         if self.peer.role < role:

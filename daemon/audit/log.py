@@ -42,6 +42,8 @@ MAX_TAIL = 1000
 class AuditLog:
     """See the module docstring. Create with `await AuditLog.open(...)`."""
 
+    trust: Trust | None
+
     def __init__(self) -> None:
         raise TypeError("use `await AuditLog.open(...)`")
 
@@ -49,7 +51,8 @@ class AuditLog:
     async def open(cls, path: Path, signing_key: Ed25519PrivateKey, origin: str, *,
                    checkpoint_every_entries: int = 1000, checkpoint_every_seconds: float = 60.0,
                    commit_max_batch: int = 1024, commit_max_delay_ms: float = 0.0,
-                   previous_key: Ed25519PrivateKey | None = None, trust: Trust | None = None) -> "AuditLog":
+                   previous_key: Ed25519PrivateKey | None = None, trust: Trust | None = None,
+                   on_stall: Callable[[str | None], Any] | None = None) -> "AuditLog":
         """Open or create the log at `path`.
 
         A new log records `origin` (the installation name, also the checkpoint key name) and
@@ -59,6 +62,7 @@ class AuditLog:
         `signing_key` is recorded first (recovery from a crash in the middle of a rotation).
         With `trust` (daemon.audit.anchor), the log must start at the anchored key and extend the
         anchored checkpoint (else AuditTrustError), and the anchor follows each checkpoint.
+        `on_stall` is told (message) when appends wait on a lock another process holds, (None) once they commit.
         """
         cpmod.check_origin(origin)
         if checkpoint_every_entries < 1 or checkpoint_every_seconds <= 0 or commit_max_batch < 1:
@@ -92,8 +96,7 @@ class AuditLog:
         self._subscribers: list[Callable[[dict[str, Any]], Any]] = []
         self._closing = False
         self._closed = False
-        self.on_stall: Callable[[str | None], Any] = lambda message: None
-        """Told (message) when appends wait on a lock another process holds, and (None) once they commit."""
+        self.on_stall: Callable[[str | None], Any] = on_stall or (lambda message: None)
         self._committer = asyncio.create_task(self._commit_loop(), name="audit-committer")
         self._committer.add_done_callback(self._refuse_waiting)
         return self

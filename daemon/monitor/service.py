@@ -32,10 +32,13 @@ from daemon.monitor.ring import Ring
 from daemon.monitor.rules import GIB, LEVELS, Evaluator, rules_from_config
 from daemon.monitor.sampler import Inputs, Sampler
 from daemon.monitor.service_metrics import ServiceMetrics, attach
+from daemon.queue.jobs import FAILED, SUCCEEDED
 from daemon.timefmt import rfc3339
 
 if TYPE_CHECKING:
-    from daemon.service import Daemon
+    from daemon.audit.log import AuditLog
+    from daemon.queue.manager import QueueManager
+    from daemon.worker.supervisor import WorkerSupervisor
 
 log = logging.getLogger("sai.monitor")
 
@@ -236,10 +239,16 @@ class Monitor:
 
     # -- what the daemon feeds in -------------------------------------------------------------
 
-    def attach(self, daemon: "Daemon") -> None:
+    def attach(self, queue: "QueueManager", worker: "WorkerSupervisor", audit: "AuditLog") -> None:
         """Feed the service metrics (daemon.monitor.service_metrics) from the daemon's parts, once
-        they are open; until then the exposition carries the host figures only."""
-        attach(self.service, daemon)
+        they are open (until then the exposition carries the host figures only), and the failure-rate
+        rule from the `job` events of jobs that succeed or fail (the queue never calls up here)."""
+        attach(self.service, self.bus, queue, worker, audit)
+        self.bus.listen({"job"}, self._job_event)
+
+    def _job_event(self, topic: str, data: dict[str, Any]) -> None:
+        if data.get("kind") == "state" and data.get("state") in (SUCCEEDED, FAILED):
+            self.record_job_outcome(data["state"] == SUCCEEDED)
 
     def record_job_outcome(self, succeeded: bool) -> None:
         """A job finished (True) or failed (False); feeds the failure-rate rule. Cancelled jobs: do not call."""

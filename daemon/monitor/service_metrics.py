@@ -33,7 +33,10 @@ from daemon.queue.jobs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job
 from daemon.timefmt import parse_rfc3339
 
 if TYPE_CHECKING:
-    from daemon.service import Daemon
+    from daemon.audit.log import AuditLog
+    from daemon.events import EventBus
+    from daemon.queue.manager import QueueManager
+    from daemon.worker.supervisor import WorkerSupervisor
 
 log = logging.getLogger("sai.monitor.metrics")
 
@@ -95,6 +98,10 @@ class StateCollector(Collector):
 
     def __init__(self) -> None:
         self.state: DaemonState | None = None
+
+    def read_from(self, state: DaemonState) -> None:
+        """Read the gauges from `state` at every scrape from now on."""
+        self.state = state
 
     def collect(self) -> Iterator[Metric]:
         state = self.state
@@ -229,12 +236,13 @@ def chain_batch_figures(metrics: ServiceMetrics, keep: BatchFigures) -> BatchFig
     return figures
 
 
-def attach(metrics: ServiceMetrics, daemon: "Daemon") -> None:
-    """Feed `metrics` from a started daemon's parts: its bus, queue, worker, audit log and dispatcher."""
-    queue, worker, audit = daemon.queue, daemon.worker, daemon.audit
-    metrics.state.state = DaemonState(
+def attach(metrics: ServiceMetrics, bus: "EventBus", queue: "QueueManager", worker: "WorkerSupervisor",
+           audit: "AuditLog") -> None:
+    """Feed `metrics` from the daemon's parts: events from its bus, scrape-time state from its queue,
+    worker and audit log. (The dispatcher's batch figures come through `chain_batch_figures`, given
+    to the dispatcher when it is built.)"""
+    metrics.state.read_from(DaemonState(
         jobs=lambda: list(queue.active.values()), paused=lambda: queue.paused, worker_up=lambda: worker.alive,
         audit_size=lambda: audit.size, audit_checkpointed=lambda: audit.checkpointed,
-        audit_checkpoints=lambda: audit.stats["checkpoints"], version=__version__)
-    daemon.bus.listen({"job", "audit", "queue"}, metrics.on_event)
-    daemon.dispatcher.on_batch_figures = chain_batch_figures(metrics, daemon.dispatcher.on_batch_figures)
+        audit_checkpoints=lambda: audit.stats["checkpoints"], version=__version__))
+    bus.listen({"job", "audit", "queue"}, metrics.on_event)

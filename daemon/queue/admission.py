@@ -132,6 +132,10 @@ class Admission:
         self.tokens = tokens or TokenCounter(None)
         self._buckets: dict[int, TokenBucket] = {}
 
+    def count_tokens_with(self, tokens: TokenCounter) -> None:
+        """Count prompt tokens with `tokens` from now on (the loaded model's own tokenizer)."""
+        self.tokens = tokens
+
     def rate_limit(self, uid: int, user: str, queued_by_user: int) -> None:
         if queued_by_user >= self.queue.max_queued_per_user:
             raise RpcError(RATE_LIMITED, f"{user} already has {queued_by_user} jobs queued, the most allowed; "

@@ -10,31 +10,41 @@ import asyncio
 import logging
 import os
 import time
-from typing import Any, Awaitable, Callable
+from pathlib import Path
+from typing import Any, Callable, Coroutine
 
 from daemon.auth import Peer, Role
 from daemon.config import Config
 from daemon.events import EventBus
 from daemon.protocol import CONFLICT, NOT_FOUND, NOT_PERMITTED, UNAVAILABLE, RpcError, echo
 from daemon.queue import scheduler
-from daemon.queue.admission import Admission
+from daemon.queue.admission import Admission, TokenCounter
 from daemon.queue.jobs import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, Job, new_job_id
 from daemon.queue.store import JobStore
+from daemon.worker.memory_model import MemoryModel
 
 log = logging.getLogger("sai.queue")
 
-Auditor = Callable[[Peer | None, str, str, dict[str, Any]], Awaitable[Any]]
+Auditor = Callable[[Peer | None, str, str, dict[str, Any]], Coroutine[Any, Any, None]]
+"""(who asked or None for the daemon, action, subject, details): records one audit entry."""
+Jobs = list[Job]
+"""(`QueueManager.list` hides the builtin inside the class body.)"""
 PromptDigest = Callable[[str, str], dict[str, str]]
 """(prompt, negative_prompt) -> the audit fields that stand for them (keyed digests, never text)."""
 
 
-async def not_audited(peer: Peer | None, action: str, subject: str, details: dict[str, Any]) -> None:
-    """Stands in until the daemon connects its audit log."""
-
-
 class QueueManager:
-    def __init__(self, store: JobStore, admission: Admission, bus: EventBus, config: Config,
+    """The queue calls nothing above it: what it needs comes in at construction, and what happens
+    to its jobs goes out as `job`/`queue` events on the bus (the monitor counts finished jobs from
+    those events, so there is no finished callback to call up into the service)."""
+
+    def __init__(self, store: JobStore, admission: Admission, bus: EventBus, config: Config, *,
+                 audit: Auditor, memory: MemoryModel, capacity: Callable[[], int | None],
                  model_id: Callable[[], str], prompt_digest: PromptDigest) -> None:
+        """`audit` records submits, refusals, starts, finishes and the other state changes
+        (write-ahead); `memory` is the memory model the dispatcher also feeds and sizes batches
+        with, and `capacity` the bytes the worker can use: together they refuse at submit a job
+        that can never fit; `model_id` names the model a new job is made with."""
         self.store = store
         self.prompt_digest = prompt_digest
         self.admission = admission
@@ -51,9 +61,9 @@ class QueueManager:
         self._seq = 0
         self._tokens: dict[tuple[int, str], asyncio.Future[str | None]] = {}
         self._submitting: dict[int, int] = {}
-        self.audit: Auditor = not_audited
-        self.on_finished: Callable[[Job], Any] = lambda job: None
-        self.fit_refusal: Callable[[dict[str, Any]], str | None] = lambda params: None
+        self.audit = audit
+        self.memory = memory
+        self.capacity = capacity
 
     async def recover(self) -> list[Job]:
         """Load unfinished jobs; those that were running go back to the queue (or fail past the limit)."""
@@ -194,7 +204,7 @@ class QueueManager:
             rule = {"rule": exc.data["rule"]} if exc.data and "rule" in exc.data else {}
             await self.audit(peer, "job.refuse", "", {"code": exc.code, "reason": exc.message, **rule})
             raise
-        refusal = self.fit_refusal(admitted.params)
+        refusal = self.memory.refusal(admitted.params["width"], admitted.params["height"], self.capacity())
         if refusal:
             await self.audit(peer, "job.refuse", "", {"code": UNAVAILABLE, "reason": refusal})
             raise RpcError(UNAVAILABLE, refusal, {"reason": "memory"})
@@ -217,6 +227,10 @@ class QueueManager:
         self._publish_state(job)
         self.work.set()
         return job
+
+    def use_tokenizer(self, tokenizer_json: Path, max_tokens: int) -> None:
+        """Count prompt tokens with the loaded model's own tokenizer from now on."""
+        self.admission.count_tokens_with(TokenCounter(tokenizer_json, max_tokens))
 
     def _submit_reply(self, job: Job, duplicate: bool = False) -> dict[str, Any]:
         reply = {"job_id": job.job_id, "position": self.position(job), "risk": job.risk,
@@ -278,10 +292,10 @@ class QueueManager:
 
     # -- the dispatcher's side -----------------------------------------------------------------
 
-    def next_batch(self, image_budget: int | None = None) -> list[Job]:
+    def next_batch(self, image_budget: int | None = None) -> Jobs:
         return scheduler.pick_batch(self.queued(), time.time(), self.policy, image_budget)
 
-    def hand_over(self, jobs: list[Job]) -> None:
+    def hand_over(self, jobs: Jobs) -> None:
         """Handed to the worker, where they may wait behind the running batch: out of the index, but
         still queued (and kept as queued) until the worker begins them."""
         for job in jobs:
@@ -290,7 +304,7 @@ class QueueManager:
             job.handed, job.started_at, job.progress, job.error = True, None, 0.0, None
             self._publish_state(job)
 
-    def begin(self, jobs: list[Job]) -> list[Job]:
+    def begin(self, jobs: Jobs) -> Jobs:
         """The worker began the batch (its first step): the jobs still handed run from now on, and an
         attempt counts. At once, so this very step's progress is theirs; `record_start` commits it."""
         now = time.time()
@@ -301,7 +315,7 @@ class QueueManager:
             job.attempts += 1
         return live
 
-    async def record_start(self, jobs: list[Job]) -> None:
+    async def record_start(self, jobs: Jobs) -> None:
         batch = [job.job_id for job in jobs]
         await asyncio.gather(*(self.audit(None, "job.start", job.job_id, {"attempt": job.attempts, "batch": batch})
                                for job in jobs))
@@ -309,7 +323,7 @@ class QueueManager:
         for job in jobs:
             self._publish_state(job)
 
-    def progress(self, jobs: list[Job], step: int, steps: int) -> None:
+    def progress(self, jobs: Jobs, step: int, steps: int) -> None:
         fraction = step / steps if steps else 0.0
         for job in jobs:
             if job.state == RUNNING:
@@ -328,7 +342,7 @@ class QueueManager:
             job.progress = job.progress if state == CANCELLED else 0.0
         self.active.pop(job.job_id, None)
 
-    async def finish(self, jobs: list[Job], state: str, error: str | None = None) -> None:
+    async def finish(self, jobs: Jobs, state: str, error: str | None = None) -> None:
         for job in jobs:
             self._finish(job, state, error)
             if state == "succeeded":
@@ -339,10 +353,9 @@ class QueueManager:
         await self.store.save_many(jobs)
         for job in jobs:
             self._publish_state(job)
-            self.on_finished(job)
         self.work.set()
 
-    async def requeue(self, jobs: list[Job], reason: str, count_attempt: bool = True) -> list[Job]:
+    async def requeue(self, jobs: Jobs, reason: str, count_attempt: bool = True) -> Jobs:
         """Back to the queue after an interruption; jobs past the attempt limit are quarantined
         (failed, with the reason). Jobs of a crashed batch run alone from then on, so one poison
         job cannot take the others down with it. Returns the jobs that failed."""
@@ -365,7 +378,5 @@ class QueueManager:
         await self.store.save_many(jobs)
         for job in jobs:
             self._publish_state(job)
-        for job in failed:
-            self.on_finished(job)
         self.work.set()
         return failed

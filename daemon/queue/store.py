@@ -113,11 +113,11 @@ def _runs(group: list[tuple[str, tuple[Any, ...], Any]]) -> list[tuple[str, list
 
 class JobStore:
     def __init__(self, db: aiosqlite.Connection, sealer: TextSealer, max_group: int = 1024,
-                 path: Path | None = None) -> None:
+                 path: Path | None = None, on_stall: Callable[[str | None], Any] | None = None) -> None:
         self._db = db
         self.sealer = sealer
         self.path = path
-        self.on_stall: Callable[[str | None], Any] = lambda message: None
+        self.on_stall: Callable[[str | None], Any] = on_stall or (lambda message: None)
         """Told (message) when writes wait on a lock another process holds, and (None) once they commit."""
         self._pending: asyncio.Queue[tuple[str, tuple[Any, ...], asyncio.Future[None]]] = asyncio.Queue()
         self._max_group = max_group
@@ -138,7 +138,9 @@ class JobStore:
                 fut.set_exception(JobStoreClosed("the job store's committer stopped before writing this"))
 
     @classmethod
-    async def open(cls, path: Path, sealer: TextSealer | None = None) -> "JobStore":
+    async def open(cls, path: Path, sealer: TextSealer | None = None, *,
+                   on_stall: Callable[[str | None], Any] | None = None) -> "JobStore":
+        """`on_stall` is told (message) when writes wait on a lock another process holds, (None) once they commit."""
         db = await aiosqlite.connect(path)
         await db.execute("PRAGMA journal_mode=WAL")
         await db.execute("PRAGMA synchronous=FULL")
@@ -147,7 +149,7 @@ class JobStore:
         await db.executescript(SCHEMA)
         await db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         await db.commit()
-        return cls(db, sealer or PlainText(), path=path)
+        return cls(db, sealer or PlainText(), path=path, on_stall=on_stall)
 
     async def close(self) -> None:
         if not self._writer.done():

@@ -62,8 +62,7 @@ class _Running:
 
 
 class WorkerSupervisor:
-    def __init__(self, spec: dict[str, Any],
-                 watch_reader: Callable[["asyncio.Task[None]"], object] = lambda reader: None) -> None:
+    def __init__(self, spec: dict[str, Any], *, watch_reader: Callable[["asyncio.Task[None]"], object]) -> None:
         """`watch_reader` is given each worker's reader task: one that raises leaves that worker's
         batches unanswered, so the daemon watches it (daemon.background)."""
         self.spec = spec
@@ -91,6 +90,12 @@ class WorkerSupervisor:
     @property
     def alive(self) -> bool:
         return self.process is not None and self.process.returncode is None
+
+    def capacity(self) -> int | None:
+        """Bytes the worker can use for generation (device memory, or its address-space cap), as its
+        last memory report says; None before it has reported."""
+        capacity = self.info.get("memory", {}).get("capacity")
+        return int(capacity) if capacity else None
 
     def status(self) -> dict[str, Any]:
         return {"state": self.state, "pid": self.pid, "restarts": self.restarts, "last_error": self.last_error,

@@ -26,9 +26,6 @@ from out_helpers import image, keys_dir, keystore, make_info, out_dir, settings 
 
 
 class StubQueue:
-    def __init__(self) -> None:
-        self.audited: list[tuple[str, str, dict]] = []
-
     async def get(self, job_id: str) -> Any:
         return type("Job", (), {"job_id": job_id, "uid": 1000, "user": "alice"})()
 
@@ -36,15 +33,19 @@ class StubQueue:
         if peer.uid != job.uid and peer.role < Role.ADMIN:
             raise RpcError(NOT_PERMITTED, f"{action} of {job.user}'s job needs the admin role")
 
-    async def audit(self, peer: Peer, action: str, subject: str, details: dict) -> None:
-        self.audited.append((action, subject, details))
 
 
 class StubDaemon:
+    """The part of daemon.api.registry.DaemonApi these handlers use; audit entries are kept in a list."""
+
     def __init__(self, keystore: KeyStore, outputs_dir: Path) -> None:
         self.keystore, self.outputs_dir, self.queue = keystore, outputs_dir, StubQueue()
         self.executor = ThreadPoolExecutor(2)
         self.call_limits = CallLimits.from_config(config.load(system_file=None, environ={}).daemon)
+        self.audited: list[tuple[str, str, dict]] = []
+
+    async def audit_action(self, peer: Peer, action: str, subject: str, details: dict) -> None:
+        self.audited.append((action, subject, details))
 
     async def run_blocking(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -88,7 +89,7 @@ async def test_preview(daemon: StubDaemon) -> None:
     png = base64.b64decode(result["png"])
     with Image.open(io.BytesIO(png)) as im:
         assert im.size == (64, 64) == (result["width"], result["height"])
-    assert daemon.queue.audited[-1][:2] == ("output.preview", "job-a")
+    assert daemon.audited[-1][:2] == ("output.preview", "job-a")
     with pytest.raises(RpcError) as caught:
         await api.preview(ctx(daemon, uid=2000), job_id="job-a")
     assert caught.value.code == NOT_PERMITTED
@@ -120,7 +121,7 @@ async def test_rotate(daemon: StubDaemon, keys_dir: Path, tmp_path: Path) -> Non
         assert result["previous_kek_id"] == old_kek != result["kek_id"] == daemon.keystore.current_kek_id
         assert result["outputs"]["rewrapped"] == 2 and not result["outputs"]["failed"]
         assert result["prompts"] == {"rewrapped": 1, "failed": []}
-        assert daemon.queue.audited[-1][0] == "keys.rotate"
+        assert daemon.audited[-1][0] == "keys.rotate"
         assert export_output(daemon.outputs_dir, "job-a", 1, KeyStore.open(keys_dir))[:4] == b"\x89PNG"
         async with store._db.execute("SELECT prompt, negative_prompt FROM jobs") as cur:
             blobs = list(await cur.fetchone())

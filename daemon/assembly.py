@@ -1,0 +1,212 @@
+"""Building the daemon's parts, in order, each given what it uses when it is made.
+
+`assemble` opens the parts bottom-up, so every collaborator exists before the part that uses it:
+keys, then the audit log, the job store and history, the worker supervisor and the memory model,
+the queue, the monitor, the reactions, the dispatcher. Nothing is assigned into a part after it
+is built. Where a lower part must tell an upper one something, it does so through a hook it was
+given (the dispatcher's `WorkerEvents`) or an event on the bus (`job` events for the monitor's
+failure rate, `alarm` events for alerts from parts built before the alert book: daemon.alarms).
+
+The lifecycle (`startup`, `serve`, `shutdown`, signals) stays in daemon.service.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import Executor
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+from daemon import __version__
+from daemon.alarms import Alarm
+from daemon.audit.anchor import FILE_NAME as ANCHOR_FILE, Trust, unrecorded_jobs_reason
+from daemon.audit.entry import key_id
+from daemon.audit.log import AuditLog
+from daemon.auth import Peer
+from daemon.background import BackgroundTasks
+from daemon.config import Config
+from daemon.crypto.envelope import PromptSealer
+from daemon.crypto.keys import KeyStore
+from daemon.crypto.passphrase import PassphraseSources
+from daemon.crypto.prompt_mac import PromptMac
+from daemon.dispatch import Dispatcher
+from daemon.events import EventBus
+from daemon.monitor.service import Monitor
+from daemon.monitor.service_metrics import chain_batch_figures
+from daemon.outputs.pipeline import OutputSettings
+from daemon.outputs.sink import KeyMaintenance, ProtectedSink
+from daemon.queue.admission import Admission, TokenCounter
+from daemon.queue.history import JobHistory
+from daemon.queue.manager import QueueManager
+from daemon.queue.store import JobStore
+from daemon.reactions import Reactions
+from daemon.safefiles import ensure_dir, remove_stale_temps
+from daemon.worker.memory_model import MemoryModel
+from daemon.worker.supervisor import WorkerSupervisor
+
+log = logging.getLogger("sai.daemon")
+
+RunBlocking = Callable[..., Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where this daemon lives and what it calls itself."""
+
+    state_dir: Path
+    outputs_dir: Path
+    socket_path: Path
+    installation: str
+    embedded: bool
+
+
+class ActionRecorder:
+    """Records a state change in the audit log: the one audit append every part is given."""
+
+    def __init__(self, log: AuditLog, own_peer: Peer) -> None:
+        self.log = log
+        self.own_peer = own_peer
+
+    async def __call__(self, peer: Peer | dict[str, Any] | None, action: str, subject: str,
+                       details: dict[str, Any]) -> None:
+        """`peer` is who asked (a Peer, or an actor dict as the monitor keeps it); None means the daemon."""
+        actor = peer if isinstance(peer, dict) else (peer or self.own_peer).actor()
+        await self.log.append(actor, action, subject, details)
+
+
+@dataclass(frozen=True)
+class Parts:
+    keystore: KeyStore
+    output_settings: OutputSettings
+    audit: AuditLog
+    record: ActionRecorder
+    store: JobStore
+    job_history: JobHistory
+    key_maintenance: KeyMaintenance
+    worker: WorkerSupervisor
+    queue: QueueManager
+    monitor: Monitor
+    reactions: Reactions
+    dispatcher: Dispatcher
+
+
+async def assemble(config: Config, site: Site, *, bus: EventBus, background: BackgroundTasks,
+                   executor: Executor, run_blocking: RunBlocking, passphrases: PassphraseSources,
+                   own_peer: Peer, opened: AsyncExitStack) -> Parts:
+    """Open every part in order. Each part that must be closed is pushed on `opened` as soon as it
+    is open, so the caller closes exactly what was opened when a later step fails."""
+    cfg = config
+    output_settings = OutputSettings.from_config(cfg)
+    keys_dir = site.state_dir / "keys"
+    keys_created = KeyStore.is_sealed(keys_dir) is None  # first start: for the audit log
+    passphrase = passphrases.resolve(keys_dir, seal_new=cfg.keys.sealed)
+    keystore: KeyStore = await run_blocking(
+        lambda: KeyStore.open(keys_dir, passphrase, scrypt_log2_n=cfg.keys.scrypt_log2_n))
+    ensure_dir(site.outputs_dir, 0o700)
+    removed = await run_blocking(remove_stale_temps, site.outputs_dir)
+    if removed:
+        log.warning("removed %d unfinished temp file(s) from %s", len(removed), site.outputs_dir)
+
+    audit = await _open_audit(cfg, site, keystore, bus, run_blocking, opened)
+    background.watch(audit.committer, "audit committer",
+                     "audited actions (submit, cancel, pause) and job finishes", essential=True)
+    if keystore.previous_signing_key is not None:  # the log now announces the current key
+        await run_blocking(keystore.retire_previous_signing_key)
+    audit.subscribe(lambda entry: bus.publish("audit", entry) if bus.wants("audit") else None)
+    record = ActionRecorder(audit, own_peer)
+    if keys_created:
+        await record(None, "keys.create", keystore.signing_kid,
+                     {"kek_id": keystore.current_kek_id, "signing_kid": keystore.signing_kid})
+    await record(None, "daemon.start", site.installation,
+                 {"version": __version__, "pid": os.getpid(), "socket": str(site.socket_path),
+                  "embedded": site.embedded})
+
+    store = await JobStore.open(site.state_dir / "jobs.sqlite3", PromptSealer(keystore),
+                                on_stall=Alarm(bus, "jobs_db.locked"))
+    opened.push_async_callback(store.close)
+    background.watch(store.writer, "job store committer",
+                     "saving jobs (submits, state changes, finishes)", essential=True)
+    job_history = await JobHistory.open(site.state_dir / "jobs.sqlite3")
+    opened.push_async_callback(job_history.close)
+    key_maintenance = KeyMaintenance(keystore, store, site.outputs_dir, run_blocking)
+    await key_maintenance.resume_prompts()
+
+    worker = WorkerSupervisor({
+        "model": cfg.model.name, "path": cfg.model.path, "config_dir": cfg.model.config_dir,
+        "device": cfg.model.device, "scheduler": cfg.model.scheduler, "threads": cfg.model.threads,
+        "memory_headroom_mb": cfg.model.memory_headroom_mb, "pipeline_wrapper": cfg.worker.pipeline_wrapper,
+        "state_dir": str(site.state_dir), "heartbeat_seconds": cfg.worker.heartbeat_seconds},
+        watch_reader=lambda reader: background.watch(
+            reader, "worker reader", "hearing from the worker (progress, images, its exit)",
+            essential=True, lasts=False))
+    memory = MemoryModel()  # the queue refuses what can never fit, the dispatcher sizes batches: one model
+    queue = QueueManager(store, Admission(cfg, _token_counter(cfg, site.state_dir)), bus, cfg,
+                         audit=record, memory=memory, capacity=worker.capacity,
+                         model_id=lambda: worker.info.get("model_id") or cfg.model.name,
+                         prompt_digest=PromptMac(keystore).details)
+    recovered = await queue.recover()
+    if recovered:
+        log.warning("recovered %d job(s) that were running when the daemon stopped", len(recovered))
+    sink = ProtectedSink(keystore, output_settings, site.outputs_dir,
+                         lambda: worker.info.get("weights_sha256") or "")
+    for job in recovered:  # what an interrupted attempt wrote was never reported to anyone
+        await run_blocking(sink.discard, job.job_id, job.count, "removing the files of an interrupted attempt")
+
+    monitor = await Monitor.open(cfg, site.state_dir, site.outputs_dir, bus,
+                                 worker_pid=lambda: worker.pid,
+                                 worker_memory=lambda: worker.info.get("memory"),
+                                 queue_wait=queue.oldest_wait, audit=record)
+    opened.push_async_callback(monitor.close)
+    monitor.attach(queue, worker, audit)
+    monitor.start()
+    if monitor.sampling is not None:
+        background.watch(monitor.sampling, "monitor", "sampling, metrics and the alert rules", essential=False)
+    reactions = Reactions(alerts=monitor.alerts, bus=bus, audit=record, queue=queue)
+
+    dispatcher = Dispatcher(
+        queue, worker, sink, executor, cfg.queue.max_batch, cfg.worker,
+        audit=record, memory=memory, worker_events=reactions, outputs_blocked=Alarm(bus, "outputs.no_space"),
+        batch_figures=chain_batch_figures(monitor.service, job_history.record_batch),
+        watch_work=lambda task, name, duty, holds_jobs: background.watch(
+            task, name, duty, essential=holds_jobs, lasts=False))
+    await _check_jobs_recorded(audit, store, monitor)
+    return Parts(keystore=keystore, output_settings=output_settings, audit=audit, record=record, store=store,
+                 job_history=job_history, key_maintenance=key_maintenance, worker=worker, queue=queue,
+                 monitor=monitor, reactions=reactions, dispatcher=dispatcher)
+
+
+async def _open_audit(cfg: Config, site: Site, keystore: KeyStore, bus: EventBus, run_blocking: RunBlocking,
+                      opened: AsyncExitStack) -> AuditLog:
+    """The audit chain in its own SQLite file (its commits never wait on the queue's), signed
+    with the installation's signing key; every entry is also an `audit` event."""
+    settings = cfg.audit
+    origin = "".join(c if c.isalnum() or c in "-._/" else "-" for c in site.installation) + "/sai-audit"
+    trust = Trust(keystore.keys_dir / ANCHOR_FILE, lambda: {
+        key_id(raw): raw for raw in (k.public_bytes_raw() for k in keystore.public_keys().values())})
+    audit = await AuditLog.open(site.state_dir / "audit.db", keystore.signing_key, origin, trust=trust,
+                                checkpoint_every_entries=settings.checkpoint_every_entries,
+                                checkpoint_every_seconds=settings.checkpoint_every_seconds,
+                                commit_max_batch=settings.commit_max_batch,
+                                commit_max_delay_ms=settings.commit_max_delay_ms,
+                                previous_key=keystore.previous_signing_key,
+                                on_stall=Alarm(bus, "audit_db.locked"))
+    opened.push_async_callback(audit.close)
+    return audit
+
+
+async def _check_jobs_recorded(audit: AuditLog, store: JobStore, monitor: Monitor) -> None:
+    """A job whose `job.submit` entry is not in the log (write-ahead audit never leaves one) is a
+    critical alert: the log lost entries after its anchored checkpoint, or the job was forged."""
+    missing = await audit.unrecorded_jobs(await store.job_ids())
+    if missing:
+        reason = unrecorded_jobs_reason(missing)
+        log.error("%s", reason)
+        await monitor.alerts.raise_alert("audit.unrecorded_jobs", "critical", reason, {"jobs": missing[:20]})
+
+
+def _token_counter(config: Config, state_dir: Path) -> TokenCounter:
+    tokenizer = state_dir / "models" / config.model.name / "tokenizer" / "tokenizer.json"
+    return TokenCounter(tokenizer if not config.model.path else None)
