@@ -21,6 +21,8 @@ class ExitCode(IntEnum):
     VERIFY_FAILED = 7
     ALREADY_RUNNING = 8
     NOT_STARTED = 9
+    DOCTOR_WARNINGS = 10
+    DOCTOR_FAILED = 11
     TASK_FAILED = 70
     INTERRUPTED = 130
 
@@ -47,6 +49,8 @@ MEANINGS: dict[ExitCode, str] = {
                             "consistency, sai verify, a backup that sai restore refuses)",
     ExitCode.ALREADY_RUNNING: "sai daemon: another daemon holds the socket or the state directory",
     ExitCode.NOT_STARTED: "sai daemon refused to start: bad configuration, a damaged key, a rewritten audit log",
+    ExitCode.DOCTOR_WARNINGS: "sai doctor: no check failed, but at least one warns",
+    ExitCode.DOCTOR_FAILED: "sai doctor: at least one check failed (the box is not ready)",
     ExitCode.TASK_FAILED: "sai daemon: a task it cannot do without died (systemd restarts it)",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C); a job already submitted goes on",
 }

@@ -14,7 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     doctor = sub.add_parser(
         "doctor", help="preflight: versions against the lock, torch and GPUs, disk, key modes, config, models, clock",
-        description="Checks this box without a daemon. Exit code 0: all OK; 1: warnings; 2: a check failed. "
+        description="Checks this box without a daemon. Exit status 0: all OK; 10: warnings; 11: a check failed. "
                     "Run it as the daemon's user, or give --user.")
     doctor.add_argument("--lock", metavar="FILE",
                         help="the lock file the installation was made from (default: PREFIX/requirements.lock beside "
@@ -28,13 +28,14 @@ async def doctor_command(args: argparse.Namespace, client: None) -> int:
     import asyncio
 
     from console.cli import fail, print_json
+    from daemon.exitcodes import ExitCode
     from daemon.doctor import exit_code
     from daemon.doctor.run import run_checks
 
     try:
         uid = pwd.getpwnam(args.user).pw_uid if args.user else os.geteuid()
     except KeyError:
-        return fail(f"doctor: no user named {args.user!r}", 2)
+        return fail(f"doctor: no user named {args.user!r}", ExitCode.USAGE)
     checks = await asyncio.to_thread(run_checks, args.config, args.state_dir, args.lock, uid)
     if args.json:
         print_json([c.as_dict() for c in checks])

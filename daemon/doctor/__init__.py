@@ -9,8 +9,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable
 
+from daemon.exitcodes import ExitCode
+
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
-EXIT_CODES = {OK: 0, WARN: 1, FAIL: 2}
+EXIT_CODES = {OK: ExitCode.OK, WARN: ExitCode.DOCTOR_WARNINGS, FAIL: ExitCode.DOCTOR_FAILED}
 
 
 @dataclass(frozen=True)
@@ -37,5 +39,5 @@ def fail(check: str, detail: str, fix: str) -> Check:
 
 
 def exit_code(checks: Iterable[Check]) -> int:
-    """0 when every check is OK, 1 when the worst is a warning, 2 when one failed."""
+    """0 when every check is OK, 10 when the worst is a warning, 11 when one failed (daemon.exitcodes)."""
     return max((EXIT_CODES[c.status] for c in checks), default=0)

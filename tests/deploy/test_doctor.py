@@ -51,7 +51,7 @@ def state(healthy: DaemonProcess, tmp_path: Path) -> Path:
 
 def doctor(state_dir: Path, config: Path, *extra: str) -> tuple[int, dict[str, dict[str, Any]]]:
     done = run_sai("doctor", "--json", "--state-dir", str(state_dir), "--config", str(config), *extra)
-    assert done.returncode in (0, 1, 2), done.stderr
+    assert done.returncode in (0, 10, 11), done.stderr
     checks = json.loads(done.stdout)
     assert all(set(c) == {"check", "status", "detail", "fix"} for c in checks), checks
     return done.returncode, {c["check"]: c for c in checks}
@@ -71,8 +71,8 @@ def test_healthy_state_passes_with_a_table(healthy: DaemonProcess) -> None:
     before = sorted(os.listdir(healthy.state_dir))
     code, checks = doctor(healthy.state_dir, healthy.config_file)
     assert sorted(os.listdir(healthy.state_dir)) == before, "doctor created files in the state dir"
-    assert code in (0, 1) and not failed(checks), checks
-    assert code == (1 if any(c["status"] == "WARN" for c in checks.values()) else 0)
+    assert code in (0, 10) and not failed(checks), checks
+    assert code == (10 if any(c["status"] == "WARN" for c in checks.values()) else 0)
     assert {"python", "packages", "config", "torch", "nvml", "state dir", "key files", "socket group", "clock",
             "model tiny"} <= checks.keys()
     assert checks["packages"]["status"] == "OK" and lockfile.installed_lock_name() in checks["packages"]["detail"]
@@ -93,12 +93,12 @@ def test_key_file_readable_by_others_fails_and_the_fix_clears_it(state: Path, he
     key = state / "keys" / "signing.key"
     key.chmod(0o644)
     code, checks = doctor(state, healthy.config_file)
-    assert code == 2 and failed(checks) == ["key files"], checks
+    assert code == 11 and failed(checks) == ["key files"], checks
     assert f"{key} is mode 0644" in checks["key files"]["detail"]
     assert checks["key files"]["fix"] == f"chmod 600 {key}"
     subprocess.run(checks["key files"]["fix"].split(), check=True)
     code, checks = doctor(state, healthy.config_file)
-    assert code in (0, 1) and not failed(checks), checks
+    assert code in (0, 10) and not failed(checks), checks
 
 
 def test_state_dir_of_another_user_fails(state: Path, healthy: DaemonProcess) -> None:
@@ -106,7 +106,7 @@ def test_state_dir_of_another_user_fails(state: Path, healthy: DaemonProcess) ->
         pytest.skip("chown to another user needs root")
     os.chown(state, NOBODY, -1)
     code, checks = doctor(state, healthy.config_file)
-    assert code == 2 and failed(checks) == ["state dir"], checks
+    assert code == 11 and failed(checks) == ["state dir"], checks
     assert f"{state} belongs to nobody" in checks["state dir"]["detail"]
     assert f"chown -R root {state}" in checks["state dir"]["fix"]
     assert "sai doctor --user nobody" in checks["state dir"]["fix"]
@@ -115,7 +115,7 @@ def test_state_dir_of_another_user_fails(state: Path, healthy: DaemonProcess) ->
 def test_bad_config_value_fails_naming_file_key_and_reason(state: Path, tmp_path: Path) -> None:
     config = config_with(tmp_path, {"queue": {"max_batch": 0}})
     code, checks = doctor(state, config)
-    assert code == 2 and failed(checks) == ["config"], checks
+    assert code == 11 and failed(checks) == ["config"], checks
     assert f"{config}: queue.max_batch: must be greater than 0" in checks["config"]["detail"]
     assert checks["config"]["fix"].startswith(f"correct queue.max_batch in {config}")
 
@@ -123,7 +123,7 @@ def test_bad_config_value_fails_naming_file_key_and_reason(state: Path, tmp_path
 def test_missing_socket_group_fails(state: Path, tmp_path: Path) -> None:
     config = config_with(tmp_path, {"daemon": {"socket_group": "sai-doctor-no-such-group"}})
     code, checks = doctor(state, config)
-    assert code == 2 and failed(checks) == ["socket group"], checks
+    assert code == 11 and failed(checks) == ["socket group"], checks
     assert "'sai-doctor-no-such-group': no such group" in checks["socket group"]["detail"]
     assert "groupadd --system sai-doctor-no-such-group" in checks["socket group"]["fix"]
 
@@ -131,7 +131,7 @@ def test_missing_socket_group_fails(state: Path, tmp_path: Path) -> None:
 def test_missing_model_path_fails(state: Path, tmp_path: Path) -> None:
     config = config_with(tmp_path, {"model": {"name": "mine", "path": str(tmp_path / "no-such-model")}})
     code, checks = doctor(state, config)
-    assert code == 2 and failed(checks) == ["model mine"], checks
+    assert code == 11 and failed(checks) == ["model mine"], checks
     assert f"{tmp_path / 'no-such-model'} does not exist" in checks["model mine"]["detail"]
 
 
@@ -141,7 +141,7 @@ def test_diffusers_dir_missing_a_component_config_fails(state: Path, tmp_path: P
     (model / "vae" / "config.json").unlink()
     config = config_with(tmp_path, {"model": {"name": "sd", "path": str(model)}})
     code, checks = doctor(state, config)
-    assert code == 2 and failed(checks) == ["model sd"], checks
+    assert code == 11 and failed(checks) == ["model sd"], checks
     assert f"{model / 'vae'} has no config" in checks["model sd"]["detail"]
 
 
@@ -157,7 +157,7 @@ def test_single_file_model_header_reads_then_corrupt_header_fails(state: Path, t
     data[8:12] = b"#!x\x00"  # the JSON header after its 8-byte length: no longer JSON
     weights.write_bytes(bytes(data))
     code, checks = doctor(state, config)
-    assert code == 2 and failed(checks) == ["model single"], checks
+    assert code == 11 and failed(checks) == ["model single"], checks
     assert f"{weights}: the safetensors header does not read" in checks["model single"]["detail"]
 
 
@@ -169,7 +169,7 @@ def test_audit_entry_dated_in_the_future_fails_the_clock(state: Path, healthy: D
     finally:
         writer.close()
     code, checks = doctor(state, healthy.config_file)
-    assert code == 2 and failed(checks) == ["clock"], checks
+    assert code == 11 and failed(checks) == ["clock"], checks
     assert f"earlier than audit entry {seq} ({ahead})" in checks["clock"]["detail"]
 
 
@@ -179,7 +179,7 @@ def test_package_differing_from_the_lock_fails(state: Path, healthy: DaemonProce
     numpy = lockfile.pins(lockfile.CHECKOUT / lockfile.installed_lock_name())["numpy"]
     lock.write_text(text.replace(f"\nnumpy=={numpy} ", "\nnumpy==1.0.0 "))
     code, checks = doctor(state, healthy.config_file, "--lock", str(lock))
-    assert code == 2 and failed(checks) == ["packages"], checks
+    assert code == 11 and failed(checks) == ["packages"], checks
     assert "1 of " in checks["packages"]["detail"] and f"numpy {numpy} (lock: 1.0.0)" in checks["packages"]["detail"]
     assert f"-r {lock}" in checks["packages"]["fix"]
 
@@ -198,14 +198,14 @@ def test_installed_bundle_is_checked_against_the_lock_beside_its_venv(state: Pat
                            "--state-dir", str(state), "--config", str(healthy.config_file)],
                           capture_output=True, text=True, cwd=tmp_path, timeout=300)
     checks = {c["check"]: c for c in json.loads(done.stdout or "[]")}
-    assert done.returncode == 2 and failed(checks) == ["packages"], (done.stderr, checks)
+    assert done.returncode == 11 and failed(checks) == ["packages"], (done.stderr, checks)
     assert f"differ from {prefix / 'requirements.lock'}: pillow {pillow} (lock: 1.0)" in checks["packages"]["detail"]
 
 
 @pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="a GPU server: model.device = cuda is satisfiable")
 def test_cuda_wanted_without_a_gpu_fails_torch_and_nvml(state: Path, tmp_path: Path) -> None:
     code, checks = doctor(state, config_with(tmp_path, {"model": {"device": "cuda"}}))
-    assert code == 2 and sorted(failed(checks)) == ["nvml", "torch"], checks
+    assert code == 11 and sorted(failed(checks)) == ["nvml", "torch"], checks
     assert 'model.device = "cuda"' in checks["torch"]["detail"]
 
 
@@ -219,5 +219,5 @@ def test_nearly_full_disk_fails(healthy: DaemonProcess, tmp_path: Path) -> None:
         code, checks = doctor(mount / "state", healthy.config_file)
     finally:
         subprocess.run(["umount", str(mount)], check=True)
-    assert code == 2 and failed(checks) == ["disk: state dir, outputs"], checks
+    assert code == 11 and failed(checks) == ["disk: state dir, outputs"], checks
     assert "GiB free of 0.00 GiB" in checks["disk: state dir, outputs"]["detail"]
