@@ -20,6 +20,7 @@ from daemon.api.limits import CallLimits
 from daemon.api.registry import CallContext, METHODS, Role, bind
 from daemon.auth import Peer
 from daemon.crypto.keys import KeyStore
+from daemon.exitcodes import ExitCode
 from daemon.outputs.pipeline import export_output, protect_image
 from daemon.protocol import INVALID_PARAMS, NOT_FOUND, NOT_PERMITTED, RpcError
 from out_helpers import image, keys_dir, keystore, make_info, out_dir, settings  # noqa: F401  (fixtures)
@@ -178,7 +179,7 @@ def test_sai_verify_file(daemon: StubDaemon, keys_dir: Path, capsys: pytest.Capt
     assert json.loads(out)["ok"] is True
     blob = bytearray(sai.read_bytes()); blob[-5] ^= 1; sai.write_bytes(bytes(blob))
     code, out, err = run_cli(["verify", str(sai), "--keys-dir", str(keys_dir)], capsys)
-    assert code == 1 and "FAILED" in out and "ciphertext" in out and "failed" in err
+    assert code == ExitCode.VERIFY_FAILED and "FAILED" in out and "ciphertext" in out and "failed" in err
 
 
 async def test_sai_verify_job_asks_the_daemon(daemon: StubDaemon, capsys: pytest.CaptureFixture[str]) -> None:
@@ -186,7 +187,11 @@ async def test_sai_verify_job_asks_the_daemon(daemon: StubDaemon, capsys: pytest
     from console.commands.outputs import verify
 
     class Client:
+        """Resolves the stub's short job names as themselves (the real job.resolve needs a job store)."""
+
         async def call(self, method: str, **params: Any) -> Any:
+            if method == "job.resolve":
+                return {"job_id": params["prefix"]}
             assert method == "output.verify"
             return await api.verify(ctx(daemon), **params)
 

@@ -181,7 +181,7 @@ async def test_tampering_rotation_and_roles(make_daemon, client_of, wait_for, tm
     assert error.code == CONFLICT and error.data["field"] == "ciphertext"
     assert (await rpc_error(client, "output.preview", job_id=job_id, index=0)).code == CONFLICT
     out = run_sai("verify", job_id, socket_path=daemon.socket)
-    assert out.returncode == 1 and f"FAILED  {job_id}-0" in out.stdout and f"ok      {job_id}-1" in out.stdout
+    assert out.returncode == ExitCode.VERIFY_FAILED and f"FAILED  {job_id}-0" in out.stdout and f"ok      {job_id}-1" in out.stdout
     # ... and the daemon keeps serving: the intact image still exports.
     assert (await client.call("daemon.status"))["pid"] == daemon.proc.pid
     fine = tmp_path / "fine.png"
@@ -237,7 +237,7 @@ async def test_tampering_rotation_and_roles(make_daemon, client_of, wait_for, tm
     assert (await client.call("output.verify", job_id=job_id))["ok"]
     refused = tmp_path / "refused.png"
     out = run_sai("export", job_id, "-o", str(refused), socket_path=viewer.socket)
-    assert out.returncode == 1 and "operator" in out.stderr and not refused.exists()
+    assert out.returncode == ExitCode.DENIED and "operator" in out.stderr and not refused.exists()
     assert_nothing_readable_at_rest(state, [marker])
 
 
