@@ -1,4 +1,4 @@
-"""daemon.status, queue.pause / queue.resume, events.subscribe."""
+"""events.subscribe: which event topics this connection receives."""
 
 from __future__ import annotations
 
@@ -6,21 +6,6 @@ from typing import Any
 
 from daemon.api.registry import CallContext, Role, method
 from daemon.protocol import TOPICS, echo, invalid_params
-
-
-@method("daemon.status", role=Role.VIEWER)
-async def status(ctx: CallContext) -> dict[str, Any]:
-    return ctx.daemon.status(ctx.peer)
-
-
-@method("queue.pause", role=Role.ADMIN)
-async def pause(ctx: CallContext) -> dict[str, Any]:
-    return await ctx.daemon.queue.set_paused(ctx.peer, True)
-
-
-@method("queue.resume", role=Role.ADMIN)
-async def resume(ctx: CallContext) -> dict[str, Any]:
-    return await ctx.daemon.queue.set_paused(ctx.peer, False)
 
 
 @method("events.subscribe", role=Role.VIEWER)

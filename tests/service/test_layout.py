@@ -1,0 +1,20 @@
+"""Module names say what they hold (issue 14 point 4): an RPC handler lives in the api module
+named after its area, the console's widgets package holds widgets, and the command modules
+share the CLI's helpers through a module of their own rather than through console.cli."""
+
+from __future__ import annotations
+
+from daemon.api import load_all
+
+OTHER_AREAS = {("status", "daemon"), ("monitor", "metrics"), ("monitor", "alerts"), ("outputs", "keys")}
+"""Areas served by a module of another name: the daemon's own status, the monitor's metrics and
+alerts, and the key rotation that re-wraps every output."""
+
+
+def test_each_api_module_is_named_after_the_methods_it_registers() -> None:
+    misplaced = []
+    for name, method in load_all().items():
+        module, area = method.handler.__module__.rsplit(".", 1)[1], name.split(".", 1)[0]
+        if module not in (area, area + "s") and (module, area) not in OTHER_AREAS:
+            misplaced.append(f"{name} in daemon.api.{module}")
+    assert not misplaced, misplaced
