@@ -18,6 +18,8 @@ from textual.screen import Screen
 
 from console.connection import (AlertChanged, AuditAppended, DaemonLink, Embedded, JobChanged, JobProgress, LinkDown,
                                 LinkUp, MetricsSample, QueueChanged, not_offered)
+from console.formatting import clock_time, duration, parse_moment
+from console.jobview import SORTS
 from console.screens.confirm import ConfirmScreen
 from console.screens.help import HelpScreen, binding_rows, key_label
 from console.screens.job_detail import JobDetailScreen
@@ -25,9 +27,7 @@ from console.screens.main import COMMANDS, TYPED_COMMANDS, Command, MainScreen, 
 from console.screens.new_job import NewJobScreen
 from console.screens.stopping import StoppingScreen
 from console.widgets.audit_pane import AuditPane
-from console.widgets.display import clock_time, duration, parse_moment
 from console.widgets.prompt_line import PromptLine
-from console.widgets.jobs import SORTS
 from console.widgets.queue_table import QueueTable
 from console.widgets.table import Table
 from daemon.client import DaemonUnavailable

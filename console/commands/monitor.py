@@ -7,7 +7,7 @@ import sys
 from datetime import datetime
 from typing import Any
 
-from console.widgets.display import human_bytes
+from console.formatting import human_bytes
 from daemon.client import DaemonClient
 
 GIB = 1024 ** 3

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from console.formatting import RELATIVE, UNITS, parse_moment
 from console.report import FORMATS, METRICS
-from console.widgets.display import RELATIVE, UNITS, parse_moment
 from daemon.client import DaemonClient
 from daemon.exitcodes import ExitCode
 

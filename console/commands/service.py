@@ -55,7 +55,7 @@ async def run_daemon(args: argparse.Namespace, client: None) -> int:
 
 async def show_status(args: argparse.Namespace, client: DaemonClient) -> int:
     from console.cli import print_fields, print_json
-    from console.widgets.display import duration
+    from console.formatting import duration
 
     status: dict[str, Any] = await client.call("daemon.status")
     if args.json:

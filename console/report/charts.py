@@ -11,11 +11,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from console.formatting import parse_time
 from console.report.axes import byte_unit, clip, iso_dates, log_bins, log_seconds
 from console.report.history import label
 from console.report.render import span
 from console.report.summary import JobRecord, records, samples
-from console.widgets.display import parse_time
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

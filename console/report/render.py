@@ -11,10 +11,10 @@ import csv
 import io
 from typing import Any, Iterator
 
-from console.report.compare import verdict
+from console.formatting import human_bytes
 from console.report import METRICS
+from console.report.compare import verdict
 from console.report.history import label
-from console.widgets.display import human_bytes
 
 FIGURES = ("n", "mean", "p50", "p90", "p99", "max")
 METRIC_TITLES = {

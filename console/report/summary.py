@@ -14,9 +14,9 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable
 
+from console.formatting import parse_time
 from console.report import METRICS
 from console.report.stats import describe, median
-from console.widgets.display import parse_time
 from daemon.timefmt import rfc3339
 
 if TYPE_CHECKING:

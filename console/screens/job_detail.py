@@ -21,8 +21,8 @@ from textual.widgets import Label, Static
 from textual_image.widget import Image
 
 from console.connection import not_offered
+from console.formatting import bar, clock_time, human_bytes, parse_time, short_hash
 from console.screens.confirm import CANCELLABLE, cancel_jobs
-from console.widgets.display import bar, clock_time, human_bytes, parse_time, short_hash
 from console.screens.help import key_label
 from console.widgets.key_bar import KeyBar
 from console.widgets.pane import console_of

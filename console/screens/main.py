@@ -12,6 +12,7 @@ from textual.containers import Container
 from textual.reactive import reactive
 from textual.screen import Screen
 
+from console.jobview import PRIORITIES, SORTS
 from console.screens.confirm import ConfirmScreen, cancel_jobs
 from console.widgets.alerts_pane import AlertsPane, alert_id
 from console.widgets.audit_pane import AuditPane
@@ -23,7 +24,6 @@ from console.widgets.pane import Pane, console_of
 from console.widgets.pane_bar import PaneBar
 from console.widgets.prompt_line import PromptLine
 from console.widgets.queue_pane import QueuePane
-from console.widgets.jobs import PRIORITIES, SORTS
 from console.widgets.queue_table import QueueTable
 
 COMPACT_WIDTH, COMPACT_HEIGHT = 120, 36

@@ -13,7 +13,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from console.connection import not_offered
-from console.widgets.display import clock_time, parse_time
+from console.formatting import clock_time, parse_time
 from console.widgets.pane import Pane, console_of
 from console.widgets.table import Table
 

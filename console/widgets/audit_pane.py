@@ -14,7 +14,8 @@ from textual.message import Message
 from textual.widgets import Static
 
 from console.connection import not_offered
-from console.widgets.display import RowFilter, clock_time, parse_time
+from console.formatting import clock_time, parse_time
+from console.rowfilter import RowFilter
 from console.widgets.pane import Pane, console_of
 from console.widgets.table import Table
 

@@ -8,7 +8,7 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widget import Widget
 
-from console.widgets.display import duration, short_hash
+from console.formatting import duration, short_hash
 
 
 class StatusHeader(Widget):

@@ -15,7 +15,7 @@ from textual.containers import VerticalScroll
 from textual.widgets import Static
 
 from console.connection import not_offered
-from console.widgets.display import bar, bytes_of, clock_time, human_bytes, level, parse_time
+from console.formatting import bar, bytes_of, clock_time, human_bytes, level, parse_time
 from console.widgets.pane import Pane, console_of
 
 SPARKS = "▁▂▃▄▅▆▇█"

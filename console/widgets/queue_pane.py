@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from console.widgets.display import RowFilter
+from console.rowfilter import RowFilter
 from console.widgets.pane import Pane
 from console.widgets.queue_table import QueueTable
 

@@ -20,8 +20,9 @@ from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from console.widgets.display import RowFilter, bar, duration, parse_time
-from console.widgets.jobs import COLUMN_SORT, FINISHED, PRIORITY_LABEL, SORT_KEYS, SORTS, STATE_MARK, job_fields
+from console.formatting import bar, duration, parse_time
+from console.jobview import COLUMN_SORT, FINISHED, PRIORITY_LABEL, SORT_KEYS, SORTS, STATE_MARK, job_fields
+from console.rowfilter import RowFilter
 
 class QueueTable(ScrollView, can_focus=True):
     """Jobs by job id, drawn a screenful at a time; the cursor is a row of `shown`."""

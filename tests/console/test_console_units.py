@@ -8,10 +8,11 @@ from datetime import datetime
 import pytest
 
 from console.connection import AuditAppended, JobChanged, JobProgress, MetricsSample, QueueChanged, event_message
+from console.formatting import bar, duration, level, parse_moment, parse_time
+from console.jobview import SORT_KEYS, job_fields
+from console.rowfilter import RowFilter
 from console.widgets.audit_pane import checkpoint_summary
-from console.widgets.display import RowFilter, bar, duration, level, parse_moment, parse_time
 from console.widgets.memory_pane import history_fractions, spark
-from console.widgets.jobs import SORT_KEYS, job_fields
 from console_helpers import JOBS, NOW
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from console.widgets.display import parse_time
+from console.formatting import parse_time
 from daemon.client import DaemonClient
 from daemon.harness import run_sai
 from daemon.protocol import STREAM_LIMIT, RpcError

@@ -18,3 +18,22 @@ def test_each_api_module_is_named_after_the_methods_it_registers() -> None:
         if module not in (area, area + "s") and (module, area) not in OTHER_AREAS:
             misplaced.append(f"{name} in daemon.api.{module}")
     assert not misplaced, misplaced
+
+
+def test_console_widgets_package_holds_only_widgets() -> None:
+    """Formatting, the row filter and the job view are shared with the CLI: they live beside
+    console.cli, not among the widgets (importing them must not mean importing a widget)."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import console.widgets
+    from textual.widget import Widget
+
+    not_widgets = []
+    for info in pkgutil.iter_modules(console.widgets.__path__):
+        module = importlib.import_module(f"console.widgets.{info.name}")
+        own = [c for _, c in inspect.getmembers(module, inspect.isclass) if c.__module__ == module.__name__]
+        if not any(issubclass(c, Widget) for c in own):
+            not_widgets.append(module.__name__)
+    assert not not_widgets, not_widgets

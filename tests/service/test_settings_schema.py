@@ -94,13 +94,13 @@ def test_a_rule_the_loader_cannot_read_names_the_line() -> None:
 
 
 def test_priorities_are_defined_once() -> None:
+    from console import jobview
     from console.commands import jobs as cli_jobs
     from console.screens import new_job
-    from console.widgets import jobs as widget_jobs
     from daemon import protocol
     from daemon.queue import jobs as queue_jobs
 
-    for module in (cli_jobs, new_job, widget_jobs, queue_jobs):
+    for module in (cli_jobs, new_job, jobview, queue_jobs):
         assert module.PRIORITIES is protocol.PRIORITIES, module.__name__
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from console.widgets.display import parse_time
+from console.formatting import parse_time
 from daemon.protocol import PRIORITIES
 
 FINISHED = ("succeeded", "failed", "cancelled")
