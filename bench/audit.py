@@ -30,14 +30,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from daemon.audit import checkpoint as cpmod  # noqa: E402
-from daemon.audit import merkle  # noqa: E402
-from daemon.audit.entry import canonical_json, entry_bytes, key_id, leaf_hash  # noqa: E402
-from daemon.audit.log import AuditLog, connect_writer  # noqa: E402
-from daemon.audit.verify import verify_db  # noqa: E402
-from daemon.crypto import ed25519  # noqa: E402
+from daemon.audit import checkpoint as cpmod
+from daemon.audit import merkle
+from daemon.audit.entry import canonical_json, entry_bytes, key_id, leaf_hash
+from daemon.audit.log import AuditLog, connect_writer
+from daemon.audit.verify import verify_db
+from daemon.crypto import ed25519
 
 ORIGIN = "bench.example/sai"
 ACTOR = {"uid": 1000, "user": "alice", "pid": 4242}

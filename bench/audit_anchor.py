@@ -23,12 +23,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
+from audit import ACTOR, ORIGIN, build_big_log
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from audit import ACTOR, ORIGIN, build_big_log  # noqa: E402
-from daemon.audit.anchor import FILE_NAME, Trust  # noqa: E402
-from daemon.audit.entry import key_id  # noqa: E402
-from daemon.audit.log import AuditLog  # noqa: E402
+from daemon.audit.anchor import FILE_NAME, Trust
+from daemon.audit.entry import key_id
+from daemon.audit.log import AuditLog
 
 
 def trust_for(directory: Path, key: Ed25519PrivateKey) -> Trust:

@@ -34,12 +34,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.append(str(Path(__file__).resolve().parent))  # for submit.py, after the packages
 
-import uvloop  # noqa: E402
+import uvloop
+from submit import daemon_calls
 
-from console.commands.backup import BACKUP_NICENESS  # noqa: E402
-from daemon.client import DaemonClient  # noqa: E402
-from daemon.harness import DaemonProcess, run_sai  # noqa: E402
-from submit import daemon_calls  # noqa: E402
+from console.commands.backup import BACKUP_NICENESS
+from daemon.client import DaemonClient
+from daemon.harness import DaemonProcess, run_sai
 
 TARGET_RATIO = 0.8
 PASSPHRASE = {"SAI_PASSPHRASE": "bench passphrase"}

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,7 +93,7 @@ def main() -> int:
     print("gpu pane data:", result["gpu"])
     if worker.get("dtype") != "float16" or worker.get("device") != "cuda":
         failures.append(f"worker ran {worker.get('device')}/{worker.get('dtype')}, expected cuda/float16")
-    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
     lines = [f"\n## GPU check {stamp}: {figures['name']}\n",
              f"- NVML total {figures['nvml_total'] / 2**30:.2f} GiB, torch total {figures['torch_total'] / 2**30:.2f} GiB",
              f"- 4 GiB block: NVML per-process delta {figures['nvml_process_delta'] / 2**20:.0f} MiB, "

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import grp
+import json
 import os
 import pwd
 import random
-import traceback
 import sys
 import tempfile
 import time
+import traceback
 import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -28,10 +28,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from daemon import protocol  # noqa: E402
-from daemon.client import DaemonClient, DaemonUnavailable  # noqa: E402
-from daemon.harness import DaemonProcess, build_tiny  # noqa: E402
-from daemon.protocol import CONFLICT, RATE_LIMITED, RpcError  # noqa: E402
+from daemon import protocol
+from daemon.client import DaemonClient, DaemonUnavailable
+from daemon.harness import DaemonProcess, build_tiny
+from daemon.protocol import CONFLICT, RATE_LIMITED, RpcError
 
 OPS = {"job.submit": 0.3, "job.get": 0.4, "job.list": 0.2, "job.cancel": 0.1}
 EXPECTED = {("job.submit", RATE_LIMITED): "per-user rate limit or queue cap (config [queue])",
@@ -59,7 +59,7 @@ class Tally:
         return {**vars(self), "latencies": dict(self.latencies), "errors": dict(self.errors)}
 
     @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> "Tally":
+    def from_json(cls, raw: dict[str, Any]) -> Tally:
         return cls(**{**raw, "latencies": defaultdict(list, raw["latencies"]), "errors": Counter(raw["errors"])})
 
     def error(self, method: str, exc: Exception) -> None:
@@ -151,7 +151,7 @@ async def subscriber(plan: Plan, tally: Tally, rng: random.Random) -> None:
                 try:
                     if await client.next_event(timeout=left) is None:
                         raise DaemonUnavailable("the daemon closed the event feed")
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
                 tally.events += 1
             await client.close()

@@ -30,15 +30,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import psutil  # noqa: E402
+import psutil
 
-from daemon import config  # noqa: E402
-from daemon.api import load_all  # noqa: E402
-from daemon.client import DaemonClient  # noqa: E402
-from daemon.events import EventBus  # noqa: E402
-from daemon.monitor.service import Monitor  # noqa: E402
-from daemon.server import SocketServer  # noqa: E402
-from daemon.timefmt import parse_rfc3339  # noqa: E402
+from daemon import config
+from daemon.api import load_all
+from daemon.client import DaemonClient
+from daemon.events import EventBus
+from daemon.monitor.service import Monitor
+from daemon.server import SocketServer
+from daemon.timefmt import parse_rfc3339
 
 WARM_UP = 3.0
 
@@ -132,7 +132,7 @@ class Served:
         self.cfg = base_config(monitor__interval=interval, alerts__host_memory_warning_percent=level,
                                alerts__host_memory_critical_percent=min(100.0, level + 50.0))
 
-    async def __aenter__(self) -> "Served":
+    async def __aenter__(self) -> Served:
         self.bus = EventBus()
         self.monitor = await Monitor.open(self.cfg, self.root, self.root / "outputs", self.bus)
         load_all()
@@ -151,7 +151,7 @@ class Served:
     async def alert(self, timeout: float) -> tuple[float, dict[str, Any]] | None:
         try:
             event = await self.client.next_event(timeout=timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return None
         return time.time(), (event or {}).get("data", {}).get("alert", {})
 

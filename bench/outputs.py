@@ -20,7 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import cv2
@@ -29,10 +29,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from daemon.crypto.keys import KeyStore  # noqa: E402
-from daemon.outputs import watermark  # noqa: E402
-from daemon.outputs.pipeline import OutputInfo, OutputSettings, protect_image  # noqa: E402
-from daemon.outputs.png import encode_png, read_png  # noqa: E402
+from daemon.crypto.keys import KeyStore
+from daemon.outputs import watermark
+from daemon.outputs.pipeline import OutputInfo, OutputSettings, protect_image
+from daemon.outputs.png import encode_png, read_png
 
 STEPS = ("visible", "invisible", "png", "hash", "encrypt", "write_image", "manifest", "write_manifest")
 
@@ -84,7 +84,7 @@ def bench_path(sizes: list[int], reps: int, work: Path) -> None:
                 bare_t = time.perf_counter() - t0
                 info = OutputInfo(f"bench-{size}-{n}", 0, "bench", {"width": size, "height": size},
                                   "a benchmark prompt", seed=rep, model_id="synthetic",
-                                  created=datetime.now(timezone.utc))
+                                  created=datetime.now(UTC))
                 t0 = time.perf_counter()
                 result = protect_image(rgb, info, keystore, settings, out_dir)
                 total = time.perf_counter() - t0

@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from daemon.client import DaemonClient  # noqa: E402
-from daemon.harness import DaemonProcess, build_tiny  # noqa: E402
+from daemon.client import DaemonClient
+from daemon.harness import DaemonProcess, build_tiny
 
 TARGETS = {64: 0.90, 256: 0.97}
 

@@ -30,10 +30,10 @@ from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import uvloop  # noqa: E402
+import uvloop
 
-from daemon.client import DaemonClient  # noqa: E402
-from daemon.harness import DaemonProcess  # noqa: E402
+from daemon.client import DaemonClient
+from daemon.harness import DaemonProcess
 
 TARGET = 3000.0
 

@@ -21,23 +21,23 @@ import asyncio
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Awaitable, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import uvloop  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
+import uvloop
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from submit import TARGET, daemon_calls
 
-from daemon.audit.log import AuditLog  # noqa: E402
-from daemon.config import load  # noqa: E402
-from daemon.crypto.envelope import PromptSealer  # noqa: E402
-from daemon.crypto.keys import KeyStore  # noqa: E402
-from daemon.harness import DaemonProcess  # noqa: E402
-from daemon.queue.admission import Admission  # noqa: E402
-from daemon.queue.jobs import QUEUED, Job, new_job_id  # noqa: E402
-from daemon.queue.store import JobStore  # noqa: E402
-from submit import TARGET, daemon_calls  # noqa: E402
+from daemon.audit.log import AuditLog
+from daemon.config import load
+from daemon.crypto.envelope import PromptSealer
+from daemon.crypto.keys import KeyStore
+from daemon.harness import DaemonProcess
+from daemon.queue.admission import Admission
+from daemon.queue.jobs import QUEUED, Job, new_job_id
+from daemon.queue.store import JobStore
 
 ACTOR = {"uid": 1000, "user": "bench", "pid": 1234}
 PARAMS = {"width": 512, "height": 512, "steps": 20, "guidance": 7.5, "seed": 123, "count": 1, "reproducible": False}

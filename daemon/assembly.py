@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from daemon import __version__
 from daemon.alarms import Alarm
-from daemon.audit.anchor import FILE_NAME as ANCHOR_FILE, Trust, unrecorded_jobs_reason
+from daemon.audit.anchor import FILE_NAME as ANCHOR_FILE
+from daemon.audit.anchor import Trust, unrecorded_jobs_reason
 from daemon.audit.entry import key_id
 from daemon.audit.log import AuditLog
 from daemon.auth import Peer

@@ -16,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Coroutine
+from typing import Any
 
 log = logging.getLogger("sai.daemon")
 
@@ -115,7 +116,7 @@ async def shutdown_step(what: str, action: Callable[[], Awaitable[Any]], timeout
     try:
         await asyncio.wait_for(action(), timeout)
         return True
-    except asyncio.TimeoutError:
+    except TimeoutError:
         log.error("shutdown: %s did not finish within %.0f s; going on without it", what, timeout)
     except Exception:
         log.exception("shutdown: %s failed; going on", what)

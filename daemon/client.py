@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 from daemon import protocol
 from daemon.protocol import RpcError
@@ -37,19 +38,19 @@ class DaemonClient:
         self._reader_task = asyncio.create_task(self._read_loop(), name="sai-client-reader")
 
     @classmethod
-    async def connect(cls, path: str | os.PathLike[str], timeout: float = 5.0) -> "DaemonClient":
+    async def connect(cls, path: str | os.PathLike[str], timeout: float = 5.0) -> DaemonClient:
         path = str(path)
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_unix_connection(path, limit=protocol.STREAM_LIMIT), timeout)
-        except (FileNotFoundError, ConnectionRefusedError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, FileNotFoundError, ConnectionRefusedError) as exc:
             raise DaemonUnavailable(UNAVAILABLE_MESSAGE.format(path=path)) from exc
         except PermissionError as exc:
             raise DaemonUnavailable(f"not allowed to connect to {path}: {exc.strerror} "
                                     "(ask an admin to add you to the socket's group)") from exc
         return cls(reader, writer, path)
 
-    async def __aenter__(self) -> "DaemonClient":
+    async def __aenter__(self) -> DaemonClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from daemon.schema import DEFAULT_FILE, shipped_rules
 
@@ -68,7 +69,7 @@ class Config:
         except KeyError:
             raise AttributeError(f"config has no section [{section}]") from None
 
-    def replace(self, **dotted: Any) -> "Config":
+    def replace(self, **dotted: Any) -> Config:
         """A copy with `section__key=value` overrides, type-checked like a file (tests, CLI flags)."""
         layer: dict[str, dict[str, Any]] = {}
         for name, value in dotted.items():

@@ -81,7 +81,7 @@ class Connection:
                     if not written:
                         self.writer.write(data)
                     await asyncio.wait_for(self.writer.drain(), self.limits.write_timeout)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     self.drop(f"it read nothing for {self.limits.write_timeout:g} s (daemon.write_timeout)")
                 except (ConnectionError, RuntimeError):
                     self.closed = True

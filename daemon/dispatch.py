@@ -13,11 +13,12 @@ import errno
 import logging
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Protocol
 
-from daemon.queue.jobs import CANCELLED, FAILED, RUNNING, SUCCEEDED, Job
 from daemon.config import Section
+from daemon.queue.jobs import CANCELLED, FAILED, RUNNING, SUCCEEDED, Job
 from daemon.queue.manager import Auditor, QueueManager
 from daemon.worker.leak import LeakDetector
 from daemon.worker.memory_model import MemoryModel

@@ -35,7 +35,7 @@ class ConnectionLimits:
     idle_timeout: float = 300.0
 
     @classmethod
-    def from_config(cls, daemon: Section) -> "ConnectionLimits":
+    def from_config(cls, daemon: Section) -> ConnectionLimits:
         return cls(max_connections=daemon.max_connections,
                    max_connections_per_user=daemon.max_connections_per_user,
                    max_batch_requests=daemon.max_batch_requests,
@@ -124,7 +124,7 @@ class LineReader:
         started = time.monotonic()
         try:
             return await asyncio.wait_for(self._reader.read(READ_CHUNK), remaining)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise LineTimeout from None
         finally:
             self._waited += time.monotonic() - started
@@ -146,5 +146,5 @@ class LineReader:
             return
         try:
             await asyncio.wait_for(drain(), timeout)
-        except (asyncio.TimeoutError, ConnectionError):
+        except (TimeoutError, ConnectionError):
             pass

@@ -9,9 +9,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from daemon.client import DaemonClient
 
@@ -46,7 +47,7 @@ class DaemonProcess:
 
     @classmethod
     def create(cls, root: Path, config: dict[str, dict[str, Any]], state_dir: Path | None = None,
-               model_dir: Path | None = None) -> "DaemonProcess":
+               model_dir: Path | None = None) -> DaemonProcess:
         """Lay out a config file and state dir under `root`; link a prebuilt tiny model if given."""
         state = state_dir or root / "state"
         (state / "models").mkdir(parents=True, exist_ok=True)
@@ -57,7 +58,7 @@ class DaemonProcess:
         return cls(root / "d.sock", state, config_file, root / "daemon.log")
 
     def start(self, wait: bool = True, timeout: float = 60.0, env: dict[str, str] | None = None, *,
-              program: Sequence[str] = (), cwd: Path = ROOT) -> "DaemonProcess":
+              program: Sequence[str] = (), cwd: Path = ROOT) -> DaemonProcess:
         """`sai daemon` with `env` added to this process's environment; `program` is the command that
         runs `sai` (default: this interpreter with `-m console.cli`; or the installed script, or one
         behind `setpriv`), started in `cwd`."""

@@ -62,7 +62,7 @@ class RpcError(Exception):
         return error
 
     @classmethod
-    def from_json(cls, error: Any) -> "RpcError":
+    def from_json(cls, error: Any) -> RpcError:
         if not isinstance(error, dict):
             return cls(INTERNAL_ERROR, f"malformed error object: {error!r}")
         return cls(int(error.get("code", INTERNAL_ERROR)), str(error.get("message", "")), error.get("data"))
@@ -200,7 +200,7 @@ def request_id_of(obj: Any) -> Any:
     """The id to answer an invalid request with (null when none can be read)."""
     if isinstance(obj, dict):
         req_id = obj.get("id")
-        if req_id is None or isinstance(req_id, (str, int)) and not isinstance(req_id, bool):
+        if req_id is None or (isinstance(req_id, (str, int)) and not isinstance(req_id, bool)):
             return req_id
     return None
 

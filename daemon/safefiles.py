@@ -244,7 +244,7 @@ class PrivateDir:
                              f"{path.parent}); check it and write again somewhere only you can write")
         os.fsync(self._parent)
 
-    def __enter__(self) -> "PrivateDir":
+    def __enter__(self) -> PrivateDir:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:

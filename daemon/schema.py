@@ -23,10 +23,11 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from daemon.crypto.limits import check_scrypt_log2_n
 from daemon.protocol import PRIORITIES

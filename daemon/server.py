@@ -249,7 +249,7 @@ class SocketServer:
             self._tasks.add(task)
             conn.answering.add(task)
 
-            def answered(task: "asyncio.Task[None]", size: int = size) -> None:
+            def answered(task: asyncio.Task[None], size: int = size) -> None:
                 self._tasks.discard(task)
                 conn.answering.discard(task)
                 in_flight.release(size)

@@ -10,10 +10,11 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, TypeVar
 
 from daemon import __version__, paths
 from daemon.alarms import raise_alarm

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import os
 import socket
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 log = logging.getLogger("sai.systemd")
 
@@ -30,7 +30,7 @@ class Notifier:
         self._last_status = ""
 
     @classmethod
-    def from_environment(cls, environ: Mapping[str, str] = os.environ) -> "Notifier":
+    def from_environment(cls, environ: Mapping[str, str] = os.environ) -> Notifier:
         address = environ.get("NOTIFY_SOCKET") or None
         usec: int | None = None
         if environ.get("WATCHDOG_USEC", "").isdigit() and int(environ["WATCHDOG_USEC"]) > 0:

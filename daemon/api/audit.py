@@ -6,9 +6,10 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from daemon.api.registry import CallContext, Role, method
 from daemon.audit.anchor import unrecorded_jobs_reason

@@ -11,8 +11,8 @@ and an admin's waits for its turn.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
 
 from daemon.auth import Peer, Role
 from daemon.config import Section
@@ -30,7 +30,7 @@ class CallLimits:
         self._verify = asyncio.Lock()
 
     @classmethod
-    def from_config(cls, daemon: Section) -> "CallLimits":
+    def from_config(cls, daemon: Section) -> CallLimits:
         return cls({"audit.verify": (daemon.verify_per_minute, daemon.verify_burst),
                     "output.preview": (daemon.preview_per_minute, daemon.preview_burst)})
 

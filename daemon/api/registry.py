@@ -10,9 +10,10 @@ from __future__ import annotations
 import inspect
 import types
 import typing
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, Union
 
 from daemon.auth import Peer, Role
 from daemon.protocol import METHOD_NOT_FOUND, NOT_PERMITTED, RpcError, echo, invalid_params
@@ -29,8 +30,17 @@ if TYPE_CHECKING:  # the parts' modules import heavy packages; handlers get them
     from daemon.queue.manager import QueueManager
     from daemon.queue.store import JobStore
 
-__all__ = ["CallContext", "DaemonApi", "Method", "Role", "method", "METHODS", "lookup", "time_param",
-           "int64_param"]
+__all__ = [
+    "METHODS",
+    "CallContext",
+    "DaemonApi",
+    "Method",
+    "Role",
+    "int64_param",
+    "lookup",
+    "method",
+    "time_param",
+]
 
 INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
 T = TypeVar("T")

@@ -21,9 +21,10 @@ import itertools
 import json
 import logging
 import sqlite3
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 from daemon.audit import checkpoint as cpmod
 from daemon.audit import merkle
@@ -61,7 +62,7 @@ class Anchor:
                           indent=1, sort_keys=True).encode() + b"\n"
 
     @classmethod
-    def from_json(cls, data: bytes, where: Path) -> "Anchor":
+    def from_json(cls, data: bytes, where: Path) -> Anchor:
         try:
             d = json.loads(data)
             if d.get("format") != FORMAT:
@@ -128,7 +129,7 @@ class Trust:
             return
         self.anchor, self.error = new, None
 
-    def open(self, rows: "LogRows") -> tuple[str, bytes] | None:
+    def open(self, rows: LogRows) -> tuple[str, bytes] | None:
         """At open, before anything is signed: (key id, raw key) in force at the end of the log as
         the chain from the pinned key says, or None for an empty log. AuditTrustError if the log
         does not start at the pinned key or does not extend the anchored checkpoint."""
@@ -165,7 +166,7 @@ class Trust:
         self._check_tail(rows, chain, frontier, a.size)
         return chain.key_at(rows.size)
 
-    def _adopt(self, rows: "LogRows") -> tuple[str, bytes] | None:
+    def _adopt(self, rows: LogRows) -> tuple[str, bytes] | None:
         """No anchor beside an existing log: a state dir from before anchors (or an anchor that was
         removed). The whole log is verified, its chain must start at a key of the key store, and
         the anchor is made from it at once (the log records that it was)."""
@@ -184,7 +185,7 @@ class Trust:
         self._first_key, self.created = first, f"no {self.path.name}: made from the verified log"
         return self._walk(rows, pin, rows.size).key_at(rows.size)
 
-    def _walk(self, rows: "LogRows", pin: Pin, upto: int) -> KeyChain:
+    def _walk(self, rows: LogRows, pin: Pin, upto: int) -> KeyChain:
         """Entry 0 against the pin, then every key rotation before `upto`, signatures checked."""
         chain = KeyChain(rows.origin, pin.known_keys or {}, pin)
         for seq, data, leaf, sig in rows.key_entries(upto):
@@ -194,7 +195,7 @@ class Trust:
                 raise self._refuse(rows, reason)
         return chain
 
-    def _check_tail(self, rows: "LogRows", chain: KeyChain, frontier: merkle.Frontier, start: int) -> None:
+    def _check_tail(self, rows: LogRows, chain: KeyChain, frontier: merkle.Frontier, start: int) -> None:
         """Entries after the anchored checkpoint are covered by no signature outside the log yet:
         each is checked in full before the daemon signs a checkpoint over them."""
         for pos, (seq, data, leaf, sig) in enumerate(rows.range(start, rows.size), start):
@@ -207,7 +208,7 @@ class Trust:
         if frontier.size != rows.size or frontier.root() != rows.root():
             raise self._refuse(rows, f"its stored tree does not match the entries after entry {start - 1}")
 
-    def _refuse(self, rows: "LogRows", reason: str) -> AuditTrustError:
+    def _refuse(self, rows: LogRows, reason: str) -> AuditTrustError:
         return AuditTrustError(f"refusing the audit log {rows.path}: {reason}")
 
 

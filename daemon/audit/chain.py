@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from daemon.audit.entry import INIT_ACTION, ROTATE_ACTION, key_id, parse_entry
 from daemon.crypto import ed25519

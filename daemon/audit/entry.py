@@ -11,9 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from datetime import datetime, timezone
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from json.encoder import encode_basestring  # type: ignore[attr-defined]
-from typing import Any, Mapping
+from typing import Any
 
 INIT_ACTION = "audit.init"
 """Entry 0 of every log: names the origin and the first signing key."""
@@ -124,7 +125,7 @@ def entry_bytes(seq: int, time: str, actor: Mapping[str, Any], action: str, subj
     e = encode_basestring
     return (f'{{"action":{e(action)},"actor":{{"pid":{actor["pid"]},"uid":{actor["uid"]},'
             f'"user":{e(actor["user"])}}},"details":{details_json},"key_id":{e(key_id)},'
-            f'"seq":{seq},"subject":{e(subject)},"time":{e(time)}}}').encode("utf-8")
+            f'"seq":{seq},"subject":{e(subject)},"time":{e(time)}}}').encode()
 
 
 def canonical_entry(entry: Mapping[str, Any]) -> bytes:
@@ -175,4 +176,4 @@ def key_id(public_key_raw: bytes) -> str:
 
 def utc_now() -> str:
     """RFC 3339 UTC with microseconds, e.g. 2025-01-31T12:00:00.000001Z."""
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")

@@ -16,9 +16,10 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Collection, Mapping
+from typing import Any
 
 import aiosqlite
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -28,11 +29,19 @@ from daemon.audit import merkle
 from daemon.audit.anchor import ANCHOR_ACTION, LogRows, Trust
 from daemon.audit.chain import Pin
 from daemon.audit.entry import check_action, check_actor, check_details, check_subject, key_id, utc_now
-from daemon.audit.writer import (SCHEMA, AuditClosed, AuditKeyMismatch, Record, Writer, connect_writer,
-                                 entry_dict, own_actor)
+from daemon.audit.writer import (
+    SCHEMA,
+    AuditClosed,
+    AuditKeyMismatch,
+    Record,
+    Writer,
+    connect_writer,
+    entry_dict,
+    own_actor,
+)
 from daemon.groupcommit import let_others_join, retry_while_locked
 
-__all__ = ["AuditLog", "AuditClosed", "AuditKeyMismatch", "SCHEMA", "connect_writer"]
+__all__ = ["SCHEMA", "AuditClosed", "AuditKeyMismatch", "AuditLog", "connect_writer"]
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +61,7 @@ class AuditLog:
                    checkpoint_every_entries: int = 1000, checkpoint_every_seconds: float = 60.0,
                    commit_max_batch: int = 1024, commit_max_delay_ms: float = 0.0,
                    previous_key: Ed25519PrivateKey | None = None, trust: Trust | None = None,
-                   on_stall: Callable[[str | None], Any] | None = None) -> "AuditLog":
+                   on_stall: Callable[[str | None], Any] | None = None) -> AuditLog:
         """Open or create the log at `path`.
 
         A new log records `origin` (the installation name, also the checkpoint key name) and
@@ -102,11 +111,11 @@ class AuditLog:
         return self
 
     @property
-    def committer(self) -> "asyncio.Task[None]":
+    def committer(self) -> asyncio.Task[None]:
         """The task that commits appends; once it has ended the log takes none (AuditClosed)."""
         return self._committer
 
-    def _refuse_waiting(self, committer: "asyncio.Task[None]") -> None:
+    def _refuse_waiting(self, committer: asyncio.Task[None]) -> None:
         waiting, self._pending = self._pending, []
         for _, fut in waiting:
             if not fut.done():

@@ -10,7 +10,7 @@ handful of keyed reads: the `*_plan` functions say which nodes, the others do th
 from __future__ import annotations
 
 import hashlib
-from typing import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 NodeKey = tuple[int, int]
 """(level, index) of a complete subtree."""
@@ -185,7 +185,7 @@ class Frontier:
         self.size = size
         self.stack: list[tuple[int, bytes]] = [(level, h) for (level, _), h in zip(plan, nodes)]
 
-    def copy(self) -> "Frontier":
+    def copy(self) -> Frontier:
         twin = Frontier()
         twin.size, twin.stack = self.size, list(self.stack)
         return twin

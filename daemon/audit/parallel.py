@@ -15,7 +15,6 @@ import sqlite3
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import NamedTuple
 
-
 from daemon.audit import merkle
 from daemon.audit.entry import ROTATE_PREFIX
 from daemon.crypto.ed25519 import verify

@@ -26,9 +26,10 @@ import hashlib
 import itertools
 import os
 import sqlite3
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Protocol
+from typing import Any, Protocol
 
 from daemon.audit import checkpoint as cpmod
 from daemon.audit import merkle, parallel

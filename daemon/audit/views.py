@@ -8,7 +8,8 @@ admins; others get the entry with those members left out and named under `redact
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 PRIVATE_DETAILS: dict[str, frozenset[str]] = {"job.refuse": frozenset({"reason", "rule"})}
 

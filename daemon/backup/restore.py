@@ -17,7 +17,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from daemon.audit.anchor import FILE_NAME as ANCHOR_FILE, Anchor, AuditTrustError
+from daemon.audit.anchor import FILE_NAME as ANCHOR_FILE
+from daemon.audit.anchor import Anchor, AuditTrustError
 from daemon.backup.durable import copy_hashed
 from daemon.backup.manifest import MANIFEST, SIGNATURE, STATE, BackupError, audit_state, check_signature, parse
 from daemon.safefiles import PrivateDir

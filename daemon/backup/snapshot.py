@@ -23,14 +23,14 @@ import os
 import sqlite3
 import stat
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable
+from typing import Any
 
 from daemon.audit.entry import utc_now
 from daemon.backup.durable import copy_hashed
-from daemon.backup.manifest import (FORMAT, MANIFEST, SIGNATURE, STATE, BackupError, audit_state, check_relative,
-                                    encode)
+from daemon.backup.manifest import FORMAT, MANIFEST, SIGNATURE, STATE, BackupError, audit_state, check_relative, encode
 from daemon.safefiles import TEMP_MARK, PrivateDir
 
 DB_SUFFIXES = (".sqlite3", ".db")
@@ -73,7 +73,7 @@ class Snapshot:
         self._out = PrivateDir(self.target)
         self._out.mkdir(STATE)
 
-    def __enter__(self) -> "Snapshot":
+    def __enter__(self) -> Snapshot:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:

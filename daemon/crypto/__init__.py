@@ -115,7 +115,19 @@ class WatermarkError(OutputError):
 
 
 __all__ = [
-    "OutputError", "FormatError", "TruncatedError", "HeaderError", "IntegrityError", "UnwrapError",
-    "KeyStoreError", "UnknownKeyError", "WrongPassphraseError", "KeyPermissionError",
-    "ManifestError", "SignatureError", "HashMismatchError", "MissingOutputError", "WatermarkError",
+    "FormatError",
+    "HashMismatchError",
+    "HeaderError",
+    "IntegrityError",
+    "KeyPermissionError",
+    "KeyStoreError",
+    "ManifestError",
+    "MissingOutputError",
+    "OutputError",
+    "SignatureError",
+    "TruncatedError",
+    "UnknownKeyError",
+    "UnwrapError",
+    "WatermarkError",
+    "WrongPassphraseError",
 ]

@@ -21,7 +21,7 @@ PUBLIC_KEY_LEN = 32
 class Signer:
     """Signs with one private key; the key stays in this object, in this process."""
 
-    __slots__ = ("public_raw", "_secret")
+    __slots__ = ("_secret", "public_raw")
 
     def __init__(self, key: Ed25519PrivateKey) -> None:
         self.public_raw, self._secret = crypto_sign_seed_keypair(key.private_bytes_raw())

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import base64
 import json
-from json.encoder import encode_basestring_ascii as _quote
 import secrets
 import struct
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii as _quote
 from typing import TYPE_CHECKING, Any
 
 from cryptography.exceptions import InvalidTag
@@ -182,7 +182,7 @@ def _seal(plaintext: bytes, job_id: str, content_type: str, kid: str, aead: AESG
     return _build(header, aead.encrypt(nonce, plaintext, aad_for(header)))
 
 
-def encrypt(plaintext: bytes, job_id: str, content_type: str, keystore: "KeyStore") -> bytes:
+def encrypt(plaintext: bytes, job_id: str, content_type: str, keystore: KeyStore) -> bytes:
     """Encrypt under a fresh data key and nonce, the data key wrapped with the current KEK."""
     kid = keystore.current_kek_id
     data_key = AESGCM.generate_key(bit_length=256)
@@ -190,7 +190,7 @@ def encrypt(plaintext: bytes, job_id: str, content_type: str, keystore: "KeyStor
                  _b64(aes_key_wrap(keystore.kek(kid), data_key)))
 
 
-def _data_key(env: Envelope, keystore: "KeyStore") -> bytes:
+def _data_key(env: Envelope, keystore: KeyStore) -> bytes:
     kek = keystore.kek(env.kid)  # UnknownKeyError names the kid
     try:
         return aes_key_unwrap(kek, env.wrapped_key)
@@ -199,7 +199,7 @@ def _data_key(env: Envelope, keystore: "KeyStore") -> bytes:
                           f"(wrapped_key or kid was modified)") from None
 
 
-def decrypt(blob: bytes | memoryview, keystore: "KeyStore") -> tuple[dict[str, str], bytes]:
+def decrypt(blob: bytes | memoryview, keystore: KeyStore) -> tuple[dict[str, str], bytes]:
     """(header, plaintext); raises an OutputError subclass naming what failed. Nothing is returned
     unless the GCM tag verified."""
     env = parse(blob)
@@ -212,7 +212,7 @@ def decrypt(blob: bytes | memoryview, keystore: "KeyStore") -> tuple[dict[str, s
     return dict(env.header), plaintext
 
 
-def rewrap(blob: bytes | memoryview, keystore: "KeyStore", kid: str | None = None) -> bytes:
+def rewrap(blob: bytes | memoryview, keystore: KeyStore, kid: str | None = None) -> bytes:
     """Re-wrap the data key under KEK `kid` (default: current). The ciphertext and the AAD are
     unchanged; only `kid` and `wrapped_key` in the header differ. A blob already under `kid` is
     returned as is."""
@@ -226,12 +226,12 @@ def rewrap(blob: bytes | memoryview, keystore: "KeyStore", kid: str | None = Non
     return _build(header, env.ciphertext)
 
 
-def encrypt_text(text: str, job_id: str, keystore: "KeyStore") -> bytes:
+def encrypt_text(text: str, job_id: str, keystore: KeyStore) -> bytes:
     """A prompt (or any text) for the database, as a SAIE blob with content_type text/plain."""
     return encrypt(text.encode("utf-8"), job_id, TEXT, keystore)
 
 
-def decrypt_text(blob: bytes, keystore: "KeyStore", job_id: str | None = None) -> str:
+def decrypt_text(blob: bytes, keystore: KeyStore, job_id: str | None = None) -> str:
     """The text back; with `job_id`, also refuse a blob that belongs to another job (swapped rows)."""
     header, plaintext = decrypt(blob, keystore)
     if header["content_type"] != TEXT:
@@ -241,7 +241,7 @@ def decrypt_text(blob: bytes, keystore: "KeyStore", job_id: str | None = None) -
     return plaintext.decode("utf-8")
 
 
-def reseal_text(blob: bytes, job_id: str, keystore: "KeyStore") -> bytes | None:
+def reseal_text(blob: bytes, job_id: str, keystore: KeyStore) -> bytes | None:
     """A database text blob brought under the current KEK, or None when it already is.
 
     A blob without the SAIE magic is plaintext from a build that stored prompts unencrypted: it is
@@ -270,7 +270,7 @@ class PromptSealer:
     stays in this process's memory only, where the queue holds live jobs' prompts anyway.
     """
 
-    def __init__(self, keystore: "KeyStore", cache_size: int = 4096) -> None:
+    def __init__(self, keystore: KeyStore, cache_size: int = 4096) -> None:
         self.keystore = keystore
         self._cache: OrderedDict[tuple[str, bytes], str] = OrderedDict()
         self._cache_size = cache_size

@@ -26,6 +26,7 @@ import secrets
 import threading
 import time
 from pathlib import Path
+
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -99,7 +100,7 @@ class KeyStore:
         return bool(cls._read_meta(meta_path).get("sealed"))
 
     @classmethod
-    def open(cls, keys_dir: Path, passphrase: str | None = None, *, scrypt_log2_n: int = 15) -> "KeyStore":
+    def open(cls, keys_dir: Path, passphrase: str | None = None, *, scrypt_log2_n: int = 15) -> KeyStore:
         """Open the store in `keys_dir`, creating it on first start (sealed when a passphrase is given)."""
         keys_dir = Path(keys_dir)
         meta_path = keys_dir / "keys.json"
@@ -125,7 +126,7 @@ class KeyStore:
         return store
 
     @classmethod
-    def _create(cls, keys_dir: Path, passphrase: str | None, scrypt_log2_n: int) -> "KeyStore":
+    def _create(cls, keys_dir: Path, passphrase: str | None, scrypt_log2_n: int) -> KeyStore:
         ensure_dir(keys_dir, 0o700)
         ensure_dir(keys_dir / "kek", 0o700)
         meta: dict = {"format": FORMAT, "sealed": passphrase is not None, "seal": None, "created_at": _now()}

@@ -17,9 +17,9 @@ import getpass
 import os
 import stat
 import sys
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import MutableMapping
 
 from daemon.crypto import WrongPassphraseError
 from daemon.crypto.keys import PASSPHRASE_ENV, KeyStore
@@ -60,7 +60,7 @@ class PassphraseSources:
     file: str | None = None
 
     @classmethod
-    def take(cls, environ: MutableMapping[str, str]) -> "PassphraseSources":
+    def take(cls, environ: MutableMapping[str, str]) -> PassphraseSources:
         """Note the sources in `environ`, and remove $SAI_PASSPHRASE from it."""
         return cls(environ.pop(PASSPHRASE_ENV, None) or None, environ.get("CREDENTIALS_DIRECTORY") or None,
                    environ.get(FILE_ENV) or None)

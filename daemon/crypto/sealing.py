@@ -40,12 +40,12 @@ class Sealer:
         self._aead = AESGCM(key)
 
     @staticmethod
-    def derive(passphrase: str, salt: bytes, n: int, r: int, p: int) -> "Sealer":
+    def derive(passphrase: str, salt: bytes, n: int, r: int, p: int) -> Sealer:
         kdf = Scrypt(salt=salt, length=32, n=n, r=r, p=p)
         return Sealer(kdf.derive(passphrase.encode("utf-8")))
 
     @classmethod
-    def create(cls, passphrase: str, log2_n: int) -> tuple["Sealer", dict[str, Any]]:
+    def create(cls, passphrase: str, log2_n: int) -> tuple[Sealer, dict[str, Any]]:
         """A new sealer and the `seal` parameters that reopen it."""
         if not passphrase:
             raise WrongPassphraseError("an empty passphrase cannot seal keys")
@@ -58,7 +58,7 @@ class Sealer:
                         "check": _b64(sealer.seal(b"", SEAL_CHECK))}
 
     @classmethod
-    def reopen(cls, passphrase: str, seal: dict[str, Any], keys_dir: Path) -> "Sealer":
+    def reopen(cls, passphrase: str, seal: dict[str, Any], keys_dir: Path) -> Sealer:
         """The sealer `seal` describes; WrongPassphraseError when `passphrase` is not the one."""
         sealer = cls.derive(passphrase, _unb64(seal["salt"]), seal["n"], seal["r"], seal["p"])
         try:

@@ -6,8 +6,9 @@ interpreter (daemon.doctor.probe), as the worker is a child process."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from daemon.exitcodes import ExitCode
 

@@ -11,7 +11,7 @@ import shutil
 import sqlite3
 import stat
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -232,7 +232,7 @@ def clock(audit_db: Path) -> Check:
     except sqlite3.Error as exc:
         return fail("clock", f"cannot read {audit_db}: {exc}",
                     f"check {audit_db} with `sai audit verify`; restore it from a backup if it is damaged")
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     if row is None:
         return ok("clock", f"{now:%Y-%m-%dT%H:%M:%SZ}; the audit log is empty")
     seq, last = row[0], json.loads(row[1])["time"]

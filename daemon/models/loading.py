@@ -73,8 +73,7 @@ def weights_sha256(path: Path) -> str:
 
 
 def load_pipeline(path: Path, spec: ModelSpec, device: str, dtype: Any, scheduler: str) -> Any:
-    from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,
-                           StableDiffusionPipeline)
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, StableDiffusionPipeline
 
     if path.is_file():
         if not spec.config_dir:

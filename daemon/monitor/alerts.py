@@ -17,7 +17,8 @@ import asyncio
 import json
 import logging
 import time
-from typing import Any, Awaitable, Callable, Literal
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
 
 import aiosqlite
 
@@ -100,7 +101,7 @@ class AlertBook:
 
     @classmethod
     async def open(cls, db: aiosqlite.Connection, bus: EventBus | None, audit: Audit | None,
-                   clock: Callable[[], float] = time.time, retain_days: float = 30.0) -> "AlertBook":
+                   clock: Callable[[], float] = time.time, retain_days: float = 30.0) -> AlertBook:
         await db.executescript(SCHEMA)
         await db.commit()
         book = cls(db, bus, audit, clock, retain_days)

@@ -13,7 +13,8 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import aiosqlite
 
@@ -110,7 +111,7 @@ class History:
 
     @classmethod
     async def open(cls, db: aiosqlite.Connection, days: float,
-                   clock: Callable[[], float] = time.time) -> "History":
+                   clock: Callable[[], float] = time.time) -> History:
         await db.executescript(SCHEMA)
         await db.commit()
         history = cls(db, days, clock)

@@ -11,8 +11,9 @@ value is clearly back. A subject with no value (no worker, a GPU gone, too few j
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from daemon.config import ConfigError
 

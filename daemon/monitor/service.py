@@ -16,9 +16,10 @@ import logging
 import shutil
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 
@@ -99,7 +100,7 @@ class Monitor:
                    queue_wait: Callable[[], Any] | None = None,
                    audit: Audit | None = None, *,
                    clock: Callable[[], float] = time.time, executor: Executor | None = None,
-                   nvml: Any = None) -> "Monitor":
+                   nvml: Any = None) -> Monitor:
         """Open state/metrics.sqlite3 (WAL), load open alerts, set up NVML. Nothing runs until `start()`.
 
         `queue_wait` returns the oldest queued job's age in seconds, or None when nothing waits (it may
@@ -152,7 +153,7 @@ class Monitor:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="sai-monitor")
 
     @property
-    def sampling(self) -> "asyncio.Task[None] | None":
+    def sampling(self) -> asyncio.Task[None] | None:
         """The task that samples and runs the alert rules (None before `start()` or when disabled)."""
         return self._task
 
@@ -239,7 +240,7 @@ class Monitor:
 
     # -- what the daemon feeds in -------------------------------------------------------------
 
-    def attach(self, queue: "QueueManager", worker: "WorkerSupervisor", audit: "AuditLog") -> None:
+    def attach(self, queue: QueueManager, worker: WorkerSupervisor, audit: AuditLog) -> None:
         """Feed the service metrics (daemon.monitor.service_metrics) from the daemon's parts, once
         they are open (until then the exposition carries the host figures only), and the failure-rate
         rule from the `job` events of jobs that succeed or fail (the queue never calls up here)."""

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
@@ -236,8 +237,8 @@ def chain_batch_figures(metrics: ServiceMetrics, keep: BatchFigures) -> BatchFig
     return figures
 
 
-def attach(metrics: ServiceMetrics, bus: "EventBus", queue: "QueueManager", worker: "WorkerSupervisor",
-           audit: "AuditLog") -> None:
+def attach(metrics: ServiceMetrics, bus: EventBus, queue: QueueManager, worker: WorkerSupervisor,
+           audit: AuditLog) -> None:
     """Feed `metrics` from the daemon's parts: events from its bus, scrape-time state from its queue,
     worker and audit log. (The dispatcher's batch figures come through `chain_batch_figures`, given
     to the dispatcher when it is built.)"""

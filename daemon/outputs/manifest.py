@@ -15,14 +15,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from daemon.crypto import HashMismatchError, ManifestError, OutputError, SignatureError, UnknownKeyError
-from daemon.crypto import envelope
+from daemon.crypto import HashMismatchError, ManifestError, OutputError, SignatureError, UnknownKeyError, envelope
 
 FORMAT = "sai-manifest/1"
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")

@@ -13,20 +13,21 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from daemon.config import Config, ConfigError, defaults as config_defaults
+from daemon.config import Config, ConfigError
+from daemon.config import defaults as config_defaults
 from daemon.crypto import OutputError, envelope
 from daemon.outputs import watermark
-from daemon.safefiles import atomic_write
-from daemon.schema import parse_color
 from daemon.outputs.manifest import FORMAT, manifest_bytes, output_paths, sha256_hex, sign
 from daemon.outputs.png import encode_png, metadata_text
 from daemon.outputs.visible import MarkSpec, apply_visible, logo_digest
+from daemon.safefiles import atomic_write
+from daemon.schema import parse_color
 
 if TYPE_CHECKING:
     from daemon.crypto.keys import KeyStore
@@ -54,7 +55,7 @@ class OutputSettings:
     preview_max_side: int
 
     @classmethod
-    def from_config(cls, cfg: Config) -> "OutputSettings":
+    def from_config(cls, cfg: Config) -> OutputSettings:
         """From a loaded config; ConfigError when the logo to draw is not a file."""
         values = {**cfg.values["watermark"], **cfg.values["outputs"]}
         settings = cls(**{name: values[name] for name in cls.__dataclass_fields__})
@@ -63,7 +64,7 @@ class OutputSettings:
         return settings
 
     @classmethod
-    def defaults(cls, **changes: Any) -> "OutputSettings":
+    def defaults(cls, **changes: Any) -> OutputSettings:
         """The shipped settings, with `changes` (checked like a config file's) for tests and benches."""
         shipped = config_defaults()
         section = {key: name for name in ("watermark", "outputs") for key in shipped.values[name]}
@@ -103,11 +104,11 @@ class ProtectedOutput:
 
 
 def _rfc3339(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def mark_spec(settings: OutputSettings, info: OutputInfo, created: datetime) -> MarkSpec:
-    text = settings.text.format(job_id=info.job_id, date=created.astimezone(timezone.utc).strftime("%Y-%m-%d"),
+    text = settings.text.format(job_id=info.job_id, date=created.astimezone(UTC).strftime("%Y-%m-%d"),
                                 user=info.user, index=info.index, model=info.model_id)
     logo = settings.logo if settings.visible_kind == "logo" else ""
     return MarkSpec(kind=settings.visible_kind, text=text, logo=logo,
@@ -132,7 +133,7 @@ def mark_image(rgb: np.ndarray, info: OutputInfo, settings: OutputSettings, crea
     return image, spec, invisible
 
 
-def protect_image(rgb: np.ndarray, info: OutputInfo, keystore: "KeyStore", settings: OutputSettings,
+def protect_image(rgb: np.ndarray, info: OutputInfo, keystore: KeyStore, settings: OutputSettings,
                   out_dir: Path) -> ProtectedOutput:
     """Watermark, encode, sign, encrypt and atomically write one image. Returns paths, hashes, timings."""
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
@@ -140,7 +141,7 @@ def protect_image(rgb: np.ndarray, info: OutputInfo, keystore: "KeyStore", setti
     sai_path, manifest_path, sig_path = output_paths(out_dir, info.job_id, info.index)
     if manifest_path.exists():
         raise OutputError(f"output {manifest_path.name} already exists; outputs are written once", field="file")
-    created = info.created or datetime.now(timezone.utc)
+    created = info.created or datetime.now(UTC)
     timings: dict[str, float] = {}
     image, spec, invisible = mark_image(rgb, info, settings, created, timings)
     fp = watermark.fingerprint(info.job_id)
@@ -190,7 +191,7 @@ def protect_image(rgb: np.ndarray, info: OutputInfo, keystore: "KeyStore", setti
                            signing_kid, fp.hex(), manifest, timings)
 
 
-def rotate_outputs(out_dir: Path, keystore: "KeyStore") -> dict[str, Any]:
+def rotate_outputs(out_dir: Path, keystore: KeyStore) -> dict[str, Any]:
     """Re-wrap every .png.sai under the current KEK (header rewritten, ciphertext untouched).
 
     Atomic per file and idempotent: after a crash, run it again. Manifests are not touched; they
@@ -214,5 +215,17 @@ def rotate_outputs(out_dir: Path, keystore: "KeyStore") -> dict[str, Any]:
 # Verification, export, preview and inspection live in daemon.outputs.verify; import them from here.
 from daemon.outputs.verify import export_output, inspect_png, preview_output, preview_png, verify_output  # noqa: E402
 
-__all__ = ["OutputSettings", "OutputInfo", "ProtectedOutput", "protect_image", "mark_image", "rotate_outputs", "output_paths",
-           "export_output", "verify_output", "preview_png", "preview_output", "inspect_png"]
+__all__ = [
+    "OutputInfo",
+    "OutputSettings",
+    "ProtectedOutput",
+    "export_output",
+    "inspect_png",
+    "mark_image",
+    "output_paths",
+    "preview_output",
+    "preview_png",
+    "protect_image",
+    "rotate_outputs",
+    "verify_output",
+]

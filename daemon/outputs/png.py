@@ -15,7 +15,7 @@ import io
 import json
 import struct
 import zlib
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime, timezone
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from daemon.crypto import OutputError, envelope
-from daemon.safefiles import fsync_dir
 from daemon.outputs.pipeline import OutputInfo, OutputSettings, output_paths, protect_image, rotate_outputs
+from daemon.safefiles import fsync_dir
 
 if TYPE_CHECKING:
     from daemon.crypto.keys import KeyStore
@@ -36,19 +37,19 @@ OUTPUTS_KEK = "outputs_kek"    # settings: the KEK every .png.sai was last broug
 class ProtectedSink:
     """The dispatcher's OutputSink: watermark, sign, encrypt, write atomically; return the job's record."""
 
-    def __init__(self, keystore: "KeyStore", settings: OutputSettings, outputs_dir: Path,
+    def __init__(self, keystore: KeyStore, settings: OutputSettings, outputs_dir: Path,
                  weights_sha256: Callable[[], str] = lambda: "") -> None:
         self.keystore = keystore
         self.settings = settings
         self.outputs_dir = outputs_dir
         self.weights_sha256 = weights_sha256
 
-    def write(self, job: "Job", index: int, shape: tuple[int, ...], pixels: bytes) -> dict[str, Any]:
+    def write(self, job: Job, index: int, shape: tuple[int, ...], pixels: bytes) -> dict[str, Any]:
         rgb = np.frombuffer(pixels, dtype=np.uint8).reshape(shape)
         info = OutputInfo(job_id=job.job_id, index=index, user=job.user, params=dict(job.params),
                           prompt=job.prompt, negative_prompt=job.negative_prompt,
                           seed=job.image_seed(index), model_id=job.model_id,
-                          weights_sha256=self.weights_sha256() or "", created=datetime.now(timezone.utc))
+                          weights_sha256=self.weights_sha256() or "", created=datetime.now(UTC))
         discard_unreported(self.outputs_dir, job.job_id, index)  # only a retried job has any
         out = protect_image(rgb, info, self.keystore, self.settings, self.outputs_dir)
         return output_record(index, out, width=int(shape[1]), height=int(shape[0]))
@@ -85,7 +86,7 @@ def output_record(index: int, out: Any, width: int, height: int) -> dict[str, An
 class KeyMaintenance:
     """Re-wraps outputs and prompt blobs under the current KEK; one pass at a time."""
 
-    def __init__(self, keystore: "KeyStore", store: "JobStore", outputs_dir: Path, run: Runner) -> None:
+    def __init__(self, keystore: KeyStore, store: JobStore, outputs_dir: Path, run: Runner) -> None:
         self.keystore = keystore
         self.store = store
         self.outputs_dir = outputs_dir

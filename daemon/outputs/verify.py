@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
-from daemon.crypto import (FormatError, HashMismatchError, ManifestError, MissingOutputError, OutputError,
-                           envelope)
+from daemon.crypto import FormatError, HashMismatchError, ManifestError, MissingOutputError, OutputError, envelope
 from daemon.crypto.keys import load_public_keys
 from daemon.outputs import watermark
-from daemon.outputs.manifest import (check_encrypted_file, output_paths, parse_manifest, sha256_hex,
-                                     verify_signature)
+from daemon.outputs.manifest import check_encrypted_file, output_paths, parse_manifest, sha256_hex, verify_signature
 from daemon.outputs.png import encode_png, read_png, sai_metadata
 from daemon.outputs.visible import PRESENT_THRESHOLD, MarkSpec, logo_digest, mark_score
 
@@ -27,7 +26,7 @@ PublicKeys = Union[Mapping[str, "Ed25519PublicKey"], "KeyStore", Path, str]
 SUFFIXES = (".png.sai", ".manifest.json", ".manifest.sig")
 
 
-def _keys(public_keys: PublicKeys) -> Mapping[str, "Ed25519PublicKey"]:
+def _keys(public_keys: PublicKeys) -> Mapping[str, Ed25519PublicKey]:
     if isinstance(public_keys, (str, os.PathLike)):
         return load_public_keys(Path(public_keys))
     if hasattr(public_keys, "public_keys"):
@@ -42,14 +41,14 @@ def _read(path: Path, what: str) -> bytes:
         raise MissingOutputError(f"{what} {path.name} is missing from {path.parent}", path=str(path)) from None
 
 
-def _signed_manifest(manifest_path: Path, sig_path: Path, keys: Mapping[str, "Ed25519PublicKey"]) -> dict[str, Any]:
+def _signed_manifest(manifest_path: Path, sig_path: Path, keys: Mapping[str, Ed25519PublicKey]) -> dict[str, Any]:
     data = _read(manifest_path, "manifest")
     signature = _read(sig_path, "signature")
     return verify_signature(data, signature, keys)
 
 
 def _verify_one(sai_path: Path, manifest_path: Path, sig_path: Path,
-                keys: Mapping[str, "Ed25519PublicKey"], current_signing: str | None) -> dict[str, Any]:
+                keys: Mapping[str, Ed25519PublicKey], current_signing: str | None) -> dict[str, Any]:
     report: dict[str, Any] = {"ok": False, "file": str(sai_path), "manifest": str(manifest_path), "checks": {}}
     checks = report["checks"]
     try:
@@ -113,7 +112,7 @@ def verify_output(target: str | Path, out_dir: Path, public_keys: PublicKeys, in
     return {"ok": all(o["ok"] for o in outputs), "target": str(target), "outputs": outputs}
 
 
-def export_output(out_dir: Path, job_id: str, index: int, keystore: "KeyStore") -> bytes:
+def export_output(out_dir: Path, job_id: str, index: int, keystore: KeyStore) -> bytes:
     """The PNG bytes of an output, after checking signature and hashes; raises OutputError otherwise."""
     sai_path, manifest_path, sig_path = output_paths(Path(out_dir), job_id, index)
     manifest = _signed_manifest(manifest_path, sig_path, keystore.public_keys())
@@ -143,7 +142,7 @@ def preview_png(png: bytes, max_side: int = 256) -> bytes:
     return encode_png(np.ascontiguousarray(rgb), None, 6)
 
 
-def preview_output(out_dir: Path, job_id: str, index: int, keystore: "KeyStore", max_side: int = 256) -> bytes:
+def preview_output(out_dir: Path, job_id: str, index: int, keystore: KeyStore, max_side: int = 256) -> bytes:
     return preview_png(export_output(out_dir, job_id, index, keystore), max_side)
 
 

@@ -20,8 +20,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from daemon.crypto import WatermarkError
 from daemon.config import defaults as config_defaults
+from daemon.crypto import WatermarkError
 from daemon.schema import choices, parse_color
 
 ANCHORS = choices("watermark.position")
@@ -50,7 +50,7 @@ class MarkSpec:
     tile_spacing: float
 
     @classmethod
-    def shipped(cls, **changes: Any) -> "MarkSpec":
+    def shipped(cls, **changes: Any) -> MarkSpec:
         """The mark config/default.toml's `[watermark]` describes (its text taken as it is, not as a
         template; no logo), with `changes`."""
         w = config_defaults().watermark
@@ -65,7 +65,7 @@ class MarkSpec:
         return data
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "MarkSpec":
+    def from_json(cls, data: dict[str, Any]) -> MarkSpec:
         """A stored spec; a field it lacks (a manifest older than the field) takes the shipped value."""
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         for key in ("color", "outline"):

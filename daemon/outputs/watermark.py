@@ -32,7 +32,6 @@ from typing import Any
 import cv2
 import numpy as np
 
-
 FINGERPRINT_BITS = 64
 FINGERPRINT_DOMAIN = b"sai-fingerprint-v1\0"
 DEFAULT_STRENGTH = 36

@@ -113,7 +113,7 @@ class JobHistory:
         self._db = db
 
     @classmethod
-    async def open(cls, path: Path) -> "JobHistory":
+    async def open(cls, path: Path) -> JobHistory:
         """Open the queue's database (the jobs table must exist: open the JobStore first)."""
         db = await aiosqlite.connect(path)
         await db.execute("PRAGMA busy_timeout=5000")

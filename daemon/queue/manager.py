@@ -10,8 +10,9 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, Callable, Coroutine
+from typing import Any
 
 from daemon.auth import Peer, Role
 from daemon.config import Config

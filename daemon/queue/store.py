@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Protocol
 
 import aiosqlite
 
@@ -126,11 +127,11 @@ class JobStore:
         self.commits = 0
 
     @property
-    def writer(self) -> "asyncio.Task[None]":
+    def writer(self) -> asyncio.Task[None]:
         """The task that commits writes; once it has ended every write fails with JobStoreClosed."""
         return self._writer
 
-    def _refuse_waiting(self, writer: "asyncio.Task[None]") -> None:
+    def _refuse_waiting(self, writer: asyncio.Task[None]) -> None:
         while not self._pending.empty():
             _, _, fut = self._pending.get_nowait()
             self._pending.task_done()
@@ -139,7 +140,7 @@ class JobStore:
 
     @classmethod
     async def open(cls, path: Path, sealer: TextSealer | None = None, *,
-                   on_stall: Callable[[str | None], Any] | None = None) -> "JobStore":
+                   on_stall: Callable[[str | None], Any] | None = None) -> JobStore:
         """`on_stall` is told (message) when writes wait on a lock another process holds, (None) once they commit."""
         db = await aiosqlite.connect(path)
         await db.execute("PRAGMA journal_mode=WAL")

@@ -18,8 +18,8 @@ its tokens appear, in a row, in the prompt's tokens of the same view. Each view:
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Iterable
 from functools import lru_cache
-from typing import Iterable
 
 import regex
 from confusable_homoglyphs.confusables import confusables_data

@@ -16,8 +16,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 WORKDIR = "/"
 MODULE = "daemon.worker.main"

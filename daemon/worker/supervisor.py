@@ -9,8 +9,9 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from daemon.worker import launch
 from daemon.worker.ipc import pack, read_message
@@ -62,7 +63,7 @@ class _Running:
 
 
 class WorkerSupervisor:
-    def __init__(self, spec: dict[str, Any], *, watch_reader: Callable[["asyncio.Task[None]"], object]) -> None:
+    def __init__(self, spec: dict[str, Any], *, watch_reader: Callable[[asyncio.Task[None]], object]) -> None:
         """`watch_reader` is given each worker's reader task: one that raises leaves that worker's
         batches unanswered, so the daemon watches it (daemon.background)."""
         self.spec = spec
@@ -119,7 +120,7 @@ class WorkerSupervisor:
         self._watch_reader(self._reader)
         try:
             self.info = await asyncio.wait_for(asyncio.shield(self._ready), timeout)
-        except (WorkerError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, WorkerError) as exc:
             self.state = "failed"
             self.last_error = str(exc) or "timed out loading the model"
             await self.kill()
@@ -244,7 +245,7 @@ class WorkerSupervisor:
             self._send({"op": "shutdown"})
             assert self.process is not None
             await asyncio.wait_for(self.process.wait(), timeout)
-        except (WorkerError, asyncio.TimeoutError, ConnectionError):
+        except (TimeoutError, WorkerError, ConnectionError):
             await self.kill()
         if self._reader:
             await asyncio.gather(self._reader, return_exceptions=True)
