@@ -6,29 +6,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
-import json
 import os
 import pkgutil
-import re
 import sys
-from typing import Any, Iterable, NoReturn, Sequence
+from typing import Any, NoReturn, Sequence
 
 from console import clihelp
+from console.cliargs import socket_for, wants_json
+from console.cliout import fail, rpc_failure, set_json_errors, unavailable
 from daemon.client import DaemonClient, DaemonUnavailable
 from daemon.exitcodes import ExitCode
-from daemon.protocol import NOT_PERMITTED, RpcError
+from daemon.protocol import RpcError
 
-EXIT_ERROR = ExitCode.FAILURE
-EXIT_UNAVAILABLE = ExitCode.UNAVAILABLE
 HELP_ORDER = ("service", "jobs", "wait", "monitor", "audit", "outputs", "report")
 """Command modules in the order `sai --help` lists their commands: everyday use first."""
-FULL_JOB_ID = re.compile(r"j[0-9a-f]{12}")
-
-
-class _Output:
-    """Whether this run's errors are also printed as JSON on stdout (the command was given --json)."""
-
-    json_errors = False
 
 
 class SaiParser(argparse.ArgumentParser):
@@ -79,81 +70,13 @@ def _add_common(parser: argparse.ArgumentParser, default: Any) -> None:
             parser.add_argument(flag, default=default, help=text)
 
 
-def add_json_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
-
-
-def print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, ensure_ascii=False))
-
-
-def print_fields(rows: Iterable[tuple[str, Any]]) -> None:
-    """`name  value` lines, the values in one column; None and "" print as "-"."""
-    rows = list(rows)
-    width = max((len(name) for name, _ in rows), default=0)
-    for name, value in rows:
-        print(f"{name:<{width}}  {'-' if value is None or value == '' else value}")
-
-
-def add_job_argument(parser: argparse.ArgumentParser, nargs: str | None = None, text: str = "") -> None:
-    """The JOB argument, named the same in every command; `resolve_job` turns it into a full id."""
-    parser.add_argument("job_id", metavar="JOB", nargs=nargs,
-                        help=text or "a job id, or enough of its start to be unique (e.g. j3f2a)")
-
-
-async def resolve_job(client: DaemonClient, text: str) -> str:
-    """The full id of the job `text` names: a full id as it is, else the daemon's `job.resolve`
-    (RpcError: no such job, or several, named)."""
-    if FULL_JOB_ID.fullmatch(text):
-        return text
-    return str((await client.call("job.resolve", prefix=text))["job_id"])
-
-
-def fail(message: str, code: int = EXIT_ERROR, data: dict[str, Any] | None = None) -> int:
-    """Say what went wrong on stderr (and as JSON on stdout under --json); return the exit status."""
-    print(f"sai: {message}", file=sys.stderr)
-    if _Output.json_errors:
-        name = ExitCode(code).name if code in ExitCode._value2member_map_ else ExitCode.FAILURE.name
-        error: dict[str, Any] = {"code": name.lower().replace("_", "-"), "exit": int(code), "message": message}
-        if data:
-            error.update(data)
-        print(json.dumps({"error": error}, ensure_ascii=False), flush=True)
-    return code
-
-
-def _rpc_failure(exc: RpcError) -> int:
-    code = ExitCode.DENIED if exc.code == NOT_PERMITTED else ExitCode.FAILURE
-    return fail(exc.message, code, {"rpc_code": exc.code, **({"data": exc.data} if exc.data is not None else {})})
-
-
-def _unavailable(exc: DaemonUnavailable) -> int:
-    denied = isinstance(exc.__cause__, PermissionError)
-    return fail(str(exc), ExitCode.DENIED if denied else ExitCode.UNAVAILABLE)
-
-
-def socket_for(args: argparse.Namespace) -> str:
-    from daemon import config, paths
-
-    configured = config.load(args.config).daemon.socket if args.config else _configured_socket()
-    return str(paths.socket_path(args.socket, configured))
-
-
-def _configured_socket() -> str:
-    from daemon import config
-
-    try:
-        return config.load().daemon.socket
-    except config.ConfigError:
-        return ""
-
-
 async def _run(args: argparse.Namespace) -> int:
     if not getattr(args, "needs_daemon", True):
         return await args.handler(args, None)
     try:
         client = await DaemonClient.connect(socket_for(args))
     except DaemonUnavailable as exc:
-        return _unavailable(exc)
+        return unavailable(exc)
     try:
         return await args.handler(args, client)
     finally:
@@ -169,16 +92,12 @@ def _event_loop_run(coro: Any) -> Any:
     return uvloop.run(coro)
 
 
-def wants_json(args: argparse.Namespace) -> bool:
-    return bool(getattr(args, "json", False)) or getattr(args, "format", None) == "json"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else list(argv)
-    _Output.json_errors = "--json" in words
+    set_json_errors("--json" in words)
     parser = build_parser()
     args = parser.parse_args(words)
-    _Output.json_errors = wants_json(args)
+    set_json_errors(wants_json(args))
     if args.command is None:
         from console.launch import run_console
 
@@ -186,9 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _event_loop_run(_run(args))
     except RpcError as exc:
-        return _rpc_failure(exc)
+        return rpc_failure(exc)
     except DaemonUnavailable as exc:
-        return _unavailable(exc)
+        return unavailable(exc)
     except KeyboardInterrupt:
         return ExitCode.INTERRUPTED
     except BrokenPipeError:
@@ -200,8 +119,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # `python -m console.cli`: run the imported module's main, so the commands (which import
-    # console.cli) share its state, such as whether errors are also JSON.
-    from console.cli import main as imported_main
-
-    sys.exit(imported_main())
+    sys.exit(main())

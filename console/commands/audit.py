@@ -8,13 +8,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from console.cliargs import add_json_flag
+from console.cliout import fail, print_json
 from daemon.client import DaemonClient
 from daemon.exitcodes import ExitCode
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from console.cli import add_json_flag
-
     audit = sub.add_parser("audit", help="the audit log: tail, verify, checkpoints, proofs, export")
     cmds = audit.add_subparsers(dest="audit_command", metavar="AUDIT_COMMAND", required=True)
 
@@ -90,8 +90,6 @@ def _matches(e: dict[str, Any], args: argparse.Namespace) -> bool:
 
 
 async def tail(args: argparse.Namespace, client: DaemonClient) -> int:
-    from console.cli import fail
-
     if not 1 <= args.limit <= 1000:
         return fail("--limit must be between 1 and 1000", ExitCode.USAGE)
     if args.follow:
@@ -148,8 +146,6 @@ def _pinned_key(path: str) -> bytes | str:
 async def verify(args: argparse.Namespace, client: DaemonClient) -> int:
     import base64
 
-    from console.cli import fail, print_json
-
     try:
         against = _read_checkpoint(args.against)
     except OSError as exc:
@@ -168,8 +164,6 @@ async def verify(args: argparse.Namespace, client: DaemonClient) -> int:
 
 
 async def checkpoint(args: argparse.Namespace, client: DaemonClient) -> int:
-    from console.cli import fail, print_json
-
     note = (await client.call("audit.checkpoint"))["checkpoint"]
     if args.output:
         try:
@@ -184,7 +178,6 @@ async def checkpoint(args: argparse.Namespace, client: DaemonClient) -> int:
 
 
 async def proof(args: argparse.Namespace, client: DaemonClient) -> int:
-    from console.cli import print_json
     from daemon.audit.merkle import verify_inclusion
 
     reply = await client.call("audit.proof", index=args.seq, tree_size=args.tree_size)
@@ -203,7 +196,6 @@ async def proof(args: argparse.Namespace, client: DaemonClient) -> int:
 
 
 async def consistency(args: argparse.Namespace, client: DaemonClient) -> int:
-    from console.cli import print_json
     from daemon.audit.merkle import verify_consistency
 
     reply = await client.call("audit.consistency", first=args.first, second=args.second)
@@ -221,8 +213,6 @@ async def consistency(args: argparse.Namespace, client: DaemonClient) -> int:
 
 
 async def export(args: argparse.Namespace, client: DaemonClient) -> int:
-    from console.cli import print_json
-
     reply = await client.call("audit.export", directory=str(Path(args.directory).resolve()))
     if args.json:
         print_json(reply)
@@ -234,8 +224,6 @@ async def export(args: argparse.Namespace, client: DaemonClient) -> int:
 
 async def verify_export(args: argparse.Namespace, client: DaemonClient | None = None) -> int:
     import asyncio
-
-    from console.cli import fail, print_json
 
     from daemon.audit.chain import Pin
     from daemon.audit.verify import verify_export as check

@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from console.cliargs import add_json_flag
+from console.cliout import fail, print_json
 from daemon.client import DaemonClient
 from daemon.exitcodes import ExitCode
 
@@ -20,8 +22,6 @@ BACKUP_NICENESS = 10
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from console.cli import add_json_flag
-
     p = sub.add_parser("backup", help="signed, consistent snapshot of the running daemon's state into a new DIR "
                                       "(run as the daemon's user)")
     p.add_argument("directory", metavar="DIR", help="a new (or empty) directory for the backup")
@@ -56,7 +56,6 @@ def _owner_problem(state_dir: Path) -> str | None:
 
 
 async def backup(args: argparse.Namespace, client: DaemonClient) -> int:
-    from console.cli import fail, print_json
     from daemon.backup.manifest import BackupError, encode, sign_document
     from daemon.backup.restore import check
     from daemon.backup.snapshot import Snapshot
@@ -103,7 +102,6 @@ async def backup(args: argparse.Namespace, client: DaemonClient) -> int:
 
 
 async def restore(args: argparse.Namespace, client: DaemonClient | None = None) -> int:
-    from console.cli import fail, print_json
     from daemon.backup.manifest import BackupError, load_public_key
     from daemon.backup.restore import Restore
 

@@ -6,12 +6,13 @@ import argparse
 import os
 import pwd
 
+from console.cliargs import add_json_flag
+from console.cliout import fail, print_json
+
 STYLES = {"OK": "green", "WARN": "yellow", "FAIL": "bold red"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from console.cli import add_json_flag
-
     doctor = sub.add_parser(
         "doctor", help="preflight: versions against the lock, torch and GPUs, disk, key modes, config, models, clock",
         description="Checks this box without a daemon. Exit status 0: all OK; 10: warnings; 11: a check failed. "
@@ -27,7 +28,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 async def doctor_command(args: argparse.Namespace, client: None) -> int:
     import asyncio
 
-    from console.cli import fail, print_json
     from daemon.exitcodes import ExitCode
     from daemon.doctor import exit_code
     from daemon.doctor.run import run_checks

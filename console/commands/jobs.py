@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from console.cliargs import add_job_argument, add_json_flag, resolve_job
+from console.cliout import fail, print_fields, print_json
 from daemon.client import DaemonClient
 from daemon.exitcodes import ExitCode
 from daemon.protocol import PRIORITIES
@@ -30,8 +32,6 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from console.cli import add_job_argument, add_json_flag
-
     p = sub.add_parser("submit", help="queue a generation job")
     p.add_argument("prompt")
     p.add_argument("--negative", default="", help="negative prompt (default: none)")
@@ -112,7 +112,6 @@ def _submit_params(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def submit(args: argparse.Namespace, client: DaemonClient) -> int:
-    from console.cli import print_json
     from console.commands.wait import follow, outcome, print_outcome, say_still_running
 
     if args.wait:
@@ -180,8 +179,6 @@ def _prompt(job: dict[str, Any]) -> str:
 
 
 async def list_jobs(args: argparse.Namespace, client: DaemonClient) -> int:
-    from console.cli import print_json
-
     jobs, total = await _fetch(client, args.state, None if args.all else args.limit)
     if args.json:
         print_json({"jobs": jobs, "total": total})
@@ -210,8 +207,6 @@ def _print_table(jobs: list[dict[str, Any]]) -> None:
 
 
 async def show_job(args: argparse.Namespace, client: DaemonClient) -> int:
-    from console.cli import print_fields, print_json, resolve_job
-
     job = await client.call("job.get", job_id=await resolve_job(client, args.job_id))
     if args.json:
         print_json(job)
@@ -227,16 +222,12 @@ async def show_job(args: argparse.Namespace, client: DaemonClient) -> int:
 
 
 async def cancel(args: argparse.Namespace, client: DaemonClient) -> int:
-    from console.cli import print_json, resolve_job
-
     reply = await client.call("job.cancel", job_id=await resolve_job(client, args.job_id))
     print_json(reply) if args.json else print(f"{reply['job_id']} {reply['state']}")
     return 0
 
 
 async def set_priority(args: argparse.Namespace, client: DaemonClient) -> int:
-    from console.cli import print_json, resolve_job
-
     reply = await client.call("job.set_priority", job_id=await resolve_job(client, args.job_id),
                               priority=args.priority)
     print_json(reply) if args.json else print(f"{reply['job_id']} now {reply['priority']}, position {reply['position']}")
@@ -245,7 +236,6 @@ async def set_priority(args: argparse.Namespace, client: DaemonClient) -> int:
 
 async def export(args: argparse.Namespace, client: DaemonClient) -> int:
     """Fetch the chunks, check the hash, then write the file atomically with mode 0600."""
-    from console.cli import fail, print_json, resolve_job
     from daemon.safefiles import PrivateDir
 
     job_id = await resolve_job(client, args.job_id)

@@ -7,6 +7,8 @@ import sys
 from datetime import datetime
 from typing import Any
 
+from console.cliargs import add_json_flag
+from console.cliout import print_fields, print_json
 from console.formatting import human_bytes
 from daemon.client import DaemonClient
 
@@ -14,8 +16,6 @@ GIB = 1024 ** 3
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from console.cli import add_json_flag
-
     metrics = sub.add_parser("metrics", help="host, worker and GPU figures from the daemon's latest sample")
     form = metrics.add_mutually_exclusive_group()
     form.add_argument("--prometheus", action="store_true", help="print them in the Prometheus text format")
@@ -89,8 +89,6 @@ def metrics_lines(sample: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 async def show_metrics(args: argparse.Namespace, client: DaemonClient) -> int:
-    from console.cli import print_fields, print_json
-
     if args.prometheus:
         sys.stdout.write((await client.call("metrics.prometheus"))["text"])
         return 0
@@ -104,8 +102,6 @@ async def show_metrics(args: argparse.Namespace, client: DaemonClient) -> int:
 
 
 async def show_alerts(args: argparse.Namespace, client: DaemonClient) -> int:
-    from console.cli import print_json
-
     result = await client.call("alerts.list", state="all" if args.all else "open", limit=args.limit)
     if args.json:
         print_json(result)
@@ -123,8 +119,6 @@ async def show_alerts(args: argparse.Namespace, client: DaemonClient) -> int:
 
 
 async def ack_alert(args: argparse.Namespace, client: DaemonClient) -> int:
-    from console.cli import print_json
-
     result = await client.call("alerts.ack", alert_id=args.alert_id)
     if args.json:
         print_json(result)

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from console.cliargs import add_json_flag, resolve_job
+from console.cliout import fail, print_json
 from daemon.client import DaemonClient
 from daemon.exitcodes import ExitCode
 
@@ -28,8 +30,6 @@ def _is_file_target(value: str) -> bool:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from console.cli import add_json_flag
-
     p = sub.add_parser("inspect", help="show an exported PNG's fingerprint, job and watermarks (offline)")
     p.add_argument("file", metavar="FILE", help="a PNG exported with `sai export`")
     p.add_argument("--outputs-dir", metavar="DIR", help="also match the fingerprint against the manifests in this directory")
@@ -60,7 +60,6 @@ def _keys_dir(args: argparse.Namespace) -> Path:
 
 
 async def inspect_file(args: argparse.Namespace, client: DaemonClient | None) -> int:
-    from console.cli import fail, print_json
     from daemon.crypto import OutputError
     from daemon.outputs.verify import inspect_png
 
@@ -118,8 +117,6 @@ def _print_verify(report: dict[str, Any]) -> None:
 
 
 async def verify(args: argparse.Namespace, client: DaemonClient | None) -> int:
-    from console.cli import fail, print_json, resolve_job
-
     if client is None:
         from daemon.crypto import OutputError
         from daemon.outputs.verify import verify_output

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from console.cliargs import socket_for
+from console.cliout import fail, print_json
 from console.formatting import RELATIVE, UNITS, parse_moment
 from console.report import FORMATS, METRICS
 from daemon.client import DaemonClient
@@ -130,8 +132,6 @@ class _Connection:
 
     async def get(self) -> DaemonClient:
         if self.client is None:
-            from console.cli import socket_for
-
             self.client = await DaemonClient.connect(socket_for(self.args))
         return self.client
 
@@ -141,8 +141,6 @@ class _Connection:
 
 
 async def report(args: argparse.Namespace, _: DaemonClient | None) -> int:
-    from console.cli import fail
-
     if args.json and args.format not in (None, "json"):
         return fail(f"--json and --format {args.format} ask for different output: give one", ExitCode.USAGE)
     args.format = "json" if args.json else args.format or "md"
@@ -162,7 +160,6 @@ async def report(args: argparse.Namespace, _: DaemonClient | None) -> int:
 
 
 async def _report(args: argparse.Namespace, connection: _Connection, since: float, until: float) -> int:
-    from console.cli import print_json
     from console.report import history, render, summary
 
     client = await connection.get()
@@ -202,7 +199,6 @@ async def _load_side(spec: SideSpec, connection: _Connection) -> Side:
 
 
 async def _compare(args: argparse.Namespace, connection: _Connection) -> int:
-    from console.cli import fail, print_json
     from console.report import render
     from console.report.compare import compare
 

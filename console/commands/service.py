@@ -6,13 +6,13 @@ import argparse
 import sys
 from typing import Any
 
+from console.cliargs import add_json_flag
+from console.cliout import print_fields, print_json
 from daemon.client import DaemonClient
 from daemon.exitcodes import ExitCode
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from console.cli import add_json_flag
-
     daemon = sub.add_parser("daemon", help="run the daemon in the foreground (for systemd)")
     daemon.set_defaults(handler=run_daemon, needs_daemon=False)
     status = sub.add_parser("status", help="the daemon, its worker and its queue")
@@ -54,7 +54,6 @@ async def run_daemon(args: argparse.Namespace, client: None) -> int:
 
 
 async def show_status(args: argparse.Namespace, client: DaemonClient) -> int:
-    from console.cli import print_fields, print_json
     from console.formatting import duration
 
     status: dict[str, Any] = await client.call("daemon.status")
@@ -82,8 +81,6 @@ async def show_status(args: argparse.Namespace, client: DaemonClient) -> int:
 
 
 async def restart_worker(args: argparse.Namespace, client: DaemonClient) -> int:
-    from console.cli import print_json
-
     reply = await client.call("worker.restart", reason=args.reason)
     if args.json:
         print_json(reply)
@@ -95,8 +92,6 @@ async def restart_worker(args: argparse.Namespace, client: DaemonClient) -> int:
 
 def _queue_call(method: str) -> Any:
     async def handler(args: argparse.Namespace, client: DaemonClient) -> int:
-        from console.cli import print_json
-
         result = await client.call(method)
         if args.json:
             print_json(result)

@@ -8,6 +8,8 @@ import asyncio
 import sys
 from typing import Any
 
+from console.cliargs import add_job_argument, add_json_flag, resolve_job
+from console.cliout import print_json
 from daemon.client import DaemonClient, DaemonUnavailable
 from daemon.exitcodes import ExitCode
 
@@ -19,8 +21,6 @@ Job = dict[str, Any]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from console.cli import add_job_argument, add_json_flag
-
     p = sub.add_parser("wait", help="wait until jobs finish; the exit status says how they ended",
                        description=f"Waits until every JOB has succeeded, failed or been cancelled. Exit status "
                                    f"{ExitCode.OK:d}: all succeeded; {ExitCode.JOB_FAILED:d}: any failed or was "
@@ -116,8 +116,6 @@ def say_still_running(job_ids: list[str]) -> None:
 
 
 async def wait(args: argparse.Namespace, client: DaemonClient) -> int:
-    from console.cli import print_json, resolve_job
-
     await client.call("events.subscribe", topics=["job"])
     job_ids = list(dict.fromkeys([await resolve_job(client, text) for text in args.job_id]))
     try:

@@ -37,3 +37,19 @@ def test_console_widgets_package_holds_only_widgets() -> None:
         if not any(issubclass(c, Widget) for c in own):
             not_widgets.append(module.__name__)
     assert not not_widgets, not_widgets
+
+
+def test_commands_take_the_cli_helpers_from_their_own_modules() -> None:
+    """The command modules import console.cliargs and console.cliout at the top; none reaches back
+    into console.cli (which imports them) from inside a function."""
+    import ast
+    from pathlib import Path
+
+    import console.commands
+
+    back = []
+    for path in sorted(Path(console.commands.__path__[0]).glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "console.cli":
+                back.append(f"{path.name}:{node.lineno}")
+    assert not back, back
