@@ -20,11 +20,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def to_toml(config: dict[str, dict[str, Any]]) -> str:
-    """Flat `[section]` tables of scalars and lists (JSON literals are valid TOML for those)."""
+    """`[section]` tables of scalars and lists (JSON literals are valid TOML for those); a table
+    value is a `[section."key"]` table of its own (`{"models": {"other": {"path": ...}}}`)."""
     lines = []
     for section, values in config.items():
         lines.append(f"[{section}]")
-        lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
+        lines += [f"{key} = {json.dumps(value)}" for key, value in values.items() if not isinstance(value, dict)]
+        for key, table in values.items():
+            if isinstance(table, dict):
+                lines.append(f"[{section}.{json.dumps(key)}]")
+                lines += [f"{inner} = {json.dumps(value)}" for inner, value in table.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -67,7 +72,8 @@ class DaemonProcess:
             [*(program or (sys.executable, "-m", "console.cli")), "daemon", "--socket", str(self.socket),
              "--state-dir", str(self.state_dir), "--config", str(self.config_file)],
             stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd,
-            env={**os.environ, "SAI_SOCKET": str(self.socket), "XDG_CONFIG_HOME": str(self.socket.parent), **(env or {})})
+            env={**os.environ, "SAI_SOCKET": str(self.socket), "XDG_CONFIG_HOME": str(self.socket.parent),
+                 **(env or {})})
         if wait:
             self.wait_answering(timeout)
         return self

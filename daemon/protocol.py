@@ -93,7 +93,7 @@ def encode(message: Any) -> bytes:
 
 
 _ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
-_LONG_NUMBER = re.compile(r"\d{%d}|[eE][+]?0*\d{3}" % (MAX_INT_DIGITS + 1))
+_LONG_NUMBER = re.compile(rf"\d{{{MAX_INT_DIGITS + 1}}}|[eE][+]?0*\d{{3}}")
 """A run of digits or an exponent that may not fit: only then are numbers parsed one by one
 through the checks (a Python call per number would make a line of numbers 15 times slower)."""
 

@@ -102,7 +102,7 @@ def _template(value: str) -> str | None:
     try:
         value.format(**{name: "x" for name in TEMPLATE_FIELDS})
     except (KeyError, IndexError, ValueError) as exc:
-        return f"bad template ({exc}); fields: " + ", ".join("{%s}" % name for name in TEMPLATE_FIELDS)
+        return f"bad template ({exc}); fields: " + ", ".join(f"{{{name}}}" for name in TEMPLATE_FIELDS)
     return None
 
 

@@ -202,7 +202,8 @@ def bind(m: Method, params: dict[str, Any]) -> dict[str, Any]:
     """Check `params` against the handler's signature; return the keyword arguments."""
     for name in params:
         if name not in m.checks:
-            raise invalid_params(echo(name), f"unknown parameter for {m.name}; accepted: {', '.join(m.params) or 'none'}")
+            accepted = ", ".join(m.params) or "none"
+            raise invalid_params(echo(name), f"unknown parameter for {m.name}; accepted: {accepted}")
     for name in m.required:
         if name not in params:
             raise invalid_params(name, "required")

@@ -74,8 +74,8 @@ def _write_contents(db_path: Path, out: PrivateDir) -> dict[str, Any]:
         origin = conn.execute("SELECT value FROM audit_meta WHERE name = 'origin'").fetchone()[0]
         count = 0
         with out.open("entries.jsonl") as raw, io.TextIOWrapper(raw, encoding="utf-8", newline="\n") as entries:
-            for seq, text, leaf, sig in conn.execute(
-                    "SELECT seq, entry, leaf_hash, signature FROM audit_entries ORDER BY seq"):
+            for text, leaf, sig in conn.execute(
+                    "SELECT entry, leaf_hash, signature FROM audit_entries ORDER BY seq"):
                 entries.write(f'{text[:-1]},"leaf_hash":"{leaf.hex()}","signature":"{sig.hex()}"}}\n')
                 count += 1
             entries.flush()

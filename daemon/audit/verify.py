@@ -6,8 +6,9 @@ Both run the same check over a `Source` of rows `(seq, entry bytes, leaf hash, s
   leaf hash; the Merkle tree rebuilt from the entries has, at each checkpoint's size, the root
   that checkpoint carries; each checkpoint is signed by a key of the log's key chain that was
   announced before that size. With a `Pin` (daemon.audit.chain), the chain must start at the
-  pinned key and the log must extend the pinned checkpoint, if any. Entry 0 (`audit.init`) and every `audit.key_rotate` entry are
-  checked in full, and so is every entry after the last checkpoint (no checkpoint covers them).
+  pinned key and the log must extend the pinned checkpoint, if any. Entry 0 (`audit.init`) and every
+  `audit.key_rotate` entry are checked in full, and so is every entry after the last checkpoint (no
+  checkpoint covers them).
 - Fast path: the entries a valid checkpoint covers are proven by that checkpoint's signature
   over the tree, so their own signatures are not checked. When something fails, the entries
   since the last good checkpoint are checked in full to name the first bad one.
@@ -168,7 +169,7 @@ class _Verifier:
         if scan.count != c1 - c0 or scan.mismatch is not None or scan.root is None:
             return None
         for i in sorted(set(scan.rotations) | ({0} if c0 == 0 else set())):
-            seq, data, leaf, sig = next(iter(self.src.rows(c0 + i, c0 + i + 1)))
+            _seq, data, leaf, sig = next(iter(self.src.rows(c0 + i, c0 + i + 1)))
             reason = self._check_entry(c0 + i, data, leaf, sig, apply=True)
             if reason:
                 self.fail(c0 + i, reason)
@@ -339,8 +340,8 @@ class DbSource:
         self.size = 0 if last is None else last + 1
         self.keys = {k.decode("utf-8", "replace"): bytes(v)
                      for k, v in self.conn.execute("SELECT key_id, public_key FROM audit_keys")}
-        self.checkpoints = [(s, n.decode("utf-8", "replace"))
-                            for s, n in self.conn.execute("SELECT tree_size, note FROM audit_checkpoints ORDER BY tree_size")]
+        rows = self.conn.execute("SELECT tree_size, note FROM audit_checkpoints ORDER BY tree_size")
+        self.checkpoints = [(s, n.decode("utf-8", "replace")) for s, n in rows]
 
     def rows(self, start: int, end: int) -> Iterator[Row]:
         return iter(self.conn.execute(

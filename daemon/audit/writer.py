@@ -132,7 +132,8 @@ class Writer:
             if level == 0:
                 row = self.conn.execute("SELECT leaf_hash FROM audit_entries WHERE seq = ?", (idx,)).fetchone()
             else:
-                row = self.conn.execute("SELECT hash FROM audit_nodes WHERE level = ? AND idx = ?", (level, idx)).fetchone()
+                row = self.conn.execute("SELECT hash FROM audit_nodes WHERE level = ? AND idx = ?",
+                                        (level, idx)).fetchone()
             if row is None:
                 raise RuntimeError(f"the audit tree is damaged: node ({level}, {idx}) is missing; "
                                    "run `sai audit verify --deep`")

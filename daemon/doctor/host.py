@@ -65,7 +65,8 @@ def packages(lock: Path | None) -> Check:
     try:
         pinned = lockfile.pins(lock)
     except OSError as exc:
-        return fail("packages", f"cannot read the lock {lock}: {exc.strerror}", "pass --lock FILE naming a readable lock")
+        return fail("packages", f"cannot read the lock {lock}: {exc.strerror}",
+                    "pass --lock FILE naming a readable lock")
     wrong = []
     for name, version in sorted(pinned.items()):
         try:
@@ -75,7 +76,8 @@ def packages(lock: Path | None) -> Check:
         if have != version:
             wrong.append(f"{name} {have} (lock: {version})")
     if not pinned:
-        return fail("packages", f"{lock} pins no package", "pass --lock FILE naming requirements.lock or requirements-cuda.lock")
+        return fail("packages", f"{lock} pins no package",
+                    "pass --lock FILE naming requirements.lock or requirements-cuda.lock")
     if wrong:
         return fail("packages", f"{len(wrong)} of {len(pinned)} packages differ from {lock}: {_listed(wrong)}",
                     f"reinstall exactly the lock: {sys.executable} -m pip install --no-deps --require-hashes -r {lock} "

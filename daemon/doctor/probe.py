@@ -80,7 +80,8 @@ def check_model(name: str, path: str, config_dir: str, state_dir: Path) -> Check
             return ok(label, f"built-in, built offline from code on the daemon's first start into {built}")
         problems, read = _component_problems(built)
         if problems:
-            return fail(label, f"the built copy is damaged: {problems[0]}", f"rm -r {built} (it is rebuilt on next start)")
+            return fail(label, f"the built copy is damaged: {problems[0]}",
+                        f"rm -r {built} (it is rebuilt on next start)")
         return ok(label, f"built-in, built at {built} ({read} weight files read)")
     fix = "set model.path to a local diffusers directory or .safetensors file (or model.name = \"tiny\")"
     try:

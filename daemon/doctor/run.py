@@ -27,7 +27,8 @@ def _load_config(config_file: str | None) -> tuple[config.Config, Check]:
                               f"correct {exc.key} in {exc.source}: {exc.reason}")
     except OSError as exc:
         return defaults, fail("config", f"cannot look at {exc.filename}: {exc.strerror} (the checks below use the "
-                                        "shipped defaults)", "run sai doctor as the daemon's user, or as root with --user")
+                                        "shipped defaults)",
+                              "run sai doctor as the daemon's user, or as root with --user")
     return cfg, ok("config", "valid: " + ", ".join(cfg.sources))
 
 
@@ -70,7 +71,8 @@ def torch_build(facts: dict[str, Any], device: str, gpus_present: bool) -> Check
         return fail("torch", f"{build}: model.device = \"cuda\" but {why}",
                     f"{unseen if cuda else cpu_build}, or set model.device = \"auto\" to run on the CPU")
     if gpus_present and not cuda:
-        return warn("torch", f"{build}: NVML sees GPUs, but the worker will run on the CPU", f"{cpu_build} on a GPU server")
+        return warn("torch", f"{build}: NVML sees GPUs, but the worker will run on the CPU",
+                    f"{cpu_build} on a GPU server")
     if cuda:
         return warn("torch", f"{build}: no CUDA device is visible{visible}; the worker will run on the CPU", unseen)
     return ok("torch", f"{build}: the worker runs on the CPU (model.device = \"{device}\")")

@@ -120,7 +120,7 @@ def export_output(out_dir: Path, job_id: str, index: int, keystore: KeyStore) ->
         raise ManifestError(f"manifest {manifest_path.name} describes {manifest['job_id']}-{manifest['index']}")
     blob = _read(sai_path, "encrypted image")
     check_encrypted_file(manifest, blob)
-    header, png = envelope.decrypt(blob, keystore)
+    _header, png = envelope.decrypt(blob, keystore)
     if sha256_hex(png) != manifest["png_sha256"] or len(png) != manifest["png_size"]:
         raise HashMismatchError("decrypted PNG does not match png_sha256 in the signed manifest", field="png")
     return png
@@ -202,7 +202,7 @@ def inspect_png(path: Path, outputs_dir: Path | None = None) -> dict[str, Any]:
             if reading.matches(meta_job):
                 invisible.update(matched_job=meta_job, match_source="png metadata")
         if invisible["matched_job"] is None:
-            for fp, job in _candidates(outputs_dir).items():
+            for job in _candidates(outputs_dir).values():
                 if reading.matches(job):
                     invisible.update(matched_job=job, match_source=f"manifest in {outputs_dir}",
                                      bit_accuracy=round(reading.accuracy(job), 4))

@@ -98,8 +98,8 @@ def _text_stamp(spec: MarkSpec, height_px: float) -> tuple[np.ndarray, np.ndarra
     text = drawable(spec.text) or " "
     cap = cv2.getTextSize("X", FONT, 1.0, 1)[0][1]
     font_scale = max(height_px, 6.0) / cap
-    thick = max(1, int(round(height_px / 9)))
-    edge = max(1, int(round(height_px / 10)))
+    thick = max(1, round(height_px / 9))
+    edge = max(1, round(height_px / 10))
     (tw, th), base = cv2.getTextSize(text, FONT, font_scale, thick)
     pad = edge + thick + 2
     w, h = tw + 2 * pad, th + base + 2 * pad
@@ -123,8 +123,8 @@ def _logo_stamp(spec: MarkSpec, height_px: float) -> tuple[np.ndarray, np.ndarra
     elif image.shape[2] == 3:
         image = cv2.cvtColor(image, cv2.COLOR_BGR2BGRA)
     h, w = image.shape[:2]
-    nh = max(2, int(round(height_px)))
-    nw = max(2, int(round(w * nh / h)))
+    nh = max(2, round(height_px))
+    nw = max(2, round(w * nh / h))
     image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
     color = cv2.cvtColor(image[..., :3], cv2.COLOR_BGR2RGB).astype(np.float32)
     return color, image[..., 3].astype(np.float32) / 255.0
@@ -148,7 +148,7 @@ def stamp(spec: MarkSpec, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarra
 def _anchor_origin(spec: MarkSpec, shape: tuple[int, ...], size: tuple[int, int]) -> tuple[int, int]:
     H, W = shape[0], shape[1]
     h, w = size
-    m = int(round(spec.margin * min(H, W)))
+    m = round(spec.margin * min(H, W))
     row, col = divmod(ANCHORS.index(spec.position), 3)
     x = (m, (W - w) // 2, W - w - m)[col]
     y = (m, (H - h) // 2, H - h - m)[row]

@@ -56,7 +56,7 @@ def _library() -> ModuleType:
             spec = importlib.util.find_spec("imwatermark")
             if spec is None or not spec.submodule_search_locations:
                 raise ImportError("invisible-watermark is not installed (pip install invisible-watermark)")
-            path = f"{list(spec.submodule_search_locations)[0]}/maxDct.py"
+            path = f"{next(iter(spec.submodule_search_locations))}/maxDct.py"
             mspec = importlib.util.spec_from_file_location("_sai_imwatermark_maxdct", path)
             assert mspec is not None and mspec.loader is not None
             module = importlib.util.module_from_spec(mspec)

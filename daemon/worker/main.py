@@ -7,6 +7,7 @@ read by a separate thread so they take effect at the next denoising step.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import os
@@ -205,8 +206,8 @@ class Worker:
                 done += len(chunk) * steps
                 continue
             try:
-                images = self._generate(batch, active, steps, lambda step, n=len(active), base=done: self.out.send(
-                    {"ev": "progress", "batch_id": batch_id, "step": base + step * n, "steps": total}))
+                report = functools.partial(self._progress, batch_id, done, len(active), total)
+                images = self._generate(batch, active, steps, report)
             except Cancelled:
                 done += len(chunk) * steps
                 continue
@@ -239,6 +240,10 @@ class Worker:
         self.out.send({"ev": "done", "batch_id": batch_id, "cancelled": cancelled, "memory": self.memory(),
                        "peak": {"pixels": int(batch["width"]) * int(batch["height"]),
                                 "bytes_per_image": int(self.peak_per_image)}})
+
+    def _progress(self, batch_id: str, base: int, images: int, total: int, step: int) -> None:
+        """Step `step` of a chunk of `images` images, `base` steps into the batch's `total`."""
+        self.out.send({"ev": "progress", "batch_id": batch_id, "step": base + step * images, "steps": total})
 
     def _generate(self, batch: dict[str, Any], active: list[dict[str, Any]], steps: int,
                   report: Callable[[int], None]) -> Any:
