@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from audit_helpers import build
+from tests.audit.audit_helpers import build
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy_helpers import ROOT, make_key, run
+from tests.deploy.deploy_helpers import ROOT, make_key, run
 
 pytestmark = pytest.mark.slow
 

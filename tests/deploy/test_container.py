@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy_helpers import ROOT, run
+from tests.deploy.deploy_helpers import ROOT, run
 
 pytestmark = [
     pytest.mark.slow,

@@ -9,7 +9,7 @@ import pytest
 
 from daemon.events import EventBus
 from daemon.monitor.service import Monitor
-from mon_helpers import AuditLog, monitor_config
+from tests.monitor.mon_helpers import AuditLog, monitor_config
 
 
 @pytest.fixture

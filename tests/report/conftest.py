@@ -11,7 +11,7 @@ from typing import Iterator
 import pytest
 
 from daemon.harness import DaemonProcess
-from report_helpers import ReportDaemon, logo_config, run_jobs
+from tests.report.report_helpers import ReportDaemon, logo_config, run_jobs
 
 
 @pytest.fixture(scope="module")

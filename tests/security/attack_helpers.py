@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import statistics
 import sys
@@ -16,12 +15,8 @@ import psutil
 
 from daemon.client import DaemonClient
 from daemon.harness import DaemonProcess, merged
+from tests.security.conftest import LocalUser, open_path_to_others, shared_config
 
-_spec = importlib.util.spec_from_file_location("security_conftest", Path(__file__).with_name("conftest.py"))
-assert _spec is not None and _spec.loader is not None
-_users = sys.modules.setdefault("security_conftest", importlib.util.module_from_spec(_spec))
-_spec.loader.exec_module(_users)  # the fixture module's helpers, by path (conftest is not importable by name)
-LocalUser, open_path_to_others, shared_config = _users.LocalUser, _users.open_path_to_others, _users.shared_config
 
 CLIENT = r'''
 import json, socket, sys

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from attack_helpers import LocalUser
+from tests.security.attack_helpers import LocalUser
 from daemon.exitcodes import ExitCode
 from daemon.harness import DaemonProcess
 

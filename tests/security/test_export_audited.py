@@ -9,7 +9,7 @@ Attacks, run as a real operator on their own job:
 
 from __future__ import annotations
 
-from attack_helpers import run_as, shared_daemon
+from tests.security.attack_helpers import run_as, shared_daemon
 
 PREVIEW_BURST = 30
 PREVIEWS = 120

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 
-from attack_helpers import fill_audit, run_as, shared_daemon
-from path_attacks import SAI, Background, scratch  # noqa: F401  (a fixture)
+from tests.security.attack_helpers import fill_audit, run_as, shared_daemon
+from tests.security.path_attacks import SAI, Background, scratch  # noqa: F401  (a fixture)
 
 PLANT_DURING_EXPORT = r'''
 import json, os, sys, time

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 
-from attack_helpers import in_background, run_as, settled_sockets, shared_daemon, until_held
+from tests.security.attack_helpers import in_background, run_as, settled_sockets, shared_daemon, until_held
 from daemon.client import DaemonClient
 
 PER_USER, TOTAL, RESERVE, IDLE = 12, 24, 4, 3.0

@@ -10,8 +10,8 @@ above the state dir is writable by others (not sticky) or belongs to someone but
 
 from __future__ import annotations
 
-from attack_helpers import run_as
-from path_attacks import refused, scratch  # noqa: F401  (a fixture)
+from tests.security.attack_helpers import run_as
+from tests.security.path_attacks import refused, scratch  # noqa: F401  (a fixture)
 
 OWN_STATE = r'''
 import json, os, sys

@@ -6,7 +6,7 @@ SQLite, failed with OverflowError, answered -32603 and left a traceback in the d
 
 from __future__ import annotations
 
-from attack_helpers import run_as, shared_daemon
+from tests.security.attack_helpers import run_as, shared_daemon
 
 ATTACK = r'''
 path = sys.argv[1]

@@ -13,7 +13,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attack_helpers import run_as, shared_daemon
+from tests.security.attack_helpers import run_as, shared_daemon
 from daemon.queue.admission import PromptPolicy
 
 DISGUISES = [

@@ -14,7 +14,7 @@ import asyncio
 import hashlib
 import json
 
-from attack_helpers import in_background, run_as, settled_sockets, shared_daemon, until_held
+from tests.security.attack_helpers import in_background, run_as, settled_sockets, shared_daemon, until_held
 from daemon.crypto.keys import KeyStore
 
 FLAGGED, BLOCKED = "dragon", "bomb"

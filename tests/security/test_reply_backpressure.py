@@ -13,7 +13,7 @@ import time
 
 import psutil
 
-from attack_helpers import fill_audit, in_background, run_as, shared_daemon, status_p50
+from tests.security.attack_helpers import fill_audit, in_background, run_as, shared_daemon, status_p50
 
 CONNECTIONS = 64
 ATTACK_SECONDS = 20.0

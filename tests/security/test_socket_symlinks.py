@@ -16,10 +16,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from attack_helpers import run_as, shared_config
+from tests.security.attack_helpers import run_as, shared_config
 from daemon.exitcodes import ExitCode
 from daemon.harness import DaemonProcess
-from path_attacks import Background, refused, scratch  # noqa: F401  (a fixture)
+from tests.security.path_attacks import Background, refused, scratch  # noqa: F401  (a fixture)
 
 SYMLINK = r'''
 import json, os, sys

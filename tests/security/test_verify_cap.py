@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlite3
 import time
 
-from attack_helpers import fill_audit, run_as, shared_daemon
+from tests.security.attack_helpers import fill_audit, run_as, shared_daemon
 
 ENTRIES = 4000
 

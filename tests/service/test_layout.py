@@ -53,3 +53,24 @@ def test_commands_take_the_cli_helpers_from_their_own_modules() -> None:
             if isinstance(node, ast.ImportFrom) and node.module == "console.cli":
                 back.append(f"{path.name}:{node.lineno}")
     assert not back, back
+
+
+def test_the_tests_are_a_package_with_no_bare_name_helper_imports() -> None:
+    """Every test directory is a package, so helpers are imported by their full name
+    (tests.console.console_helpers), and a test file needs no prefix to keep its name unique."""
+    import ast
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parents[1]
+    folders = [tests, *(p for p in tests.iterdir() if p.is_dir() and list(p.glob("test_*.py")))]
+    assert [str(p) for p in folders if not (p / "__init__.py").exists()] == []
+    bare, prefixed = [], []
+    for folder in folders[1:]:
+        siblings = {p.stem for p in folder.glob("*.py")}
+        for path in folder.glob("*.py"):
+            if path.stem.startswith(f"test_{folder.name[:3]}_") or path.stem.startswith(f"test_{folder.name}_"):
+                prefixed.append(path.name)
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module in siblings:
+                    bare.append(f"{folder.name}/{path.name}:{node.lineno} {node.module}")
+    assert bare == [] and prefixed == [], (bare, prefixed)
