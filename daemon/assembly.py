@@ -29,6 +29,7 @@ from daemon.audit.entry import key_id
 from daemon.audit.log import AuditLog
 from daemon.auth import Peer
 from daemon.background import BackgroundTasks
+from daemon.catalog import ModelCatalog
 from daemon.config import Config
 from daemon.crypto.envelope import PromptSealer
 from daemon.crypto.keys import KeyStore
@@ -136,18 +137,22 @@ async def assemble(config: Config, site: Site, *, bus: EventBus, background: Bac
     key_maintenance = KeyMaintenance(keystore, store, site.outputs_dir, run_blocking)
     await key_maintenance.resume_prompts()
 
+    models = ModelCatalog(cfg, site.state_dir, record=record, publish=bus.publish)
+    await run_blocking(models.check_paths)
     worker = WorkerSupervisor({
         "model": cfg.model.name, "path": cfg.model.path, "config_dir": cfg.model.config_dir,
+        "family": cfg.model.family, "dtype": cfg.model.dtype,
         "device": cfg.model.device, "scheduler": cfg.model.scheduler, "threads": cfg.model.threads,
         "memory_headroom_mb": cfg.model.memory_headroom_mb, "pipeline_wrapper": cfg.worker.pipeline_wrapper,
         "state_dir": str(site.state_dir), "heartbeat_seconds": cfg.worker.heartbeat_seconds},
         watch_reader=lambda reader: background.watch(
             reader, "worker reader", "hearing from the worker (progress, images, its exit)",
-            essential=True, lasts=False))
+            essential=True, lasts=False),
+        on_model=models.worker_reported)
     memory = MemoryModel()  # the queue refuses what can never fit, the dispatcher sizes batches: one model
     queue = QueueManager(store, Admission(cfg, _token_counter(cfg, site.state_dir)), bus, cfg,
                          audit=record, memory=memory, capacity=worker.capacity,
-                         model_id=lambda: worker.info.get("model_id") or cfg.model.name,
+                         models=models,
                          prompt_digest=PromptMac(keystore).details)
     recovered = await queue.recover()
     if recovered:
@@ -170,7 +175,8 @@ async def assemble(config: Config, site: Site, *, bus: EventBus, background: Bac
 
     dispatcher = Dispatcher(
         queue, worker, sink, executor, cfg.queue.max_batch, cfg.worker,
-        audit=record, memory=memory, worker_events=reactions, outputs_blocked=Alarm(bus, "outputs.no_space"),
+        audit=record, memory=memory, models=models, worker_events=reactions,
+        outputs_blocked=Alarm(bus, "outputs.no_space"),
         batch_figures=chain_batch_figures(monitor.service, job_history.record_batch),
         watch_work=lambda task, name, duty, holds_jobs: background.watch(
             task, name, duty, essential=holds_jobs, lasts=False))

@@ -3,11 +3,17 @@
 The shipped `config/default.toml` is also the schema: an override may only set keys that exist
 there, with a value of the same type and within the range the key's line states (daemon.schema).
 A bad value stops start-up with the file, key and reason.
+
+`[models.NAME]` tables are the one open-ended part: any name, each key held to the rule of the key
+of the same name in `[model]` (path, family, config_dir, scheduler, dtype) or `[defaults]` (steps,
+guidance, width, height). Which file set each of their keys is kept (`Config.origins`) so that a
+check made later, at the daemon's start (daemon.catalog: paths), still names the file.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,6 +25,14 @@ from daemon.schema import DEFAULT_FILE, shipped_rules
 
 SYSTEM_FILE = Path("/etc/secure-ai-studio/config.toml")
 ENV_PREFIX = "SAI_"
+MODELS = "models"
+MODEL_KEYS = {"path": "model", "family": "model", "config_dir": "model", "scheduler": "model", "dtype": "model",
+              "steps": "defaults", "guidance": "defaults", "width": "defaults", "height": "defaults"}
+"""The keys a `[models.NAME]` table may set, each with the section whose key of that name states its
+type and rule."""
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+BUILT_IN_MODELS = ("tiny", "tiny-sdxl", "tiny-sd3", "tiny-flux", "tiny-pixart", "sd15-shaped")
+"""Models the worker builds offline from code (daemon.models.builders): configured without a path."""
 
 
 class ConfigError(Exception):
@@ -58,6 +72,8 @@ class Section(Mapping[str, Any]):
 class Config:
     values: dict[str, dict[str, Any]]
     sources: tuple[str, ...] = field(default=())
+    origins: dict[str, str] = field(default_factory=dict)
+    """`models.NAME.KEY` -> the file (or "environment", "override") that set it."""
 
     def __post_init__(self) -> None:
         # Built once: the request path reads config values many times per submit.
@@ -76,8 +92,10 @@ class Config:
             section, _, key = name.partition("__")
             layer.setdefault(section, {})[key] = value
         values = {s: dict(v) for s, v in self.values.items()}
-        _merge(values, layer, "override")
-        return Config(values, self.sources + ("override",))
+        origins = dict(self.origins)
+        _merge(values, layer, "override", origins)
+        _check_models(values, origins)
+        return Config(values, self.sources + ("override",), origins)
 
 
 def _type_name(value: Any) -> str:
@@ -93,26 +111,70 @@ def _coerce(default: Any, value: Any) -> tuple[bool, Any]:
     return type(default) is type(value), value
 
 
-def _merge(base: dict[str, dict[str, Any]], layer: Mapping[str, Any], source: str) -> None:
-    rules = shipped_rules()
+def _checked(default: Any, value: Any, rule_key: str, dotted: str, source: str) -> Any:
+    """`value` as the type of `default`, held to the rule of `rule_key`; ConfigError naming `dotted`."""
+    ok, value = _coerce(default, value)
+    if not ok:
+        raise ConfigError(source, dotted, f"must be {_type_name(default)}, not {_type_name(value)}")
+    rule = shipped_rules().get(rule_key)
+    reason = rule.check(value) if rule else None
+    if reason:
+        raise ConfigError(source, dotted, f"{reason} (got {value!r})")
+    return value
+
+
+def _merge(base: dict[str, dict[str, Any]], layer: Mapping[str, Any], source: str,
+           origins: dict[str, str] | None = None) -> None:
     for section, table in layer.items():
         if section not in base:
             raise ConfigError(source, section, f"unknown section; known: {', '.join(sorted(base))}")
         if not isinstance(table, dict):
             raise ConfigError(source, section, "must be a table")
+        if section == MODELS:
+            _merge_models(base, table, source, {} if origins is None else origins)
+            continue
         for key, value in table.items():
             dotted = f"{section}.{key}"
             if key not in base[section]:
                 raise ConfigError(source, dotted, "unknown key")
-            default = base[section][key]
-            ok, value = _coerce(default, value)
-            if not ok:
-                raise ConfigError(source, dotted, f"must be {_type_name(default)}, not {_type_name(value)}")
-            rule = rules.get(dotted)
-            reason = rule.check(value) if rule else None
-            if reason:
-                raise ConfigError(source, dotted, f"{reason} (got {value!r})")
-            base[section][key] = value
+            base[section][key] = _checked(base[section][key], value, dotted, dotted, source)
+
+
+def _merge_models(base: dict[str, dict[str, Any]], tables: dict[str, Any], source: str,
+                  origins: dict[str, str]) -> None:
+    """`[models.NAME]` tables: a later layer adds models or changes keys of one a lower layer named."""
+    for name, table in tables.items():
+        where = f"{MODELS}.{name}"
+        if not MODEL_NAME.fullmatch(name):
+            raise ConfigError(source, where, "a model name is 1 to 64 letters, digits, '.', '_' or '-', "
+                              "starting with a letter or digit")
+        if not isinstance(table, dict):
+            raise ConfigError(source, where, f"must be a table ([{where}] with path = ...), not {_type_name(table)}")
+        model = dict(base[MODELS].get(name, {}))
+        for key, value in table.items():
+            dotted = f"{where}.{key}"
+            if key not in MODEL_KEYS:
+                raise ConfigError(source, dotted, f"unknown key; a model table takes {', '.join(MODEL_KEYS)}")
+            home = MODEL_KEYS[key]
+            model[key] = _checked(base[home][key], value, f"{home}.{key}", dotted, source)
+            origins[dotted] = source
+        origins.setdefault(where, source)
+        base[MODELS][name] = model
+
+
+def _check_models(values: dict[str, dict[str, Any]], origins: Mapping[str, str]) -> None:
+    """What only the merged whole can tell: every extra model has a path (or is built in), and no
+    name is taken twice."""
+    default = values["model"]["name"]
+    for name, model in values[MODELS].items():
+        where = f"{MODELS}.{name}"
+        source = origins.get(where, "config")
+        if name == default:
+            raise ConfigError(source, where, f"{name!r} is already the default model's name (model.name); "
+                              "give this one another name")
+        if not model.get("path") and name not in BUILT_IN_MODELS:
+            raise ConfigError(source, f"{where}.path", "missing: a model needs path = a local diffusers directory "
+                              f"or .safetensors file (only the built-in {', '.join(BUILT_IN_MODELS)} need none)")
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -128,6 +190,8 @@ def _read(path: Path) -> dict[str, Any]:
 def _env_layer(base: Mapping[str, Mapping[str, Any]], environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     layer: dict[str, dict[str, Any]] = {}
     for section, table in base.items():
+        if section == MODELS:  # tables of tables: set in a file, not one variable per key
+            continue
         for key in table:
             name = f"{ENV_PREFIX}{section}_{key}".upper()
             if name in environ:
@@ -155,6 +219,7 @@ def load(config_file: str | os.PathLike[str] | None = None,
     environ = os.environ if environ is None else environ
     values = _read(DEFAULT_FILE)
     sources = [str(DEFAULT_FILE)]
+    origins: dict[str, str] = {}
     xdg = environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
     candidates: list[tuple[Path, bool]] = []
     if system_file is not None:
@@ -165,10 +230,11 @@ def load(config_file: str | os.PathLike[str] | None = None,
     for path, required in candidates:
         if not required and not path.is_file():
             continue
-        _merge(values, _read(path), str(path))
+        _merge(values, _read(path), str(path), origins)
         sources.append(str(path))
     env = _env_layer(values, environ)
     if env:
-        _merge(values, env, "environment")
+        _merge(values, env, "environment", origins)
         sources.append("environment")
-    return Config(values, tuple(sources))
+    _check_models(values, origins)
+    return Config(values, tuple(sources), origins)

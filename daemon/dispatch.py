@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from typing import Any, Protocol
 
+from daemon.catalog import DoesNotFit, ModelCatalog
 from daemon.config import Section
 from daemon.queue.jobs import CANCELLED, FAILED, RUNNING, SUCCEEDED, Job
 from daemon.queue.manager import Auditor, QueueManager
@@ -60,12 +61,15 @@ class WorkerEvents(Protocol):
 
 class Dispatcher:
     def __init__(self, manager: QueueManager, worker: WorkerSupervisor, sink: OutputSink, executor: Executor,
-                 max_batch: int, policy: Section, *, audit: Auditor, memory: MemoryModel, worker_events: WorkerEvents,
+                 max_batch: int, policy: Section, *, audit: Auditor, memory: MemoryModel, models: ModelCatalog,
+                 worker_events: WorkerEvents,
                  outputs_blocked: Callable[[str | None], None], batch_figures: BatchFigures,
                  watch_work: WatchWork) -> None:
         """`audit` records each output written (the queue records the jobs' own changes).
         `memory`: the memory model the queue also refuses oversized jobs with; the dispatcher
-        feeds it the worker's measured peaks and sizes batches by it. `outputs_blocked(message)`
+        feeds it the worker's measured peaks and sizes batches by it. `models`: the configured
+        models; each batch names its model to the worker, after unloading the least recently used
+        ones the new one would not fit beside. `outputs_blocked(message)`
         when outputs cannot be written for lack of space, `(None)` once they can again.
         `watch_work` sees every batch, output and bookkeeping task: one that raises leaves its
         jobs `running` for good, so the daemon watches them (daemon.background)."""
@@ -90,6 +94,7 @@ class Dispatcher:
         self.halted: str | None = None
         self.leak = LeakDetector(policy.leak_window, policy.leak_slope_mb)
         self.memory = memory
+        self.models = models
         self._restart_reason: str | None = None
         self._worker_events = worker_events
         self._outputs_blocked_hook = outputs_blocked
@@ -144,6 +149,7 @@ class Dispatcher:
             return await self._spawn_worker()
 
     async def _spawn_worker(self) -> bool:
+        self.models.worker_starting()
         try:
             info = await self.worker.start()
         except WorkerLoadFailed as exc:
@@ -154,6 +160,7 @@ class Dispatcher:
             self.manager.work.set()
             return False
         self._backoff = 1.0
+        self.models.worker_started(info)
         self._worker_event("ready", info)
         return True
 
@@ -188,8 +195,12 @@ class Dispatcher:
         head = batch[0].params
         budget = self.memory.image_budget(head["width"], head["height"], self.worker.capacity())
         chunk = self.max_batch if budget is None else min(self.max_batch, budget)
+        model = self.models.get(batch[0].model_id) or self.models.default
+        if not await self._make_room(model.name, batch):
+            return
         command = {"width": head["width"], "height": head["height"], "steps": head["steps"],
-                   "guidance": head["guidance"], "chunk": chunk, "items": self._items(batch)}
+                   "guidance": head["guidance"], "chunk": chunk, "items": self._items(batch),
+                   "model": model.command()}
         log.info("handing the worker a batch of %d job(s), %d image(s): %s", len(batch), len(command["items"]),
                  " ".join(job.job_id for job in batch))
         started = False
@@ -198,12 +209,15 @@ class Dispatcher:
             nonlocal started
             if not started:  # it may have waited in the worker's queue behind the previous batch
                 started = True
+                for job in batch:  # the worker has loaded the model by its first step
+                    job.model_family, job.weights_sha256 = model.family_now, model.weights_sha256 or ""
                 self._track(self.manager.record_start(self.manager.begin(batch)))
             self._on_progress(batch, step, steps)
 
         try:
             result = await self.worker.run_batch(command, on_progress)
         except WorkerCrashed as exc:
+            self.models.worker_gone()
             live = [job for job in batch if job.state == RUNNING or job.handed]
             failed = await self.manager.requeue(live, str(exc), count_attempt=not self._abandon)
             if not self._abandon and exc.generation != self._counted_crash:
@@ -237,6 +251,25 @@ class Dispatcher:
             self._watch_work(task, "output writer", "writing a batch's outputs and finishing its jobs", True)
             self.finishing.add(task)
             task.add_done_callback(self.finishing.discard)
+
+    async def _make_room(self, name: str, batch: list[Job]) -> bool:
+        """Unload the least recently used models that `name` would not fit beside (the worker does
+        it in order, after the batches sent before). A model that can never fit fails the batch's
+        jobs with the reason and an alert; the queue goes on. False when the batch cannot run."""
+        try:
+            unload = self.models.plan_load(name, self.worker.capacity())
+        except DoesNotFit as exc:
+            log.error("%s", exc)
+            await self.manager.finish([job for job in batch if job.handed], FAILED, str(exc))
+            self._worker_event("model_fit", {"error": str(exc), "model": name})
+            return False
+        for other in unload:
+            log.info("unloading model %s (least recently used) to make room for %s", other, name)
+            try:
+                self.worker.unload(other)
+            except WorkerCrashed:
+                pass  # the batch's own send finds the worker gone
+        return True
 
     async def _write_outputs(self, jobs: list[Job], result: BatchResult) -> None:
         loop = asyncio.get_running_loop()

@@ -18,7 +18,10 @@ PREFIX = re.compile(r"j[0-9a-f]{0,12}")
 async def submit(ctx: CallContext, prompt: str, negative_prompt: str = "", width: int | None = None,
                  height: int | None = None, steps: int | None = None, guidance: float | None = None,
                  seed: int | None = None, priority: str | None = None, count: int | None = None,
-                 client_token: str | None = None, reproducible: bool = False) -> dict[str, Any]:
+                 client_token: str | None = None, reproducible: bool = False,
+                 model: str | None = None) -> dict[str, Any]:
+    """`model`: a configured model's name (model.list); None runs the default model. Its defaults
+    fill width, height, steps and guidance when they are left out."""
     try:
         if client_token is not None and not 1 <= len(client_token) <= 128:
             raise invalid_params("client_token", "must be 1 to 128 characters")
@@ -27,7 +30,8 @@ async def submit(ctx: CallContext, prompt: str, negative_prompt: str = "", width
             raise RpcError(UNAVAILABLE, refusal, {"reason": "disk"})
         return await ctx.daemon.queue.submit(
             ctx.peer, client_token, prompt=prompt, negative_prompt=negative_prompt, width=width, height=height,
-            steps=steps, guidance=guidance, seed=seed, priority=priority, count=count, reproducible=reproducible)
+            steps=steps, guidance=guidance, seed=seed, priority=priority, count=count, reproducible=reproducible,
+            model=model)
     except RpcError as exc:
         ctx.daemon.monitor.service.submit_refused(exc)  # the sai_job_submits_refused_total metric
         raise

@@ -82,6 +82,7 @@ class OutputInfo:
     seed: int | None = None
     model_id: str = ""
     weights_sha256: str = ""
+    model_family: str = ""
     created: datetime | None = None
 
 
@@ -175,7 +176,8 @@ def protect_image(rgb: np.ndarray, info: OutputInfo, keystore: KeyStore, setting
         "format": FORMAT, "job_id": info.job_id, "index": info.index, "file": sai_path.name,
         "params": info.params, "prompt_sha256": sha256_hex(info.prompt.encode("utf-8")),
         "negative_prompt_sha256": sha256_hex(info.negative_prompt.encode("utf-8")),
-        "model_id": info.model_id, "weights_sha256": info.weights_sha256, "seed": info.seed,
+        "model_id": info.model_id, "model_family": info.model_family, "weights_sha256": info.weights_sha256,
+        "seed": info.seed,
         "png_sha256": png_sha256, "png_size": len(png), "sai_sha256": sha256_hex(blob), "sai_size": len(blob),
         "aad_sha256": sha256_hex(env.aad), "ciphertext_sha256": sha256_hex(env.ciphertext),
         "kid": env.kid, "signing_kid": signing_kid, "created_at": _rfc3339(created),

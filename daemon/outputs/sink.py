@@ -49,7 +49,8 @@ class ProtectedSink:
         info = OutputInfo(job_id=job.job_id, index=index, user=job.user, params=dict(job.params),
                           prompt=job.prompt, negative_prompt=job.negative_prompt,
                           seed=job.image_seed(index), model_id=job.model_id,
-                          weights_sha256=self.weights_sha256() or "", created=datetime.now(UTC))
+                          weights_sha256=job.weights_sha256 or self.weights_sha256() or "",
+                          model_family=job.model_family, created=datetime.now(UTC))
         discard_unreported(self.outputs_dir, job.job_id, index)  # only a retried job has any
         out = protect_image(rgb, info, self.keystore, self.settings, self.outputs_dir)
         return output_record(index, out, width=int(shape[1]), height=int(shape[0]))

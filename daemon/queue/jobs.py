@@ -49,6 +49,10 @@ class Job:
     risk: float = 0.0
     warnings: list[str] = field(default_factory=list)
     model_id: str = ""
+    """The configured name of the model the job runs on (job.submit's `model`, else the default)."""
+    model_family: str = ""
+    weights_sha256: str = ""
+    """Both as the worker found them when it ran the job ("" until then)."""
     isolate: bool = False
     """Run alone: set after its batch crashed the worker, so a poison job is found and quarantined."""
     handed: bool = False
@@ -102,6 +106,9 @@ class Job:
             "attempts": self.attempts,
             "risk": self.risk,
             "warnings": self.warnings if show_prompt else [],  # they name flagged terms of the prompt
+            "model": self.model_id,
             "model_id": self.model_id,
+            "model_family": self.model_family or None,
+            "weights_sha256": self.weights_sha256 or None,
             "next": self.handed,
         }

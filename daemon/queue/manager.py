@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from daemon.auth import Peer, Role
+from daemon.catalog import DEFAULT_KEYS, ModelCatalog, ModelEntry, family_problems
 from daemon.config import Config
 from daemon.events import EventBus
-from daemon.protocol import CONFLICT, NOT_FOUND, NOT_PERMITTED, UNAVAILABLE, RpcError, echo
+from daemon.protocol import CONFLICT, NOT_FOUND, NOT_PERMITTED, UNAVAILABLE, RpcError, echo, invalid_params
 from daemon.queue import scheduler
 from daemon.queue.admission import Admission, TokenCounter
 from daemon.queue.jobs import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, Job, new_job_id
@@ -41,18 +42,18 @@ class QueueManager:
 
     def __init__(self, store: JobStore, admission: Admission, bus: EventBus, config: Config, *,
                  audit: Auditor, memory: MemoryModel, capacity: Callable[[], int | None],
-                 model_id: Callable[[], str], prompt_digest: PromptDigest) -> None:
+                 models: ModelCatalog, prompt_digest: PromptDigest) -> None:
         """`audit` records submits, refusals, starts, finishes and the other state changes
         (write-ahead); `memory` is the memory model the dispatcher also feeds and sizes batches
         with, and `capacity` the bytes the worker can use: together they refuse at submit a job
-        that can never fit; `model_id` names the model a new job is made with."""
+        that can never fit; `models` are the configured models a job may name (and their defaults)."""
         self.store = store
         self.prompt_digest = prompt_digest
         self.admission = admission
         self.bus = bus
         self.config = config
         self.policy = scheduler.Policy(config.queue.aging_seconds, config.queue.max_batch)
-        self.model_id = model_id
+        self.models = models
         self.active: dict[str, Job] = {}
         self.index = scheduler.QueueIndex()
         self._handed: dict[Job, None] = {}
@@ -200,7 +201,11 @@ class QueueManager:
 
     async def _admit_and_queue(self, peer: Peer, client_token: str | None, params: dict[str, Any]) -> Job:
         try:
+            model = self._model_for(params)
             admitted = self.admission.admit(**params)
+            for field, reason in family_problems(model.family_now, {**admitted.params,
+                                                                     "negative_prompt": admitted.negative_prompt}):
+                raise invalid_params(field, f"{reason} (model {model.name})")
         except RpcError as exc:
             rule = {"rule": exc.data["rule"]} if exc.data and "rule" in exc.data else {}
             await self.audit(peer, "job.refuse", "", {"code": exc.code, "reason": exc.message, **rule})
@@ -209,6 +214,7 @@ class QueueManager:
         if refusal:
             await self.audit(peer, "job.refuse", "", {"code": UNAVAILABLE, "reason": refusal})
             raise RpcError(UNAVAILABLE, refusal, {"reason": "memory"})
+        admitted.params["model"] = model.name
         if admitted.params["seed"] is None:
             admitted.params["seed"] = int.from_bytes(os.urandom(4), "big")
         now = time.time()
@@ -216,7 +222,7 @@ class QueueManager:
         job = Job(job_id=new_job_id(), seq=self._seq, state=QUEUED, priority=admitted.priority,
                   params=admitted.params, prompt=admitted.prompt, negative_prompt=admitted.negative_prompt,
                   user=peer.user, uid=peer.uid, created_at=now, enqueued_at=now, client_token=client_token,
-                  risk=admitted.risk, warnings=admitted.warnings, model_id=self.model_id())
+                  risk=admitted.risk, warnings=admitted.warnings, model_id=model.name)
         details = {"priority": job.priority_name, "risk": job.risk, **job.params,
                    **self.prompt_digest(job.prompt, job.negative_prompt)}
         # Write-ahead audit: the entry is durable before the job is. A kill between the two commits
@@ -228,6 +234,19 @@ class QueueManager:
         self._publish_state(job)
         self.work.set()
         return job
+
+    def _model_for(self, params: dict[str, Any]) -> ModelEntry:
+        """The model a submit names (None: the default); its defaults fill the sizes, steps and
+        guidance the submit leaves out. -32602 naming `model` when no such model is configured."""
+        name = params.pop("model", None)
+        model = self.models.get(name)
+        if model is None:
+            raise invalid_params("model", f"{echo(str(name))!r} is not a configured model; configured: "
+                                 f"{', '.join(self.models.names())} (sai models lists them)")
+        for key in DEFAULT_KEYS:
+            if params.get(key) is None:
+                params[key] = model.defaults[key]
+        return model
 
     def use_tokenizer(self, tokenizer_json: Path, max_tokens: int) -> None:
         """Count prompt tokens with the loaded model's own tokenizer from now on."""

@@ -21,7 +21,14 @@ from daemon.queue.jobs import FINISHED, Job
 
 log = logging.getLogger("sai.queue")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+MIGRATIONS = {
+    # 2: the model a job ran on, as found at load (model_id, its configured name, was there from 1).
+    2: ("ALTER TABLE jobs ADD COLUMN model_family TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE jobs ADD COLUMN weights_sha256 TEXT NOT NULL DEFAULT ''"),
+}
+"""Statements that bring a database of the version before the key up to it (an older daemon's
+jobs stay readable; a newer database than this code knows is refused rather than misread)."""
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -44,7 +51,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts INTEGER NOT NULL DEFAULT 0,
     risk REAL NOT NULL DEFAULT 0,
     warnings TEXT NOT NULL DEFAULT '[]',
-    model_id TEXT NOT NULL DEFAULT ''
+    model_id TEXT NOT NULL DEFAULT '',
+    model_family TEXT NOT NULL DEFAULT '',
+    weights_sha256 TEXT NOT NULL DEFAULT ''
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_client_token ON jobs(uid, client_token) WHERE client_token IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, seq);
@@ -53,9 +62,9 @@ CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 COLUMNS = ("seq", "job_id", "state", "priority", "params", "prompt", "negative_prompt", "user", "uid",
            "client_token", "created_at", "enqueued_at", "started_at", "finished_at", "progress", "error",
-           "outputs", "attempts", "risk", "warnings", "model_id")
+           "outputs", "attempts", "risk", "warnings", "model_id", "model_family", "weights_sha256")
 MUTABLE = ("state", "priority", "enqueued_at", "started_at", "finished_at", "progress", "error",
-           "outputs", "attempts")
+           "outputs", "attempts", "model_family", "weights_sha256")
 INSERT_SQL = f"INSERT INTO jobs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 UPDATE_SQL = f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in MUTABLE)} WHERE job_id = ?"
 
@@ -112,6 +121,24 @@ def _runs(group: list[tuple[str, tuple[Any, ...], Any]]) -> list[tuple[str, list
     return runs
 
 
+async def _migrate(db: aiosqlite.Connection, path: Path) -> None:
+    """Bring an existing jobs table up to SCHEMA_VERSION, one version at a time, in one transaction."""
+    async with db.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'jobs'") as cur:
+        if await cur.fetchone() is None:
+            return  # a new database: SCHEMA makes it whole
+    async with db.execute("PRAGMA user_version") as cur:
+        row = await cur.fetchone()
+    version = int(row[0]) if row else 0
+    if version > SCHEMA_VERSION:
+        raise RuntimeError(f"{path}: jobs database version {version} is newer than this daemon knows "
+                           f"({SCHEMA_VERSION}); run the newer daemon, or restore a backup")
+    for step in range(max(version, 1) + 1, SCHEMA_VERSION + 1):
+        for statement in MIGRATIONS[step]:
+            await db.execute(statement)
+        log.info("jobs database %s brought to version %d", path, step)
+    await db.commit()
+
+
 class JobStore:
     def __init__(self, db: aiosqlite.Connection, sealer: TextSealer, max_group: int = 1024,
                  path: Path | None = None, on_stall: Callable[[str | None], Any] | None = None) -> None:
@@ -147,6 +174,7 @@ class JobStore:
         await db.execute("PRAGMA synchronous=FULL")
         await db.execute("PRAGMA busy_timeout=5000")
         await db.execute("PRAGMA secure_delete=ON")  # replaced prompt blobs are zeroed, not left in free pages
+        await _migrate(db, path)
         await db.executescript(SCHEMA)
         await db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         await db.commit()
@@ -193,7 +221,8 @@ class JobStore:
 
     async def _write(self, sql: str, args: tuple[Any, ...]) -> None:
         if self._writer.done():
-            raise JobStoreClosed("the job store's committer has stopped; nothing can be saved until the daemon restarts")
+            raise JobStoreClosed("the job store's committer has stopped; "
+                                 "nothing can be saved until the daemon restarts")
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.put_nowait((sql, args, fut))
         await fut
@@ -208,13 +237,14 @@ class JobStore:
                   self.sealer.seal(job.prompt, job.job_id), self.sealer.seal(job.negative_prompt, job.job_id),
                   job.user, job.uid, job.client_token, job.created_at, job.enqueued_at, job.started_at,
                   job.finished_at, job.progress, job.error, _json_list(job.outputs), job.attempts, job.risk,
-                  _json_list(job.warnings), job.model_id)
+                  _json_list(job.warnings), job.model_id, job.model_family, job.weights_sha256)
         await self._write(INSERT_SQL, values)
 
     async def save(self, job: Job) -> None:
         """Write the job's mutable fields."""
         values = (job.state, job.priority, job.enqueued_at, job.started_at, job.finished_at, job.progress,
-                  job.error, _json_list(job.outputs), job.attempts, job.job_id)
+                  job.error, _json_list(job.outputs), job.attempts, job.model_family, job.weights_sha256,
+                  job.job_id)
         await self._write(UPDATE_SQL, values)
 
     async def save_many(self, jobs: list[Job]) -> None:

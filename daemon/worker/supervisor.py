@@ -63,11 +63,15 @@ class _Running:
 
 
 class WorkerSupervisor:
-    def __init__(self, spec: dict[str, Any], *, watch_reader: Callable[[asyncio.Task[None]], object]) -> None:
+    def __init__(self, spec: dict[str, Any], *, watch_reader: Callable[[asyncio.Task[None]], object],
+                 on_model: Callable[[dict[str, Any]], None]) -> None:
         """`watch_reader` is given each worker's reader task: one that raises leaves that worker's
-        batches unanswered, so the daemon watches it (daemon.background)."""
+        batches unanswered, so the daemon watches it (daemon.background). `on_model` hears each
+        `model` event (a load or unload the worker did: name, family, weights_sha256, device, dtype,
+        bytes, seconds)."""
         self.spec = spec
         self._watch_reader = watch_reader
+        self._on_model = on_model
         self.process: asyncio.subprocess.Process | None = None
         self.info: dict[str, Any] = {}
         self.state = "stopped"
@@ -186,6 +190,9 @@ class WorkerSupervisor:
         if event == "ready" and self._ready is not None and not self._ready.done():
             self._ready.set_result(message)
             return
+        if event == "model":
+            self._on_model(message)
+            return
         if event == "load_failed":
             self.last_error = message.get("error", "model load failed")
             if self._ready is not None and not self._ready.done():
@@ -230,6 +237,11 @@ class WorkerSupervisor:
             del self._running[batch_id]
             if self.state == "busy" and not self._running:
                 self.state = "ready"
+
+    def unload(self, name: str) -> None:
+        """Tell the worker to drop model `name` once the batches sent before this are done."""
+        if self.alive:
+            self._send({"op": "unload", "name": name})
 
     def cancel(self, job_ids: list[str]) -> None:
         if self.alive:

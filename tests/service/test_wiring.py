@@ -22,6 +22,7 @@ import pytest
 from daemon import config as config_module
 from daemon.alarms import raise_alarm
 from daemon.auth import in_process_peer
+from daemon.catalog import ModelCatalog
 from daemon.dispatch import Dispatcher
 from daemon.events import EventBus
 from daemon.harness import to_toml
@@ -37,9 +38,9 @@ from daemon.worker.supervisor import WorkerSupervisor
 
 DAEMON = Path(__file__).resolve().parents[2] / "daemon"
 HOOKS = {
-    QueueManager: ("audit", "memory", "capacity", "model_id", "prompt_digest"),
-    Dispatcher: ("audit", "memory", "worker_events", "outputs_blocked", "batch_figures", "watch_work"),
-    WorkerSupervisor: ("watch_reader",),
+    QueueManager: ("audit", "memory", "capacity", "models", "prompt_digest"),
+    Dispatcher: ("audit", "memory", "models", "worker_events", "outputs_blocked", "batch_figures", "watch_work"),
+    WorkerSupervisor: ("watch_reader", "on_model"),
 }
 
 
@@ -116,7 +117,8 @@ async def _queue(tmp_path: Path, bus: EventBus, audit: Audited, memory: MemoryMo
     cfg = config_module.load(system_file=None, environ={})
     store = await JobStore.open(tmp_path / "jobs.sqlite3")
     queue = QueueManager(store, Admission(cfg), bus, cfg, audit=audit, memory=memory, capacity=lambda: capacity,
-                         model_id=lambda: "tiny", prompt_digest=lambda prompt, negative: {})
+                         models=ModelCatalog(cfg, tmp_path, record=audit, publish=bus.publish),
+                         prompt_digest=lambda prompt, negative: {})
     await queue.recover()
     return queue
 

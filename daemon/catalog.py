@@ -1,0 +1,309 @@
+"""The configured models (`[model]` and `[models.NAME]`) and what the worker holds of them.
+
+The daemon's side of the model registry: which names a job may ask for, the defaults each model
+gives its jobs, what `model.list` shows, and the residency the dispatcher plans with (which models
+the worker will hold once the commands already sent are done, least recently used first). What the
+worker actually holds comes back as its `model` events (`worker_reported`): they set `loaded`, the
+family it found and the weights' SHA-256, and each is audited as `model.load` / `model.unload`.
+
+Paths are named only here, by an admin's config; a job names a model, never a path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from daemon.config import MODELS, Config, ConfigError
+
+log = logging.getLogger("sai.models")
+
+FAMILIES = ("sd15", "sd2", "sdxl", "sd3", "flux", "pixart")
+BUILT_IN_FAMILY = {"tiny": "sd15", "tiny-sdxl": "sdxl", "tiny-sd3": "sd3", "tiny-flux": "flux",
+                   "tiny-pixart": "pixart", "sd15-shaped": "sd15"}
+PIPELINE_FAMILY = {"StableDiffusionPipeline": "sd15", "StableDiffusionXLPipeline": "sdxl",
+                   "StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux", "PixArtSigmaPipeline": "pixart",
+                   "PixArtAlphaPipeline": "pixart"}
+"""A diffusers directory's `_class_name` → family, for what a submit checks before the worker has
+loaded the model (the worker's own detection decides the load, and its answer replaces this one)."""
+DEFAULT_KEYS = ("width", "height", "steps", "guidance")
+MIB = 2**20
+
+Record = Callable[[None, str, str, dict[str, Any]], Awaitable[None]]
+"""The audit append (daemon.assembly.ActionRecorder), called with None: the daemon acts."""
+Publish = Callable[[str, dict[str, Any]], object]
+
+
+@dataclass
+class ModelEntry:
+    """One configured model, and what is known of it at run time."""
+
+    name: str
+    path: str
+    family: str
+    config_dir: str
+    scheduler: str
+    dtype: str
+    defaults: dict[str, Any]
+    default: bool
+    loaded: bool = False
+    device: str | None = None
+    loaded_dtype: str | None = None
+    weights_sha256: str | None = None
+    found_family: str | None = None
+    """The family the worker found at load (or the directory's model_index.json says)."""
+    loaded_bytes: int | None = None
+    """Parameter bytes the worker reported at its last load of this model."""
+    size_bytes: int | None = None
+    """Bytes of its weight files on disk (None until they exist: a built-in before its first build)."""
+
+    @property
+    def family_now(self) -> str:
+        """The family its jobs are checked against: the one named in config, else the one found."""
+        return self.family if self.family != "auto" else (self.found_family or "auto")
+
+    def command(self) -> dict[str, Any]:
+        """What every batch command tells the worker about its model."""
+        return {"name": self.name, "path": self.path, "family": self.family, "config_dir": self.config_dir,
+                "dtype": self.dtype, "scheduler": self.scheduler}
+
+    def need_bytes(self) -> int | None:
+        """Memory it is expected to take once loaded: measured at an earlier load, else its files' size."""
+        return self.loaded_bytes or self.size_bytes
+
+    def view(self) -> dict[str, Any]:
+        return {"name": self.name, "family": self.family_now, "path": self.path, "default": self.default,
+                "loaded": self.loaded, "device": self.device if self.loaded else None,
+                "dtype": self.loaded_dtype if self.loaded else None, "weights_sha256": self.weights_sha256,
+                "size_bytes": self.size_bytes, "defaults": dict(self.defaults)}
+
+
+SIZE_MULTIPLE = {"sd3": 16, "flux": 16, "pixart": 16}
+"""Families whose transformer works on 2×2 patches of the 8×-downscaled latents (others: 8)."""
+NO_NEGATIVE_PROMPT = frozenset({"flux"})
+
+
+def family_problems(family: str, params: dict[str, Any]) -> list[tuple[str, str]]:
+    """What a job's parameters break of its model family's limits: [(field, reason)]."""
+    problems = []
+    multiple = SIZE_MULTIPLE.get(family, 8)
+    for side in ("width", "height"):
+        value = int(params[side])
+        if value % multiple:
+            problems.append((side, f"{value} is not a multiple of {multiple}, which {family} models need"))
+    if family in NO_NEGATIVE_PROMPT and params.get("negative_prompt"):
+        problems.append(("negative_prompt", f"{family} models take no negative prompt; leave it out"))
+    return problems
+
+
+class DoesNotFit(Exception):
+    """A model larger than all the memory the worker may give models: its jobs fail, the queue goes on."""
+
+
+@dataclass
+class Residency:
+    """The models the worker will hold once the commands sent so far are done, oldest use first."""
+
+    order: list[str] = field(default_factory=list)
+
+    def use(self, name: str) -> None:
+        if name in self.order:
+            self.order.remove(name)
+        self.order.append(name)
+
+    def drop(self, name: str) -> None:
+        if name in self.order:
+            self.order.remove(name)
+
+
+class ModelCatalog:
+    def __init__(self, config: Config, state_dir: Path, *, record: Record, publish: Publish) -> None:
+        """`record` audits loads and unloads; `publish(topic, data)` puts a `queue` event on the bus
+        so clients (`sai models`, the console) see `loaded` change."""
+        self.state_dir = state_dir
+        self._record = record
+        self._publish = publish
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.budget = int(config.worker.models_memory_mb) * MIB or None
+        """Bytes the loaded models may take together (None: what the device reports free)."""
+        base = {key: config.defaults[key] for key in DEFAULT_KEYS}
+        main = config.model
+        self.default_name: str = main.name
+        self.entries: dict[str, ModelEntry] = {
+            main.name: ModelEntry(main.name, main.path, main.family, main.config_dir, main.scheduler, main.dtype,
+                                  {**base, "scheduler": main.scheduler}, default=True)}
+        for name, table in config.values[MODELS].items():
+            defaults = {**base, **{k: table[k] for k in DEFAULT_KEYS if k in table},
+                        "scheduler": table.get("scheduler", main.scheduler)}
+            self.entries[name] = ModelEntry(
+                name, table.get("path", ""), table.get("family", "auto"), table.get("config_dir", ""),
+                defaults["scheduler"], table.get("dtype", "auto"), defaults, default=False)
+        self.origins = dict(config.origins)
+        self.residency = Residency()
+        for entry in self.entries.values():
+            self._look_at_files(entry)
+
+    # -- configuration -------------------------------------------------------------------------------
+
+    def get(self, name: str | None) -> ModelEntry | None:
+        return self.entries[self.default_name] if name is None else self.entries.get(name)
+
+    @property
+    def default(self) -> ModelEntry:
+        return self.entries[self.default_name]
+
+    def names(self) -> list[str]:
+        return list(self.entries)
+
+    def files_of(self, entry: ModelEntry) -> Path | None:
+        """Where its weights are: the configured path, or a built-in's build directory (None before it)."""
+        if entry.path:
+            return Path(entry.path).expanduser()
+        built = self.state_dir / "models" / entry.name
+        return built if built.exists() else None
+
+    def check_paths(self) -> None:
+        """At start-up: every extra model's path exists, and nothing inside a model directory is a
+        symlink leading out of it (an admin's path is trusted; what lies under it must not reach
+        elsewhere). ConfigError naming the file that set the path and the key."""
+        for entry in self.entries.values():
+            if entry.default or not entry.path:
+                continue  # the default model keeps its own checks in the worker (model.path)
+            key = f"{MODELS}.{entry.name}.path"
+            source = self.origins.get(key, "config")
+            path = Path(entry.path).expanduser()
+            if not path.exists():
+                raise ConfigError(source, key, f"{entry.path} does not exist (a local diffusers directory or "
+                                  ".safetensors file)")
+            if path.is_dir():
+                root = path.resolve()
+                for inner in sorted(path.rglob("*")):
+                    if inner.is_symlink() and not inner.resolve().is_relative_to(root):
+                        raise ConfigError(source, key, f"{inner} is a symlink to {inner.resolve()}, outside "
+                                          f"{entry.path}: a model's files must lie inside its path")
+            elif path.suffix != ".safetensors":
+                raise ConfigError(source, key, f"{entry.path} is neither a directory nor a .safetensors file")
+
+    def _look_at_files(self, entry: ModelEntry) -> None:
+        """Its weights' size on disk and, for an `auto` directory, the family its model_index.json names."""
+        if entry.name in BUILT_IN_FAMILY and not entry.path:
+            entry.found_family = entry.found_family or BUILT_IN_FAMILY[entry.name]
+        files = self.files_of(entry)
+        if files is None:
+            return
+        try:
+            weights = [files] if files.is_file() else list(files.rglob("*.safetensors"))
+            entry.size_bytes = sum(f.stat().st_size for f in weights) or None
+            index = files / "model_index.json"
+            if entry.found_family is None and index.is_file():
+                class_name = json.loads(index.read_text(encoding="utf-8")).get("_class_name", "")
+                entry.found_family = PIPELINE_FAMILY.get(str(class_name))
+        except (OSError, ValueError) as exc:
+            log.warning("model %s: cannot read %s: %s", entry.name, files, exc)
+
+    # -- what the worker holds ----------------------------------------------------------------------
+
+    def worker_starting(self) -> None:
+        """A new worker process is starting: it will load the default model (its start-up spec)
+        before any batch, and holds nothing else."""
+        self.worker_gone()
+        self.residency.use(self.default_name)
+
+    def worker_started(self, info: dict[str, Any]) -> None:
+        """The worker is ready: the default model is loaded (`info`: its `ready` report)."""
+        entry = self.default
+        self._loaded(entry, info.get("weights_sha256"), info.get("device"), info.get("dtype"),
+                     info.get("family"), info.get("bytes"))
+        self._publish_change(entry, "load")
+
+    def worker_gone(self) -> None:
+        """The worker process ended: it holds nothing now."""
+        for entry in self.entries.values():
+            entry.loaded = False
+        self.residency = Residency()
+
+    def worker_reported(self, message: dict[str, Any]) -> None:
+        """The worker's `model` event: a load or unload done. Recorded, audited, published."""
+        entry = self.entries.get(str(message.get("name", "")))
+        if entry is None:
+            log.warning("worker reported a model this daemon does not know: %s", message.get("name"))
+            return
+        action = message.get("action")
+        details = {k: message.get(k) for k in ("family", "weights_sha256", "device", "dtype", "bytes", "seconds")}
+        if action == "load":
+            again = entry.loaded and entry.weights_sha256 == message.get("weights_sha256")
+            self._loaded(entry, message.get("weights_sha256"), message.get("device"), message.get("dtype"),
+                         message.get("family"), message.get("bytes"))
+            if again:  # the start-up load, already recorded from the worker's `ready`
+                return
+        elif action == "unload":
+            entry.loaded = False
+            details["weights_sha256"] = entry.weights_sha256
+        else:
+            return
+        self._spawn(self._record(None, f"model.{action}", entry.name, details))
+        self._publish_change(entry, str(action))
+
+    def _loaded(self, entry: ModelEntry, digest: object, device: object, dtype: object, family: object,
+                size: object) -> None:
+        entry.loaded = True
+        entry.weights_sha256 = str(digest) if digest else entry.weights_sha256
+        entry.device = str(device) if device else None
+        entry.loaded_dtype = str(dtype) if dtype else None
+        if isinstance(family, str) and family in FAMILIES:
+            entry.found_family = family
+        if isinstance(size, int) and size > 0:
+            entry.loaded_bytes = size
+        self._look_at_files(entry)
+
+    def _publish_change(self, entry: ModelEntry, action: str) -> None:
+        self._publish("queue", {"kind": f"model.{action}", "model": entry.view()})
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        async def run() -> None:
+            await coro
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- planning loads (the dispatcher) -----------------------------------------------------------
+
+    def plan_load(self, name: str, free: int | None) -> list[str]:
+        """The models to unload, least recently used first, before `name` runs; `free` is what the
+        worker last reported it can still use (None: not known). DoesNotFit when `name` alone is
+        larger than all the memory models may take there."""
+        entry = self.entries[name]
+        if name in self.residency.order:
+            self.residency.use(name)
+            return []
+        need = entry.need_bytes()
+        held = {other: self.entries[other].need_bytes() or 0 for other in self.residency.order}
+        total = self.budget if self.budget is not None else (None if free is None else free + sum(held.values()))
+        if need is None or total is None:
+            self.residency.use(name)
+            return []
+        if need > total:
+            where = ("worker.models_memory_mb" if self.budget is not None else "the memory its device has free")
+            raise DoesNotFit(f"model {name} needs about {need / MIB:.0f} MiB, more than the {total / MIB:.0f} MiB "
+                             f"the worker can give models ({where}); it cannot be loaded")
+        unload = []
+        for other in list(self.residency.order):
+            if sum(held[o] for o in self.residency.order) + need <= total:
+                break
+            unload.append(other)
+            self.residency.drop(other)
+        self.residency.use(name)
+        return unload
+
+    def model_list(self) -> dict[str, Any]:
+        return {"models": [entry.view() for entry in self.entries.values()]}
