@@ -110,9 +110,8 @@ class Connection:
                 self.drop("its event feed fell too far behind")
                 return
             topic, data = item
-            if topic == "audit":
-                data = entry_view(data, self.peer.uid, self.peer.role >= Role.ADMIN)
-            await self.send(protocol.event(topic, data))
+            view = entry_view(data, self.peer.uid, self.peer.role >= Role.ADMIN) if topic == "audit" else data
+            await self.send(protocol.event(topic, view))
 
     def drop(self, reason: str) -> None:
         """Close at once, discarding what it has not read (closing politely would wait for a

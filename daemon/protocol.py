@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
@@ -220,5 +221,5 @@ def error(req_id: Any, err: RpcError) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": req_id, "error": err.to_json()}
 
 
-def event(topic: str, data: dict[str, Any]) -> dict[str, Any]:
+def event(topic: str, data: Mapping[str, Any]) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "method": "event", "params": {"topic": topic, "data": data}}

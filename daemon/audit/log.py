@@ -51,7 +51,23 @@ MAX_TAIL = 1000
 class AuditLog:
     """See the module docstring. Create with `await AuditLog.open(...)`."""
 
+    # Set by open(), the only way to make one.
+    path: Path
+    origin: str
     trust: Trust | None
+    on_stall: Callable[[str | None], Any]
+    _executor: ThreadPoolExecutor
+    _writer: Writer
+    _reader: aiosqlite.Connection
+    _every_seconds: float
+    _max_batch: int
+    _delay: float
+    _pending: list[tuple[Record, asyncio.Future[dict[str, Any]]]]
+    _wake: asyncio.Event
+    _subscribers: list[Callable[[dict[str, Any]], Any]]
+    _closing: bool
+    _closed: bool
+    _committer: asyncio.Task[None]
 
     def __init__(self) -> None:
         raise TypeError("use `await AuditLog.open(...)`")
@@ -100,12 +116,12 @@ class AuditLog:
         self._every_seconds = checkpoint_every_seconds
         self._max_batch = commit_max_batch
         self._delay = commit_max_delay_ms / 1000.0
-        self._pending: list[tuple[Record, asyncio.Future[dict[str, Any]]]] = []
+        self._pending = []
         self._wake = asyncio.Event()
-        self._subscribers: list[Callable[[dict[str, Any]], Any]] = []
+        self._subscribers = []
         self._closing = False
         self._closed = False
-        self.on_stall: Callable[[str | None], Any] = on_stall or (lambda message: None)
+        self.on_stall = on_stall or (lambda message: None)
         self._committer = asyncio.create_task(self._commit_loop(), name="audit-committer")
         self._committer.add_done_callback(self._refuse_waiting)
         return self
@@ -285,7 +301,8 @@ class AuditLog:
         """The latest `limit` entries (oldest first), optionally of one action, one subject (a job
         id, say) and/or one actor (user name, or uid when all digits), before `before_seq`."""
         limit = max(1, min(int(limit), MAX_TAIL))
-        where, params = [], []
+        where: list[str] = []
+        params: list[str | int] = []
         if subject:
             where.append("json_extract(entry, '$.subject') = ?")
             params.append(subject)
@@ -306,7 +323,7 @@ class AuditLog:
                + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY seq DESC LIMIT ?")
         async with self._reader.execute(sql, (*params, limit)) as cur:
             rows = await cur.fetchall()
-        return [entry_dict(*row) for row in reversed(rows)]
+        return [entry_dict(*row) for row in reversed(list(rows))]
 
     async def _nodes(self, keys: set[merkle.NodeKey]) -> dict[merkle.NodeKey, bytes]:
         """Fetch tree nodes in two keyed queries (leaves from the entries, the rest from nodes)."""

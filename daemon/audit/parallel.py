@@ -73,7 +73,7 @@ class Signatures:
 
 
 class ChunkScan(NamedTuple):
-    count: int
+    found: int
     """Rows found in the range (fewer than asked: a gap)."""
     mismatch: int | None
     """Offset of the first entry whose bytes do not hash to its stored leaf hash."""

@@ -166,7 +166,7 @@ class _Verifier:
     def _take_scan(self, c0: int, c1: int, scan: parallel.ChunkScan) -> parallel.ChunkScan | None:
         """A pool scan of [c0, c1) if it found nothing wrong (else None: the chunk is scanned
         here, which names the failure). Entry 0 and key rotations are checked in full here."""
-        if scan.count != c1 - c0 or scan.mismatch is not None or scan.root is None:
+        if scan.found != c1 - c0 or scan.mismatch is not None or scan.root is None:
             return None
         for i in sorted(set(scan.rotations) | ({0} if c0 == 0 else set())):
             _seq, data, leaf, sig = next(iter(self.src.rows(c0 + i, c0 + i + 1)))

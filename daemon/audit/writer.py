@@ -109,7 +109,8 @@ class Writer:
         self.frontier = merkle.Frontier(size, self.fetch(merkle.root_plan(size)))
         row = self.conn.execute("SELECT tree_size, note, created_at FROM audit_checkpoints "
                                 "ORDER BY tree_size DESC LIMIT 1").fetchone()
-        self.cp_size, self.cp_note = (row[0], row[1]) if row else (-1, None)
+        self.cp_size: int = row[0] if row else -1
+        self.cp_note: str | None = row[1] if row else None
         self.cp_time = time.monotonic()
         self.cp_at: float | None = parse_rfc3339(row[2]) if row else None
         """Wall-clock time the newest stored checkpoint committed (the metrics' staleness figure)."""

@@ -17,7 +17,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Literal
 
 import aiosqlite
@@ -68,7 +68,7 @@ class AlertNotFound(LookupError):
     pass
 
 
-def _row(row: tuple[Any, ...]) -> dict[str, Any]:
+def _row(row: Iterable[Any]) -> dict[str, Any]:
     record = dict(zip(COLUMNS, row))
     record["details"] = json.loads(record["details"] or "{}")
     record["acked_by"] = json.loads(record["acked_by"]) if record["acked_by"] else None
@@ -162,6 +162,7 @@ class AlertBook:
             raise ValueError(f"severity must be one of {', '.join(SEVERITIES)}, not {severity!r}")
         now = self.clock() if ts is None else ts
         details = dict(details or {})
+        action: str | None
         async with self._lock:
             record = self.open_alerts.get(key)
             if record is None:
@@ -243,7 +244,7 @@ class AlertBook:
                                                       (alert_id,))
                 if not rows:
                     raise AlertNotFound(f"no alert {alert_id}")
-                record = _row(rows[0])
+                record = _row(next(iter(rows)))
             if record["acked_at"] is not None:
                 return view(record)
             record.update(acked_at=self.clock(), acked_by=actor)
@@ -259,7 +260,8 @@ class AlertBook:
                    until: float | None = None) -> list[dict[str, Any]]:
         """Newest last-seen first. `until`: the alerts that were open at that moment, as they are now."""
         await self.flush_seen(force=True)
-        where, params = [], []
+        where: list[str] = []
+        params: list[float | str] = []
         if until is not None:
             where.append("first_seen <= ? AND (cleared_at IS NULL OR cleared_at > ?)")
             params += [until, until]

@@ -8,6 +8,7 @@ Every call here blocks (NVML talks to the driver): the monitor runs `read()` in 
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -138,7 +139,7 @@ class GpuProbe:
         merged: dict[int, Any] = {}
         for name, fn in (("compute_processes", "nvmlDeviceGetComputeRunningProcesses"),
                          ("graphics_processes", "nvmlDeviceGetGraphicsRunningProcesses")):
-            procs = self._field(dev, name, lambda fn=fn: getattr(nvml, fn)(dev.handle))
+            procs = self._field(dev, name, functools.partial(getattr(nvml, fn), dev.handle))
             if procs == NA:
                 continue
             for proc in procs:

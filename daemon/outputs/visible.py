@@ -107,7 +107,7 @@ def _text_stamp(spec: MarkSpec, height_px: float) -> tuple[np.ndarray, np.ndarra
     cv2.putText(fill, text, (pad, pad + th), FONT, font_scale, 255, thick, cv2.LINE_AA)
     ring = cv2.dilate(fill, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * edge + 1, 2 * edge + 1)))
     f = (fill.astype(np.float32) / 255.0)[..., None]
-    color = f * np.float32(spec.color) + (1.0 - f) * np.float32(spec.outline)
+    color = f * np.asarray(spec.color, np.float32) + (1.0 - f) * np.asarray(spec.outline, np.float32)
     return color.astype(np.float32), ring.astype(np.float32) / 255.0
 
 
