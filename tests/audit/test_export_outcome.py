@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from daemon.protocol import CONFLICT, INVALID_PARAMS, NOT_PERMITTED, RpcError
+from tests.configs import NO_WORKER
 
-QUIET = {"queue": {"start_paused": True}, "model": {"preload": False}}
 
 
 async def _exports(client: Any) -> list[dict[str, Any]]:
@@ -23,7 +23,7 @@ async def _exports(client: Any) -> list[dict[str, Any]]:
 
 async def test_a_viewers_export_is_recorded_as_refused_with_the_reason(make_daemon: Any, client_of: Any,
                                                                         tmp_path: Path) -> None:
-    daemon = make_daemon({**QUIET, "auth": {"viewer_users": [getpass.getuser()]}})
+    daemon = make_daemon({**NO_WORKER, "auth": {"viewer_users": [getpass.getuser()]}})
     client = await client_of(daemon)
     with pytest.raises(RpcError) as refused:
         await client.call("audit.export", directory=str(tmp_path / "out"))
@@ -36,7 +36,7 @@ async def test_a_viewers_export_is_recorded_as_refused_with_the_reason(make_daem
 
 async def test_a_bad_directory_is_refused_on_record_and_a_good_export_holds_its_started_entry(
         make_daemon: Any, client_of: Any, tmp_path: Path) -> None:
-    daemon = make_daemon(QUIET)
+    daemon = make_daemon(NO_WORKER)
     client = await client_of(daemon)
     full = tmp_path / "full"
     full.mkdir()

@@ -12,7 +12,6 @@ from console.app import SaiConsole
 from console.connection import JobChanged
 
 NOW = 1_800_000_000.0
-PAUSED_NO_WORKER = {"queue": {"start_paused": True}, "model": {"preload": False}}
 
 
 def iso(epoch: float) -> str:

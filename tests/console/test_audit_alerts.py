@@ -9,7 +9,8 @@ from typing import Any
 
 from console.app import SaiConsole
 from console.widgets.alerts_pane import AlertsTable
-from tests.console.console_helpers import PAUSED_NO_WORKER, connected, screen_text, until
+from tests.configs import NO_WORKER
+from tests.console.console_helpers import connected, screen_text, until
 
 SIZE = (160, 50)
 
@@ -58,7 +59,7 @@ async def test_a_worker_crash_alert_that_cleared_itself_stays_dimmed_and_counted
 
 
 async def test_the_audit_filter_searches_the_whole_log_not_the_last_page(make_daemon: Any, client_of: Any) -> None:
-    daemon = make_daemon(PAUSED_NO_WORKER)
+    daemon = make_daemon(NO_WORKER)
     client = await client_of(daemon)
     await client.call("queue.resume")
     await client.call("queue.pause")

@@ -7,7 +7,8 @@ from typing import Any
 
 from console.app import SaiConsole
 from console.screens.help import HelpScreen
-from tests.console.console_helpers import PAUSED_NO_WORKER, connected, notifications, screen_text, until
+from tests.configs import NO_WORKER
+from tests.console.console_helpers import connected, notifications, screen_text, until
 
 SIZE = (80, 24)
 
@@ -18,7 +19,7 @@ async def queued(client: Any, count: int) -> None:
 
 
 async def test_unknown_command_is_named_and_the_queue_keys_work_again(make_daemon: Any, client_of: Any) -> None:
-    daemon = make_daemon(PAUSED_NO_WORKER)
+    daemon = make_daemon(NO_WORKER)
     await queued(await client_of(daemon), 3)
     app = SaiConsole(str(daemon.socket))
     async with app.run_test(size=SIZE) as pilot:
@@ -43,7 +44,7 @@ async def test_unknown_command_is_named_and_the_queue_keys_work_again(make_daemo
 
 
 async def test_read_only_console_says_why_a_changing_command_does_nothing(make_daemon: Any, client_of: Any) -> None:
-    daemon = make_daemon(PAUSED_NO_WORKER)
+    daemon = make_daemon(NO_WORKER)
     await queued(await client_of(daemon), 2)
     app = SaiConsole(str(daemon.socket), readonly=True)
     async with app.run_test(size=SIZE) as pilot:

@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from console.app import SaiConsole
-from tests.console.console_helpers import PAUSED_NO_WORKER, connected, screen_text, until
+from tests.configs import NO_WORKER
+from tests.console.console_helpers import connected, screen_text, until
 
 DOUBLE = Path(__file__).resolve().parents[1] / "service" / "dying_tasks.py"
 
 
 async def test_a_dead_monitor_shows_as_a_daemon_fault_banner(make_daemon: Any) -> None:
-    daemon = make_daemon(PAUSED_NO_WORKER, start=False)
+    daemon = make_daemon(NO_WORKER, start=False)
     daemon.start(program=(sys.executable, str(DOUBLE), "monitor"))
     app = SaiConsole(str(daemon.socket))
     async with app.run_test(size=(120, 30)) as pilot:

@@ -12,7 +12,8 @@ from console.app import SaiConsole
 from console.screens.confirm import ConfirmScreen
 from console.screens.job_detail import JobDetailScreen
 from console.screens.new_job import NewJobScreen
-from tests.console.console_helpers import PAUSED_NO_WORKER, connected, listed, notifications, screen_text, until
+from tests.configs import NO_WORKER
+from tests.console.console_helpers import connected, listed, notifications, screen_text, until
 
 SIZE = (120, 40)
 
@@ -62,7 +63,7 @@ async def test_submit_from_the_form_and_watch_it_run_to_the_end(make_daemon: Any
 
 async def test_the_forms_errors_come_from_the_daemon_and_show_under_the_field(make_daemon: Any,
                                                                             client_of: Any) -> None:
-    daemon = make_daemon(PAUSED_NO_WORKER)
+    daemon = make_daemon(NO_WORKER)
     client = await client_of(daemon)
     app = console_for(daemon)
     async with app.run_test(size=(80, 24)) as pilot:
@@ -97,7 +98,7 @@ async def _daemon_reason(client: Any, **params: Any) -> dict[str, Any]:
 
 
 async def test_cancel_asks_first_defaults_to_no_and_names_jobs_and_owners(make_daemon: Any, client_of: Any) -> None:
-    daemon = make_daemon(PAUSED_NO_WORKER)
+    daemon = make_daemon(NO_WORKER)
     client = await client_of(daemon)
     first = await submit_via(client, "first job")
     second = await submit_via(client, "second job")
@@ -130,7 +131,7 @@ async def test_cancel_asks_first_defaults_to_no_and_names_jobs_and_owners(make_d
 
 
 async def test_filter_negate_and_clear(make_daemon: Any, client_of: Any) -> None:
-    daemon = make_daemon(PAUSED_NO_WORKER)
+    daemon = make_daemon(NO_WORKER)
     client = await client_of(daemon)
     fox = await submit_via(client, "a red fox")
     owl = await submit_via(client, "a snowy owl", priority="high")
@@ -164,7 +165,7 @@ async def test_filter_negate_and_clear(make_daemon: Any, client_of: Any) -> None
 
 
 async def test_the_detail_screen_shows_the_job_it_is_opened_on_each_time(make_daemon: Any, client_of: Any) -> None:
-    daemon = make_daemon(PAUSED_NO_WORKER)
+    daemon = make_daemon(NO_WORKER)
     client = await client_of(daemon)
     await submit_via(client, "a red fox")
     await submit_via(client, "a snowy owl")
@@ -206,7 +207,7 @@ async def test_pause_and_resume_the_queue(make_daemon: Any, client_of: Any) -> N
 
 
 async def test_plus_and_minus_change_priority(make_daemon: Any, client_of: Any) -> None:
-    daemon = make_daemon(PAUSED_NO_WORKER)
+    daemon = make_daemon(NO_WORKER)
     client = await client_of(daemon)
     job_id = await submit_via(client, "a lighthouse")
     app = console_for(daemon)
@@ -224,7 +225,7 @@ async def test_plus_and_minus_change_priority(make_daemon: Any, client_of: Any) 
 
 
 async def test_a_refused_action_shows_the_daemons_message(make_daemon: Any, client_of: Any) -> None:
-    daemon = make_daemon({**PAUSED_NO_WORKER, "auth": {"viewer_users": [getpass.getuser()]}})
+    daemon = make_daemon({**NO_WORKER, "auth": {"viewer_users": [getpass.getuser()]}})
     client = await client_of(daemon)
     app = console_for(daemon)
     async with app.run_test(size=SIZE) as pilot:
@@ -242,7 +243,7 @@ async def test_a_refused_action_shows_the_daemons_message(make_daemon: Any, clie
 
 
 async def test_readonly_removes_every_destructive_binding(make_daemon: Any, client_of: Any) -> None:
-    daemon = make_daemon(PAUSED_NO_WORKER)
+    daemon = make_daemon(NO_WORKER)
     client = await client_of(daemon)
     job_id = await submit_via(client, "keep me")
     app = console_for(daemon, readonly=True)
@@ -264,7 +265,7 @@ async def test_readonly_removes_every_destructive_binding(make_daemon: Any, clie
 
 
 async def test_the_console_survives_the_daemon_going_away_and_reconnects(make_daemon: Any) -> None:
-    daemon = make_daemon(PAUSED_NO_WORKER)
+    daemon = make_daemon(NO_WORKER)
     app = console_for(daemon)
     async with app.run_test(size=SIZE) as pilot:
         await connected(pilot, app)

@@ -14,7 +14,8 @@ from console.app import SaiConsole
 from console.screens.help import HelpScreen
 from console.screens.main import COMMANDS
 from console.connection import AlertChanged, JobChanged, LinkDown, MetricsSample
-from tests.console.console_helpers import PAUSED_NO_WORKER, connected, notifications, offline_app, until
+from tests.configs import NO_WORKER
+from tests.console.console_helpers import connected, notifications, offline_app, until
 from daemon.protocol import METHOD_NOT_FOUND, RpcError
 
 SIZE = (120, 40)
@@ -30,7 +31,7 @@ async def offered(client: Any, method: str, **params: Any) -> tuple[bool, Any]:
 
 
 async def test_help_lists_every_binding(make_daemon: Any) -> None:
-    app = SaiConsole(str(make_daemon(PAUSED_NO_WORKER).socket))
+    app = SaiConsole(str(make_daemon(NO_WORKER).socket))
     async with app.run_test(size=SIZE) as pilot:
         await connected(pilot, app)
         await pilot.press("f1")
@@ -46,7 +47,7 @@ async def test_help_lists_every_binding(make_daemon: Any) -> None:
 
 
 async def test_panes_by_number_and_tab(make_daemon: Any) -> None:
-    app = SaiConsole(str(make_daemon(PAUSED_NO_WORKER).socket))
+    app = SaiConsole(str(make_daemon(NO_WORKER).socket))
     async with app.run_test(size=(80, 24)) as pilot:
         await connected(pilot, app)
         main = app.main
@@ -59,7 +60,7 @@ async def test_panes_by_number_and_tab(make_daemon: Any) -> None:
         assert main.active == 2
         await pilot.press("shift+tab", "shift+tab")
         assert main.active == 4
-    app = SaiConsole(str(make_daemon(PAUSED_NO_WORKER).socket))
+    app = SaiConsole(str(make_daemon(NO_WORKER).socket))
     async with app.run_test(size=(160, 50)) as pilot:
         await connected(pilot, app)
         assert all(pane.display for pane in app.main.panes()), "a large terminal shows all four panes"
@@ -67,7 +68,7 @@ async def test_panes_by_number_and_tab(make_daemon: Any) -> None:
 
 async def test_monitoring_panes_show_the_daemons_answer_and_say_plainly_what_it_lacks(make_daemon: Any,
                                                                                      client_of: Any) -> None:
-    daemon = make_daemon(PAUSED_NO_WORKER)
+    daemon = make_daemon(NO_WORKER)
     client = await client_of(daemon)
     metrics_offered, metrics = await offered(client, "metrics.snapshot")
     alerts_offered, alerts = await offered(client, "alerts.list")
@@ -99,8 +100,8 @@ def _alerting_config() -> dict[str, Any]:
 
     defaults = config.load(None, environ={}, system_file=None).values
     if "host_memory_warning_percent" not in defaults.get("alerts", {}):
-        return PAUSED_NO_WORKER
-    return {**PAUSED_NO_WORKER, "alerts": {"host_memory_warning_percent": 1.0, "host_memory_critical_percent": 99.9}}
+        return NO_WORKER
+    return {**NO_WORKER, "alerts": {"host_memory_warning_percent": 1.0, "host_memory_critical_percent": 99.9}}
 
 
 async def test_acknowledge_an_alert(make_daemon: Any, client_of: Any) -> None:
@@ -127,7 +128,7 @@ async def test_acknowledge_an_alert(make_daemon: Any, client_of: Any) -> None:
 
 
 async def test_verify_shows_ok_then_names_the_first_tampered_entry(make_daemon: Any) -> None:
-    daemon = make_daemon(PAUSED_NO_WORKER)
+    daemon = make_daemon(NO_WORKER)
     app = SaiConsole(str(daemon.socket))
     async with app.run_test(size=SIZE) as pilot:
         await connected(pilot, app)
@@ -143,7 +144,7 @@ async def test_verify_shows_ok_then_names_the_first_tampered_entry(make_daemon: 
 
 
 async def test_command_line_and_palette(make_daemon: Any, client_of: Any) -> None:
-    daemon = make_daemon(PAUSED_NO_WORKER)
+    daemon = make_daemon(NO_WORKER)
     client = await client_of(daemon)
     app = SaiConsole(str(daemon.socket))
     async with app.run_test(size=SIZE) as pilot:
@@ -164,7 +165,7 @@ async def test_command_line_and_palette(make_daemon: Any, client_of: Any) -> Non
 
 
 async def test_look_back_steps_through_time_and_returns_to_live(make_daemon: Any, client_of: Any) -> None:
-    daemon = make_daemon(PAUSED_NO_WORKER)
+    daemon = make_daemon(NO_WORKER)
     client = await client_of(daemon)
     history, _ = await offered(client, "metrics.history", since=0.0, until=1.0)
     app = SaiConsole(str(daemon.socket))

@@ -9,11 +9,12 @@ from typing import Any
 import pytest
 
 from console.app import SaiConsole
-from tests.console.console_helpers import PAUSED_NO_WORKER, connected, screen_text, until
+from tests.configs import NO_WORKER
+from tests.console.console_helpers import connected, screen_text, until
 from daemon.client import DaemonClient
 
 JOBS = 330
-MANY_QUEUED = {**PAUSED_NO_WORKER, "queue": {**PAUSED_NO_WORKER["queue"], "burst": JOBS, "rate_per_minute": 60_000.0}}
+MANY_QUEUED = {**NO_WORKER, "queue": {**NO_WORKER["queue"], "burst": JOBS, "rate_per_minute": 60_000.0}}
 
 
 async def submit_many(client: DaemonClient, count: int) -> None:

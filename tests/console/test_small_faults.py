@@ -17,7 +17,8 @@ from console.screens.confirm import ConfirmScreen
 from console.screens.help import HelpScreen
 from console.screens.job_detail import JobDetailScreen
 from console.screens.new_job import NewJobScreen
-from tests.console.console_helpers import (NOW, PAUSED_NO_WORKER, connected, fixed_job, notifications, screen_text, until)
+from tests.configs import NO_WORKER
+from tests.console.console_helpers import NOW, connected, fixed_job, notifications, screen_text, until
 from daemon.harness import run_sai
 
 SIZE = (120, 40)
@@ -28,7 +29,7 @@ def said(app: SaiConsole, text: str) -> bool:
 
 
 async def test_the_submit_toast_gives_the_daemons_position(make_daemon: Any) -> None:
-    daemon = make_daemon(PAUSED_NO_WORKER)
+    daemon = make_daemon(NO_WORKER)
     app = SaiConsole(str(daemon.socket))
     async with app.run_test(size=SIZE) as pilot:
         await connected(pilot, app)
@@ -73,7 +74,7 @@ async def test_up_and_down_walk_the_form_past_a_select_without_opening_it() -> N
 
 
 async def test_a_fields_error_goes_once_its_value_is_edited(make_daemon: Any) -> None:
-    daemon = make_daemon(PAUSED_NO_WORKER)
+    daemon = make_daemon(NO_WORKER)
     app = SaiConsole(str(daemon.socket))
     async with app.run_test(size=SIZE) as pilot:
         await connected(pilot, app)
@@ -92,7 +93,7 @@ async def test_a_fields_error_goes_once_its_value_is_edited(make_daemon: Any) ->
 
 async def test_job_detail_offers_cancel_only_for_a_job_that_can_be_cancelled(make_daemon: Any,
                                                                              client_of: Any) -> None:
-    daemon = make_daemon(PAUSED_NO_WORKER)
+    daemon = make_daemon(NO_WORKER)
     client = await client_of(daemon)
     done = (await client.call("job.submit", prompt="finished"))["job_id"]
     await client.call("job.cancel", job_id=done)
@@ -128,7 +129,7 @@ async def test_the_palette_names_keys_as_the_footer_does() -> None:
 
 
 async def test_keys_that_cannot_act_say_why(make_daemon: Any, client_of: Any) -> None:
-    daemon = make_daemon(PAUSED_NO_WORKER)
+    daemon = make_daemon(NO_WORKER)
     client = await client_of(daemon)
     job_id = (await client.call("job.submit", prompt="top priority", priority="critical"))["job_id"]
     app = SaiConsole(str(daemon.socket))

@@ -27,11 +27,11 @@ from daemon.crypto.keys import KeyStore
 from daemon.exitcodes import ExitCode
 from daemon.outputs.pipeline import export_output
 from daemon.harness import run_sai
+from tests.configs import NO_WORKER
 
 ROOT = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SUFFIXES = ("manifest.json", "manifest.sig", "png.sai")
-NO_WORKER = {"model": {"preload": False}, "queue": {"start_paused": True}}
 NOT_PERMITTED, CONFLICT = -32001, -32004
 
 

@@ -28,10 +28,10 @@ from daemon.exitcodes import ExitCode
 from daemon.harness import ROOT, DaemonProcess
 from tests.reliability.rel_helpers import (IN_MOVED_TO, OUTPUT_SUFFIXES, DirWatch, export_png, hold_exclusive_lock, limit_file_size,
                          output_files, small_tmpfs, snapshot, temp_files)
+from tests.configs import NO_WORKER
 
 pytestmark = pytest.mark.timeout(300)
 
-IDLE = {"queue": {"start_paused": True}, "model": {"preload": False}}
 
 
 async def submit(client: DaemonClient, **params: Any) -> str:
@@ -300,7 +300,7 @@ CORRUPTIONS = {
 
 @pytest.mark.parametrize("corruption", list(CORRUPTIONS))
 async def test_corrupt_key_file_refuses_to_start_naming_it_and_changes_nothing(corruption, make_daemon, client_of):
-    daemon = make_daemon(IDLE)
+    daemon = make_daemon(NO_WORKER)
     client = await client_of(daemon)
     ids = [await submit(client, seed=i) for i in range(2)]
     await client.close()
@@ -319,7 +319,7 @@ async def test_corrupt_key_file_refuses_to_start_naming_it_and_changes_nothing(c
     assert snapshot(daemon.state_dir) == before, "a refused start changed the state directory"
     assert not daemon.socket.exists()
     key_file.write_bytes(original)
-    again = make_daemon(IDLE, state_from=daemon)
+    again = make_daemon(NO_WORKER, state_from=daemon)
     client = await client_of(again)
     jobs = [await client.call("job.get", job_id=job_id) for job_id in ids]
     assert [job["state"] for job in jobs] == ["queued", "queued"]

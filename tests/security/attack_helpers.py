@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import statistics
-import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import psutil

@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 
 from daemon.harness import DaemonProcess, run_sai
+from tests.configs import NO_WORKER
 
 DOUBLE = Path(__file__).with_name("dying_tasks.py")
-NO_WORKER = {"model": {"preload": False}, "queue": {"start_paused": True}}
 WORKER_LOADED = {"model": {"preload": True}, "queue": {"start_paused": True}}
 EXIT_TASK_FAILED = 70
 UNATTENDED_SECONDS = 90.0

@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from daemon.protocol import MAX_LINE, RpcError
+from tests.configs import NO_WORKER
 
-NO_WORKER = {"model": {"preload": False}, "queue": {"start_paused": True}}
 
 
 @pytest.fixture

@@ -12,9 +12,9 @@ import pytest
 
 from daemon.exitcodes import ExitCode
 from daemon.harness import run_sai
+from tests.configs import NO_WORKER
 
 ROOT = Path(__file__).resolve().parents[2]
-NO_WORKER = {"model": {"preload": False}, "queue": {"start_paused": True}}
 
 
 

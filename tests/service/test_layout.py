@@ -74,3 +74,25 @@ def test_the_tests_are_a_package_with_no_bare_name_helper_imports() -> None:
                 if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module in siblings:
                     bare.append(f"{folder.name}/{path.name}:{node.lineno} {node.module}")
     assert bare == [] and prefixed == [], (bare, prefixed)
+
+
+def test_the_no_worker_config_is_defined_once() -> None:
+    import ast
+    from pathlib import Path
+
+    from tests.configs import NO_WORKER
+
+    tests = Path(__file__).resolve().parents[1]
+    copies = []
+    for path in tests.rglob("*.py"):
+        if path.name == "configs.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Dict):
+                try:
+                    value = ast.literal_eval(node)
+                except ValueError:
+                    continue
+                if value == NO_WORKER:
+                    copies.append(f"{path.relative_to(tests)}:{node.lineno}")
+    assert copies == [], copies

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from daemon.harness import run_sai
+from tests.configs import NO_WORKER
 
 
-NO_WORKER = {"model": {"preload": False}, "queue": {"start_paused": True}}
 
 
 
@@ -130,7 +130,7 @@ async def test_sigterm_past_the_grace_period_requeues_the_batch(make_daemon, cli
     assert re.search(r"INFO sai\.worker: worker pid \d+ stopped by the daemon \(worker process was killed by "
                      r"SIGKILL\)", log), log
     assert not [line for line in log.splitlines() if " ERROR " in line and "SIGKILL" in line], log
-    again = make_daemon(state_from=daemon, config={"queue": {"start_paused": True}, "model": {"preload": False}})
+    again = make_daemon(state_from=daemon, config=NO_WORKER)
     client = await client_of(again)
     job = await client.call("job.get", job_id=job_id)
     assert job["state"] == "queued" and job["attempts"] == 0 and job["started_at"] is None
@@ -187,7 +187,7 @@ async def test_worker_killed_mid_job_is_restarted_and_the_job_retried(make_daemo
 
 
 def test_start_paused_holds_work_until_resume(make_daemon):
-    daemon = make_daemon({"queue": {"start_paused": True}, "model": {"preload": False}})
+    daemon = make_daemon(NO_WORKER)
     out = run_sai("submit", "held", "--json", socket_path=daemon.socket)
     assert out.returncode == 0
     status = run_sai("status", "--json", socket_path=daemon.socket)

@@ -7,6 +7,7 @@ import asyncio
 import time
 
 from daemon.client import DaemonClient
+from tests.configs import NO_WORKER
 
 ONE_JOB_BATCHES = {"queue": {"max_batch": 1}, "daemon": {"shutdown_grace": 120.0}}
 
@@ -56,7 +57,7 @@ async def test_a_drain_finishes_the_running_batch_and_never_starts_the_waiting_o
 
     assert await asyncio.to_thread(daemon.terminate) == 0
     assert "waiting in the worker go back to the queue" in daemon.read_log()
-    again = make_daemon(state_from=daemon, config={"queue": {"start_paused": True}, "model": {"preload": False}})
+    again = make_daemon(state_from=daemon, config=NO_WORKER)
     client = await client_of(again)
     ran = await client.call("job.get", job_id=first)
     assert (ran["state"], ran["attempts"]) == ("succeeded", 1)
