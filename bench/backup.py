@@ -39,7 +39,7 @@ from submit import daemon_calls
 
 from console.commands.backup import BACKUP_NICENESS
 from daemon.client import DaemonClient
-from daemon.harness import DaemonProcess, run_sai
+from tests.harness import DaemonProcess, run_sai
 
 TARGET_RATIO = 0.8
 PASSPHRASE = {"SAI_PASSPHRASE": "bench passphrase"}

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from daemon.client import DaemonClient  # noqa: E402
-from daemon.harness import DaemonProcess  # noqa: E402
+from tests.harness import DaemonProcess  # noqa: E402
 
 NVML_VS_TORCH = r'''
 import json, torch, pynvml

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from daemon import protocol
 from daemon.client import DaemonClient, DaemonUnavailable
-from daemon.harness import DaemonProcess, build_tiny
+from tests.harness import DaemonProcess, build_tiny
 from daemon.protocol import CONFLICT, RATE_LIMITED, RpcError
 
 OPS = {"job.submit": 0.3, "job.get": 0.4, "job.list": 0.2, "job.cancel": 0.1}

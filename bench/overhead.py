@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from daemon.client import DaemonClient
-from daemon.harness import DaemonProcess, build_tiny
+from tests.harness import DaemonProcess, build_tiny
 
 TARGETS = {64: 0.90, 256: 0.97}
 

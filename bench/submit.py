@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import uvloop
 
 from daemon.client import DaemonClient
-from daemon.harness import DaemonProcess
+from tests.harness import DaemonProcess
 
 TARGET = 3000.0
 

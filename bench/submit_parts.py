@@ -34,7 +34,7 @@ from daemon.audit.log import AuditLog
 from daemon.config import load
 from daemon.crypto.envelope import PromptSealer
 from daemon.crypto.keys import KeyStore
-from daemon.harness import DaemonProcess
+from tests.harness import DaemonProcess
 from daemon.queue.admission import Admission
 from daemon.queue.jobs import QUEUED, Job, new_job_id
 from daemon.queue.store import JobStore

@@ -16,7 +16,7 @@ from typing import Any, AsyncIterator, Callable, Iterator
 import pytest
 
 from daemon.client import DaemonClient
-from daemon.harness import DaemonProcess, build_tiny, merged
+from tests.harness import DaemonProcess, build_tiny, merged
 
 DEFAULT_TEST_CONFIG: dict[str, dict[str, Any]] = {
     "defaults": {"width": 64, "height": 64, "steps": 4},

@@ -19,7 +19,7 @@ from console.screens.job_detail import JobDetailScreen
 from console.screens.new_job import NewJobScreen
 from tests.configs import NO_WORKER
 from tests.console.console_helpers import NOW, connected, fixed_job, notifications, screen_text, until
-from daemon.harness import run_sai
+from tests.harness import run_sai
 
 SIZE = (120, 40)
 

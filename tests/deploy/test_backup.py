@@ -22,7 +22,7 @@ from daemon.backup.manifest import audit_state
 from daemon.client import DaemonClient
 from daemon.crypto.keys import public_pem
 from daemon.exitcodes import ExitCode
-from daemon.harness import DaemonProcess, run_sai
+from tests.harness import DaemonProcess, run_sai
 from daemon.protocol import CONFLICT, RpcError
 
 PASSPHRASE = {"SAI_PASSPHRASE": "correct horse battery"}

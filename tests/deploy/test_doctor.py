@@ -19,7 +19,7 @@ from daemon import lockfile
 from daemon.audit.entry import check_details
 from daemon.audit.writer import Writer, own_actor
 from daemon.crypto.keys import KeyStore
-from daemon.harness import DaemonProcess, merged, run_sai, to_toml
+from tests.harness import DaemonProcess, merged, run_sai, to_toml
 
 NOBODY = 65534
 CONFIG: dict[str, dict[str, Any]] = {"model": {"threads": 1}}

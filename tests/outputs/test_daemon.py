@@ -26,7 +26,7 @@ from daemon.crypto import envelope
 from daemon.crypto.keys import KeyStore
 from daemon.exitcodes import ExitCode
 from daemon.outputs.pipeline import export_output
-from daemon.harness import run_sai
+from tests.harness import run_sai
 from tests.configs import NO_WORKER
 
 ROOT = Path(__file__).resolve().parents[2]

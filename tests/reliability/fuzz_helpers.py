@@ -19,7 +19,7 @@ from typing import Any, Literal, Union
 import psutil
 from hypothesis import strategies as st
 
-from daemon.harness import DaemonProcess
+from tests.harness import DaemonProcess
 
 EXAMPLES = int(os.environ.get("SAI_FUZZ_EXAMPLES", "0")) or None
 """SAI_FUZZ_EXAMPLES=N raises every hypothesis test here to N examples (a long run)."""

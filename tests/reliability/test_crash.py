@@ -21,7 +21,7 @@ import pytest
 
 from daemon.audit.checkpoint import parse as parse_checkpoint
 from daemon.client import DaemonClient, DaemonUnavailable
-from daemon.harness import DaemonProcess
+from tests.harness import DaemonProcess
 from tests.reliability.rel_helpers import (IN_CREATE, IN_MODIFY, OUTPUT_SUFFIXES, DirWatch, export_png, incomplete_outputs,
                          output_files, tail_all, temp_files)
 

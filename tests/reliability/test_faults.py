@@ -25,7 +25,7 @@ import pytest
 
 from daemon.client import DaemonClient
 from daemon.exitcodes import ExitCode
-from daemon.harness import ROOT, DaemonProcess
+from tests.harness import ROOT, DaemonProcess
 from tests.reliability.rel_helpers import (IN_MOVED_TO, OUTPUT_SUFFIXES, DirWatch, export_png, hold_exclusive_lock, limit_file_size,
                          output_files, small_tmpfs, snapshot, temp_files)
 from tests.configs import NO_WORKER

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from daemon.api import load_all
-from daemon.harness import DaemonProcess
+from tests.harness import DaemonProcess
 from daemon.protocol import MAX_LINE
 from tests.reliability.fuzz_helpers import (BAD_UTF8_PIECES, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, PARSE_ERROR,
                           RATE_LIMITED, SAFE_METHODS, UNAVAILABLE, FuzzRun, RawClient, accepts, assert_serving,

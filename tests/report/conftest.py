@@ -10,7 +10,7 @@ from typing import Iterator
 
 import pytest
 
-from daemon.harness import DaemonProcess
+from tests.harness import DaemonProcess
 from tests.report.report_helpers import ReportDaemon, logo_config, run_jobs
 
 

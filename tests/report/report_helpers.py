@@ -11,7 +11,7 @@ from typing import Any
 from PIL import Image
 
 from daemon.client import DaemonClient
-from daemon.harness import DaemonProcess
+from tests.harness import DaemonProcess
 from daemon.timefmt import rfc3339
 
 PROMPT = "report-secret-prompt lighthouse"

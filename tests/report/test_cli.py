@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from console import cli
-from daemon.harness import ROOT
+from tests.harness import ROOT
 
 
 def sai_in_process(*args: str) -> tuple[int, str]:

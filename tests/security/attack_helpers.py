@@ -12,7 +12,7 @@ from typing import Any, Callable
 import psutil
 
 from daemon.client import DaemonClient
-from daemon.harness import DaemonProcess, merged
+from tests.harness import DaemonProcess, merged
 from tests.security.conftest import LocalUser, open_path_to_others, shared_config
 
 

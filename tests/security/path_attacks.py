@@ -17,7 +17,7 @@ import pytest
 
 from tests.security.attack_helpers import LocalUser
 from daemon.exitcodes import ExitCode
-from daemon.harness import DaemonProcess
+from tests.harness import DaemonProcess
 
 SAI = str(Path(sys.executable).with_name("sai"))
 """The installed console script, as systemd's ExecStart= or an administrator runs it."""

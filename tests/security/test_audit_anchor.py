@@ -24,7 +24,7 @@ from daemon.audit.entry import ROTATE_ACTION, canonical_json, check_details, key
 from daemon.audit.export import write_export
 from daemon.audit.writer import Writer
 from daemon.exitcodes import ExitCode
-from daemon.harness import DaemonProcess, run_sai
+from tests.harness import DaemonProcess, run_sai
 
 ANCHOR = "keys/audit-anchor.json"
 

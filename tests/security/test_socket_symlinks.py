@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tests.security.attack_helpers import run_as, shared_config
 from daemon.exitcodes import ExitCode
-from daemon.harness import DaemonProcess
+from tests.harness import DaemonProcess
 from tests.security.path_attacks import Background, refused, scratch  # noqa: F401  (a fixture)
 
 SYMLINK = r'''

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.harness import DaemonProcess, run_sai
+from tests.harness import DaemonProcess, run_sai
 from tests.configs import NO_WORKER
 
 DOUBLE = Path(__file__).with_name("dying_tasks.py")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from daemon.exitcodes import ExitCode
-from daemon.harness import run_sai
+from tests.harness import run_sai
 from tests.configs import NO_WORKER
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,7 +15,7 @@ import time
 
 from console.cli import build_parser
 from daemon.exitcodes import ExitCode
-from daemon.harness import ROOT, run_sai
+from tests.harness import ROOT, run_sai
 
 PAUSED = {"queue": {"start_paused": True, "burst": 200}}
 

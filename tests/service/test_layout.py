@@ -96,3 +96,12 @@ def test_the_no_worker_config_is_defined_once() -> None:
                 if value == NO_WORKER:
                     copies.append(f"{path.relative_to(tests)}:{node.lineno}")
     assert copies == [], copies
+
+
+def test_the_daemon_harness_is_test_support_not_product() -> None:
+    """The subprocess daemon for tests and benches lives in tests/harness.py (bench/ puts the
+    repository root on sys.path to import it); the installed daemon package does not carry it."""
+    import importlib.util
+
+    assert importlib.util.find_spec("daemon.harness") is None
+    assert importlib.util.find_spec("tests.harness") is not None

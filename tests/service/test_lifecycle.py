@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.harness import run_sai
+from tests.harness import run_sai
 from tests.configs import NO_WORKER
 
 

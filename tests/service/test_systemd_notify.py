@@ -19,7 +19,7 @@ from typing import Iterator
 
 import pytest
 
-from daemon.harness import DaemonProcess
+from tests.harness import DaemonProcess
 
 WEDGED = "tests.service.wedged_pipeline:WedgingPipelineForTests"
 

@@ -25,7 +25,7 @@ from daemon.auth import in_process_peer
 from daemon.catalog import ModelCatalog
 from daemon.dispatch import Dispatcher
 from daemon.events import EventBus
-from daemon.harness import to_toml
+from tests.harness import to_toml
 from daemon.monitor.alerts import AlertBook
 from daemon.protocol import UNAVAILABLE, RpcError
 from daemon.queue.admission import Admission
