@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tests.audit.audit_helpers import ORIGIN, build, record, writable
 from daemon.audit import merkle
 from daemon.audit.anchor import FILE_NAME, AuditTrustError, Trust
 from daemon.audit.entry import canonical_json, key_id, leaf_hash
 from daemon.audit.log import AuditLog
 from daemon.audit.writer import Writer
+from tests.audit.audit_helpers import ORIGIN, build, record, writable
 
 
 def trust(directory: Path, *keys: Ed25519PrivateKey) -> Trust:

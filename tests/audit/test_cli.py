@@ -16,8 +16,8 @@ from typing import Any, Coroutine, Iterator
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tests.audit.audit_helpers import ALICE, build, record
 from console.cli import main
+from tests.audit.audit_helpers import ALICE, build, record
 
 
 class Served:

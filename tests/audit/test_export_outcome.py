@@ -15,7 +15,6 @@ from daemon.protocol import CONFLICT, INVALID_PARAMS, NOT_PERMITTED, RpcError
 from tests.configs import NO_WORKER
 
 
-
 async def _exports(client: Any) -> list[dict[str, Any]]:
     entries = (await client.call("audit.tail", limit=50, action="audit.export"))["entries"]
     return [{"subject": e["subject"], **e["details"]} for e in entries]

@@ -17,10 +17,10 @@ from typing import Any, Callable
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tests.audit.audit_helpers import ORIGIN, build, record, writable
 from daemon.audit.entry import canonical_json, entry_bytes
 from daemon.audit.log import AuditLog
 from daemon.audit.verify import verify_db, verify_export
+from tests.audit.audit_helpers import ORIGIN, build, record, writable
 
 COVERED, TAIL = 23, 43
 

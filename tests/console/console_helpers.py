@@ -145,9 +145,9 @@ def fill_monitoring(app: SaiConsole) -> None:
     main = app.main
     main.memory.offered, main.memory.note = True, ""
     main.memory.sample = SNAPSHOT
-    from console.widgets.memory_pane import history_fractions
-
     from collections import deque
+
+    from console.widgets.memory_pane import history_fractions
 
     main.memory.history = {k: deque(v) for k, v in history_fractions(SNAPSHOT["history"]).items()}
     main.memory.redraw()

@@ -12,9 +12,9 @@ import pytest
 from console.app import SaiConsole
 from console.connection import Embedded, start_embedded
 from console.screens.confirm import ConfirmScreen
-from tests.console.console_helpers import connected, screen_text, until
 from daemon import config
 from daemon.client import DaemonClient
+from tests.console.console_helpers import connected, screen_text, until
 
 
 @pytest.fixture

@@ -11,12 +11,12 @@ import pytest
 from textual.command import CommandPalette
 
 from console.app import SaiConsole
+from console.connection import AlertChanged, JobChanged, LinkDown, MetricsSample
 from console.screens.help import HelpScreen
 from console.screens.main import COMMANDS
-from console.connection import AlertChanged, JobChanged, LinkDown, MetricsSample
+from daemon.protocol import METHOD_NOT_FOUND, RpcError
 from tests.configs import NO_WORKER
 from tests.console.console_helpers import connected, notifications, offline_app, until
-from daemon.protocol import METHOD_NOT_FOUND, RpcError
 
 SIZE = (120, 40)
 

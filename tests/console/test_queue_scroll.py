@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from console.app import SaiConsole
+from daemon.client import DaemonClient
 from tests.configs import NO_WORKER
 from tests.console.console_helpers import connected, screen_text, until
-from daemon.client import DaemonClient
 
 JOBS = 330
 MANY_QUEUED = {**NO_WORKER, "queue": {**NO_WORKER["queue"], "burst": JOBS, "rate_per_minute": 60_000.0}}

@@ -14,9 +14,9 @@ from console.app import SaiConsole
 from console.connection import start_embedded
 from console.screens.confirm import ConfirmScreen
 from console.screens.stopping import StoppingScreen
-from tests.console.console_helpers import connected, screen_text, until
 from daemon import config
 from daemon.client import DaemonClient
+from tests.console.console_helpers import connected, screen_text, until
 
 SIZE = (120, 40)
 LONG_JOB = {"prompt": "a long one", "steps": 150, "width": 256, "height": 256}

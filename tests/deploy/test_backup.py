@@ -22,8 +22,8 @@ from daemon.backup.manifest import audit_state
 from daemon.client import DaemonClient
 from daemon.crypto.keys import public_pem
 from daemon.exitcodes import ExitCode
-from tests.harness import DaemonProcess, run_sai
 from daemon.protocol import CONFLICT, RpcError
+from tests.harness import DaemonProcess, run_sai
 
 PASSPHRASE = {"SAI_PASSPHRASE": "correct horse battery"}
 SEALED = {"keys": {"sealed": True}, "audit": {"checkpoint_every_entries": 8},

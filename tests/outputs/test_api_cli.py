@@ -17,7 +17,7 @@ from PIL import Image
 from daemon import config
 from daemon.api import outputs as api
 from daemon.api.limits import CallLimits
-from daemon.api.registry import CallContext, METHODS, Role, bind
+from daemon.api.registry import METHODS, CallContext, Role, bind
 from daemon.auth import Peer
 from daemon.crypto.keys import KeyStore
 from daemon.exitcodes import ExitCode
@@ -103,12 +103,11 @@ async def test_preview(daemon: StubDaemon) -> None:
 
 
 async def test_rotate(daemon: StubDaemon, keys_dir: Path, tmp_path: Path) -> None:
+    from daemon.audit.log import AuditLog
     from daemon.crypto.envelope import PromptSealer, parse
     from daemon.outputs.sink import KeyMaintenance
     from daemon.queue.jobs import Job
     from daemon.queue.store import JobStore
-
-    from daemon.audit.log import AuditLog
 
     store = await JobStore.open(tmp_path / "jobs.sqlite3", PromptSealer(daemon.keystore))
     daemon.audit = await AuditLog.open(tmp_path / "audit.db", daemon.keystore.signing_key, "test/sai-audit")

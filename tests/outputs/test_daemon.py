@@ -26,8 +26,8 @@ from daemon.crypto import envelope
 from daemon.crypto.keys import KeyStore
 from daemon.exitcodes import ExitCode
 from daemon.outputs.pipeline import export_output
-from tests.harness import run_sai
 from tests.configs import NO_WORKER
+from tests.harness import run_sai
 
 ROOT = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

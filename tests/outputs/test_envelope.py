@@ -10,8 +10,16 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.keywrap import aes_key_unwrap
 
-from daemon.crypto import (FormatError, HeaderError, IntegrityError, OutputError, TruncatedError, UnknownKeyError,
-                           UnwrapError, envelope)
+from daemon.crypto import (
+    FormatError,
+    HeaderError,
+    IntegrityError,
+    OutputError,
+    TruncatedError,
+    UnknownKeyError,
+    UnwrapError,
+    envelope,
+)
 from daemon.crypto.keys import KeyStore
 from tests.outputs.out_helpers import keys_dir, keystore  # noqa: F401  (pytest fixtures)
 

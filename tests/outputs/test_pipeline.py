@@ -15,14 +15,27 @@ import pytest
 from PIL import Image
 
 from daemon.config import ConfigError
-from daemon.crypto import (IntegrityError, ManifestError, OutputError, TruncatedError, UnknownKeyError,
-                           WrongPassphraseError, envelope)
+from daemon.crypto import (
+    IntegrityError,
+    ManifestError,
+    OutputError,
+    TruncatedError,
+    UnknownKeyError,
+    WrongPassphraseError,
+    envelope,
+)
 from daemon.crypto.keys import KeyStore
 from daemon.outputs import pipeline
-from daemon.outputs.pipeline import (OutputSettings, export_output, inspect_png, preview_png, protect_image,
-                                     rotate_outputs, verify_output)
+from daemon.outputs.pipeline import (
+    OutputSettings,
+    export_output,
+    inspect_png,
+    preview_png,
+    protect_image,
+    rotate_outputs,
+    verify_output,
+)
 from daemon.outputs.png import encode_png, read_png, sai_metadata
-
 from tests.outputs.out_helpers import image, keys_dir, keystore, make_info, out_dir, settings  # noqa: F401  (fixtures)
 
 OPENSSL = shutil.which("openssl")

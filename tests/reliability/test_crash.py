@@ -22,8 +22,17 @@ import pytest
 from daemon.audit.checkpoint import parse as parse_checkpoint
 from daemon.client import DaemonClient, DaemonUnavailable
 from tests.harness import DaemonProcess
-from tests.reliability.rel_helpers import (IN_CREATE, IN_MODIFY, OUTPUT_SUFFIXES, DirWatch, export_png, incomplete_outputs,
-                         output_files, tail_all, temp_files)
+from tests.reliability.rel_helpers import (
+    IN_CREATE,
+    IN_MODIFY,
+    OUTPUT_SUFFIXES,
+    DirWatch,
+    export_png,
+    incomplete_outputs,
+    output_files,
+    tail_all,
+    temp_files,
+)
 
 SOAK = os.environ.get("SAI_SOAK", "") not in ("", "0")
 JOBS, KILLS = (200, 12) if SOAK else (40, 4)

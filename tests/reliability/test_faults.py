@@ -25,10 +25,20 @@ import pytest
 
 from daemon.client import DaemonClient
 from daemon.exitcodes import ExitCode
-from tests.harness import ROOT, DaemonProcess
-from tests.reliability.rel_helpers import (IN_MOVED_TO, OUTPUT_SUFFIXES, DirWatch, export_png, hold_exclusive_lock, limit_file_size,
-                         output_files, small_tmpfs, snapshot, temp_files)
 from tests.configs import NO_WORKER
+from tests.harness import ROOT, DaemonProcess
+from tests.reliability.rel_helpers import (
+    IN_MOVED_TO,
+    OUTPUT_SUFFIXES,
+    DirWatch,
+    export_png,
+    hold_exclusive_lock,
+    limit_file_size,
+    output_files,
+    small_tmpfs,
+    snapshot,
+    temp_files,
+)
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -20,12 +20,36 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from daemon.api import load_all
-from tests.harness import DaemonProcess
 from daemon.protocol import MAX_LINE
-from tests.reliability.fuzz_helpers import (BAD_UTF8_PIECES, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, PARSE_ERROR,
-                          RATE_LIMITED, SAFE_METHODS, UNAVAILABLE, FuzzRun, RawClient, accepts, assert_serving,
-                          envelopes, error_of, examples, exchange, expected_for, fill_jobs, flood, json_values,
-                          not_utf8, peak_rss_mib, request, rss_mib, start_daemon, well_typed)
+from tests.harness import DaemonProcess
+from tests.reliability.fuzz_helpers import (
+    BAD_UTF8_PIECES,
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    PARSE_ERROR,
+    RATE_LIMITED,
+    SAFE_METHODS,
+    UNAVAILABLE,
+    FuzzRun,
+    RawClient,
+    accepts,
+    assert_serving,
+    envelopes,
+    error_of,
+    examples,
+    exchange,
+    expected_for,
+    fill_jobs,
+    flood,
+    json_values,
+    not_utf8,
+    peak_rss_mib,
+    request,
+    rss_mib,
+    start_daemon,
+    well_typed,
+)
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -11,8 +11,8 @@ from typing import Any
 from PIL import Image
 
 from daemon.client import DaemonClient
-from tests.harness import DaemonProcess
 from daemon.timefmt import rfc3339
+from tests.harness import DaemonProcess
 
 PROMPT = "report-secret-prompt lighthouse"
 SHAPES = [(64, 64, 2, 1), (64, 64, 2, 2), (64, 64, 2, 1), (96, 96, 3, 1), (96, 96, 3, 1), (96, 96, 3, 1)]

@@ -15,8 +15,8 @@ from PIL import Image
 
 from console.formatting import parse_time
 from daemon.client import DaemonClient
-from tests.harness import run_sai
 from daemon.protocol import STREAM_LIMIT, RpcError
+from tests.harness import run_sai
 from tests.report.report_helpers import PROMPT, ReportDaemon
 
 

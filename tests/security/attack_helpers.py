@@ -15,7 +15,6 @@ from daemon.client import DaemonClient
 from tests.harness import DaemonProcess, merged
 from tests.security.conftest import LocalUser, open_path_to_others, shared_config
 
-
 CLIENT = r'''
 import json, socket, sys
 def rpc(path, method, **params):

@@ -15,9 +15,9 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests.security.attack_helpers import LocalUser
 from daemon.exitcodes import ExitCode
 from tests.harness import DaemonProcess
+from tests.security.attack_helpers import LocalUser
 
 SAI = str(Path(sys.executable).with_name("sai"))
 """The installed console script, as systemd's ExecStart= or an administrator runs it."""

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.security.attack_helpers import in_background, run_as, settled_sockets, shared_daemon, until_held
 from daemon.client import DaemonClient
+from tests.security.attack_helpers import in_background, run_as, settled_sockets, shared_daemon, until_held
 
 PER_USER, TOTAL, RESERVE, IDLE = 12, 24, 4, 3.0
 

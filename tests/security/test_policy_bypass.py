@@ -13,8 +13,8 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.security.attack_helpers import run_as, shared_daemon
 from daemon.queue.admission import PromptPolicy
+from tests.security.attack_helpers import run_as, shared_daemon
 
 DISGUISES = [
     "bo\u034fmb", "bom\ufe0fb", "b\ufe00omb", "bo\u3164mb", "K\u0130LL", "bomb_", "bomb1", "_kill_", "kill42",

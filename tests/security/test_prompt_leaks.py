@@ -14,8 +14,8 @@ import asyncio
 import hashlib
 import json
 
-from tests.security.attack_helpers import in_background, run_as, settled_sockets, shared_daemon, until_held
 from daemon.crypto.keys import KeyStore
+from tests.security.attack_helpers import in_background, run_as, settled_sockets, shared_daemon, until_held
 
 FLAGGED, BLOCKED = "dragon", "bomb"
 PROMPT = f"a red {FLAGGED} over the harbour"

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.security.attack_helpers import LocalUser, run_as
 from tests.harness import DaemonProcess
+from tests.security.attack_helpers import LocalUser, run_as
 from tests.security.path_attacks import SAI, refused, scratch  # noqa: F401  (a fixture)
 
 SEALED = {"keys": {"sealed": True, "scrypt_log2_n": 15}}

@@ -16,9 +16,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.security.attack_helpers import run_as, shared_config
 from daemon.exitcodes import ExitCode
 from tests.harness import DaemonProcess
+from tests.security.attack_helpers import run_as, shared_config
 from tests.security.path_attacks import Background, refused, scratch  # noqa: F401  (a fixture)
 
 SYMLINK = r'''

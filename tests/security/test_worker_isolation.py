@@ -15,8 +15,8 @@ import os
 from pathlib import Path
 
 import daemon as real_package
-from tests.security.attack_helpers import fill_audit, run_as
 from daemon.audit.verify import POOL_MIN_ENTRIES
+from tests.security.attack_helpers import fill_audit, run_as
 from tests.security.path_attacks import SAI, scratch  # noqa: F401  (a fixture)
 
 PLANT = r'''

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import DaemonProcess, run_sai
 from tests.configs import NO_WORKER
+from tests.harness import DaemonProcess, run_sai
 
 DOUBLE = Path(__file__).with_name("dying_tasks.py")
 WORKER_LOADED = {"model": {"preload": True}, "queue": {"start_paused": True}}

@@ -14,7 +14,6 @@ from daemon.protocol import MAX_LINE, RpcError
 from tests.configs import NO_WORKER
 
 
-
 @pytest.fixture
 async def idle(make_daemon, client_of):
     """A daemon whose queue is paused and whose worker never starts: admission only."""

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from daemon.exitcodes import ExitCode
-from tests.harness import run_sai
 from tests.configs import NO_WORKER
+from tests.harness import run_sai
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -27,8 +27,9 @@ def test_console_widgets_package_holds_only_widgets() -> None:
     import inspect
     import pkgutil
 
-    import console.widgets
     from textual.widget import Widget
+
+    import console.widgets
 
     not_widgets = []
     for info in pkgutil.iter_modules(console.widgets.__path__):

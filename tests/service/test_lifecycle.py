@@ -13,12 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import run_sai
 from tests.configs import NO_WORKER
-
-
-
-
+from tests.harness import run_sai
 
 
 def test_second_daemon_on_the_same_socket_is_refused(make_daemon):

@@ -25,7 +25,6 @@ from daemon.auth import in_process_peer
 from daemon.catalog import ModelCatalog
 from daemon.dispatch import Dispatcher
 from daemon.events import EventBus
-from tests.harness import to_toml
 from daemon.monitor.alerts import AlertBook
 from daemon.protocol import UNAVAILABLE, RpcError
 from daemon.queue.admission import Admission
@@ -35,6 +34,7 @@ from daemon.queue.store import JobStore
 from daemon.reactions import Reactions
 from daemon.worker.memory_model import MemoryModel
 from daemon.worker.supervisor import WorkerSupervisor
+from tests.harness import to_toml
 
 DAEMON = Path(__file__).resolve().parents[2] / "daemon"
 HOOKS = {
