@@ -215,10 +215,16 @@ class ModelCatalog:
         self.residency.use(self.default_name)
 
     def worker_started(self, info: dict[str, Any]) -> None:
-        """The worker is ready: the default model is loaded (`info`: its `ready` report)."""
+        """The worker is ready: the default model is loaded (`info`: its `ready` report). Audited here
+        unless its `model` event, which comes first, already was."""
         entry = self.default
+        recorded = entry.loaded and entry.weights_sha256 == info.get("weights_sha256")
         self._loaded(entry, info.get("weights_sha256"), info.get("device"), info.get("dtype"),
                      info.get("family"), info.get("bytes"))
+        if not recorded:
+            self._spawn(self._record(None, "model.load", entry.name, {
+                "weights_sha256": entry.weights_sha256, "device": entry.device, "dtype": entry.loaded_dtype,
+                "worker_pid": info.get("pid")}))
         self._publish_change(entry, "load")
 
     def worker_gone(self) -> None:

@@ -40,7 +40,7 @@ CLEARS = {
 class Reactions:
     def __init__(self, *, alerts: AlertBook, bus: EventBus, audit: Auditor, queue: QueueManager) -> None:
         """`alerts`: the monitor's alert book; `bus`: where the `worker.*` events go and the alarms
-        come from; `audit`: records model loads and worker restarts; `queue`: its counts go with
+        come from; `audit`: records worker restarts (model loads: daemon.catalog); `queue`: its counts go with
         each `worker.*` event, and a loaded model's tokenizer to its admission."""
         self.alerts = alerts
         self.bus = bus
@@ -59,9 +59,6 @@ class Reactions:
         if kind == "ready":
             self.queue.use_tokenizer(Path(data.get("path", "")) / "tokenizer" / "tokenizer.json",
                                      int(data.get("max_tokens", 77)))
-            self._spawn(self.audit(None, "model.load", data.get("model_id", ""),
-                                   {"weights_sha256": data.get("weights_sha256"), "device": data.get("device"),
-                                    "dtype": data.get("dtype"), "worker_pid": data.get("pid")}))
         details = {k: v for k, v in data.items() if k not in ("memory", "path")}
         self.bus.publish("queue", {**details, "kind": f"worker.{kind}", **self.queue.status(), "worker": worker})
         if kind in ALERTS:

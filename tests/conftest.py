@@ -30,6 +30,15 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny(tmp_path_factory.mktemp("models") / "tiny")
 
 
+@pytest.fixture(scope="session")
+def other_model(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second SD-shaped model for registry tests (`[models.other] path = ...`): the tiny model's
+    files copied to a path of their own."""
+    target = tmp_path_factory.mktemp("other") / "other"
+    shutil.copytree(tiny_model, target)
+    return target
+
+
 DaemonFactory = Callable[..., DaemonProcess]
 
 

@@ -34,6 +34,7 @@ def _size(text: str) -> tuple[int, int]:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("submit", help="queue a generation job")
     p.add_argument("prompt")
+    p.add_argument("--model", help="a configured model's name, as `sai models` lists them (default: the default model)")
     p.add_argument("--negative", default="", help="negative prompt (default: none)")
     p.add_argument("--size", type=_size, help="WIDTHxHEIGHT, multiples of 8 (default: the daemon's [defaults])")
     p.add_argument("--steps", type=int, help="denoising steps (default: the daemon's [defaults])")
@@ -101,7 +102,7 @@ def _submit_params(args: argparse.Namespace) -> dict[str, Any]:
         params["negative_prompt"] = args.negative
     if args.size:
         params["width"], params["height"] = args.size
-    for name in ("steps", "guidance", "seed", "priority", "count"):
+    for name in ("model", "steps", "guidance", "seed", "priority", "count"):
         if getattr(args, name) is not None:
             params[name] = getattr(args, name)
     if args.reproducible:

@@ -10,15 +10,17 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, Static
 
-from daemon.protocol import INVALID_PARAMS, PRIORITIES, RpcError
 from console.widgets.pane import console_of
+from daemon.protocol import INVALID_PARAMS, PRIORITIES, RpcError
 
 SIZES: list[tuple[str, str]] = [
     ("daemon default", ""), ("512 × 512", "512x512"), ("768 × 768", "768x768"), ("1024 × 1024", "1024x1024"),
     ("512 × 768 portrait", "512x768"), ("768 × 512 landscape", "768x512"), ("256 × 256", "256x256"),
     ("64 × 64 (test)", "64x64"),
 ]
-FIELDS = ("prompt", "negative_prompt", "size", "steps", "seed", "priority", "count")
+FIELDS = ("model", "prompt", "negative_prompt", "size", "steps", "seed", "priority", "count")
+DEFAULT_MODEL: list[tuple[str, str]] = [("daemon default", "")]
+"""What the model list offers until the daemon's model.list answers (or when it cannot)."""
 FIELD_OF_PARAM = {"width": "size", "height": "size"}
 
 
@@ -43,6 +45,16 @@ def number(text: str) -> int | str | None:
         return text
 
 
+def model_label(model: dict[str, Any]) -> str:
+    """`name (family, default, loaded)` for the model list."""
+    notes = [str(model.get("family") or "?")]
+    if model.get("default"):
+        notes.append("default")
+    if model.get("loaded"):
+        notes.append("loaded")
+    return f"{model['name']} ({', '.join(notes)})"
+
+
 class NewJobScreen(ModalScreen[str | None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+s", "submit", "Submit", priority=True),
@@ -54,6 +66,8 @@ class NewJobScreen(ModalScreen[str | None]):
     def compose(self) -> Any:
         with Vertical(id="form-box"):
             yield Label("New job — enter or ctrl+s submits, esc closes", id="form-title")
+            yield from self._row("model", "Model", FormSelect(DEFAULT_MODEL, value="", allow_blank=False, id="model",
+                                                                compact=True))
             yield from self._row("prompt", "Prompt", Input(placeholder="what to draw", id="prompt", compact=True))
             yield from self._row("negative_prompt", "Negative", Input(placeholder="what to avoid (optional)",
                                                                      id="negative_prompt", compact=True))
@@ -79,9 +93,29 @@ class NewJobScreen(ModalScreen[str | None]):
     def on_mount(self) -> None:
         self._clear_errors()
         self.query_one("#prompt", Input).focus()
+        self._load_models()
+
+    @work(exclusive=True, group="models")
+    async def _load_models(self) -> None:
+        """Offer the daemon's configured models (model.list), the default one chosen."""
+        try:
+            reply = await console_of(self).rpc("model.list")
+        except Exception:  # no daemon yet, or an older one: "daemon default" stays, and submit says the rest
+            return
+        models = [m for m in reply.get("models") or [] if isinstance(m, dict) and m.get("name")]
+        if not models:
+            return
+        options = [(model_label(m), str(m["name"])) for m in models]
+        chosen = next((str(m["name"]) for m in models if m.get("default")), options[0][1])
+        select = self.query_one("#model", Select)
+        select.set_options(options)
+        select.value = chosen
 
     def params(self) -> dict[str, Any]:
         values: dict[str, Any] = {"prompt": self.query_one("#prompt", Input).value}
+        model = self.query_one("#model", Select).value
+        if isinstance(model, str) and model:
+            values["model"] = model
         negative = self.query_one("#negative_prompt", Input).value
         if negative:
             values["negative_prompt"] = negative

@@ -161,7 +161,10 @@ async def test_reactions_take_alerts_bus_audit_and_queue(tmp_path: Path) -> None
         assert queue.admission.tokens.max_tokens == 9  # the loaded model's tokenizer, through the queue
         assert events[-1]["kind"] == "worker.ready" and events[-1]["worker"] == {"state": "ready", "halted": None}
         assert "path" not in events[-1]
-        assert ("model.load", "tiny") in [entry[:2] for entry in audit.entries]
+        assert "model.load" not in [entry[0] for entry in audit.entries]  # the catalog records loads, once
+        queue.models.worker_started({"weights_sha256": "ab" * 32, "device": "cpu", "pid": 7})
+        await queue.models.drain()
+        assert ("model.load", "tiny", "ab" * 32) in [(a, s, d.get("weights_sha256")) for a, s, d in audit.entries]
     finally:
         await db.close()
         await queue.store.close()

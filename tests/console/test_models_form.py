@@ -1,0 +1,36 @@
+"""The new-job form offers the daemon's configured models (model.list), the default one chosen,
+and submits the one picked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from textual.widgets import Select
+
+from console.app import SaiConsole
+from console.screens.new_job import NewJobScreen
+from tests.configs import NO_WORKER
+from tests.console.console_helpers import connected, until
+
+
+async def test_the_form_offers_the_models_with_the_default_chosen(make_daemon: Any, client_of: Any,
+                                                                  other_model: Path) -> None:
+    daemon = make_daemon({**NO_WORKER, "models": {"other": {"path": str(other_model)}}})
+    client = await client_of(daemon)
+    app = SaiConsole(str(daemon.socket))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await connected(pilot, app)
+        await pilot.press("n")
+        form = app.screen
+        assert isinstance(form, NewJobScreen)
+        select = form.query_one("#model", Select)
+        await until(pilot, lambda: select.value == "tiny", 10, "the model list")
+        offered = [value for _, value in select._options if value != Select.BLANK]
+        assert offered == ["tiny", "other"]
+        assert "tiny (sd15, default)" in [str(label) for label, _ in select._options]
+        select.value = "other"
+        await pilot.press(*"a red fox", "enter")
+        await until(pilot, lambda: not isinstance(app.screen, NewJobScreen), 10, "the form to close")
+    jobs = (await client.call("job.list"))["jobs"]
+    assert [(job["model"], job["params"]["prompt"]) for job in jobs] == [("other", "a red fox")]
