@@ -1,8 +1,9 @@
-"""Stable-Diffusion-shaped pipelines with seeded random weights, built offline from code.
+"""Built-in models with seeded random weights, built offline from code on first use.
 
-`tiny` exercises the whole real stack in seconds on a CPU (its images are noise);
-`sd15-shaped` has SD 1.5's sizes for benchmarks. Both are saved in the diffusers layout and
-then loaded through the ordinary `from_pretrained(..., local_files_only=True)` path.
+`tiny` (SD 1.x-shaped) exercises the whole real stack in seconds on a CPU (its images are noise);
+`tiny-sdxl`, `tiny-sd3`, `tiny-flux` and `tiny-pixart` do the same for the other families
+(daemon.models.tiny); `sd15-shaped` has SD 1.5's sizes for benchmarks. Each is saved in the
+diffusers layout and loaded through the ordinary `from_pretrained(..., local_files_only=True)` path.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-MAX_TOKENS = 77
+from daemon.models.tiny import CLIP_TOKENS as MAX_TOKENS
+from daemon.models.tiny import FAMILY_BUILDERS, byte_level_vocab
 
 
 @dataclass(frozen=True)
@@ -43,28 +45,15 @@ SHAPES = {
 }
 
 
-def _byte_level_vocab() -> dict[str, int]:
-    """The GPT-2 byte-to-symbol table, each symbol also with `</w>`, plus CLIP's two specials."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) \
-        + list(range(ord("®"), ord("ÿ") + 1))
-    symbols: list[str] = []
-    extra = 0
-    for byte in range(256):
-        if byte in printable:
-            symbols.append(chr(byte))
-        else:
-            symbols.append(chr(256 + extra))
-            extra += 1
-    vocab = {s: i for i, s in enumerate(symbols)}
-    vocab.update({s + "</w>": 256 + i for i, s in enumerate(symbols)})
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    return vocab
+BUILT_IN: dict[str, str] = {"tiny": "sd15", "sd15-shaped": "sd15",
+                             **{name: family for name, (family, _) in FAMILY_BUILDERS.items()}}
+"""Built-in model name → its family."""
 
 
 def build(name: str, target: Path, seed: int = 0) -> Path:
     """Build model `name` into `target` once (concurrent builders wait on a lock)."""
-    shape = SHAPES[name]
+    if name not in BUILT_IN:
+        raise KeyError(f"no built-in model {name!r} (built in: {', '.join(BUILT_IN)})")
     target.parent.mkdir(parents=True, exist_ok=True)
     lock_path = target.parent / f".{target.name}.lock"
     with open(lock_path, "w") as lock:
@@ -73,8 +62,12 @@ def build(name: str, target: Path, seed: int = 0) -> Path:
             return target
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
         try:
-            _build_into(shape, staging, seed)
-            (staging / "sai-model.json").write_text(json.dumps({"name": name, "seed": seed}))
+            if name in SHAPES:
+                _build_into(SHAPES[name], staging, seed)
+            else:
+                _build_family(name, staging, seed)
+            (staging / "sai-model.json").write_text(json.dumps({"name": name, "seed": seed,
+                                                                "family": BUILT_IN[name]}))
             if target.exists():
                 shutil.rmtree(target)
             os.replace(staging, target)
@@ -82,6 +75,13 @@ def build(name: str, target: Path, seed: int = 0) -> Path:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _build_family(name: str, out: Path, seed: int) -> None:
+    import torch
+
+    torch.manual_seed(seed)
+    FAMILY_BUILDERS[name][1]().save_pretrained(out, safe_serialization=True)
 
 
 def _build_into(shape: Shape, out: Path, seed: int) -> None:
@@ -113,7 +113,7 @@ def _build_into(shape: Shape, out: Path, seed: int) -> None:
         norm_num_groups=shape.norm_groups,
         sample_size=512,
     )
-    vocab = _byte_level_vocab()
+    vocab = byte_level_vocab()
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(vocab),
         hidden_size=shape.text_hidden,

@@ -1,23 +1,34 @@
-"""Resolve the configured model to a local diffusers pipeline (worker side).
+"""Resolve a configured model to local files and load it with its family's pipeline (worker side).
 
-Nothing is fetched: every load is `local_files_only=True` with the hub offline, and pickled
-weights are refused because unpickling runs code.
+Nothing is fetched: directories load with `local_files_only=True`, single files always get a
+local `config=` tree (the model's `config_dir`, else the one the package ships for the family under
+daemon/models/configs/), and the worker runs with the hub offline. Pickled weights are refused
+because unpickling runs code; a symlink leading out of a model's directory is refused because the
+admin configured that directory, not wherever the link points.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from daemon.models.builders import SHAPES, build
+from daemon.models.builders import BUILT_IN, build
+from daemon.models.errors import ModelError
+from daemon.models.families import FAMILIES, Family
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
+__all__ = ["CONFIGS", "ModelError", "ModelSpec", "load_pipeline", "resolve", "shipped_config", "weights_sha256"]
 
 PICKLED_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")
-
-
-class ModelError(Exception):
-    """The configured model cannot be used; the message says what to change."""
+CONFIGS = Path(__file__).resolve().parent / "configs"
+SCHEDULER_CLASSES = {"euler": "EulerDiscreteScheduler", "ddim": "DDIMScheduler", "dpm": "DPMSolverMultistepScheduler"}
+FLOW_SCHEDULERS = {"euler": "FlowMatchEulerDiscreteScheduler"}
 
 
 @dataclass(frozen=True)
@@ -25,20 +36,65 @@ class ModelSpec:
     name: str
     path: str
     config_dir: str = ""
+    family: str = "auto"
+    dtype: str = "auto"
+    scheduler: str = "euler"
 
     @property
     def model_id(self) -> str:
-        return self.name if self.name in SHAPES else Path(self.path or self.name).name
+        return self.name if self.name in BUILT_IN and not self.path else Path(self.path or self.name).name
+
+    @classmethod
+    def from_message(cls, fields: dict[str, Any]) -> ModelSpec:
+        """From a batch command's `model` object (daemon.worker.main)."""
+        return cls(str(fields["name"]), str(fields.get("path") or ""), str(fields.get("config_dir") or ""),
+                   str(fields.get("family") or "auto"), str(fields.get("dtype") or "auto"),
+                   str(fields.get("scheduler") or "euler"))
+
+
+def refuse_outside_links(root: Path) -> None:
+    """Refuse any symlink under directory `root` whose target lies outside it, naming the link."""
+    base = root.resolve()
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        for name in dirs + files:
+            entry = Path(folder) / name
+            if entry.is_symlink():
+                target = entry.resolve()
+                if not target.is_relative_to(base):
+                    raise ModelError(f"{entry}: a symlink to {target}, outside the configured directory {root}; "
+                                     "links out of a model directory are refused (copy the file in instead)")
+
+
+def _refuse_pickles(path: Path) -> None:
+    # Pickled files beside .safetensors are never read (loading asks for safetensors only); a folder
+    # whose only weights are pickled is refused, naming the file, rather than failing vaguely later.
+    unsafe = [p for p in sorted(path.rglob("*")) if p.suffix in PICKLED_SUFFIXES
+              and not any(p.parent.glob("*.safetensors"))]
+    if unsafe:
+        raise ModelError(f"{unsafe[0]}: pickled weights are refused because loading them can run code, and "
+                         f"{unsafe[0].parent} has no .safetensors to use instead; convert the model to .safetensors")
+
+
+def _check_components(path: Path) -> None:
+    """Every component model_index.json lists must be a local folder: a missing one would send
+    diffusers to the hub, which offline is a failure far from its cause."""
+    index = json.loads((path / "model_index.json").read_text())
+    for name, value in index.items():
+        if name.startswith("_") or not isinstance(value, list) or value[0] is None:
+            continue
+        if not (path / name).is_dir():
+            raise ModelError(f"{path / 'model_index.json'}: component {name!r} ({value[-1]}) has no folder "
+                             f"{path / name}; loading it would need the network, which is off")
 
 
 def resolve(spec: ModelSpec, state_dir: Path) -> Path:
-    """The local path to load: a built-in model (built on first use) or the configured one."""
-    if spec.name in SHAPES and not spec.path:
+    """The local path to load: a built-in model (built on first use) or the configured one, checked."""
+    if spec.name in BUILT_IN and not spec.path:
         return build(spec.name, state_dir / "models" / spec.name)
     path = Path(spec.path or spec.name).expanduser()
     if not path.exists():
-        raise ModelError(f"model path {path} does not exist (set model.path to a local diffusers "
-                         "directory or .safetensors file, or model.name to tiny)")
+        raise ModelError(f"model path {path} does not exist (set the model's path to a local diffusers "
+                         f"directory or .safetensors file, or use a built-in: {', '.join(BUILT_IN)})")
     if path.is_file():
         if path.suffix in PICKLED_SUFFIXES:
             raise ModelError(f"{path}: pickled weights ({path.suffix}) are refused because loading them "
@@ -48,13 +104,9 @@ def resolve(spec: ModelSpec, state_dir: Path) -> Path:
         return path
     if not (path / "model_index.json").is_file():
         raise ModelError(f"{path} is not a diffusers directory (no model_index.json)")
-    # Pickled files beside .safetensors are never read (loading asks for safetensors only); a folder
-    # whose only weights are pickled is refused here, naming the file, rather than failing vaguely later.
-    unsafe = [p for p in sorted(path.rglob("*")) if p.suffix in PICKLED_SUFFIXES
-              and not any(p.parent.glob("*.safetensors"))]
-    if unsafe:
-        raise ModelError(f"{unsafe[0]}: pickled weights are refused because loading them can run code, and "
-                         f"{unsafe[0].parent} has no .safetensors to use instead; convert the model to .safetensors")
+    refuse_outside_links(path)
+    _refuse_pickles(path)
+    _check_components(path)
     return path
 
 
@@ -72,21 +124,85 @@ def weights_sha256(path: Path) -> str:
     return outer.hexdigest()
 
 
-def load_pipeline(path: Path, spec: ModelSpec, device: str, dtype: Any, scheduler: str) -> Any:
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, StableDiffusionPipeline
+def shipped_config(family: str) -> Path | None:
+    """The config tree the package ships for `family`'s single files, or None."""
+    tree = CONFIGS / family
+    return tree if (tree / "model_index.json").is_file() else None
 
-    if path.is_file():
-        if not spec.config_dir:
-            raise ModelError(f"{path}: a single-file model needs model.config_dir, a local diffusers "
-                             "directory with the matching component configs")
-        pipe = StableDiffusionPipeline.from_single_file(
-            str(path), config=spec.config_dir, local_files_only=True, torch_dtype=dtype)
-    else:
-        pipe = StableDiffusionPipeline.from_pretrained(
-            str(path), local_files_only=True, use_safetensors=True, torch_dtype=dtype,
-            safety_checker=None, requires_safety_checker=False)
-    schedulers = {"euler": EulerDiscreteScheduler, "ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler}
-    if not isinstance(pipe.scheduler, schedulers[scheduler]):
-        pipe.scheduler = schedulers[scheduler].from_config(pipe.scheduler.config)
+
+def single_file_config(path: Path, spec: ModelSpec, family: Family) -> Path:
+    if spec.config_dir:
+        tree = Path(spec.config_dir).expanduser()
+        if not (tree / "model_index.json").is_file():
+            raise ModelError(f"{path}: config_dir {tree} is not a diffusers config tree (no model_index.json)")
+        refuse_outside_links(tree)
+        return tree
+    shipped = shipped_config(family.name)
+    if shipped is None:
+        raise ModelError(f"{path}: a single-file {family.label} model needs a config tree, and the package ships "
+                         f"none for {family.name}; set the model's config_dir to a local diffusers directory "
+                         "of the same family (nothing is fetched: the network is off)")
+    return shipped
+
+
+def torch_dtype(name: str, family: Family, device: str) -> Any:
+    import torch
+
+    chosen = family.default_dtype(device) if name == "auto" else name
+    return getattr(torch, chosen)
+
+
+def load_pipeline(path: Path, family_name: str, spec: ModelSpec, device: str) -> DiffusionPipeline:
+    """Load `path` (resolved) as a `family_name` pipeline on `device`, with the spec's dtype and scheduler."""
+    import diffusers
+
+    family = FAMILIES[family_name]
+    pipeline_class = getattr(diffusers, family.pipeline_class)
+    dtype = torch_dtype(spec.dtype, family, device)
+    extra: dict[str, Any] = {}
+    if family.name in ("sd15", "sd2"):
+        extra = {"safety_checker": None, "requires_safety_checker": False}
+    elif family.name == "sdxl":
+        extra = {"add_watermarker": False}  # outputs are marked by the daemon's own pipeline
+    try:
+        if path.is_file():
+            config = single_file_config(path, spec, family)
+            pipe = pipeline_class.from_single_file(str(path), config=str(config), local_files_only=True,
+                                                   torch_dtype=dtype, **extra)
+            _refuse_missing_weights(path, pipe)
+        else:
+            pipe = pipeline_class.from_pretrained(str(path), local_files_only=True, use_safetensors=True,
+                                                  torch_dtype=dtype, **extra)
+    except ModelError:
+        raise
+    except Exception as exc:  # diffusers and transformers raise many types; each means this model cannot load
+        what = "single file" if path.is_file() else "directory"
+        raise ModelError(f"{path}: loading this {family.label} {what} failed: {type(exc).__name__}: {exc}") from exc
+    _set_scheduler(pipe, family, spec.scheduler, path)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def _set_scheduler(pipe: DiffusionPipeline, family: Family, name: str, path: Path) -> None:
+    import diffusers
+
+    if name in ("", "auto"):
+        return
+    if name not in family.schedulers:
+        raise ModelError(f"{path}: {family.label} models run with scheduler {', '.join(family.schedulers)}, "
+                         f"not {name}")
+    classes = FLOW_SCHEDULERS if family.scheduler_class.startswith("FlowMatch") else SCHEDULER_CLASSES
+    wanted = getattr(diffusers, classes[name])
+    if not isinstance(pipe.scheduler, wanted):
+        pipe.scheduler = wanted.from_config(pipe.scheduler.config)
+
+
+def _refuse_missing_weights(path: Path, pipe: DiffusionPipeline) -> None:
+    """diffusers leaves weights a single file lacks uninitialised (meta) or silently random: a
+    component still on the meta device means the file and the config tree do not match."""
+    import torch
+
+    for name, component in pipe.components.items():
+        if isinstance(component, torch.nn.Module) and any(p.device.type == "meta" for p in component.parameters()):
+            raise ModelError(f"{path}: the file has no weights for {name} in the shape the config tree gives; "
+                             "set config_dir to a config tree matching this checkpoint")

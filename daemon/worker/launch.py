@@ -28,10 +28,11 @@ PASSED = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ",
                     "HF_HOME", "LD_LIBRARY_PATH", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"})
 PASSED_PREFIXES = ("LC_", "CUDA_", "NVIDIA_", "PYTORCH_")
 
+OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+"""The hub switched off: in the worker's environment, and set again by the worker before diffusers loads."""
+
 FIXED = {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
+    **OFFLINE,
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     "DIFFUSERS_VERBOSITY": "error",
     "TRANSFORMERS_VERBOSITY": "error",

@@ -1,14 +1,18 @@
 """Worker process entry point: `python -I -m daemon.worker.main SPEC_JSON` (daemon.worker.launch).
 
-Loads the model once, then runs batches sent on stdin, reporting on the protocol stream (the
-original stdout; stray prints from libraries are sent to stderr instead). Cancel requests are
-read by a separate thread so they take effect at the next denoising step.
+Loads the start-up model, then runs batches sent on stdin, reporting on the protocol stream (the
+original stdout; stray prints from libraries are sent to stderr instead). A batch names its model:
+one not held is loaded first (daemon.worker.holding); `{"op": "unload", "name": ...}` drops one.
+Cancel requests are read by a separate thread so they take effect at the next denoising step.
+
+The hub is switched off in `main` before anything imports diffusers or transformers (only `load`
+does): launch.py puts the same variables in the worker's environment; this holds however the
+worker was started.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
 import json
 import os
 import queue
@@ -20,9 +24,16 @@ import traceback
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from daemon.models.errors import ModelError
+from daemon.worker.calls import call_arguments
 from daemon.worker.ipc import SyncWriter
+from daemon.worker.launch import OFFLINE
+
+if TYPE_CHECKING:
+    from daemon.models.loading import ModelSpec
+    from daemon.worker.holding import Held, Models
 
 
 class Cancelled(Exception):
@@ -93,7 +104,8 @@ class Worker:
         self.commands: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self.cancelled: set[str] = set()
         self.lock = threading.Lock()
-        self.pipe: Any = None
+        self.models: Models | None = None
+        self.default: ModelSpec | None = None
         self.device = "cpu"
         self.peak_per_image = 0.0
         self.address_cap: int | None = None
@@ -104,7 +116,8 @@ class Worker:
         import torch
         import transformers
 
-        from daemon.models.loading import ModelSpec, load_pipeline, resolve, weights_sha256
+        from daemon.models.loading import ModelSpec
+        from daemon.worker.holding import Models
 
         diffusers.utils.logging.disable_progress_bar()
         transformers.utils.logging.disable_progress_bar()
@@ -112,21 +125,19 @@ class Worker:
             torch.set_num_threads(int(self.spec["threads"]))
         wanted = self.spec.get("device", "auto")
         self.device = "cuda" if wanted == "cuda" or (wanted == "auto" and torch.cuda.is_available()) else "cpu"
-        dtype = torch.float16 if self.device == "cuda" else torch.float32
-        model = ModelSpec(self.spec["model"], self.spec.get("path", ""), self.spec.get("config_dir", ""))
+        self.models = Models(Path(self.spec["state_dir"]), self.device, self.out.send,
+                             self.spec.get("pipeline_wrapper") or "")
+        self.default = ModelSpec(self.spec["model"], self.spec.get("path", ""), self.spec.get("config_dir", ""),
+                                 self.spec.get("family") or "auto", self.spec.get("dtype") or "auto",
+                                 self.spec.get("scheduler") or "euler")
         started = time.monotonic()
-        path = resolve(model, Path(self.spec["state_dir"]))
-        digest = weights_sha256(path)
-        self.pipe = load_pipeline(path, model, self.device, dtype, self.spec.get("scheduler", "euler"))
-        if self.spec.get("pipeline_wrapper"):
-            module, _, name = self.spec["pipeline_wrapper"].partition(":")
-            self.pipe = getattr(importlib.import_module(module), name)(self.pipe)
+        held = self.models.get(self.default)
         headroom = int(self.spec.get("memory_headroom_mb", 0))
         cap_address_space(headroom)
         self.address_cap = headroom * 2**20 if headroom > 0 else None
-        self.out.send({"ev": "ready", "model_id": model.model_id, "weights_sha256": digest,
-                       "path": str(path), "device": self.device, "dtype": str(dtype).removeprefix("torch."),
-                       "max_tokens": int(self.pipe.tokenizer.model_max_length),
+        self.out.send({"ev": "ready", "model_id": self.default.model_id, "weights_sha256": held.weights_sha256,
+                       "path": str(held.path), "device": self.device, "dtype": held.dtype, "family": held.family,
+                       "max_tokens": held.max_tokens,
                        "load_seconds": round(time.monotonic() - started, 3), "pid": os.getpid(),
                        "memory": self.memory()})
 
@@ -174,6 +185,8 @@ class Worker:
         while (command := self.commands.get()) is not None:
             if command.get("op") == "shutdown":
                 break
+            if command.get("op") == "unload" and self.models is not None:
+                self.models.unload(str(command.get("name", "")))
             if command.get("op") == "run":
                 self.last_step = time.monotonic()
                 try:
@@ -199,6 +212,15 @@ class Worker:
         total = len(items) * steps
         done = 0
         self.peak_per_image = 0.0
+        try:
+            held = self._model_for(batch)
+        except ModelError as exc:
+            self._fail(batch_id, "load", str(exc))
+            return
+        except Exception as exc:
+            traceback.print_exc(file=sys.stderr)
+            self._fail(batch_id, "load", f"loading the model failed: {type(exc).__name__}: {exc}")
+            return
         while pending:
             chunk = pending.popleft()
             active = [item for item in chunk if not self.is_cancelled(item["job_id"])]
@@ -207,7 +229,7 @@ class Worker:
                 continue
             try:
                 report = functools.partial(self._progress, batch_id, done, len(active), total)
-                images = self._generate(batch, active, steps, report)
+                images = self._generate(held, batch, active, steps, report)
             except Cancelled:
                 done += len(chunk) * steps
                 continue
@@ -245,33 +267,36 @@ class Worker:
         """Step `step` of a chunk of `images` images, `base` steps into the batch's `total`."""
         self.out.send({"ev": "progress", "batch_id": batch_id, "step": base + step * images, "steps": total})
 
-    def _generate(self, batch: dict[str, Any], active: list[dict[str, Any]], steps: int,
+    def _model_for(self, batch: dict[str, Any]) -> Held:
+        """The held pipeline of the batch's `model` (loaded now if need be); the start-up one if it names none."""
+        from daemon.models.loading import ModelSpec
+
+        assert self.models is not None and self.default is not None
+        fields = batch.get("model")
+        return self.models.get(ModelSpec.from_message(fields) if isinstance(fields, dict) else self.default)
+
+    def _generate(self, held: Held, batch: dict[str, Any], active: list[dict[str, Any]], steps: int,
                   report: Callable[[int], None]) -> Any:
         with PeakMemory(self.device) as peak:
-            images = self._call_pipeline(batch, active, steps, report)
+            images = self._call_pipeline(held, batch, active, steps, report)
         per_image = peak.delta / len(active)
         self.peak_per_image = max(self.peak_per_image, per_image)
         return images
 
-    def _call_pipeline(self, batch: dict[str, Any], active: list[dict[str, Any]], steps: int,
+    def _call_pipeline(self, held: Held, batch: dict[str, Any], active: list[dict[str, Any]], steps: int,
                        report: Callable[[int], None]) -> Any:
         import torch
 
-        def on_step(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        def on_step(step: int) -> None:
             if all(self.is_cancelled(item["job_id"]) for item in active):
                 raise Cancelled()
             self.last_step = time.monotonic()
             report(step + 1)
-            return kwargs
 
-        result = self.pipe(
-            prompt=[item["prompt"] for item in active],
-            negative_prompt=[item.get("negative_prompt") or "" for item in active],
-            width=int(batch["width"]), height=int(batch["height"]),
-            num_inference_steps=steps, guidance_scale=float(batch["guidance"]),
-            generator=[torch.Generator(self.device).manual_seed(int(item["seed"])) for item in active],
-            output_type="np", callback_on_step_end=on_step,
-        )
+        generators = [torch.Generator(self.device).manual_seed(int(item["seed"])) for item in active]
+        result = held.pipe(**call_arguments(held.family, held.guidance, active, int(batch["width"]),
+                                            int(batch["height"]), steps, float(batch["guidance"]), generators,
+                                            on_step))
         return (result.images * 255).round().clip(0, 255).astype("uint8")
 
     def _free_memory(self) -> None:
@@ -290,6 +315,7 @@ class Worker:
 def main() -> int:
     # Ctrl-C in the daemon's terminal reaches the whole process group; the daemon decides.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ.update(OFFLINE)
     spec = json.loads(sys.argv[1])
     sys.path.extend(entry for entry in spec.get("sys_path", []) if entry not in sys.path)  # see launch.py
     protocol_stream = os.fdopen(os.dup(sys.stdout.fileno()), "wb")

@@ -1,0 +1,110 @@
+"""The pipelines a worker holds, by model name: loaded on first use, dropped when the daemon says.
+
+Which model to drop, and when, is the daemon's decision (it knows every worker's memory and the
+queue); the worker only loads what a batch names and reports each load and unload as a `model`
+event: name, family, weights hash, device, dtype, parameter bytes and the seconds it took.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from daemon.models.detect import detect
+from daemon.models.families import FAMILIES
+from daemon.models.loading import ModelSpec, load_pipeline, resolve, torch_dtype, weights_sha256
+
+
+@dataclass
+class Held:
+    spec: ModelSpec
+    family: str
+    pipe: Any  # a diffusers pipeline, possibly wrapped by worker.pipeline_wrapper (tests)
+    path: Path
+    weights_sha256: str
+    device: str
+    dtype: str
+    bytes: int
+    guidance: str  # "cfg", "embedded", or "none" (a distilled model without a guidance embedding)
+    max_tokens: int
+
+    def serves(self, spec: ModelSpec) -> bool:
+        """Whether this pipeline is what `spec` asks for ("auto" family and dtype match what they became)."""
+        return (spec.path, spec.config_dir, spec.scheduler) == (self.spec.path, self.spec.config_dir,
+                                                                 self.spec.scheduler) \
+            and spec.family in ("auto", self.family, self.spec.family) \
+            and spec.dtype in ("auto", self.dtype, self.spec.dtype)
+
+    def event(self, action: str, seconds: float) -> dict[str, Any]:
+        return {"ev": "model", "action": action, "name": self.spec.name, "family": self.family,
+                "weights_sha256": self.weights_sha256, "device": self.device, "dtype": self.dtype,
+                "bytes": self.bytes, "seconds": round(seconds, 3), "guidance": self.guidance,
+                "path": str(self.path)}
+
+
+def parameter_bytes(pipe: Any) -> int:
+    import torch
+
+    return sum(p.numel() * p.element_size() for component in pipe.components.values()
+               if isinstance(component, torch.nn.Module) for p in component.parameters())
+
+
+def guidance_mode(family: str, pipe: Any) -> str:
+    if FAMILIES[family].guidance == "embedded":
+        return "embedded" if getattr(pipe.transformer.config, "guidance_embeds", False) else "none"
+    return FAMILIES[family].guidance
+
+
+class Models:
+    def __init__(self, state_dir: Path, device: str, send: Callable[[dict[str, Any]], None],
+                 wrapper: str = "") -> None:
+        self.state_dir = state_dir
+        self.device = device
+        self._send = send
+        self._wrapper = wrapper
+        self.held: dict[str, Held] = {}
+
+    def get(self, spec: ModelSpec) -> Held:
+        """The pipeline for `spec`, loaded now if not held (ModelError says why it cannot be)."""
+        held = self.held.get(spec.name)
+        if held is not None and held.serves(spec):
+            return held
+        if held is not None:  # same name, new settings (a config reload): the old one goes first
+            self.unload(spec.name)
+        started = time.monotonic()
+        path = resolve(spec, self.state_dir)
+        family = detect(path, spec.family)
+        digest = weights_sha256(path)
+        pipe = load_pipeline(path, family, spec, self.device)
+        if self._wrapper:
+            module, _, name = self._wrapper.partition(":")
+            pipe = getattr(importlib.import_module(module), name)(pipe)
+        tokenizer = getattr(pipe, "tokenizer", None)
+        held = Held(spec, family, pipe, path, digest, self.device,
+                    str(torch_dtype(spec.dtype, FAMILIES[family], self.device)).removeprefix("torch."),
+                    parameter_bytes(pipe), guidance_mode(family, pipe),
+                    int(getattr(tokenizer, "model_max_length", 77)))
+        self.held[spec.name] = held
+        self._send(held.event("load", time.monotonic() - started))
+        return held
+
+    def unload(self, name: str) -> bool:
+        """Drop model `name` and free its memory; False when it was not held."""
+        import gc
+
+        import torch
+
+        held = self.held.pop(name, None)
+        if held is None:
+            return False
+        started = time.monotonic()
+        del held.pipe
+        gc.collect()
+        if self.device == "cuda":
+            torch.cuda.empty_cache()
+        self._send(held.event("unload", time.monotonic() - started))
+        return True
