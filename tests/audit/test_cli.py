@@ -17,6 +17,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from console.cli import main
+from daemon.exitcodes import ExitCode
 from tests.audit.audit_helpers import ALICE, build, record
 
 
@@ -140,7 +141,7 @@ def test_verify_checkpoint_and_against(served: Served, capsys: pytest.CaptureFix
     assert "cannot read checkpoint" in capsys.readouterr().err
     other = Path(str(saved) + ".other")
     other.write_text(note.replace("\n21\n", "\n20\n"))
-    assert sai(served, "verify", "--against", str(other)) == 2
+    assert sai(served, "verify", "--against", str(other)) == ExitCode.VERIFY_FAILED
     assert "FAILED" in capsys.readouterr().err
 
 
@@ -172,7 +173,7 @@ def test_export_then_verify_export_without_a_daemon(served: Served, capsys: pyte
     lines = (target / "entries.jsonl").read_text().splitlines(keepends=True)
     lines[4] = lines[4].replace('"job-', '"jab-')
     (target / "entries.jsonl").write_text("".join(lines))
-    assert main(["audit", "verify-export", str(target)]) == 2
+    assert main(["audit", "verify-export", str(target)]) == ExitCode.VERIFY_FAILED
     assert "first bad entry: 4" in capsys.readouterr().err
     assert sai(served, "export", str(target)) == 1  # not empty: refused
     assert "not empty" in capsys.readouterr().err

@@ -82,6 +82,7 @@ async def test_quitting_with_an_embedded_daemon_shows_the_drain_until_it_has_sto
                                  redirect_stderr=False)
     try:
         job = await again.daemon.queue.get(job_id)
-        assert job.state == "succeeded"  # the drain let it finish
+        # The drain let it finish, or (on a loaded machine) past the grace put it back, never begun again.
+        assert job.state == "succeeded" or (job.state == "queued" and job.started_at is None), job
     finally:
         await again.stop()
