@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Iterable
 from functools import partial, wraps
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterable, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from textual import work
 from textual.app import App, SystemCommand
@@ -16,8 +17,19 @@ from textual.binding import Binding, BindingType
 from textual.markup import escape
 from textual.screen import Screen
 
-from console.connection import (AlertChanged, AuditAppended, DaemonLink, Embedded, JobChanged, JobProgress, LinkDown,
-                                LinkUp, MetricsSample, QueueChanged, not_offered)
+from console.connection import (
+    AlertChanged,
+    AuditAppended,
+    DaemonLink,
+    Embedded,
+    JobChanged,
+    JobProgress,
+    LinkDown,
+    LinkUp,
+    MetricsSample,
+    QueueChanged,
+    not_offered,
+)
 from console.formatting import clock_time, duration, parse_moment
 from console.jobview import SORTS
 from console.screens.confirm import ConfirmScreen
@@ -227,7 +239,8 @@ class SaiConsole(App[int]):
                         "to finish.", title="Daemon stopping", severity="warning", timeout=10)
         if str(data.get("kind", "")).startswith("worker."):
             self.notify(f"Worker {str(data['kind'])[7:]}" + (f": {data['error']}" if data.get("error") else ""),
-                        severity="error" if data["kind"] in ("worker.crashed", "worker.start_failed") else "information")
+                        severity="error" if data["kind"] in ("worker.crashed", "worker.start_failed")
+                        else "information")
 
     @while_running
     def on_metrics_sample(self, message: MetricsSample) -> None:

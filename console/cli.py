@@ -9,7 +9,8 @@ import importlib
 import os
 import pkgutil
 import sys
-from typing import Any, NoReturn, Sequence
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
 from console import clihelp
 from console.cliargs import socket_for, wants_json

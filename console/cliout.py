@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from daemon.client import DaemonUnavailable
 from daemon.exitcodes import ExitCode

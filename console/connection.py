@@ -106,7 +106,7 @@ def event_message(event: dict[str, Any]) -> Message | None:
 class DaemonLink:
     """Owns the client. `start()` runs the pump as an app worker; `call()` goes to the daemon."""
 
-    def __init__(self, app: "App[Any]", socket_path: str, first_delay: float = 0.5, max_delay: float = 10.0) -> None:
+    def __init__(self, app: App[Any], socket_path: str, first_delay: float = 0.5, max_delay: float = 10.0) -> None:
         self.app = app
         self.socket_path = socket_path
         self.first_delay = first_delay
@@ -145,7 +145,7 @@ class DaemonLink:
         while True:
             try:
                 client = await self._connect()
-            except (DaemonUnavailable, RpcError, asyncio.TimeoutError, OSError) as exc:
+            except (TimeoutError, DaemonUnavailable, RpcError, OSError) as exc:
                 attempt += 1
                 reason = str(exc) or "the daemon did not answer"
                 self.app.post_message(LinkDown(reason, delay, attempt))
@@ -169,7 +169,7 @@ class DaemonLink:
         self.wake.clear()
         try:
             await asyncio.wait_for(self.wake.wait(), delay)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
 
@@ -177,11 +177,11 @@ class DaemonLink:
 class Embedded:
     """A daemon running in this process and event loop; fd 2 points at its log while it runs."""
 
-    daemon: "Daemon"
+    daemon: Daemon
     log_path: Path
     terminal_fd: int | None = None
     log_handlers: tuple[list[logging.Handler], bool] = ([], True)
-    _shutdown: "asyncio.Future[None] | None" = None
+    _shutdown: asyncio.Future[None] | None = None
 
     async def stop_daemon(self) -> None:
         """Shut the daemon down (once, however often asked): the console shows its drain while
@@ -204,7 +204,7 @@ class Embedded:
                 self.terminal_fd = None
 
 
-async def start_embedded(config: "Config", socket_path: Path, state_dir: Path | None,
+async def start_embedded(config: Config, socket_path: Path, state_dir: Path | None,
                          redirect_stderr: bool = True) -> Embedded:
     """Start the daemon in this loop. Its log (and the worker's stderr, via fd 2) goes to a file
     in the state dir so that nothing writes over the console; the terminal stays on a dup of fd 2."""

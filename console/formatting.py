@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 BAR_FULL, BAR_EMPTY = "█", "░"
@@ -43,7 +43,7 @@ def duration(seconds: float | None) -> str:
 def clock_time(epoch: float | None, utc: bool = False) -> str:
     if epoch is None:
         return "-"
-    moment = datetime.fromtimestamp(epoch, timezone.utc if utc else None)
+    moment = datetime.fromtimestamp(epoch, UTC if utc else None)
     return moment.strftime("%H:%M:%S")
 
 

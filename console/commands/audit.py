@@ -28,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = cmds.add_parser("verify", help="check the log: tree, checkpoints and signatures")
     p.add_argument("--deep", action="store_true", help="check every entry's signature and the stored tree too")
-    p.add_argument("--against", metavar="CHECKPOINT_FILE", help="a checkpoint saved earlier: prove the log still extends it")
+    p.add_argument("--against", metavar="CHECKPOINT_FILE",
+                   help="a checkpoint saved earlier: prove the log still extends it")
     p.add_argument("--key", metavar="PEM", help="pin the log's first signing key (PEM) instead of the daemon's anchor")
     add_json_flag(p)
     p.set_defaults(handler=verify, needs_daemon=True)
@@ -50,7 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_json_flag(p)
     p.set_defaults(handler=consistency, needs_daemon=True)
 
-    p = cmds.add_parser("export", help="write entries, checkpoints and public keys to DIR (admin; on the daemon's host)")
+    p = cmds.add_parser("export",
+                        help="write entries, checkpoints and public keys to DIR (admin; on the daemon's host)")
     p.add_argument("directory", metavar="DIR")
     add_json_flag(p)
     p.set_defaults(handler=export, needs_daemon=True)
@@ -58,7 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = cmds.add_parser("verify-export", help="check an export directory on its own (no daemon needed)")
     p.add_argument("directory", metavar="DIR")
     p.add_argument("--deep", action="store_true", help="check every entry's signature too")
-    p.add_argument("--against", metavar="CHECKPOINT_FILE", help="a checkpoint saved earlier that the export must extend")
+    p.add_argument("--against", metavar="CHECKPOINT_FILE",
+                   help="a checkpoint saved earlier that the export must extend")
     p.add_argument("--key", metavar="PEM", help="pin the log's first signing key (PEM): the key chain must start at it "
                                                 "(keys/signing-<first kid>.pub.pem on the daemon's host)")
     add_json_flag(p)
@@ -77,7 +80,8 @@ def _details(details: dict[str, Any], width: int = 60) -> str:
 def _row(e: dict[str, Any]) -> str:
     actor = e["actor"]
     who = f"{actor['user']}({actor['uid']})"
-    return f"{e['seq']:>8}  {e['time'][:19]}  {who:<16} {e['action']:<18} {e['subject'] or '-':<22} {_details(e['details'])}"
+    subject = e["subject"] or "-"
+    return f"{e['seq']:>8}  {e['time'][:19]}  {who:<16} {e['action']:<18} {subject:<22} {_details(e['details'])}"
 
 
 def _matches(e: dict[str, Any], args: argparse.Namespace) -> bool:

@@ -20,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     doctor.add_argument("--lock", metavar="FILE",
                         help="the lock file the installation was made from (default: PREFIX/requirements.lock beside "
                              "the venv, else the checkout's; the CPU or CUDA lock by torch's build)")
-    doctor.add_argument("--user", metavar="NAME", help="the user the daemon runs as (default: the user running sai doctor)")
+    doctor.add_argument("--user", metavar="NAME",
+                        help="the user the daemon runs as (default: the user running sai doctor)")
     add_json_flag(doctor)
     doctor.set_defaults(handler=doctor_command, needs_daemon=False)
 
@@ -28,9 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 async def doctor_command(args: argparse.Namespace, client: None) -> int:
     import asyncio
 
-    from daemon.exitcodes import ExitCode
     from daemon.doctor import exit_code
     from daemon.doctor.run import run_checks
+    from daemon.exitcodes import ExitCode
 
     try:
         uid = pwd.getpwnam(args.user).pw_uid if args.user else os.geteuid()

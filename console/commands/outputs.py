@@ -32,7 +32,8 @@ def _is_file_target(value: str) -> bool:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("inspect", help="show an exported PNG's fingerprint, job and watermarks (offline)")
     p.add_argument("file", metavar="FILE", help="a PNG exported with `sai export`")
-    p.add_argument("--outputs-dir", metavar="DIR", help="also match the fingerprint against the manifests in this directory")
+    p.add_argument("--outputs-dir", metavar="DIR",
+                   help="also match the fingerprint against the manifests in this directory")
     p.add_argument("--prompt", action="store_true", help="also print the prompt from the PNG metadata")
     add_json_flag(p)
     p.set_defaults(handler=inspect_file, needs_daemon=False)
@@ -91,7 +92,8 @@ async def inspect_file(args: argparse.Namespace, client: DaemonClient | None) ->
         print(f"  invisible mark: {state}, fingerprint {inv['fingerprint']} (confidence {inv['confidence']})")
         if inv["matched_job"]:
             bits = round(inv["bit_accuracy"] * 64)
-            print(f"                  matches job {inv['matched_job']} ({bits}/64 bits; job from {inv['match_source']})")
+            print(f"                  matches job {inv['matched_job']} "
+                  f"({bits}/64 bits; job from {inv['match_source']})")
         elif inv.get("bit_accuracy") is not None:
             print(f"                  does NOT match metadata job {meta.get('job_id')} "
                   f"({round(inv['bit_accuracy'] * 64)}/64 bits)")

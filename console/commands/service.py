@@ -73,7 +73,8 @@ async def show_status(args: argparse.Namespace, client: DaemonClient) -> int:
         *[("FAILED", task["message"]) for task in status.get("tasks", {}).get("failed", [])],
         *[("ALERT", f"{alert['message']} (sai ack {alert['id']})")
           for alert in status.get("alerts", {}).get("critical", [])],
-        ("queue", f"{'PAUSED' if queue['paused'] else 'running'}: {queue['queued']} queued, {queue['running']} running"),
+        ("queue", f"{'PAUSED' if queue['paused'] else 'running'}: "
+                  f"{queue['queued']} queued, {queue['running']} running"),
         ("you", f"{status['you']['user']} ({status['you']['role']})"),
     ]
     print_fields(lines)

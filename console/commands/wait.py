@@ -73,14 +73,14 @@ async def follow(client: DaemonClient, job_ids: list[str], quiet: bool, timeout:
             if event is None:
                 raise DaemonUnavailable(f"lost the daemon while waiting for {', '.join(job_ids)}")
             data = event.get("data") or {}
-            job_id = data.get("job_id")
-            if job_id not in jobs:
+            event_job = data.get("job_id")
+            if event_job not in jobs:
                 continue
             if data.get("kind") == "progress":
-                bar.update(tasks[job_id], completed=data["progress"],
-                           description=f"{job_id} step {data['step']}/{data['steps']}")
+                bar.update(tasks[event_job], completed=data["progress"],
+                           description=f"{event_job} step {data['step']}/{data['steps']}")
             elif data.get("kind") == "state":
-                await refresh(job_id)
+                await refresh(event_job)
     return jobs
 
 

@@ -10,8 +10,8 @@ seconds. Only the chart functions import this module, so matplotlib stays out of
 from __future__ import annotations
 
 import math
-from datetime import timezone
-from typing import Sequence
+from collections.abc import Sequence
+from datetime import UTC
 
 from matplotlib.axis import Axis
 from matplotlib.dates import AutoDateLocator, DateFormatter
@@ -80,9 +80,9 @@ def log_bins(lo: float, hi: float, per_decade: int = 8) -> list[float]:
 
 def iso_dates(axis: Axis, span_seconds: float) -> None:
     """Dates on `axis` as ISO 8601 in UTC: 2026-12-05 14:00 (with seconds when the span is short)."""
-    axis.set_major_locator(AutoDateLocator(tz=timezone.utc, minticks=3, maxticks=8))
+    axis.set_major_locator(AutoDateLocator(tz=UTC, minticks=3, maxticks=8))
     pattern = "%Y-%m-%d %H:%M:%S" if span_seconds < 600 else "%Y-%m-%d %H:%M"
-    axis.set_major_formatter(DateFormatter(pattern, tz=timezone.utc))
+    axis.set_major_formatter(DateFormatter(pattern, tz=UTC))
 
 
 def byte_unit(largest: float) -> tuple[int, str]:

@@ -7,7 +7,7 @@ writes them; durations are on a log scale and dates in ISO 8601 (see `console.re
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,11 +30,11 @@ def _pyplot() -> Any:
     return plt
 
 
-def _subplots(width: float, height: float) -> tuple["Figure", Any]:
+def _subplots(width: float, height: float) -> tuple[Figure, Any]:
     return _pyplot().subplots(figsize=(width, height))
 
 
-def _save(figure: "Figure", path: Path) -> Path:
+def _save(figure: Figure, path: Path) -> Path:
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     _pyplot().close(figure)
@@ -42,10 +42,10 @@ def _save(figure: "Figure", path: Path) -> Path:
 
 
 def _moment(text: str | None) -> datetime:
-    return datetime.fromtimestamp(parse_time(text) or 0.0, timezone.utc)
+    return datetime.fromtimestamp(parse_time(text) or 0.0, UTC)
 
 
-def latency_figure(by_group: dict[str, list[float]]) -> "Figure | None":
+def latency_figure(by_group: dict[str, list[float]]) -> Figure | None:
     """Box plots of latency by size and steps, on a log scale."""
     if not by_group:
         return None
@@ -60,7 +60,7 @@ def latency_figure(by_group: dict[str, list[float]]) -> "Figure | None":
     return figure
 
 
-def wait_figure(waits: list[float]) -> "Figure | None":
+def wait_figure(waits: list[float]) -> Figure | None:
     """A histogram of queue waits with bins evenly spaced on a log scale."""
     if not waits:
         return None
@@ -73,7 +73,7 @@ def wait_figure(waits: list[float]) -> "Figure | None":
     return figure
 
 
-def throughput_figure(throughput: dict[str, Any]) -> "Figure | None":
+def throughput_figure(throughput: dict[str, Any]) -> Figure | None:
     """Succeeded and failed jobs per minute, bucket by bucket."""
     buckets, size = throughput["buckets"], throughput["bucket_seconds"]
     if not buckets:
@@ -94,7 +94,7 @@ def throughput_figure(throughput: dict[str, Any]) -> "Figure | None":
     return figure
 
 
-def memory_figure(history: dict[str, Any] | None, jobs: list[JobRecord]) -> "Figure | None":
+def memory_figure(history: dict[str, Any] | None, jobs: list[JobRecord]) -> Figure | None:
     """The monitor's memory peaks over the window, one line a series, and the worker's RSS after
     each batch (from the job rows) as points: the figures a capacity plan is made against."""
     points = (history or {}).get("points") or []
@@ -109,7 +109,7 @@ def memory_figure(history: dict[str, Any] | None, jobs: list[JobRecord]) -> "Fig
         shown = [(m, p[name] / size) for m, p in zip(moments, points) if p[name] is not None]
         axes.plot([m for m, _ in shown], [v for _, v in shown], marker="o", markersize=3, label=label(name))
     if batches:
-        axes.scatter([datetime.fromtimestamp(t, timezone.utc) for t, _ in batches], [v / size for _, v in batches],
+        axes.scatter([datetime.fromtimestamp(t, UTC) for t, _ in batches], [v / size for _, v in batches],
                      s=14, color="black", zorder=3, label="worker RSS after a batch (jobs)")
     step = (history or {}).get("step")
     times = [m.timestamp() for m in moments] + [t for t, _ in batches]
@@ -139,7 +139,7 @@ def report_charts(report: dict[str, Any], directory: Path) -> list[Path]:
 
 
 def compare_figure(result: dict[str, Any], a_rows: list[dict[str, Any]],
-                   b_rows: list[dict[str, Any]]) -> "Figure | None":
+                   b_rows: list[dict[str, Any]]) -> Figure | None:
     """The metric of A and B side by side, group by group, on a log scale."""
     metric = result["metric"]
     a, b = samples(records(a_rows), metric), samples(records(b_rows), metric)

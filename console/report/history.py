@@ -91,7 +91,7 @@ def shape(samples: list[dict[str, Any]], step: int) -> MemoryHistory:
             "unavailable": None if series else NONE_KEPT}
 
 
-async def fetch(client: "DaemonClient", since: float, until: float, bucket: int | None) -> MemoryHistory:
+async def fetch(client: DaemonClient, since: float, until: float, bucket: int | None) -> MemoryHistory:
     """The window's memory history; one that cannot be had says why (e.g. the monitor is off)."""
     step = history_step(since, until, bucket)
     try:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import csv
 import io
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from console.formatting import human_bytes
 from console.report import METRICS

@@ -11,7 +11,8 @@ so that looking at many groups does not by itself produce "significant" differen
 from __future__ import annotations
 
 import bisect
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

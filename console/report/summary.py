@@ -11,8 +11,9 @@ Latency and run are of succeeded jobs; wait of every job that started.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 from console.formatting import parse_time
 from console.report import METRICS
@@ -46,7 +47,7 @@ class JobRecord:
     worker_rss: int | None
 
     @classmethod
-    def from_row(cls, row: dict[str, Any]) -> "JobRecord":
+    def from_row(cls, row: dict[str, Any]) -> JobRecord:
         created, finished = parse_time(row.get("created_at")), parse_time(row.get("finished_at"))
         if created is None or finished is None:
             raise ValueError(f"job {row.get('job_id')!r} has no created_at or finished_at")
@@ -162,7 +163,7 @@ def durations(jobs: list[JobRecord]) -> list[dict[str, Any]]:
 
 
 def build(rows: list[dict[str, Any]], since: float, until: float, bucket: int | None = None,
-          source: str = "", memory_history: "MemoryHistory | None" = None) -> dict[str, Any]:
+          source: str = "", memory_history: MemoryHistory | None = None) -> dict[str, Any]:
     """The whole report: what `--format json` prints and what `--compare` reads back.
     `memory_history` is `console.report.history.fetch`'s answer (None: it was not asked for)."""
     jobs = records(rows)
@@ -172,7 +173,8 @@ def build(rows: list[dict[str, Any]], since: float, until: float, bucket: int | 
         "since": rfc3339(since), "until": rfc3339(until),
         "counts": {"finished": len(jobs), "succeeded": fail["settled"] - fail["failed"], "failed": fail["failed"],
                    "cancelled": fail["cancelled"]},
-        "overall_jobs_per_minute": (fail["settled"] - fail["failed"]) / ((until - since) / 60) if until > since else None,
+        "overall_jobs_per_minute": ((fail["settled"] - fail["failed"]) / ((until - since) / 60)
+                                    if until > since else None),
         "groups": durations(jobs),
         "throughput": throughput(jobs, bucket),
         "failures": fail,

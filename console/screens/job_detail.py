@@ -90,13 +90,12 @@ class JobDetailScreen(Screen[None]):
     def _keys(self) -> list[tuple[str, str]]:
         """The key hints: `x Cancel job` only while there is something to cancel and leave to do it."""
         cancellable = self.job.get("state") in CANCELLABLE and not console_of(self).readonly
-        return [(key_label(self.app, b.key), b.description) for b in self.BINDINGS  # type: ignore[union-attr]
+        bindings = [b for b in self.BINDINGS if isinstance(b, Binding)]
+        return [(key_label(self.app, b.key), b.description) for b in bindings
                 if b.show and (b.action != "cancel" or cancellable)]
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action == "cancel" and console_of(self).readonly:
-            return False
-        return True
+        return not (action == "cancel" and console_of(self).readonly)
 
     def on_screen_resume(self) -> None:
         info = self.query_one("#detail-info", VerticalScroll)

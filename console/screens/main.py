@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 from textual import events, on, work
 from textual.binding import Binding, BindingType
@@ -53,7 +54,8 @@ class Command:
 
 
 COMMANDS: list[Command] = [
-    Command("q", "app.quit", "Quit", "Leave the console (asks first if an embedded daemon has work)", "quit", show=True),
+    Command("q", "app.quit", "Quit", "Leave the console (asks first if an embedded daemon has work)", "quit",
+            show=True),
     Command("question_mark,f1", "app.help", "Help", "Every key binding", "help", show=True),
     Command("slash", "filter", "Filter", "Filter the queue or audit pane: words, field:value, !negates",
             "filter", show=True),

@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from textual.containers import Vertical
 from textual.screen import ModalScreen

@@ -115,7 +115,8 @@ class AlertsPane(Pane):
         self._redraw()
 
     def apply(self, data: dict[str, Any]) -> None:
-        alert = data.get("alert") if isinstance(data.get("alert"), dict) else data
+        nested = data.get("alert")
+        alert: dict[str, Any] = nested if isinstance(nested, dict) else data
         key = alert_id(alert)
         if not key:
             return

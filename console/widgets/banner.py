@@ -4,7 +4,7 @@ died, or the panes show the past."""
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from textual.reactive import reactive
 from textual.widgets import Static
@@ -17,8 +17,9 @@ class Banner(Static):
     fault: reactive[str] = reactive("")
     lookback: reactive[str] = reactive("")
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic, **kwargs: str) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, clock: Callable[[], float] = time.monotonic, *, id: str | None = None,
+                 classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes)
         self.clock = clock
 
     def on_mount(self) -> None:

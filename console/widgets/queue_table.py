@@ -7,7 +7,8 @@ are cached as drawn strips until their job, the width or the theme changes.
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 from rich.segment import Segment
 from rich.style import Style
@@ -23,6 +24,7 @@ from textual.strip import Strip
 from console.formatting import bar, duration, parse_time
 from console.jobview import COLUMN_SORT, FINISHED, PRIORITY_LABEL, SORT_KEYS, SORTS, STATE_MARK, job_fields
 from console.rowfilter import RowFilter
+
 
 class QueueTable(ScrollView, can_focus=True):
     """Jobs by job id, drawn a screenful at a time; the cursor is a row of `shown`."""

@@ -172,13 +172,14 @@ def protect_image(rgb: np.ndarray, info: OutputInfo, keystore: KeyStore, setting
     atomic_write(sai_path, blob)
     lap("write_image")
     signing_kid, signing_key = keystore.signer()
+    sai_sha256 = sha256_hex(blob)
     manifest = {
         "format": FORMAT, "job_id": info.job_id, "index": info.index, "file": sai_path.name,
         "params": info.params, "prompt_sha256": sha256_hex(info.prompt.encode("utf-8")),
         "negative_prompt_sha256": sha256_hex(info.negative_prompt.encode("utf-8")),
         "model_id": info.model_id, "model_family": info.model_family, "weights_sha256": info.weights_sha256,
         "seed": info.seed,
-        "png_sha256": png_sha256, "png_size": len(png), "sai_sha256": sha256_hex(blob), "sai_size": len(blob),
+        "png_sha256": png_sha256, "png_size": len(png), "sai_sha256": sai_sha256, "sai_size": len(blob),
         "aad_sha256": sha256_hex(env.aad), "ciphertext_sha256": sha256_hex(env.ciphertext),
         "kid": env.kid, "signing_kid": signing_kid, "created_at": _rfc3339(created),
         "fingerprint": fp.hex(), "watermark": {"visible": spec is not None, "invisible": invisible},
@@ -189,7 +190,7 @@ def protect_image(rgb: np.ndarray, info: OutputInfo, keystore: KeyStore, setting
     atomic_write(sig_path, signature)
     atomic_write(manifest_path, data)
     lap("write_manifest")
-    return ProtectedOutput(sai_path, manifest_path, sig_path, png_sha256, manifest["sai_sha256"], env.kid,
+    return ProtectedOutput(sai_path, manifest_path, sig_path, png_sha256, sai_sha256, env.kid,
                            signing_kid, fp.hex(), manifest, timings)
 
 
