@@ -61,7 +61,8 @@ async def run(directory: Path, key: Ed25519PrivateKey, tail: int) -> None:
     with_tail = await timed_open(path, key, trust_for(directory, key))
     print(f"open without anchor (best of 3)        {plain * 1000:9.1f} ms")
     print(f"open, anchor current (best of 3)       {anchored * 1000:9.1f} ms   (+{(anchored - plain) * 1000:.1f} ms)")
-    print(f"open, {tail} entries after the anchor    {with_tail * 1000:9.1f} ms   (+{(with_tail - plain) * 1000:.1f} ms)")
+    print(f"open, {tail} entries after the anchor    {with_tail * 1000:9.1f} ms   "
+          f"(+{(with_tail - plain) * 1000:.1f} ms)")
     print(f"first open of a pre-anchor state dir   {upgrade * 1000:9.1f} ms   (whole log verified, once)")
 
 

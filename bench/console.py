@@ -122,7 +122,7 @@ class Screen:
 
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def metrics_offered(socket: Path) -> bool:
@@ -182,7 +182,8 @@ async def run(args: argparse.Namespace, socket: Path) -> None:
         for kind, values in kinds.items():
             every += values
             print(f"  {kind:<7} n={len(values):<4}" + "".join(
-                f"  p{q * 100:.0f} {pct([v[0] for v in values], q) * 1000:6.1f} / {pct([v[1] for v in values], q) * 1000:6.1f}"
+                f"  p{q * 100:.0f} {pct([v[0] for v in values], q) * 1000:6.1f}"
+                f" / {pct([v[1] for v in values], q) * 1000:6.1f}"
                 for q in (0.5, 0.95)))
         p95 = pct([v[1] for v in every], 0.95)
         print(f"  all     n={len(every):<4}  p50 {pct([v[0] for v in every], 0.5) * 1000:6.1f} / "

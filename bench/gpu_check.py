@@ -66,7 +66,8 @@ async def through_daemon(daemon: DaemonProcess, size: int, steps: int) -> dict:
     status = await client.call("daemon.status")
     snapshot = await client.call("metrics.snapshot")
     await client.close()
-    return {"seconds": results, "worker": status["worker"], "gpu": snapshot.get("gpus")}  # the latest sample is at the top
+    # The latest sample is at the top.
+    return {"seconds": results, "worker": status["worker"], "gpu": snapshot.get("gpus")}
 
 
 def main() -> int:
@@ -95,7 +96,8 @@ def main() -> int:
         failures.append(f"worker ran {worker.get('device')}/{worker.get('dtype')}, expected cuda/float16")
     stamp = datetime.now(UTC).isoformat(timespec="seconds")
     lines = [f"\n## GPU check {stamp}: {figures['name']}\n",
-             f"- NVML total {figures['nvml_total'] / 2**30:.2f} GiB, torch total {figures['torch_total'] / 2**30:.2f} GiB",
+             f"- NVML total {figures['nvml_total'] / 2**30:.2f} GiB, "
+             f"torch total {figures['torch_total'] / 2**30:.2f} GiB",
              f"- 4 GiB block: NVML per-process delta {figures['nvml_process_delta'] / 2**20:.0f} MiB, "
              f"torch reserved delta {figures['torch_reserved_delta'] / 2**20:.0f} MiB",
              f"- sd15-shaped fp16 {args.size}² {args.steps} steps through the daemon: "

@@ -51,7 +51,8 @@ def main() -> None:
         venv_mb = sum(f.stat().st_size for f in (work / "prefix").rglob("*") if f.is_file()) / 1e6
         print(f"make setup, nothing changed          {noop:7.2f} s")
         print(f"make setup, lock re-applied (warm)   {reapply:7.2f} s")
-        print(f"make bundle                          {bundle_s:7.1f} s   {tarball.stat().st_size / 1e6:.0f} MB, {wheels} wheels")
+        print(f"make bundle                          {bundle_s:7.1f} s   "
+              f"{tarball.stat().st_size / 1e6:.0f} MB, {wheels} wheels")
         print(f"install.sh {'under unshare -n' if offline else '(network not cut: needs root)'}      "
               f"{install_s:7.1f} s   {venv_mb:.0f} MB installed")
         if args.image:

@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from daemon import protocol
 from daemon.client import DaemonClient, DaemonUnavailable
-from tests.harness import DaemonProcess, build_tiny
 from daemon.protocol import CONFLICT, RATE_LIMITED, RpcError
+from tests.harness import DaemonProcess, build_tiny
 
 OPS = {"job.submit": 0.3, "job.get": 0.4, "job.list": 0.2, "job.cancel": 0.1}
 EXPECTED = {("job.submit", RATE_LIMITED): "per-user rate limit or queue cap (config [queue])",

@@ -131,7 +131,8 @@ def main() -> int:
             ratios = [d / r for r, d in zip(raws, serveds)]
             target = TARGETS.get(size)
             verdict = f">={target:.2f}" if target else "-"
-            print(f"{size:>6} {'max_batch=1 (overhead)':<22} {raw:>10.2f} {served:>13.2f} {served / raw:>7.3f} {verdict:>7}"
+            print(f"{size:>6} {'max_batch=1 (overhead)':<22} {raw:>10.2f} {served:>13.2f} {served / raw:>7.3f} "
+                  f"{verdict:>7}"
                   f"   rounds: raw {' '.join(f'{r:.2f}' for r in raws)}, ratios {' '.join(f'{q:.3f}' for q in ratios)}")
             batched = measure_daemon(root, model, size, jobs, args.steps, args.batch, args.threads)
             print(f"{size:>6} {f'max_batch={args.batch} (batching)':<22} {raw:>10.2f} {batched:>13.2f} "

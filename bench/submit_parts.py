@@ -34,10 +34,10 @@ from daemon.audit.log import AuditLog
 from daemon.config import load
 from daemon.crypto.envelope import PromptSealer
 from daemon.crypto.keys import KeyStore
-from tests.harness import DaemonProcess
 from daemon.queue.admission import Admission
 from daemon.queue.jobs import QUEUED, Job, new_job_id
 from daemon.queue.store import JobStore
+from tests.harness import DaemonProcess
 
 ACTOR = {"uid": 1000, "user": "bench", "pid": 1234}
 PARAMS = {"width": 512, "height": 512, "steps": 20, "guidance": 7.5, "seed": 123, "count": 1, "reproducible": False}
@@ -58,7 +58,8 @@ async def cpu_per_op(clients: int, n: int, op: Callable[[int, int], Awaitable[ob
 
 async def audit_part(root: Path, clients: int, n: int) -> float:
     log = await AuditLog.open(root / "audit.db", Ed25519PrivateKey.generate(), "bench/sai-audit")
-    details = {"priority": "normal", "risk": 0.0, **PARAMS, "prompt_sha256": "a" * 64, "negative_prompt_sha256": "b" * 64}
+    details = {"priority": "normal", "risk": 0.0, **PARAMS, "prompt_sha256": "a" * 64,
+               "negative_prompt_sha256": "b" * 64}
     try:
         return await cpu_per_op(clients, n, lambda k, i: log.append(ACTOR, "job.submit", f"j{k}-{i}", details))
     finally:
@@ -66,7 +67,8 @@ async def audit_part(root: Path, clients: int, n: int) -> float:
 
 
 async def store_part(root: Path, clients: int, n: int) -> float:
-    store = await JobStore.open(root / "jobs.sqlite3", PromptSealer(KeyStore.open(root / "keys", None, scrypt_log2_n=10)))
+    sealer = PromptSealer(KeyStore.open(root / "keys", None, scrypt_log2_n=10))
+    store = await JobStore.open(root / "jobs.sqlite3", sealer)
     seqs = iter(range(1, n + 1))
 
     def insert(k: int, i: int) -> Awaitable[None]:
