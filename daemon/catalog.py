@@ -20,17 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from daemon.config import MODELS, Config, ConfigError
+from daemon.models.families import FAMILY_NAMES, PIPELINE_FAMILIES, check_params
 
 log = logging.getLogger("sai.models")
 
-FAMILIES = ("sd15", "sd2", "sdxl", "sd3", "flux", "pixart")
+FAMILIES = FAMILY_NAMES
 BUILT_IN_FAMILY = {"tiny": "sd15", "tiny-sdxl": "sdxl", "tiny-sd3": "sd3", "tiny-flux": "flux",
                    "tiny-pixart": "pixart", "sd15-shaped": "sd15"}
-PIPELINE_FAMILY = {"StableDiffusionPipeline": "sd15", "StableDiffusionXLPipeline": "sdxl",
-                   "StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux", "PixArtSigmaPipeline": "pixart",
-                   "PixArtAlphaPipeline": "pixart"}
-"""A diffusers directory's `_class_name` → family, for what a submit checks before the worker has
-loaded the model (the worker's own detection decides the load, and its answer replaces this one)."""
+"""The built-in models' families, known before their first build. For a configured directory with
+`family = "auto"`, its model_index.json `_class_name` (PIPELINE_FAMILIES) is what a submit is checked
+against until the worker's detection at load replaces it."""
 DEFAULT_KEYS = ("width", "height", "steps", "guidance")
 MIB = 2**20
 
@@ -83,22 +82,13 @@ class ModelEntry:
                 "size_bytes": self.size_bytes, "defaults": dict(self.defaults)}
 
 
-SIZE_MULTIPLE = {"sd3": 16, "flux": 16, "pixart": 16}
-"""Families whose transformer works on 2×2 patches of the 8×-downscaled latents (others: 8)."""
-NO_NEGATIVE_PROMPT = frozenset({"flux"})
-
-
 def family_problems(family: str, params: dict[str, Any]) -> list[tuple[str, str]]:
-    """What a job's parameters break of its model family's limits: [(field, reason)]."""
-    problems = []
-    multiple = SIZE_MULTIPLE.get(family, 8)
-    for side in ("width", "height"):
-        value = int(params[side])
-        if value % multiple:
-            problems.append((side, f"{value} is not a multiple of {multiple}, which {family} models need"))
-    if family in NO_NEGATIVE_PROMPT and params.get("negative_prompt"):
-        problems.append(("negative_prompt", f"{family} models take no negative prompt; leave it out"))
-    return problems
+    """What a job's parameters break of its model family's limits: [(field, reason)]. A family not
+    known yet (`auto` before the first load of a model whose directory does not say) is not judged:
+    the worker's load decides it, and a mismatch fails the job with the reason."""
+    if family not in FAMILIES:
+        return []
+    return check_params(family, params)
 
 
 class DoesNotFit(Exception):
@@ -202,7 +192,7 @@ class ModelCatalog:
             index = files / "model_index.json"
             if entry.found_family is None and index.is_file():
                 class_name = json.loads(index.read_text(encoding="utf-8")).get("_class_name", "")
-                entry.found_family = PIPELINE_FAMILY.get(str(class_name))
+                entry.found_family = PIPELINE_FAMILIES.get(str(class_name))
         except (OSError, ValueError) as exc:
             log.warning("model %s: cannot read %s: %s", entry.name, files, exc)
 
