@@ -70,11 +70,11 @@ def _component_problems(root: Path) -> tuple[list[str], int]:
 
 
 def check_model(name: str, path: str, config_dir: str, state_dir: Path) -> Check:
-    from daemon.models.builders import SHAPES
+    from daemon.models.builders import BUILT_IN
     from daemon.models.loading import ModelError, ModelSpec, resolve
 
     label = f"model {name}"
-    if name in SHAPES and not path:
+    if name in BUILT_IN and not path:
         built = state_dir / "models" / name
         if not (built / "model_index.json").is_file():
             return ok(label, f"built-in, built offline from code on the daemon's first start into {built}")
