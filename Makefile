@@ -86,8 +86,11 @@ system-deps:
 	      systemctl disable --now -q prometheus.service prometheus-node-exporter.service 2>/dev/null || true;; esac; \
 	  else echo "missing: $$missing (e.g. sudo apt-get install $(SYSTEM_PACKAGES))"; exit 1; fi; }
 
+# Import contracts (layers included), then ruff and mypy, configured in pyproject.toml. Quiet when clean.
 lint: setup
-	$(VENV)/bin/lint-imports
+	@out=$$($(VENV)/bin/lint-imports 2>&1) || { echo "$$out"; exit 1; }
+	@$(VENV)/bin/ruff check --quiet daemon console tests bench
+	@$(VENV)/bin/mypy --no-error-summary
 
 bench: setup
 	for b in bench/*.py; do $(PY) $$b || exit 1; done

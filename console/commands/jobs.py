@@ -231,7 +231,10 @@ async def cancel(args: argparse.Namespace, client: DaemonClient) -> int:
 async def set_priority(args: argparse.Namespace, client: DaemonClient) -> int:
     reply = await client.call("job.set_priority", job_id=await resolve_job(client, args.job_id),
                               priority=args.priority)
-    print_json(reply) if args.json else print(f"{reply['job_id']} now {reply['priority']}, position {reply['position']}")
+    if args.json:
+        print_json(reply)
+    else:
+        print(f"{reply['job_id']} now {reply['priority']}, position {reply['position']}")
     return 0
 
 

@@ -61,7 +61,7 @@ def clip_encoder(hidden: int, projection: int | None = None, layers: int = 2) ->
         pad_token_id=vocab["<|endoftext|>"])
     model: CLIPTextModel | CLIPTextModelWithProjection = (
         CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config))
-    return model  # type: ignore[return-value]
+    return model
 
 
 def t5_tokenizer(max_tokens: int = T5_TOKENS) -> PreTrainedTokenizerFast:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import stat
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import AsyncIterator
 
 import pytest
 
@@ -33,21 +33,20 @@ async def test_embedded_daemon_shows_in_the_header_and_quitting_asks_while_it_ha
     for name in ("embedded-daemon.log", "jobs.sqlite3", "audit.db", "metrics.sqlite3"):
         assert stat.S_IMODE((state / name).stat().st_mode) == 0o600, name  # the console's umask does not widen them
     app = SaiConsole(str(socket_path), embedded=embedded_daemon)
-    async with await DaemonClient.connect(socket_path) as client:
-        async with app.run_test(size=(120, 40)) as pilot:
-            await connected(pilot, app)
-            assert "EMBEDDED daemon" in screen_text(app)
-            assert app.main.header.status["embedded"] is True
-            job = await client.call("job.submit", prompt="wait for me")
-            await until(pilot, lambda: job["job_id"] in app.main.table.jobs, 10)
-            await pilot.press("q")
-            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), 5, "the question")
-            assert "1 queued" in str(app.screen.query_one("#confirm-question").render())
-            await pilot.press("n")
-            await until(pilot, lambda: app.screen is app.main, 5)
-            assert app.is_running
-            await client.call("job.cancel", job_id=job["job_id"])
-            await pilot.press("q")
-            await until(pilot, lambda: not app.is_running, 5, "the console to quit without asking")
+    async with await DaemonClient.connect(socket_path) as client, app.run_test(size=(120, 40)) as pilot:
+        await connected(pilot, app)
+        assert "EMBEDDED daemon" in screen_text(app)
+        assert app.main.header.status["embedded"] is True
+        job = await client.call("job.submit", prompt="wait for me")
+        await until(pilot, lambda: job["job_id"] in app.main.table.jobs, 10)
+        await pilot.press("q")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), 5, "the question")
+        assert "1 queued" in str(app.screen.query_one("#confirm-question").render())
+        await pilot.press("n")
+        await until(pilot, lambda: app.screen is app.main, 5)
+        assert app.is_running
+        await client.call("job.cancel", job_id=job["job_id"])
+        await pilot.press("q")
+        await until(pilot, lambda: not app.is_running, 5, "the console to quit without asking")
     assert app.return_code == 0
 

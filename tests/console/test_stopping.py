@@ -36,21 +36,20 @@ def seconds_left(text: str) -> int:
 async def test_an_attached_console_shows_the_daemon_draining_with_a_countdown(make_daemon: Any) -> None:
     daemon = make_daemon({"daemon": {"shutdown_grace": 120.0}})
     app = SaiConsole(str(daemon.socket))
-    async with await DaemonClient.connect(daemon.socket) as client:
-        async with app.run_test(size=SIZE) as pilot:
-            await connected(pilot, app)
-            job_id = (await client.call("job.submit", **LONG_JOB))["job_id"]
-            await asyncio.wait_for(running(client, job_id), 120)
-            assert daemon.proc is not None
-            daemon.proc.send_signal(signal.SIGTERM)
+    async with await DaemonClient.connect(daemon.socket) as client, app.run_test(size=SIZE) as pilot:
+        await connected(pilot, app)
+        job_id = (await client.call("job.submit", **LONG_JOB))["job_id"]
+        await asyncio.wait_for(running(client, job_id), 120)
+        assert daemon.proc is not None
+        daemon.proc.send_signal(signal.SIGTERM)
 
-            await until(pilot, lambda: "DAEMON STOPPING" in screen_text(app), 10, "the drain banner")
-            first = seconds_left(screen_text(app))
-            assert 100 <= first <= 120
-            assert "STOPPING" in str(app.main.header.render())
-            await until(pilot, lambda: seconds_left(screen_text(app)) < first, 5, "the countdown to move")
-            await until(pilot, lambda: app.main.header.link == "down", 120, "the daemon to go")
-            assert "DAEMON STOPPING" not in screen_text(app) and "Daemon unavailable" in screen_text(app)
+        await until(pilot, lambda: "DAEMON STOPPING" in screen_text(app), 10, "the drain banner")
+        first = seconds_left(screen_text(app))
+        assert 100 <= first <= 120
+        assert "STOPPING" in str(app.main.header.render())
+        await until(pilot, lambda: seconds_left(screen_text(app)) < first, 5, "the countdown to move")
+        await until(pilot, lambda: app.main.header.link == "down", 120, "the daemon to go")
+        assert "DAEMON STOPPING" not in screen_text(app) and "Daemon unavailable" in screen_text(app)
     assert await asyncio.to_thread(daemon.proc.wait, 60) == 0
 
 
@@ -60,18 +59,17 @@ async def test_quitting_with_an_embedded_daemon_shows_the_drain_until_it_has_sto
     embedded = await start_embedded(cfg, socket_path, tmp_path / "state", redirect_stderr=False)
     try:
         app = SaiConsole(str(socket_path), embedded=embedded)
-        async with await DaemonClient.connect(socket_path) as client:
-            async with app.run_test(size=SIZE) as pilot:
-                await connected(pilot, app)
-                job_id = (await client.call("job.submit", **LONG_JOB))["job_id"]
-                await asyncio.wait_for(running(client, job_id), 120)
-                await pilot.press("q")
-                await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), 5, "the question")
-                await pilot.press("y")
-                await until(pilot, lambda: isinstance(app.screen, StoppingScreen), 5, "the stopping screen")
-                text = str(app.screen.query_one("#stopping-text").render())
-                assert "1 running job(s) have" in text and 80 <= seconds_left(text) <= 90
-                await until(pilot, lambda: not app.is_running, 120, "the console to quit once the daemon stopped")
+        async with await DaemonClient.connect(socket_path) as client, app.run_test(size=SIZE) as pilot:
+            await connected(pilot, app)
+            job_id = (await client.call("job.submit", **LONG_JOB))["job_id"]
+            await asyncio.wait_for(running(client, job_id), 120)
+            await pilot.press("q")
+            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), 5, "the question")
+            await pilot.press("y")
+            await until(pilot, lambda: isinstance(app.screen, StoppingScreen), 5, "the stopping screen")
+            text = str(app.screen.query_one("#stopping-text").render())
+            assert "1 running job(s) have" in text and 80 <= seconds_left(text) <= 90
+            await until(pilot, lambda: not app.is_running, 120, "the console to quit once the daemon stopped")
         assert app.return_code == 0
         assert embedded.daemon.drain_deadline is not None
         assert not socket_path.exists()  # the daemon is down before the console has gone

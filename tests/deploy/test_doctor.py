@@ -9,9 +9,10 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-from datetime import datetime, timedelta, timezone
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -162,7 +163,7 @@ def test_single_file_model_header_reads_then_corrupt_header_fails(state: Path, t
 
 
 def test_audit_entry_dated_in_the_future_fails_the_clock(state: Path, healthy: DaemonProcess) -> None:
-    ahead = (datetime.now(timezone.utc) + timedelta(days=1)).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    ahead = (datetime.now(UTC) + timedelta(days=1)).isoformat(timespec="microseconds").replace("+00:00", "Z")
     writer = Writer(state / "audit.db", KeyStore.open(state / "keys").signing_key, "doctor-test", 1000)
     try:
         seq = writer.write([(own_actor(), "daemon.start", "clock", check_details({}), ahead)])[0]["seq"]

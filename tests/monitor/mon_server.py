@@ -30,7 +30,7 @@ class ServedMonitor:
         load_all()
         self.server = SocketServer(self.socket, MonitorHost(monitor, bus), config.auth, bus)
 
-    async def __aenter__(self) -> "ServedMonitor":
+    async def __aenter__(self) -> ServedMonitor:
         self.server.claim()
         await self.server.start()
         return self

@@ -5,9 +5,9 @@ import the fixtures they use from here."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 import cv2
 import numpy as np
@@ -16,7 +16,7 @@ import pytest
 from daemon.crypto.keys import KeyStore
 from daemon.outputs.pipeline import OutputInfo, OutputSettings
 
-FIXED_TIME = datetime(2026, 11, 26, 12, 0, 0, tzinfo=timezone.utc)
+FIXED_TIME = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
 
 
 def synthetic(kind: str, seed: int, size: int = 256) -> np.ndarray:

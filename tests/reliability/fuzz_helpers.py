@@ -93,7 +93,7 @@ class RawClient:
                     return True
         except ConnectionResetError:
             return True
-        except socket.timeout:
+        except TimeoutError:
             return False
 
     def close(self) -> None:

@@ -41,7 +41,7 @@ moment the export starts filling it."""
 
 
 async def test_a_symlink_planted_during_an_audit_export_overwrites_nothing(
-        make_daemon, local_users, scratch, client_of) -> None:  # noqa: F811
+        make_daemon, local_users, scratch, client_of) -> None:
     shared = scratch.dir(0o1777)
     precious = scratch.precious()
     daemon = make_daemon({"queue": {"rate_per_minute": 1e6, "burst": 100000, "max_queued_per_user": 100000},
@@ -93,7 +93,7 @@ print(json.dumps(stolen))
 PNG = b"\x89PNG\r\n\x1a\n".hex()
 
 
-async def test_a_part_file_planted_beside_a_cli_export_gets_no_copy(make_daemon, local_users, scratch) -> None:  # noqa: F811
+async def test_a_part_file_planted_beside_a_cli_export_gets_no_copy(make_daemon, local_users, scratch) -> None:
     daemon = shared_daemon(make_daemon, local_users)
     operator, other = local_users["operator"], local_users["other"]
     job = run_as(operator, SUBMIT, str(daemon.socket))

@@ -38,7 +38,7 @@ print(json.dumps(os.stat(state).st_uid))
 """The attacker moves the daemon's state dir aside (the parent lets them) and puts their own in its place."""
 
 
-def test_a_state_dir_made_by_another_user_is_refused(make_daemon, local_users, scratch) -> None:  # noqa: F811
+def test_a_state_dir_made_by_another_user_is_refused(make_daemon, local_users, scratch) -> None:
     other = local_users["other"]
     state = scratch.dir(0o1777) / "state"
     assert run_as(other, OWN_STATE, str(state)) == ["jobs.sqlite3", "keys", "models"]
@@ -49,7 +49,7 @@ def test_a_state_dir_made_by_another_user_is_refused(make_daemon, local_users, s
     assert not (state / "audit.db").exists() and (state / "jobs.sqlite3").stat().st_size == 0
 
 
-def test_a_state_dir_under_a_directory_others_can_write_is_refused(make_daemon, local_users, scratch) -> None:  # noqa: F811
+def test_a_state_dir_under_a_directory_others_can_write_is_refused(make_daemon, local_users, scratch) -> None:
     parent = scratch.dir(0o777)
     state = parent / "state"
     state.mkdir(mode=0o700)

@@ -70,7 +70,7 @@ def test_any_disguise_of_a_blocked_term_is_refused(before: str, word: str, after
     except Exception as exc:
         assert getattr(exc, "code", None) == -32005
     else:
-        raise AssertionError(f"accepted: {ascii(before + word + after)}")
+        raise AssertionError(f"accepted: {before + word + after!a}")
 
 
 @settings(max_examples=200, deadline=None)

@@ -103,7 +103,7 @@ async def test_the_worker_never_inherits_the_passphrase(make_daemon, client_of, 
     assert not [name for name in environ if name.startswith((b"SAI_", b"PYTHON"))], sorted(environ)
 
 
-def test_a_passphrase_file_others_can_read_is_refused(make_daemon, scratch) -> None:  # noqa: F811
+def test_a_passphrase_file_others_can_read_is_refused(make_daemon, scratch) -> None:
     secret_file = scratch.dir(0o755) / "passphrase"
     secret_file.write_text("correct horse battery\n")
     secret_file.chmod(0o644)
@@ -116,7 +116,7 @@ def test_a_passphrase_file_others_can_read_is_refused(make_daemon, scratch) -> N
 
 
 @pytest.mark.parametrize("source", ["credential", "file"])
-def test_the_passphrase_comes_from_a_systemd_credential_or_a_file(make_daemon, scratch, source: str) -> None:  # noqa: F811
+def test_the_passphrase_comes_from_a_systemd_credential_or_a_file(make_daemon, scratch, source: str) -> None:
     where = scratch.dir(0o700)
     (where / "sai-passphrase").write_text("correct horse battery\n")
     (where / "sai-passphrase").chmod(0o400)

@@ -60,7 +60,7 @@ def with_socket_in(daemon: DaemonProcess, directory: Path) -> DaemonProcess:
 
 
 def test_a_lock_symlink_planted_in_a_shared_socket_directory_truncates_nothing(
-        make_daemon, local_users, scratch) -> None:  # noqa: F811
+        make_daemon, local_users, scratch) -> None:
     sticky = scratch.dir(0o1777)  # like /tmp: anyone may create, nobody may rename what is not theirs
     precious = scratch.precious()
     daemon = with_socket_in(make_daemon(start=False), sticky)
@@ -73,7 +73,7 @@ def test_a_lock_symlink_planted_in_a_shared_socket_directory_truncates_nothing(
     assert f"{lock} is a symbolic link" in log and f"rm {lock}" in log
 
 
-def test_a_socket_swapped_for_a_symlink_after_bind_opens_nothing(make_daemon, local_users, scratch) -> None:  # noqa: F811
+def test_a_socket_swapped_for_a_symlink_after_bind_opens_nothing(make_daemon, local_users, scratch) -> None:
     """strace slows every chmod by half a second, so the attacker's swap always lands between bind
     and chmod, where it landed by luck in the review."""
     writable = scratch.dir(0o777)

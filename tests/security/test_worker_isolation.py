@@ -37,7 +37,7 @@ REAL = (str(Path(real_package.__file__).parent), str(Path(multiprocessing.__file
 
 
 async def test_a_package_planted_in_the_working_directory_never_runs_in_the_worker(
-        make_daemon, local_users, scratch, client_of, wait_for) -> None:  # noqa: F811
+        make_daemon, local_users, scratch, client_of, wait_for) -> None:
     shared = scratch.dir(0o777)
     planted = run_as(local_users["other"], PLANT, str(shared), *REAL)
     assert planted == ["daemon", "multiprocessing"]
@@ -52,7 +52,7 @@ async def test_a_package_planted_in_the_working_directory_never_runs_in_the_work
 
 
 async def test_a_package_planted_in_the_working_directory_never_runs_in_the_verify_pool(
-        make_daemon, local_users, scratch, client_of) -> None:  # noqa: F811
+        make_daemon, local_users, scratch, client_of) -> None:
     shared = scratch.dir(0o777)
     run_as(local_users["other"], PLANT, str(shared), *REAL)
     busy = {"queue": {"rate_per_minute": 1e6, "burst": 100000, "max_queued_per_user": 100000},

@@ -12,17 +12,18 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, Callable, Coroutine
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from console.cli import main  # noqa: E402
-from daemon.audit.log import AuditLog  # noqa: E402
-from daemon.dispatch import Dispatcher  # noqa: E402
-from daemon.monitor.service import Monitor  # noqa: E402
-from daemon.queue.store import JobStore  # noqa: E402
-from daemon.worker.supervisor import WorkerSupervisor  # noqa: E402
+from console.cli import main
+from daemon.audit.log import AuditLog
+from daemon.dispatch import Dispatcher
+from daemon.monitor.service import Monitor
+from daemon.queue.store import JobStore
+from daemon.worker.supervisor import WorkerSupervisor
 
 LOOPS: dict[str, tuple[type, str]] = {
     "audit committer": (AuditLog, "_commit_loop"),

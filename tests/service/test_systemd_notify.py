@@ -14,8 +14,8 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -41,7 +41,7 @@ class NotifyListener:
         while not self._closed:
             try:
                 data = self.sock.recv(65536)
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 continue
             self.messages.append((time.monotonic(), data.decode().split("\n")))
 
