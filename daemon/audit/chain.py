@@ -18,6 +18,7 @@ from typing import Any
 
 from daemon.audit.entry import INIT_ACTION, ROTATE_ACTION, key_id, parse_entry
 from daemon.crypto import ed25519
+from daemon.crypto.keyid import canonical_key_id, same_key_id
 
 
 @dataclass(frozen=True)
@@ -43,10 +44,12 @@ class KeyChain:
 
     def __init__(self, origin: str, keys: Mapping[str, bytes], pin: Pin | None = None) -> None:
         self.origin = origin
-        self.keys = pin.known_keys if pin is not None and pin.known_keys is not None else keys
+        known = pin.known_keys if pin is not None and pin.known_keys is not None else keys
+        self.keys = {canonical_key_id(kid): raw for kid, raw in known.items()}
+        """Canonical key id -> raw key (an old log's key table names keys by the bare digits)."""
         self.pin = pin
         self.history: list[tuple[int, str, bytes]] = []
-        """(first seq it signs, key id, raw key), in order."""
+        """(first seq it signs, canonical key id, raw key), in order."""
         self.announced: list[tuple[int, bytes]] = []
         """(seq of the entry announcing it, raw key): which keys may sign a checkpoint of a size."""
 
@@ -80,7 +83,7 @@ class KeyChain:
         if current is None:
             return f"entry {pos}: no signing key is in force"
         kid, raw = current
-        if e["key_id"] != kid:
+        if not same_key_id(e["key_id"], kid):
             return f"entry {pos} names signing key {e['key_id']}, but the key in force is {kid}"
         if defer is not None:
             defer(pos, raw, leaf, sig)
@@ -97,9 +100,9 @@ class KeyChain:
             raw = b""
         if len(raw) != 32:
             return f"entry {pos} does not carry a valid public key"
-        if key_id(raw) != kid:
+        if not same_key_id(key_id(raw), kid):
             return f"entry {pos}: key id {kid} does not belong to the public key it carries"
-        if self.keys.get(kid) != raw:
+        if self.keys.get(key_id(raw)) != raw:
             return f"entry {pos}: key {kid} is missing from the key store or differs from it"
         return raw
 
@@ -109,11 +112,12 @@ class KeyChain:
             return f"entry 0 is {e['action']!r}, not {INIT_ACTION!r}: the start of the log is gone"
         if d.get("origin") != self.origin:
             return f"entry 0 names origin {d.get('origin')!r}, but the log is {self.origin!r}"
-        if d.get("key_id") != e["key_id"]:
+        if not same_key_id(d.get("key_id"), e["key_id"]):
             return "entry 0 is not signed by the key it announces"
         if self.pin is not None:
             pinned = key_id(self.pin.first_key)
-            if d.get("key_id") != pinned or d.get("public_key") != base64.b64encode(self.pin.first_key).decode():
+            announced = d.get("public_key")
+            if not same_key_id(d.get("key_id"), pinned) or announced != base64.b64encode(self.pin.first_key).decode():
                 return (f"entry 0 starts the key chain at key {d.get('key_id')}, but the chain must start at "
                         f"key {pinned}, pinned by {self.pin.source}: the log was rewritten, or is not this "
                         f"installation's")
@@ -121,18 +125,18 @@ class KeyChain:
         if isinstance(raw, str):
             return raw
         if apply:
-            self.history = [(0, e["key_id"], raw)]
+            self.history = [(0, key_id(raw), raw)]
             self.announced = [(-1, raw)]
         return None
 
     def _rotation(self, pos: int, e: dict[str, Any], apply: bool) -> str | None:
         d = e["details"]
-        if d.get("old_key_id") != e["key_id"]:
+        if not same_key_id(d.get("old_key_id"), e["key_id"]):
             return f"entry {pos}: a key rotation must be signed by the key it replaces"
         raw = self._public_key(d.get("new_public_key"), d.get("new_key_id"), pos)
         if isinstance(raw, str):
             return raw
         if apply:
-            self.history.append((pos + 1, d["new_key_id"], raw))
+            self.history.append((pos + 1, key_id(raw), raw))
             self.announced.append((pos, raw))
         return None

@@ -16,6 +16,8 @@ from datetime import UTC, datetime
 from json.encoder import encode_basestring
 from typing import Any
 
+from daemon.crypto.keyid import signing_key_id
+
 INIT_ACTION = "audit.init"
 """Entry 0 of every log: names the origin and the first signing key."""
 ROTATE_ACTION = "audit.key_rotate"
@@ -170,8 +172,9 @@ def leaf_hash(data: bytes) -> bytes:
 
 
 def key_id(public_key_raw: bytes) -> str:
-    """The id an entry names its signing key by: hex of the first 8 bytes of SHA-256(raw key)."""
-    return hashlib.sha256(public_key_raw).hexdigest()[:16]
+    """The id new entries name their signing key by: the key store's (daemon.crypto.keyid).
+    Entries of older logs hold the bare hex digits; compare ids with `same_key_id`."""
+    return signing_key_id(public_key_raw)
 
 
 def utc_now() -> str:

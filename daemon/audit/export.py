@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from daemon.audit.entry import canonical_entry, key_id, utc_now
 from daemon.audit.verify import Row
+from daemon.crypto.keyid import canonical_key_id
 from daemon.safefiles import PrivateDir
 
 FORMAT = "secure-ai-studio/audit-export"
@@ -86,8 +87,9 @@ def _write_contents(db_path: Path, out: PrivateDir) -> dict[str, Any]:
         for kid, raw_key in conn.execute("SELECT key_id, public_key FROM audit_keys ORDER BY first_seq"):
             pem = Ed25519PublicKey.from_public_bytes(raw_key).public_bytes(
                 serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-            out.write(f"keys/{kid}.pem", pem)
-            kids.append(kid)
+            named = canonical_key_id(kid)
+            out.write(f"keys/{named}.pem", pem)
+            kids.append(named)
         conn.execute("COMMIT")
     finally:
         conn.close()

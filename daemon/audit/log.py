@@ -39,6 +39,7 @@ from daemon.audit.writer import (
     entry_dict,
     own_actor,
 )
+from daemon.crypto.keyid import same_key_id
 from daemon.groupcommit import let_others_join, retry_while_locked
 
 __all__ = ["SCHEMA", "AuditClosed", "AuditKeyMismatch", "AuditLog", "connect_writer"]
@@ -149,8 +150,8 @@ class AuditLog:
         if active is None:
             w.initialise(origin)
             return
-        if active != w.kid:
-            if previous is None or key_id(previous.public_key().public_bytes_raw()) != active:
+        if not same_key_id(active, w.kid):
+            if previous is None or not same_key_id(key_id(previous.public_key().public_bytes_raw()), active):
                 raise AuditKeyMismatch(f"the audit log at {self.path} is signed with key {active}, not with the "
                                        f"given key {w.kid}; keep the old key until its rotation is recorded")
             w.use_key(previous)

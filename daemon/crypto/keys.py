@@ -18,7 +18,6 @@ logs or formats a key into a message.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -32,6 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from daemon.crypto import KeyPermissionError, KeyStoreError, UnknownKeyError, WrongPassphraseError
+from daemon.crypto.keyid import signing_key_id
 from daemon.crypto.sealing import Sealer
 from daemon.safefiles import atomic_write, ensure_dir, fsync_dir, read_nofollow
 
@@ -49,9 +49,8 @@ def check_kid(kid: str) -> str:
 
 
 def signing_kid_of(public_key: Ed25519PublicKey) -> str:
-    """Signing key id: 'ed25519-' + the first 8 bytes (hex) of SHA-256 of the raw public key."""
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return "ed25519-" + hashlib.sha256(raw).hexdigest()[:16]
+    """The key's id (daemon.crypto.keyid: 'ed25519-' + 16 hex digits)."""
+    return signing_key_id(public_key.public_bytes_raw())
 
 
 def public_pem(public_key: Ed25519PublicKey) -> bytes:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tests.audit.audit_helpers import build
+from tests.audit.audit_helpers import Served, build
 
 
 @pytest.fixture(scope="session")
@@ -35,3 +36,10 @@ def log_copy(template_log: Path, tmp_path: Path) -> Path:
     target = tmp_path / "audit.db"
     shutil.copy(template_log, target)
     return target
+
+
+@pytest.fixture
+def served(tmp_path: Path, signing_key: Ed25519PrivateKey) -> Iterator[Served]:
+    s = Served(tmp_path / "audit.db", signing_key)
+    yield s
+    s.stop()

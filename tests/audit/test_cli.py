@@ -5,90 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import tempfile
 import threading
 import time
-from collections.abc import Coroutine, Iterator
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from console.cli import main
 from daemon.exitcodes import ExitCode
-from tests.audit.audit_helpers import ALICE, build, record
-
-
-class Served:
-    """A socket server with the audit methods on a loop in a background thread."""
-
-    def __init__(self, db: Path, key: Ed25519PrivateKey) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="sai-audit-", dir="/tmp"))
-        self.socket = self.dir / "d.sock"
-        self.loop = asyncio.new_event_loop()
-        self._stop: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, args=(db, key), daemon=True)
-        self.thread.start()
-        if not self._ready.wait(30) or self._error:
-            raise RuntimeError(f"server did not start: {self._error!r}")
-
-    def _run(self, db: Path, key: Ed25519PrivateKey) -> None:
-        self.loop.run_until_complete(self._main(db, key))
-
-    async def _main(self, db: Path, key: Ed25519PrivateKey) -> None:
-        from daemon import api, config
-        from daemon.api.limits import CallLimits
-        from daemon.events import EventBus
-        from daemon.queue.store import JobStore
-        from daemon.server import SocketServer
-
-        try:
-            api.load_all()
-            self.log = await build(db, key, 20)
-            self.store = await JobStore.open(self.dir / "jobs.sqlite3")  # empty: audit.verify cross-checks it
-            bus = EventBus()
-            self.log.subscribe(lambda entry: bus.publish("audit", entry))
-            auth = config.load(environ={}, system_file=None).auth
-            limits = CallLimits.from_config(config.load(environ={}, system_file=None).daemon)
-            daemon = SimpleNamespace(audit=self.log, store=self.store, call_limits=limits)
-            server = SocketServer(self.socket, daemon, auth, bus)
-            server.claim()
-            await server.start()
-            self._stop = asyncio.Event()
-        except BaseException as exc:
-            self._error = exc
-            self._ready.set()
-            raise
-        self._ready.set()
-        await self._stop.wait()
-        await server.close()
-        await self.store.close()
-        await self.log.close()
-
-    def call(self, coro: Coroutine[Any, Any, Any]) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
-
-    def stop(self) -> None:
-        if self._stop is not None and self.thread.is_alive():
-            self.loop.call_soon_threadsafe(self._stop.set)
-        self.thread.join(30)
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-@pytest.fixture
-def served(tmp_path: Path, signing_key: Ed25519PrivateKey) -> Iterator[Served]:
-    s = Served(tmp_path / "audit.db", signing_key)
-    yield s
-    s.stop()
-
-
-def sai(served: Served, *args: str) -> int:
-    return main(["--socket", str(served.socket), "audit", *args])
+from tests.audit.audit_helpers import ALICE, Served, record, sai
 
 
 def test_tail_table_and_json(served: Served, capsys: pytest.CaptureFixture[str]) -> None:
@@ -103,7 +28,8 @@ def test_tail_table_and_json(served: Served, capsys: pytest.CaptureFixture[str])
 
 def test_tail_follow_prints_new_entries(served: Served, capsys: pytest.CaptureFixture[str]) -> None:
     outcome: list[int] = []
-    runner = threading.Thread(target=lambda: outcome.append(sai(served, "tail", "-f", "-n", "1", "--action", "job.cancel")))
+    runner = threading.Thread(
+        target=lambda: outcome.append(sai(served, "tail", "-f", "-n", "1", "--action", "job.cancel")))
     runner.start()
 
     def wait_for(text: str) -> str:

@@ -215,7 +215,7 @@ async def test_an_old_state_dir_is_anchored_on_first_start_but_not_a_forged_one(
     status = await client.call("daemon.status")
     assert status["audit"]["anchor"]["first_key_id"] == pinned
     assert (await client.call("audit.verify", deep=True))["ok"]
-    first_pem = keys / f"signing-ed25519-{pinned}.pub.pem"
+    first_pem = keys / f"signing-{pinned}.pub.pem"  # the anchor names the key as the key store does
     assert run_sai("audit", "verify", "--key", str(first_pem), socket_path=again.socket).returncode == 0
     cli = run_sai("audit", "verify", "--key", str(keys / "signing.pub.pem"), socket_path=again.socket)
     assert cli.returncode == ExitCode.VERIFY_FAILED, cli.stderr
