@@ -28,7 +28,6 @@ from console.connection import (
     LinkUp,
     MetricsSample,
     QueueChanged,
-    not_offered,
 )
 from console.formatting import clock_time, duration, parse_moment
 from console.jobview import SORTS
@@ -114,12 +113,7 @@ class SaiConsole(App[int]):
 
     def report(self, what: str, exc: BaseException) -> None:
         """Show the daemon's own message for a refused or failed action (role, rate limit, policy…)."""
-        if not_offered(exc):
-            message = f"The daemon does not offer this yet ({exc})."
-        elif isinstance(exc, (RpcError, DaemonUnavailable)):
-            message = str(exc)
-        else:
-            message = f"{type(exc).__name__}: {exc}"
+        message = str(exc) if isinstance(exc, (RpcError, DaemonUnavailable)) else f"{type(exc).__name__}: {exc}"
         self.notify(message, title=what, severity="error", timeout=10)
 
     @while_running
@@ -359,10 +353,7 @@ class SaiConsole(App[int]):
         try:
             result = await self.rpc("metrics.history", since=moment - LOOK_WINDOW, until=moment)
         except Exception as exc:
-            note = ("metrics.history: the daemon keeps no metric history yet (no such method), so memory figures "
-                    "cannot be shown for that time; the figures below are live." if not_offered(exc)
-                    else f"metrics.history: {exc}")
-            main.memory.show_history(None, note)
+            main.memory.show_history(None, f"metrics.history: {exc}; the figures below are live.")
         else:
             samples = result.get("samples", []) if isinstance(result, dict) else list(result or [])
             span = f"{clock_time(moment - LOOK_WINDOW)}–{clock_time(moment)}"

@@ -14,7 +14,7 @@ from textual.message import Message
 
 from daemon.client import DaemonClient, DaemonUnavailable
 from daemon.logs import plain_formatter
-from daemon.protocol import METHOD_NOT_FOUND, RpcError
+from daemon.protocol import RpcError
 
 if TYPE_CHECKING:
     from textual.app import App
@@ -75,11 +75,6 @@ class AlertChanged(Message):
 @dataclass
 class AuditAppended(Message):
     entry: dict[str, Any]
-
-
-def not_offered(exc: BaseException) -> bool:
-    """The daemon answered 'no such method': the feature does not exist there yet."""
-    return isinstance(exc, RpcError) and exc.code == METHOD_NOT_FOUND
 
 
 def event_message(event: dict[str, Any]) -> Message | None:

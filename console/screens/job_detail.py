@@ -20,7 +20,6 @@ from textual.screen import Screen
 from textual.widgets import Label, Static
 from textual_image.widget import Image
 
-from console.connection import not_offered
 from console.formatting import bar, clock_time, human_bytes, parse_time, short_hash
 from console.screens.confirm import CANCELLABLE, cancel_jobs
 from console.screens.help import key_label
@@ -117,8 +116,7 @@ class JobDetailScreen(Screen[None]):
         else:
             self.job = job
         if isinstance(entries, BaseException):
-            self.audit_note = ("the daemon keeps no audit log yet (audit.tail: no such method)" if not_offered(entries)
-                               else f"audit.tail: {entries}")
+            self.audit_note = f"audit.tail: {entries}"
         else:
             self.audit_entries = entries
             self.audit_note = "none found"
@@ -136,8 +134,7 @@ class JobDetailScreen(Screen[None]):
         try:
             result = await console_of(self).rpc("output.verify", job_id=self.job_id)
         except Exception as exc:
-            self.verify_note = ("not verifiable: the daemon does not offer output.verify yet" if not_offered(exc)
-                                else f"not verified: {exc}")
+            self.verify_note = f"not verified: {exc}"
         else:
             self.verify_note = ""
             self.verification = {int(o.get("index", 0)): o for o in result.get("outputs", [])}

@@ -319,8 +319,8 @@ class MainScreen(Screen[None]):
 
     @work(group="ack")
     async def action_ack_alert(self) -> None:
-        if not self.alerts.offered:
-            self.notify("The daemon does not raise alerts yet: nothing to acknowledge.", severity="warning")
+        if not self.alerts.loaded:
+            self.notify("The alerts have not loaded yet: nothing to acknowledge.", severity="warning")
             return
         alert = self.alerts.selected()
         if alert is None:

@@ -1,6 +1,6 @@
 """Alerts: severity, rule and message, how often, last seen, acknowledged; `a` acknowledges.
 
-From alerts.list and the `alert` topic. A daemon without them gets a plain note instead. Alerts
+From alerts.list and the `alert` topic; until the first answer, or when it fails, a note. Alerts
 cleared in the last RECENT_CLEARED seconds stay, dimmed and counted: a worker-crash alert clears
 itself once the worker is back, seconds later, and an operator who looks later must still see it.
 """
@@ -12,7 +12,6 @@ from typing import Any, ClassVar
 from rich.text import Text
 from textual.widgets import Static
 
-from console.connection import not_offered
 from console.formatting import clock_time, parse_time
 from console.widgets.pane import Pane, console_of
 from console.widgets.table import Table
@@ -79,7 +78,8 @@ class AlertsPane(Pane):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(id="alerts", **kwargs)
         self.alerts: dict[str, dict[str, Any]] = {}
-        self.offered: bool | None = None
+        self.loaded = False
+        """Whether the pane holds the daemon's alerts (until then, and while it cannot, a note)."""
 
     def compose(self) -> Any:
         yield Static("waiting for the daemon…", id="alerts-note", classes="note")
@@ -89,7 +89,7 @@ class AlertsPane(Pane):
         self.query_one(AlertsTable).display = False
 
     def focus_target(self) -> Any:
-        return self.query_one(AlertsTable) if self.offered else self
+        return self.query_one(AlertsTable) if self.loaded else self
 
     def _note(self, text: str) -> None:
         note = self.query_one("#alerts-note", Static)
@@ -104,14 +104,17 @@ class AlertsPane(Pane):
             result = await app.rpc("alerts.list", **params)
             cleared = [] if until is not None else await app.rpc("alerts.list", state="cleared", limit=CLEARED_LIMIT)
         except Exception as exc:
-            self.offered = False if not_offered(exc) else self.offered
-            self._note("The daemon does not raise alerts yet (alerts.list: no such method). "
-                       "This pane fills in when it does." if not_offered(exc) else f"alerts.list: {exc}")
-            self.query_one(AlertsTable).display = bool(self.offered)
-            self.set_info("not offered" if not_offered(exc) else "error")
+            self._note(f"alerts.list: {exc}")
+            self.query_one(AlertsTable).display = self.loaded
+            self.set_info("error")
             return
-        self.offered = True
-        self.alerts = {alert_id(a): a for a in _listed(cleared) + _listed(result)}
+        self.load(result, cleared)
+
+    def load(self, listed: Any, cleared: Any = None) -> None:
+        """Show alerts.list's answer (`cleared`: its answer for state=cleared, if asked), replacing
+        what the pane held."""
+        self.loaded = True
+        self.alerts = {alert_id(a): a for a in _listed(cleared) + _listed(listed)}
         self._redraw()
 
     def apply(self, data: dict[str, Any]) -> None:
@@ -122,7 +125,7 @@ class AlertsPane(Pane):
             return
         update = {**alert, "state": "cleared"} if data.get("kind") == "cleared" else alert
         self.alerts[key] = {**self.alerts.get(key, {}), **update}
-        self.offered = True
+        self.loaded = True
         self._redraw()
 
     def _recent(self, alert: dict[str, Any]) -> bool:
@@ -144,7 +147,7 @@ class AlertsPane(Pane):
         self.set_info(f"{self.open_count()} open, {cleared} cleared in 24 h, {len(alerts)} total")
 
     def selected(self) -> dict[str, Any] | None:
-        key = self.query_one(AlertsTable).selected_key() if self.offered else None
+        key = self.query_one(AlertsTable).selected_key() if self.loaded else None
         return self.alerts.get(key) if key else None
 
     def open_count(self) -> int:

@@ -13,7 +13,6 @@ from textual import work
 from textual.message import Message
 from textual.widgets import Static
 
-from console.connection import not_offered
 from console.formatting import clock_time, parse_time
 from console.rowfilter import RowFilter
 from console.widgets.pane import Pane, console_of
@@ -127,20 +126,28 @@ class AuditPane(Pane):
         try:
             result = await app.rpc("audit.tail", limit=PAGE)
         except Exception as exc:
-            reason = ("the daemon does not keep an audit log yet (audit.tail: no such method)" if not_offered(exc)
-                      else f"audit.tail: {exc}")
             self.checkpoint, self.entries = "", []
-            self.query_one("#audit-note", Static).update(reason)
+            self.query_one("#audit-note", Static).update(f"audit.tail: {exc}")
             self.post_message(self.Head({"error": "unavailable"}))
             return
+        self.load(result)
+        try:
+            self.show_checkpoint(checkpoint_summary((await app.rpc("audit.checkpoint", fresh=False))
+                                                    .get("checkpoint", "")))
+        except Exception as exc:
+            self.show_checkpoint(f"unavailable ({exc})")
+
+    def load(self, result: dict[str, Any]) -> None:
+        """Show audit.tail's answer (the newest entries and the log's size), following its end;
+        the header hears of the new head."""
         self.entries = list(result.get("entries", []))
         self.log_size = int(result.get("size", len(self.entries)))
         self._redraw(follow=True)
         self._head()
-        try:
-            self.checkpoint = checkpoint_summary((await app.rpc("audit.checkpoint", fresh=False)).get("checkpoint", ""))
-        except Exception as exc:
-            self.checkpoint = f"unavailable ({exc})"
+
+    def show_checkpoint(self, summary: str) -> None:
+        """The note's checkpoint line: `checkpoint_summary` of the latest one, or why there is none."""
+        self.checkpoint = summary
         self._note()
 
     def apply(self, entry: dict[str, Any]) -> None:

@@ -14,7 +14,6 @@ from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from console.connection import not_offered
 from console.formatting import bar, bytes_of, clock_time, human_bytes, level, parse_time
 from console.widgets.pane import Pane, console_of
 
@@ -82,7 +81,8 @@ class MemoryPane(Pane):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(id="memory", **kwargs)
         self.sample: dict[str, Any] | None = None
-        self.offered: bool | None = None
+        self.loaded = False
+        """Whether the pane holds a sample from the daemon (until then, and while it cannot, a note)."""
         self.note = "waiting for the daemon…"
         self.history_note = ""
         self.worker_status: dict[str, Any] = {}
@@ -102,12 +102,14 @@ class MemoryPane(Pane):
         try:
             sample = await console_of(self).rpc("metrics.snapshot", history_seconds=HISTORY)
         except Exception as exc:
-            self.offered = False if not_offered(exc) else self.offered
-            self.note = ("The daemon does not offer GPU and memory metrics yet (metrics.snapshot: no such method). "
-                         "This pane fills in when it does." if not_offered(exc) else f"metrics.snapshot: {exc}")
+            self.note = f"metrics.snapshot: {exc}"
             self.redraw()
             return
-        self.offered = True
+        self.load(sample)
+
+    def load(self, sample: dict[str, Any]) -> None:
+        """Show metrics.snapshot's answer: the latest sample and, under `history`, the graphs."""
+        self.loaded = True
         self.note = ""
         self.history = {key: deque(values, maxlen=HISTORY)
                         for key, values in history_fractions(sample.get("history") or {}).items()}
@@ -116,11 +118,11 @@ class MemoryPane(Pane):
 
     def set_worker(self, worker: dict[str, Any]) -> None:
         self.worker_status = worker
-        if not self.offered:
+        if not self.loaded:
             self.redraw()
 
     def add_sample(self, sample: dict[str, Any]) -> None:
-        self.offered, self.sample = True, sample
+        self.loaded, self.sample = True, sample
         self.note = ""
         for key, fraction in self._fractions(sample).items():
             self.history.setdefault(key, deque(maxlen=HISTORY)).append(fraction)
@@ -171,7 +173,7 @@ class MemoryPane(Pane):
         text = Text()
         if self.history_note:
             text.append(self.history_note + "\n\n", style=self._style("note"))
-        sample = self.sample if self.offered else None
+        sample = self.sample if self.loaded else None
         if sample is None:
             text.append(self.note + "\n\n", style=self._style("note"))
             memory = self.worker_status.get("memory") or {}

@@ -54,25 +54,17 @@ def offline_app(**kwargs: Any) -> SaiConsole:
 
 
 def fill(app: SaiConsole) -> None:
-    """The fixed state above, through the same entry points live data takes."""
+    """The fixed state above, through the public entry points the daemon's answers take (each
+    pane's `reload` hands its answer to the same `load`)."""
     main = app.main
     main.header.link = "up"
     main.header.status = STATUS
     main.table.load(JOBS)
-    main.audit.entries = list(AUDIT)
-    main.audit.log_size = len(AUDIT)
-    main.audit.checkpoint = "size 4, root q83vEjRWeJAGQ…"
-    main.audit._redraw(follow=True)
-    main.audit._note()
-    main.audit._head()
-    main.memory.offered = False
-    main.memory.note = ("The daemon does not offer GPU and memory metrics yet (metrics.snapshot: no such method). "
-                        "This pane fills in when it does.")
+    main.audit.load({"entries": list(AUDIT), "size": len(AUDIT)})
+    main.audit.show_checkpoint("size 4, root q83vEjRWeJAGQ…")
     main.memory.set_worker(STATUS["worker"])
-    main.alerts.offered = False
-    main.alerts._note("The daemon does not raise alerts yet (alerts.list: no such method). "
-                      "This pane fills in when it does.")
-    main.alerts.set_info("not offered")
+    main.memory.load(CPU_SAMPLE)
+    main.alerts.load({"alerts": []}, {"alerts": []})
     app.post_message(JobChanged(JOBS[0]))
 
 
@@ -124,6 +116,11 @@ SAMPLE: dict[str, Any] = {
              {"index": 1, "name": "NVIDIA H100 80GB HBM3", "memory": {"used": 8 * GIB, "total": 80 * GIB},
               "utilization": 3, "temperature": 38, "power_w": "n/a"}],
 }
+CPU_SAMPLE: dict[str, Any] = {
+    **SAMPLE, "gpu": {"available": False, "reason": "no NVIDIA driver", "driver": None, "count": 0},
+    "gpu_error": "NVML: no NVIDIA driver on this host", "gpus": [],
+    "worker": {"pid": 4300, "rss": 470 * 2**20, "cpu_percent": 0.0}}
+"""A quiet CPU-only host, as the tiny model runs in the tests."""
 SNAPSHOT: dict[str, Any] = {**SAMPLE, "history": {"interval": 1.0, "ts": [NOW - 40 + i for i in range(40)], "series": {
     "host.memory.used": [(12 + 6 * i / 39) * GIB for i in range(40)], "host.memory.total": [24 * GIB] * 40,
     "gpus.0.memory.used": [(20 + 52 * (i % 20) / 19) * GIB for i in range(40)], "gpus.0.memory.total": [80 * GIB] * 40,
@@ -142,17 +139,8 @@ ALERTS = [
 
 
 def fill_monitoring(app: SaiConsole) -> None:
-    """As if the daemon offered metrics and alerts (the shapes daemon/monitor documents)."""
+    """GPUs busy and alerts raised (the shapes daemon/monitor documents), through the panes' `load`."""
     main = app.main
-    main.memory.offered, main.memory.note = True, ""
-    main.memory.sample = SNAPSHOT
-    from collections import deque
-
-    from console.widgets.memory_pane import history_fractions
-
-    main.memory.history = {k: deque(v) for k, v in history_fractions(SNAPSHOT["history"]).items()}
-    main.memory.redraw()
-    main.alerts.offered = True
-    main.alerts.alerts = {str(a["alert_id"]): a for a in ALERTS}
-    main.alerts._note("")
-    main.alerts._redraw()
+    main.memory.load(SNAPSHOT)
+    main.alerts.load({"alerts": [a for a in ALERTS if a["state"] != "cleared"]},
+                     {"alerts": [a for a in ALERTS if a["state"] == "cleared"]})

@@ -1,9 +1,9 @@
-"""The panes, help, the command line, the palette and look-back, against a real daemon. Features the
-daemon does not offer yet (metrics, alerts, history) must be named plainly in the UI."""
+"""The panes, help, the command line, the palette and look-back, against a real daemon."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 import sqlite3
 from typing import Any
 
@@ -14,20 +14,10 @@ from console.app import SaiConsole
 from console.connection import AlertChanged, JobChanged, LinkDown, MetricsSample
 from console.screens.help import HelpScreen
 from console.screens.main import COMMANDS
-from daemon.protocol import METHOD_NOT_FOUND, RpcError
 from tests.configs import NO_WORKER
 from tests.console.console_helpers import connected, notifications, offline_app, until
 
 SIZE = (120, 40)
-
-
-async def offered(client: Any, method: str, **params: Any) -> tuple[bool, Any]:
-    try:
-        return True, await client.call(method, **params)
-    except RpcError as exc:
-        if exc.code == METHOD_NOT_FOUND:
-            return False, exc
-        return True, exc
 
 
 async def test_help_lists_every_binding(make_daemon: Any) -> None:
@@ -66,32 +56,33 @@ async def test_panes_by_number_and_tab(make_daemon: Any) -> None:
         assert all(pane.display for pane in app.main.panes()), "a large terminal shows all four panes"
 
 
-async def test_monitoring_panes_show_the_daemons_answer_and_say_plainly_what_it_lacks(make_daemon: Any,
-                                                                                     client_of: Any) -> None:
+async def test_monitoring_panes_load_the_daemons_answer(make_daemon: Any) -> None:
     daemon = make_daemon(NO_WORKER)
-    client = await client_of(daemon)
-    metrics_offered, metrics = await offered(client, "metrics.snapshot")
-    alerts_offered, alerts = await offered(client, "alerts.list")
     app = SaiConsole(str(daemon.socket))
     async with app.run_test(size=(160, 50)) as pilot:
         await connected(pilot, app)
         main = app.main
-        await until(pilot, lambda: main.memory.offered is not None or "metrics.snapshot:" in main.memory.note, 10)
-        await until(pilot, lambda: main.alerts.offered is not None or main.alerts.border_title.endswith("error"), 10)
+        await until(pilot, lambda: main.memory.loaded and main.alerts.loaded, 10, "both panes loaded")
         memory = str(main.query_one("#memory-body").render())
-        if not metrics_offered:
-            assert "does not offer GPU and memory metrics yet" in memory
-        elif isinstance(metrics, RpcError):
-            assert metrics.message in memory
-        else:
-            assert "host" in memory and "worker" in memory
-        note = str(main.query_one("#alerts-note").render())
-        if not alerts_offered:
-            assert "does not raise alerts yet" in note
-            await pilot.press("3", "a")
-            await until(pilot, lambda: any("does not raise alerts yet" in n for n in notifications(app)), 5)
-        elif isinstance(alerts, RpcError):
-            assert alerts.message in note
+        assert "host" in memory and "worker" in memory and "sample at" in memory
+        assert re.search(r"\d+ open, \d+ cleared in 24 h, \d+ total$", main.alerts.border_title)
+
+
+async def test_a_monitoring_call_that_fails_is_named_in_its_pane() -> None:
+    """No daemon behind the console: each pane says which call failed and why, in its own words."""
+    app = offline_app()
+    async with app.run_test(size=(160, 50)) as pilot:
+        main = app.main
+        await main.memory.reload()
+        await main.alerts.reload()
+        await pilot.pause()
+        assert not main.memory.loaded and not main.alerts.loaded
+        assert "metrics.snapshot: this console is not attached to a daemon" in str(
+            main.query_one("#memory-body").render())
+        assert str(main.query_one("#alerts-note").render()) == "alerts.list: this console is not attached to a daemon"
+        assert main.alerts.border_title.endswith("error")
+        await pilot.press("3", "a")
+        await until(pilot, lambda: any("have not loaded yet" in n for n in notifications(app)), 5)
 
 
 def _alerting_config() -> dict[str, Any]:
@@ -107,9 +98,6 @@ def _alerting_config() -> dict[str, Any]:
 async def test_acknowledge_an_alert(make_daemon: Any, client_of: Any) -> None:
     daemon = make_daemon(_alerting_config())
     client = await client_of(daemon)
-    has_alerts, result = await offered(client, "alerts.list")
-    if not has_alerts or isinstance(result, RpcError):
-        pytest.skip(f"the daemon does not offer alerts yet ({result})")
     for _ in range(50):
         if any(not a.get("acked") for a in (await client.call("alerts.list"))["alerts"]):
             break
@@ -164,10 +152,8 @@ async def test_command_line_and_palette(make_daemon: Any, client_of: Any) -> Non
         await until(pilot, lambda: app.main.header.queue.get("paused") is True, 10, "paused from the palette")
 
 
-async def test_look_back_steps_through_time_and_returns_to_live(make_daemon: Any, client_of: Any) -> None:
+async def test_look_back_steps_through_time_and_returns_to_live(make_daemon: Any) -> None:
     daemon = make_daemon(NO_WORKER)
-    client = await client_of(daemon)
-    history, _ = await offered(client, "metrics.history", since=0.0, until=1.0)
     app = SaiConsole(str(daemon.socket))
     async with app.run_test(size=(160, 50)) as pilot:
         await connected(pilot, app)
@@ -177,9 +163,9 @@ async def test_look_back_steps_through_time_and_returns_to_live(make_daemon: Any
         first = app.lookback_at
         await pilot.press("left_square_bracket")
         assert app.lookback_at is not None and first is not None and app.lookback_at < first
-        if not history:
-            body = app.main.query_one("#memory-body")
-            await until(pilot, lambda: "keeps no metric history yet" in str(body.render()), 10, "the history note")
+        memory = app.main.memory
+        note = await until(pilot, lambda: memory.history_note, 10, "the history note")
+        assert note in str(memory.query_one("#memory-body").render()) and "metrics.history:" not in note
         await pilot.press("right_square_bracket", "right_square_bracket")
         await until(pilot, lambda: app.lookback_at is None and not banner.display, 5, "back to live")
         await pilot.press("colon", *"at -2h", "enter")

@@ -4,11 +4,14 @@ deliberate change; look at snapshot_report.html first."""
 
 from __future__ import annotations
 
+import ast
+import inspect
 from typing import Any
 
 from textual.pilot import Pilot
 from textual.widgets import Input
 
+from tests.console import console_helpers
 from tests.console.console_helpers import fill, fill_monitoring, offline_app
 
 
@@ -69,3 +72,18 @@ def test_monitoring_panes_with_figures_and_alerts_160x50(snap_compare: Any) -> N
         await pilot.pause()
 
     assert snap_compare(offline_app(), terminal_size=(160, 50), run_before=monitored)
+
+
+def test_the_snapshots_state_goes_in_through_the_panes_public_methods() -> None:
+    """`fill` and `fill_monitoring` hand the panes answers as the daemon's arrive (a pane's `load`,
+    which its own `reload` uses), never setting a pane's attributes or calling its private parts,
+    so a snapshot shows what a real answer would."""
+    tree = ast.parse(inspect.getsource(console_helpers))
+    fills = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in ("fill", "fill_monitoring")]
+    assert len(fills) == 2
+    for fn in fills:
+        private = [ast.unparse(n) for n in ast.walk(fn) if isinstance(n, ast.Attribute) and n.attr.startswith("_")]
+        set_on_panes = [ast.unparse(t) for n in ast.walk(fn) if isinstance(n, (ast.Assign, ast.AugAssign))
+                        for t in (n.targets if isinstance(n, ast.Assign) else [n.target])
+                        if ast.unparse(t).startswith(("main.audit", "main.memory", "main.alerts"))]
+        assert not private and not set_on_panes, (fn.name, private, set_on_panes)
