@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, TypedDict
 
-from console.report.summary import bucket_size
+from console.report.stats import bucket_size
 from daemon.protocol import RpcError
 
 if TYPE_CHECKING:

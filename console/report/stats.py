@@ -108,3 +108,12 @@ def compare_groups(a: dict[str, list[float]], b: dict[str, list[float]],
         row.setdefault("p_adjusted", None)
         row["significant"] = row["p_adjusted"] is not None and row["p_adjusted"] < alpha
     return rows
+
+
+BUCKETS = (60, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400)
+MAX_BUCKETS = 48
+
+
+def bucket_size(span: float) -> int:
+    """The smallest of BUCKETS that cuts `span` seconds into at most MAX_BUCKETS buckets."""
+    return next((size for size in BUCKETS if span / size <= MAX_BUCKETS), BUCKETS[-1])

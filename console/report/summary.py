@@ -17,15 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 from console.formatting import parse_time
 from console.report import METRICS
-from console.report.stats import describe, median
+from console.report.stats import bucket_size, describe, median
 from daemon.timefmt import rfc3339
 
 if TYPE_CHECKING:
     from console.report.history import MemoryHistory
 
 FORMAT, VERSION = "sai-report", 1
-BUCKETS = (60, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400)
-MAX_BUCKETS = 48
 ALL = "all"
 
 
@@ -89,11 +87,6 @@ def samples(jobs: list[JobRecord], metric: str) -> dict[str, list[float]]:
         if value is not None:
             out.setdefault(job.group, []).append(value)
     return out
-
-
-def bucket_size(span: float) -> int:
-    """The smallest of BUCKETS that cuts `span` seconds into at most MAX_BUCKETS buckets."""
-    return next((size for size in BUCKETS if span / size <= MAX_BUCKETS), BUCKETS[-1])
 
 
 def throughput(jobs: list[JobRecord], bucket: int | None = None) -> dict[str, Any]:

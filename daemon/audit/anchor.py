@@ -29,8 +29,8 @@ from typing import Any
 from daemon.audit import checkpoint as cpmod
 from daemon.audit import merkle
 from daemon.audit.chain import KeyChain, Pin
-from daemon.audit.entry import ROTATE_ACTION, key_id, utc_now
-from daemon.audit.verify import Row, verify_db
+from daemon.audit.entry import ROTATE_ACTION, Row, key_id, utc_now
+from daemon.audit.verify import verify_db
 from daemon.safefiles import atomic_write
 
 FORMAT = "sai-audit-anchor/1"

@@ -43,6 +43,9 @@ _CONTAINERS = (dict, list, tuple)
 """What details may nest (other mapping types are refused by json.dumps anyway)."""
 ACTION_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*$")
 
+Row = tuple[int, bytes, bytes, bytes]
+"""One stored entry as the verifiers read it: (seq, entry bytes, signature, leaf hash)."""
+
 
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 

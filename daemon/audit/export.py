@@ -25,8 +25,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from daemon.audit.entry import canonical_entry, key_id, utc_now
-from daemon.audit.verify import Row
+from daemon.audit.entry import Row, canonical_entry, key_id, utc_now
 from daemon.crypto.keyid import canonical_key_id
 from daemon.safefiles import PrivateDir
 

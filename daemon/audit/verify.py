@@ -35,7 +35,7 @@ from typing import Any, Protocol
 from daemon.audit import checkpoint as cpmod
 from daemon.audit import merkle, parallel
 from daemon.audit.chain import KeyChain, Pin
-from daemon.audit.entry import ROTATE_PREFIX
+from daemon.audit.entry import ROTATE_PREFIX, Row
 
 CHUNK_LEVEL = 14
 CHUNK = 1 << CHUNK_LEVEL
@@ -43,9 +43,6 @@ POOL_MIN_ENTRIES = 20_000
 """Deep checks of fewer entries than this run in the calling thread (a pool costs ~1 s to start)."""
 PARALLEL_FAST_MIN = 200_000
 """The fast path hashes chunks in the pool from this many covered entries on."""
-
-Row = tuple[int, bytes, bytes, bytes]
-
 
 class Source(Protocol):
     origin: str
