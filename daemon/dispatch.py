@@ -225,6 +225,8 @@ class Dispatcher:
                 await self._crashed(str(exc), batch, failed)
             return
         except BatchFailed as exc:
+            if exc.kind == "load":  # the model, not the jobs: operators must hear of it
+                self._worker_event("model_load_failed", {"error": str(exc), "model": command["model"]["name"]})
             live = [job for job in batch if job.state == RUNNING or job.handed]
             self._track(self._batch_figures(live, {"jobs": len(batch), "images": len(command["items"]),
                                                      "worker_rss": self.worker.info.get("memory", {}).get("rss")}),

@@ -29,6 +29,7 @@ ALERTS = {
     "crash_loop": ("worker.crash_loop", "critical"),
     "leak": ("worker.leak", "warning"),
     "start_failed": ("worker.load", "critical"),
+    "model_load_failed": ("worker.load", "critical"),
     "model_fit": ("model.fit", "warning"),
 }
 CLEARS = {

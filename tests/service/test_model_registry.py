@@ -197,6 +197,23 @@ async def test_a_model_that_can_never_fit_fails_its_jobs_and_the_queue_goes_on(m
     assert any(a["key"] == "model.fit" and "model other" in a["message"] for a in alerts), alerts
 
 
+async def test_a_model_that_fails_to_load_fails_its_job_with_an_alert_naming_it(make_daemon: Any, client_of: Any,
+                                                                              wait_for: Any, tmp_path: Path,
+                                                                              other_model: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(other_model, broken)
+    for weights in (broken / "unet").glob("*.safetensors"):
+        weights.unlink()
+    client = await client_of(make_daemon({"models": {"broken": {"path": str(broken)}}}))
+    failed = await wait_for(client, (await client.call("job.submit", prompt="a fox", model="broken"))["job_id"])
+    assert failed["state"] == "failed" and str(broken) in failed["error"]
+    alerts = (await client.call("alerts.list", state="active"))["alerts"]
+    assert any(a["key"] == "worker.load" and a["severity"] == "critical" and str(broken) in a["message"]
+               for a in alerts), alerts
+    after = await client.call("job.submit", prompt="a fox")
+    assert (await wait_for(client, after["job_id"]))["state"] == "succeeded"
+
+
 async def test_a_jobs_database_of_schema_1_is_read_and_migrated(tmp_path: Path) -> None:
     added = ",\n    model_family TEXT NOT NULL DEFAULT '',\n    weights_sha256 TEXT NOT NULL DEFAULT ''"
     old = SCHEMA.replace(added, "")
