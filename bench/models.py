@@ -1,0 +1,309 @@
+"""Model families: images/s and load time through a real daemon vs a bare diffusers loop, and switching cost.
+
+For each built-in tiny family, on the same files in one run; and the cost of switching models when
+the worker can hold only one.
+
+    .venv/bin/python bench/models.py [--families tiny tiny-sdxl ...] [--jobs 8] [--rounds 3]
+                                     [--size 128] [--steps 8] [--switches 6] [--pair tiny tiny-sdxl]
+
+Each round (`--rounds`, alternated; medians compared) runs:
+- the bare side: one child process (torch's default threads) that, family by family, times the
+  family's pipeline class `from_pretrained(local_files_only=True)` + `.to("cpu")`, then generates
+  `--jobs` images in calls of the daemon's default `queue.max_batch`; then loads the `--pair` in
+  turn (the previous one dropped first) `--switches` times;
+- a `sai daemon` with every family configured (`[models.NAME]`) at default settings (torch's
+  default threads, max_batch, outputs, watermarks and signing all on; only the submit rate limit is
+  lifted): per family one warm-up job (the load) then `--jobs` jobs submitted to a paused queue and
+  timed from resume to the last `succeeded`; the load's seconds come from the worker's `model`
+  event as audited (`model.load` details);
+- a `sai daemon` with the pair configured and `worker.models_memory_mb` that holds one but not
+  both, so each switch unloads the other (least recently used): jobs run one at a time, first on
+  one model, then alternating; the extra time per alternating job is the switch's cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from overhead import _wait_all
+
+from daemon.client import DaemonClient
+from daemon.config import defaults
+from daemon.models.builders import BUILT_IN
+from daemon.models.families import FAMILIES
+from tests.harness import DaemonProcess
+
+TINY = ("tiny", "tiny-sdxl", "tiny-sd3", "tiny-flux", "tiny-pixart")
+TARGET = 0.9
+MIB = 2**20
+LIFTED_RATE = {"burst": 10**6, "rate_per_minute": 1e9}
+"""The only setting changed from the defaults: submits in a burst must not be rate limited."""
+
+
+# -- the bare side (a child process) ---------------------------------------------------------------------
+
+def bare_load(name: str, path: str) -> tuple[Any, float]:
+    """The family's pipeline from `path` the way a bare script would, and the seconds it took."""
+    import diffusers
+
+    family = FAMILIES[BUILT_IN[name]]
+    started = time.perf_counter()
+    extra = {"add_watermarker": False} if family.name == "sdxl" else {}  # the daemon marks outputs itself
+    pipe = getattr(diffusers, family.pipeline_class).from_pretrained(path, local_files_only=True, **extra)
+    pipe = pipe.to("cpu")
+    seconds = time.perf_counter() - started
+    if family.scheduler_class == "DPMSolverMultistepScheduler":  # the daemon's default scheduler = "euler"
+        pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, seconds
+
+
+def bare_generate(name: str, pipe: Any, size: int, jobs: int, steps: int, batch: int, guidance: float) -> float:
+    import torch
+
+    family = FAMILIES[BUILT_IN[name]]
+
+    def run(n: int, seed: int) -> None:
+        extra: dict[str, Any] = {"guidance_scale": guidance}
+        if family.negative_prompt:
+            extra["negative_prompt"] = [""] * n
+        if family.name == "pixart":
+            extra["use_resolution_binning"] = False  # as the worker: the size asked for
+        pipe(prompt=[f"bench {seed + i}" for i in range(n)], width=size, height=size, num_inference_steps=steps,
+             generator=[torch.Generator().manual_seed(seed + i) for i in range(n)], output_type="np", **extra)
+
+    run(1, 0)
+    started = time.perf_counter()
+    for first in range(0, jobs, batch):
+        run(min(batch, jobs - first), first)
+    return jobs / (time.perf_counter() - started)
+
+
+def bare_child(spec: dict[str, Any]) -> dict[str, Any]:
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    import diffusers  # noqa: F401  (imported before the clock starts, as in the worker)
+
+    results: dict[str, Any] = {"families": {}}
+    for name, path in spec["models"].items():
+        pipe, load = bare_load(name, path)
+        rate = bare_generate(name, pipe, spec["size"], spec["jobs"], spec["steps"], spec["batch"], spec["guidance"])
+        results["families"][name] = {"load_s": load, "img_s": rate}
+        del pipe
+        gc.collect()
+    holding: list[Any] = []
+    switches = []
+    for i in range(spec["switches"] + 1):
+        name = spec["pair"][i % 2]
+        started = time.perf_counter()
+        holding.clear()  # the other model goes first, as in the worker's unload
+        gc.collect()
+        holding.append(bare_load(name, spec["models"][name])[0])
+        if i:
+            switches.append(time.perf_counter() - started)
+    results["switch_s"] = statistics.median(switches)
+    return results
+
+
+def measure_bare(spec: dict[str, Any]) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, __file__, "--bare", json.dumps(spec)], capture_output=True, text=True,
+                         check=True)
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+# -- through the daemon ----------------------------------------------------------------------------------
+
+def start_daemon(root: Path, models: dict[str, Path], config: dict[str, dict[str, Any]]) -> DaemonProcess:
+    """A daemon whose built-in models are the files built once for the run (linked into its state)."""
+    work = Path(tempfile.mkdtemp(prefix="run-", dir=root))
+    daemon = DaemonProcess.create(work, config, model_dir=models["tiny"])
+    for name, path in models.items():
+        if not (daemon.state_dir / "models" / name).exists():
+            (daemon.state_dir / "models" / name).symlink_to(path)
+    return daemon.start(timeout=180)
+
+
+async def one_job(client: DaemonClient, model: str, params: dict[str, int], seed: int) -> None:
+    job = await client.call("job.submit", prompt=f"bench {seed}", seed=seed, model=model, **params)
+    await _wait_all(client, {job["job_id"]}, events=True)
+
+
+async def model_loads(client: DaemonClient) -> list[dict[str, Any]]:
+    entries = (await client.call("audit.tail", limit=1000))["entries"]
+    return [e for e in entries if e["action"] in ("model.load", "model.unload")]
+
+
+async def families_served(daemon: DaemonProcess, names: list[str], size: int, jobs: int,
+                          steps: int) -> dict[str, dict[str, float]]:
+    client = await DaemonClient.connect(daemon.socket)
+    await client.call("events.subscribe", topics=["job"])
+    params = {"width": size, "height": size, "steps": steps}
+    results: dict[str, dict[str, float]] = {}
+    for name in names:
+        await one_job(client, name, params, 0)  # loads the model
+        await client.call("queue.pause")
+        ids = {(await client.call("job.submit", prompt=f"bench {i}", seed=i, model=name, **params))["job_id"]
+               for i in range(jobs)}
+        started = time.perf_counter()
+        await client.call("queue.resume")
+        await _wait_all(client, ids, events=True)
+        results[name] = {"img_s": jobs / (time.perf_counter() - started)}
+    for entry in await model_loads(client):
+        if entry["action"] == "model.load" and entry["subject"] in results:
+            results[entry["subject"]]["load_s"] = float(entry["details"].get("seconds") or math.nan)
+    await client.close()
+    return results
+
+
+async def switching_served(daemon: DaemonProcess, pair: tuple[str, str], size: int, steps: int,
+                           switches: int) -> dict[str, float]:
+    client = await DaemonClient.connect(daemon.socket)
+    await client.call("events.subscribe", topics=["job"])
+    params = {"width": size, "height": size, "steps": steps}
+    for seed, name in enumerate(pair):  # both loaded once (files hashed, sizes measured)
+        await one_job(client, name, params, seed)
+    before = len(await model_loads(client))
+    same, alternating = [], []
+    for seed in range(switches):  # per-job medians: one job slowed by the machine moves neither
+        started = time.perf_counter()
+        await one_job(client, pair[1], params, seed)
+        same.append(time.perf_counter() - started)
+    for seed in range(switches):
+        started = time.perf_counter()
+        await one_job(client, pair[seed % 2], params, seed)
+        alternating.append(time.perf_counter() - started)
+    changes = (await model_loads(client))[before:]
+    await client.close()
+    loads = [float(e["details"]["seconds"]) for e in changes if e["action"] == "model.load"]
+    unloads = [float(e["details"]["seconds"]) for e in changes if e["action"] == "model.unload"]
+    return {"switch_s": statistics.median(alternating) - statistics.median(same), "job_s": statistics.median(same),
+            "loads": len(loads), "unloads": len(unloads),
+            "worker_s": statistics.median(loads) + statistics.median(unloads) if loads and unloads else math.nan}
+
+
+def one_of_two_mb(models: dict[str, Path], pair: tuple[str, str]) -> int:
+    """A models_memory_mb that holds either model of the pair but not both (sized from their files)."""
+    sizes = [sum(f.stat().st_size for f in models[name].rglob("*.safetensors")) for name in pair]
+    budget = math.ceil(max(sizes) * 1.05 / MIB)
+    if budget * MIB >= sum(sizes):
+        raise SystemExit(f"models {pair[0]} and {pair[1]} are too unequal in size for a budget that holds one "
+                         f"but not both ({sizes[0] / MIB:.1f} and {sizes[1] / MIB:.1f} MiB); pick another --pair")
+    return budget
+
+
+def build_models(root: Path, names: list[str]) -> dict[str, Path]:
+    """Built once by the daemon's own builder, in a child so this process never imports torch."""
+    script = ("import sys; from pathlib import Path; from daemon.models.builders import build\n"
+              "for name in sys.argv[2:]: build(name, Path(sys.argv[1]) / name)")
+    subprocess.run([sys.executable, "-c", script, str(root / "models"), *names], check=True,
+                   env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True)
+    return {name: root / "models" / name for name in names}
+
+
+# -- the run ---------------------------------------------------------------------------------------------
+
+def spread(values: list[float], fmt: str = "{:.2f}") -> str:
+    return " ".join(fmt.format(v) for v in values)
+
+
+def main() -> int:
+    if len(sys.argv) > 2 and sys.argv[1] == "--bare":
+        print(json.dumps(bare_child(json.loads(sys.argv[2]))))
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--families", nargs="+", default=list(TINY), choices=TINY, help="the tiny models to run")
+    parser.add_argument("--jobs", type=int, default=8, help="images per family per round, each side")
+    parser.add_argument("--size", type=int, default=128, help="width and height")
+    parser.add_argument("--steps", type=int, default=8, help="denoising steps per image")
+    parser.add_argument("--rounds", type=int, default=3, help="bare and daemon runs, alternated; medians shown")
+    parser.add_argument("--switches", type=int, default=6, help="model switches timed per round")
+    parser.add_argument("--pair", nargs=2, default=["tiny", "tiny-sdxl"], choices=TINY, metavar="MODEL",
+                        help="the two models switched between")
+    args = parser.parse_args()
+    if args.jobs < 1 or args.rounds < 1 or args.switches < 2 or args.pair[0] == args.pair[1]:
+        parser.error("--jobs and --rounds must be at least 1, --switches at least 2, and --pair two different models")
+    pair = (args.pair[0], args.pair[1])
+    names = list(dict.fromkeys(["tiny", *args.families, *pair]))
+    shipped = defaults()
+    batch, guidance = int(shipped.queue.max_batch), float(shipped.defaults.guidance)
+    with tempfile.TemporaryDirectory(prefix="sai-bench-", dir="/tmp") as tmp:
+        root = Path(tmp)
+        models = build_models(root, names)
+        budget = one_of_two_mb(models, pair)
+        spec = {"models": {n: str(p) for n, p in models.items() if n in args.families or n in pair},
+                "size": args.size, "jobs": args.jobs, "steps": args.steps, "batch": batch, "guidance": guidance,
+                "pair": pair, "switches": args.switches}
+        extra: dict[str, dict[str, Any]] = {name: {} for name in names if name != "tiny"}
+        print(f"models benchmark: {args.size}x{args.size}, {args.steps} steps, {args.jobs} images per family, "
+              f"{args.rounds} rounds; default settings (torch's default threads: {os.cpu_count()} CPUs; "
+              f"max_batch {batch}, the bare loop calls with {batch} images; guidance {guidance}; outputs and "
+              f"marks on), submit rate limit lifted; load {os.getloadavg()[0]:.2f}")
+        bare_rounds: list[dict[str, Any]] = []
+        served_rounds: list[dict[str, dict[str, float]]] = []
+        switch_rounds: list[dict[str, float]] = []
+        for _ in range(args.rounds):  # alternate the sides: the machine's speed drifts between runs
+            bare_rounds.append(measure_bare(spec))
+            daemon = start_daemon(root, models, {"queue": LIFTED_RATE, "models": extra})
+            try:
+                served_rounds.append(asyncio.run(families_served(daemon, args.families, args.size, args.jobs,
+                                                                 args.steps)))
+            finally:
+                daemon.stop()
+            daemon = start_daemon(root, models, {"queue": LIFTED_RATE, "worker": {"models_memory_mb": budget},
+                                                 "model": {"name": pair[0]},
+                                                 "models": {pair[1]: {}}})
+            try:
+                switch_rounds.append(asyncio.run(switching_served(daemon, pair, args.size, args.steps,
+                                                                  args.switches)))
+            finally:
+                daemon.stop()
+        report(args.families, bare_rounds, served_rounds, switch_rounds, pair, budget)
+        print(f"machine load at the end {os.getloadavg()[0]:.2f}")
+    return 0
+
+
+def report(families: list[str], bare_rounds: list[dict[str, Any]], served_rounds: list[dict[str, dict[str, float]]],
+           switch_rounds: list[dict[str, float]], pair: tuple[str, str], budget: int) -> None:
+    med = statistics.median
+    print(f"{'model':<12} {'bare img/s':>10} {'daemon img/s':>13} {'ratio':>6} {'target':>7}   "
+          f"{'bare load s':>11} {'daemon load s':>13} {'ratio':>6}   rounds: throughput ratios; load ratios")
+    for name in families:
+        bare = [r["families"][name]["img_s"] for r in bare_rounds]
+        served = [r[name]["img_s"] for r in served_rounds]
+        bare_load = [r["families"][name]["load_s"] for r in bare_rounds]
+        served_load = [r[name].get("load_s", math.nan) for r in served_rounds]
+        print(f"{name:<12} {med(bare):>10.2f} {med(served):>13.2f} {med(served) / med(bare):>6.3f} "
+              f"{'>=' + str(TARGET):>7}   {med(bare_load):>11.3f} {med(served_load):>13.3f} "
+              f"{med(served_load) / med(bare_load):>6.2f}   {spread([s / b for s, b in zip(served, bare)], '{:.3f}')}; "
+              f"{spread([s / b for s, b in zip(served_load, bare_load)])}")
+    bare_switch = [r["switch_s"] for r in bare_rounds]
+    served_switch = [r["switch_s"] for r in switch_rounds]
+    worker_switch = [r["worker_s"] for r in switch_rounds]
+    print(f"switching {pair[0]} <-> {pair[1]} (worker.models_memory_mb = {budget}: one fits, two do not), "
+          "per switch:")
+    print(f"  bare: drop the other, from_pretrained + .to('cpu')       {med(bare_switch):.3f} s   "
+          f"({spread(bare_switch, '{:.3f}')})")
+    print(f"  daemon, worker's own unload + load seconds               {med(worker_switch):.3f} s   "
+          f"({spread(worker_switch, '{:.3f}')})")
+    print(f"  daemon, end to end (alternating job - same-model job)    {med(served_switch):.3f} s   "
+          f"({spread(served_switch, '{:.3f}')}); ratio to bare {med(served_switch) / med(bare_switch):.2f}")
+    seen = " ".join(f"{int(r['loads'])}/{int(r['unloads'])}" for r in switch_rounds)
+    print(f"  a same-model job took {med(r['job_s'] for r in switch_rounds):.3f} s; "
+          f"loads/unloads seen per round while alternating: {seen}")
+
+if __name__ == "__main__":
+    sys.exit(main())
