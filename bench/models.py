@@ -299,7 +299,7 @@ def report(families: list[str], bare_rounds: list[dict[str, Any]], served_rounds
           f"({spread(bare_switch, '{:.3f}')})")
     print(f"  daemon, worker's own unload + load seconds               {med(worker_switch):.3f} s   "
           f"({spread(worker_switch, '{:.3f}')})")
-    print(f"  daemon, end to end (alternating job - same-model job)    {med(served_switch):.3f} s   "
+    print(f"  daemon, end to end (median job alternating - same model) {med(served_switch):.3f} s   "
           f"({spread(served_switch, '{:.3f}')}); ratio to bare {med(served_switch) / med(bare_switch):.2f}")
     seen = " ".join(f"{int(r['loads'])}/{int(r['unloads'])}" for r in switch_rounds)
     print(f"  a same-model job took {med(r['job_s'] for r in switch_rounds):.3f} s; "

@@ -62,11 +62,12 @@ M = TypeVar("M")
 
 
 def while_running(handler: Callable[[Any, M], None]) -> Callable[[Any, M], None]:
-    """For the handlers of the daemon link's messages: one still queued when the app shuts down
-    (its screens' widgets already removed) is dropped instead of looking for a pane that is gone."""
+    """For the handlers of the daemon link's and the panes' messages: one still queued when the app
+    shuts down (its main screen's widgets already removed) is dropped instead of looking for a pane
+    that is gone."""
     @wraps(handler)
     def guarded(app: Any, message: M) -> None:
-        if app.is_running:
+        if app.is_running and app.main.is_attached:
             handler(app, message)
     return guarded
 
@@ -255,6 +256,7 @@ class SaiConsole(App[int]):
         if isinstance(self.screen, JobDetailScreen):
             self.screen.audit_event(message.entry)
 
+    @while_running
     def on_audit_pane_head(self, message: AuditPane.Head) -> None:
         self.main.header.audit = message.head
 
