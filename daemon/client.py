@@ -147,8 +147,10 @@ class DaemonClient:
             yield event
 
     async def next_event(self, timeout: float | None = None) -> dict[str, Any] | None:
-        """One event, or None when the connection has ended."""
-        return await asyncio.wait_for(self._events.get(), timeout)
+        """One event, or None when the connection has ended. (`asyncio.timeout`, not `wait_for`: on
+        Python 3.11 `wait_for` drops a cancel that lands as the event arrives.)"""
+        async with asyncio.timeout(timeout):
+            return await self._events.get()
 
 
 async def connect(path: str | Path, timeout: float = 5.0) -> DaemonClient:

@@ -103,8 +103,15 @@ async def test_wait_exit_status_says_how_the_jobs_ended(make_daemon):
 def test_submit_wait_interrupted_says_the_job_goes_on(make_daemon):
     daemon = make_daemon(PAUSED)
     env = {**os.environ, "SAI_SOCKET": str(daemon.socket)}
-    proc = subprocess.Popen([sys.executable, "-m", "console.cli", "submit", "patience", "--wait"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C at a terminal: the command starts with SIGINT's default disposition. A suite started in
+    # the background of a script inherits SIGINT ignored (as shells set it for `&` jobs), and so would
+    # the command, which then rightly goes on waiting.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "console.cli", "submit", "patience", "--wait"], cwd=ROOT,
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     deadline = time.monotonic() + 120
     while not json.loads(run_sai("jobs", "--json", socket_path=daemon.socket).stdout)["jobs"]:
         assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
