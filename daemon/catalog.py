@@ -268,7 +268,21 @@ class ModelCatalog:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def close(self) -> None:
+        """At shutdown, once the worker has stopped: each model it held is recorded as unloaded
+        (`model.unload`, reason `daemon stopping`, with its weights hash, so every audited load has
+        its end), and the audit entries still being written are waited for before the log closes."""
+        for entry in self.entries.values():
+            if entry.loaded:
+                entry.loaded = False
+                self._spawn(self._record(None, "model.unload", entry.name, {
+                    "weights_sha256": entry.weights_sha256, "device": entry.device, "dtype": entry.loaded_dtype,
+                    "reason": "daemon stopping"}))
+        self.residency = Residency()
+        await self.drain()
+
     async def drain(self) -> None:
+        """Wait for the `model.load` / `model.unload` audit entries still being written."""
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 

@@ -224,6 +224,7 @@ class Daemon:
             ("draining the running batch", lambda: self.dispatcher.shutdown(grace), grace + CLOSE_TIMEOUT),
             ("stopping background tasks", self.background.cancel_started, CLOSE_TIMEOUT),
             ("finishing alerts and audit entries in flight", self.parts.reactions.drain, CLOSE_TIMEOUT),
+            ("recording the models' unloads", self.queue.models.close, CLOSE_TIMEOUT),
             ("closing the monitor", self.monitor.close, CLOSE_TIMEOUT),
             ("closing client connections", self.server.close, CLOSE_TIMEOUT),
             ("closing the job history", self.job_history.close, CLOSE_TIMEOUT),
