@@ -12,8 +12,9 @@ that carry the configured default. Flux takes no negative prompt: one is refused
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 FAMILY_NAMES = ("sd15", "sd2", "sdxl", "sd3", "flux", "pixart")
@@ -28,6 +29,11 @@ class Encoder:
     name: str          # the pipeline's text encoder attribute
     kind: str          # "clip" or "t5": what the daemon counts tokens with
     max_tokens: int    # what the pipeline reads of a prompt; the rest is dropped
+
+    @property
+    def tokenizer(self) -> str:
+        """The pipeline's folder (and attribute) of this encoder's tokenizer: text_encoder_2 → tokenizer_2."""
+        return self.name.replace("text_encoder", "tokenizer", 1)
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,16 @@ PIPELINE_FAMILIES: dict[str, str] = {
 """model_index.json `_class_name` → family (SD 2.x shares SD 1.x's class: told apart by its text width)."""
 
 
+CONFIGS = Path(__file__).resolve().parent / "configs"
+"""The config trees the package ships (JSON/TXT, no weights): daemon/models/make_configs.py wrote them."""
+
+
+def shipped_config(family: str) -> Path | None:
+    """The config tree the package ships for `family`'s single files, or None."""
+    tree = CONFIGS / family
+    return tree if (tree / "model_index.json").is_file() else None
+
+
 def family(name: str) -> Family:
     """The family `name`; KeyError names the known ones."""
     try:
@@ -105,11 +121,13 @@ def check_params(family_name: str, params: Mapping[str, object]) -> list[tuple[s
     return problems
 
 
-def token_warnings(family_name: str, prompt_token_counts: Mapping[str, int]) -> list[str]:
+def token_warnings(family_name: str, prompt_token_counts: Mapping[str, int],
+                   estimated: Collection[str] = ()) -> list[str]:
     """A warning for each text encoder of the family that reads fewer tokens than the prompt has.
 
     `prompt_token_counts` maps an encoder kind ("clip", "t5") to the prompt's token count with that
-    kind's tokenizer (special tokens included); kinds not given are not judged."""
+    kind's tokenizer (special tokens included); kinds not given are not judged. Kinds in
+    `estimated` were counted without their tokenizer: their warning says "about"."""
     fam = family(family_name)
     warnings: list[str] = []
     seen: set[tuple[str, int]] = set()
@@ -118,6 +136,8 @@ def token_warnings(family_name: str, prompt_token_counts: Mapping[str, int]) -> 
         if count is None or count <= encoder.max_tokens or (encoder.kind, encoder.max_tokens) in seen:
             continue
         seen.add((encoder.kind, encoder.max_tokens))
-        warnings.append(f"prompt is {count} {encoder.kind.upper()} tokens; the {fam.label} {encoder.kind.upper()} "
-                        f"text encoder reads the first {encoder.max_tokens}, the rest is ignored")
+        about = "about " if encoder.kind in estimated else ""
+        kind = encoder.kind.upper()
+        warnings.append(f"prompt is {about}{count} {kind} tokens; the {fam.label} {kind} text encoder reads the "
+                        f"first {encoder.max_tokens}, the rest is ignored")
     return warnings

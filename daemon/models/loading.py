@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from daemon.models.builders import BUILT_IN, build
 from daemon.models.errors import ModelError
-from daemon.models.families import FAMILIES, Family
+from daemon.models.families import CONFIGS, FAMILIES, Family, shipped_config
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 __all__ = ["CONFIGS", "ModelError", "ModelSpec", "load_pipeline", "resolve", "shipped_config", "weights_sha256"]
 
 PICKLED_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")
-CONFIGS = Path(__file__).resolve().parent / "configs"
 SCHEDULER_CLASSES = {"euler": "EulerDiscreteScheduler", "ddim": "DDIMScheduler", "dpm": "DPMSolverMultistepScheduler"}
 FLOW_SCHEDULERS = {"euler": "FlowMatchEulerDiscreteScheduler"}
 
@@ -124,12 +123,6 @@ def weights_sha256(path: Path) -> str:
     return outer.hexdigest()
 
 
-def shipped_config(family: str) -> Path | None:
-    """The config tree the package ships for `family`'s single files, or None."""
-    tree = CONFIGS / family
-    return tree if (tree / "model_index.json").is_file() else None
-
-
 def single_file_config(path: Path, spec: ModelSpec, family: Family) -> Path:
     if spec.config_dir:
         tree = Path(spec.config_dir).expanduser()
@@ -170,6 +163,7 @@ def load_pipeline(path: Path, family_name: str, spec: ModelSpec, device: str) ->
             pipe = pipeline_class.from_single_file(str(path), config=str(config), local_files_only=True,
                                                    torch_dtype=dtype, **extra)
             _refuse_missing_weights(path, pipe)
+            _inference_mode(pipe)
         else:
             pipe = pipeline_class.from_pretrained(str(path), local_files_only=True, use_safetensors=True,
                                                   torch_dtype=dtype, **extra)
@@ -195,6 +189,16 @@ def _set_scheduler(pipe: DiffusionPipeline, family: Family, name: str, path: Pat
     wanted = getattr(diffusers, classes[name])
     if not isinstance(pipe.scheduler, wanted):
         pipe.scheduler = wanted.from_config(pipe.scheduler.config)
+
+
+def _inference_mode(pipe: DiffusionPipeline) -> None:
+    """diffusers 0.42 leaves a T5 it builds from a single file (SD3's, Flux's) in training mode: its
+    dropout would make each image differ from the same seed's, and from the directory form's."""
+    import torch
+
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            component.eval()
 
 
 def _refuse_missing_weights(path: Path, pipe: DiffusionPipeline) -> None:

@@ -7,13 +7,13 @@ import re
 import time
 import unicodedata
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from daemon.config import Config
 from daemon.protocol import PRIORITIES, RATE_LIMITED, REFUSED_BY_POLICY, RpcError, invalid_params
 from daemon.queue.jobs import SEED_RANGE
 from daemon.queue.textfold import TermMatcher, views
+from daemon.queue.tokens import NOT_JUDGED, PromptTokens
 
 SEED_MAX = SEED_RANGE - 1
 
@@ -75,35 +75,6 @@ class PromptPolicy:
         return self.flag_weight * len(hits), [f"{field_name}: flagged term {t!r}" for t in hits]
 
 
-class TokenCounter:
-    """Counts prompt tokens with the model's own tokenizer.json when there is one (no torch)."""
-
-    def __init__(self, tokenizer_json: Path | None, max_tokens: int = 77) -> None:
-        self.max_tokens = max_tokens
-        self._tokenizer: Any = None
-        if tokenizer_json is not None and tokenizer_json.is_file():
-            from tokenizers import Tokenizer
-
-            self._tokenizer = Tokenizer.from_file(str(tokenizer_json))
-
-    def count(self, text: str) -> tuple[int, bool]:
-        """(tokens, exact): an estimate from the word count when no tokenizer is at hand."""
-        if self._tokenizer is not None:
-            return len(self._tokenizer.encode(text).ids), True
-        return math.ceil(len(text.split()) * 1.3) + 2, False
-
-    def over(self, text: str) -> tuple[int, bool] | None:
-        """(tokens, exact) when `text` is longer than the encoder reads, else None.
-
-        A byte-level BPE token stands for at least one byte of UTF-8, and the tokenizer adds a
-        start and an end token, so a text of `max_tokens - 2` bytes or fewer cannot be too long:
-        the tokenizer (tens of microseconds per submit) only runs for longer ones."""
-        if self._tokenizer is not None and len(text.encode("utf-8")) + 2 <= self.max_tokens:
-            return None
-        n_tokens, exact = self.count(text)
-        return (n_tokens, exact) if n_tokens > self.max_tokens else None
-
-
 class TokenBucket:
     def __init__(self, rate_per_second: float, burst: int) -> None:
         self.rate = rate_per_second
@@ -123,18 +94,13 @@ class TokenBucket:
 
 
 class Admission:
-    def __init__(self, config: Config, tokens: TokenCounter | None = None) -> None:
+    def __init__(self, config: Config) -> None:
         self.limits = config.limits
         self.defaults = config.defaults
         self.queue = config.queue
         pol = config.policy
         self.policy = PromptPolicy(pol.blocked_terms, pol.blocked_patterns, pol.flagged_terms, pol.flag_weight)
-        self.tokens = tokens or TokenCounter(None)
         self._buckets: dict[int, TokenBucket] = {}
-
-    def count_tokens_with(self, tokens: TokenCounter) -> None:
-        """Count prompt tokens with `tokens` from now on (the loaded model's own tokenizer)."""
-        self.tokens = tokens
 
     def rate_limit(self, uid: int, user: str, queued_by_user: int) -> None:
         if queued_by_user >= self.queue.max_queued_per_user:
@@ -156,7 +122,8 @@ class Admission:
 
     def admit(self, prompt: str, negative_prompt: str, width: int | None, height: int | None,
               steps: int | None, guidance: float | None, seed: int | None, priority: str | None,
-              count: int | None, reproducible: bool) -> Admitted:
+              count: int | None, reproducible: bool, tokens: PromptTokens = NOT_JUDGED) -> Admitted:
+        """`tokens`: the job's model's tokenizers, whose encoders' limits warn of a prompt too long."""
         lim, d = self.limits, self.defaults
         warnings: list[str] = []
         prompt = clean_prompt(prompt, "prompt", lim.max_prompt_chars, warnings)
@@ -188,11 +155,8 @@ class Admission:
                 added, flags = self.policy.check(name, text)
                 risk += added
                 warnings += flags
-        if (over := self.tokens.over(prompt)) is not None:
-            n_tokens, exact = over
-            about = "" if exact else "about "
-            warnings.append(f"prompt is {about}{n_tokens} tokens; the text encoder reads "
-                            f"{self.tokens.max_tokens}, the rest is ignored")
+        if too_long := tokens.warnings(prompt):
+            warnings += too_long
             risk += 0.1
         params = {"width": width, "height": height, "steps": steps, "guidance": guidance, "seed": seed,
                   "count": count, "reproducible": reproducible}

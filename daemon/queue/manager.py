@@ -11,7 +11,6 @@ import logging
 import os
 import time
 from collections.abc import Callable, Coroutine
-from pathlib import Path
 from typing import Any
 
 from daemon.auth import Peer, Role
@@ -20,9 +19,10 @@ from daemon.config import Config
 from daemon.events import EventBus
 from daemon.protocol import CONFLICT, NOT_FOUND, NOT_PERMITTED, UNAVAILABLE, RpcError, echo, invalid_params
 from daemon.queue import scheduler
-from daemon.queue.admission import Admission, TokenCounter
+from daemon.queue.admission import Admission
 from daemon.queue.jobs import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, Job, new_job_id
 from daemon.queue.store import JobStore
+from daemon.queue.tokens import TokenizerCache
 from daemon.worker.memory_model import MemoryModel
 
 log = logging.getLogger("sai.queue")
@@ -54,6 +54,7 @@ class QueueManager:
         self.config = config
         self.policy = scheduler.Policy(config.queue.aging_seconds, config.queue.max_batch)
         self.models = models
+        self.tokens = TokenizerCache(models)
         self.active: dict[str, Job] = {}
         self.index = scheduler.QueueIndex()
         self._handed: dict[Job, None] = {}
@@ -202,7 +203,7 @@ class QueueManager:
     async def _admit_and_queue(self, peer: Peer, client_token: str | None, params: dict[str, Any]) -> Job:
         try:
             model = self._model_for(params)
-            admitted = self.admission.admit(**params)
+            admitted = self.admission.admit(**params, tokens=await self.tokens.of(model))
             for field, reason in family_problems(model.family_now, {**admitted.params,
                                                                      "negative_prompt": admitted.negative_prompt}):
                 raise invalid_params(field, f"{reason} (model {model.name})")
@@ -247,10 +248,6 @@ class QueueManager:
             if params.get(key) is None:
                 params[key] = model.defaults[key]
         return model
-
-    def use_tokenizer(self, tokenizer_json: Path, max_tokens: int) -> None:
-        """Count prompt tokens with the loaded model's own tokenizer from now on."""
-        self.admission.count_tokens_with(TokenCounter(tokenizer_json, max_tokens))
 
     def _submit_reply(self, job: Job, duplicate: bool = False) -> dict[str, Any]:
         reply = {"job_id": job.job_id, "position": self.position(job), "risk": job.risk,

@@ -81,7 +81,8 @@ async def test_prompt_is_normalised_and_warned(idle):
     assert prompt.startswith("Café evil night word")
     assert "\u202e" not in prompt and "\x00" not in prompt and "\t" not in prompt
     assert any("control or invisible" in w for w in reply["warnings"])
-    assert any("tokens; the text encoder reads 77" in w for w in reply["warnings"])
+    assert any("CLIP tokens; the Stable Diffusion 1.x CLIP text encoder reads the first 77" in w
+               for w in reply["warnings"])
 
 
 async def test_policy_refuses_with_the_rule_and_flags_raise_risk(make_daemon, client_of):

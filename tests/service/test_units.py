@@ -141,9 +141,10 @@ def test_queue_index_positions_match_the_sorted_start_order(jobs, now, aging, re
 @settings(max_examples=300, deadline=None)
 @given(text=st.text(min_size=0, max_size=120))
 def test_the_token_bound_skips_the_tokenizer_only_when_no_text_can_be_too_long(tiny_model, text: str) -> None:
-    from daemon.queue.admission import TokenCounter
+    from daemon.models.families import token_warnings
+    from daemon.queue.tokens import load_tokenizer, prompt_tokens
 
-    counter = TokenCounter(tiny_model / "tokenizer" / "tokenizer.json")
-    n_tokens, exact = counter.count(text)
-    assert exact
-    assert counter.over(text) == ((n_tokens, True) if n_tokens > counter.max_tokens else None)
+    tokens = prompt_tokens("tiny", "sd15", tiny_model)
+    count = load_tokenizer(tiny_model / "tokenizer")
+    assert tokens.counts["clip"] is not None
+    assert tokens.warnings(text) == token_warnings("sd15", {"clip": count(text)})

@@ -23,7 +23,7 @@ from daemon import config as config_module
 from daemon.alarms import raise_alarm
 from daemon.auth import in_process_peer
 from daemon.catalog import ModelCatalog
-from daemon.dispatch import Dispatcher
+from daemon.dispatch import Lane, OutputWriter
 from daemon.events import EventBus
 from daemon.monitor.alerts import AlertBook
 from daemon.protocol import UNAVAILABLE, RpcError
@@ -39,7 +39,8 @@ from tests.harness import to_toml
 DAEMON = Path(__file__).resolve().parents[2] / "daemon"
 HOOKS = {
     QueueManager: ("audit", "memory", "capacity", "models", "prompt_digest"),
-    Dispatcher: ("audit", "memory", "models", "worker_events", "outputs_blocked", "batch_figures", "watch_work"),
+    Lane: ("memory", "models", "worker_events", "batch_figures", "watch_work", "only_lane"),
+    OutputWriter: ("audit", "outputs_blocked"),
     WorkerSupervisor: ("watch_reader", "on_model"),
 }
 
@@ -53,7 +54,7 @@ def test_collaborators_are_required_keywords_with_no_stand_in() -> None:
             assert params[hook].default is inspect.Parameter.empty, f"{part.__name__}.{hook} has a stand-in default"
 
 
-WIRING = ("service.py", "assembly.py", "reactions.py", "alarms.py", "dispatch.py", "server.py", "connection.py",
+WIRING = ("service.py", "assembly.py", "reactions.py", "alarms.py", "dispatch/", "server.py", "connection.py",
           "queue/manager.py", "worker/supervisor.py", "monitor/service.py", "monitor/service_metrics.py", "api/")
 
 
@@ -154,11 +155,9 @@ async def test_reactions_take_alerts_bus_audit_and_queue(tmp_path: Path) -> None
         await reactions.drain()
         assert "jobs_db.locked" not in alerts.open_alerts
 
-        model = tmp_path / "model"
-        reactions.worker_event("ready", {"path": str(model), "max_tokens": 9, "model_id": "tiny", "pid": 7},
+        reactions.worker_event("ready", {"path": str(tmp_path / "model"), "model_id": "tiny", "pid": 7},
                                {"state": "ready", "halted": None})
         await reactions.drain()
-        assert queue.admission.tokens.max_tokens == 9  # the loaded model's tokenizer, through the queue
         assert events[-1]["kind"] == "worker.ready" and events[-1]["worker"] == {"state": "ready", "halted": None}
         assert "path" not in events[-1]
         assert "model.load" not in [entry[0] for entry in audit.entries]  # the catalog records loads, once
@@ -180,7 +179,7 @@ async def test_daemon_builds_its_parts_in_order_and_shares_one_memory_model() ->
     daemon = Daemon(cfg, root / "d.sock", root / "state")
     await daemon.startup()
     try:
-        assert daemon.queue.memory is daemon.dispatcher.memory
+        assert daemon.queue.memory is daemon.dispatcher.lanes[0].memory
         # a finished job reaches the monitor's failure rate as a `job` event, not as a callback
         reply = await daemon.queue.submit(in_process_peer(), None, **submit_params())
         job = await daemon.queue.get(reply["job_id"])

@@ -1,0 +1,64 @@
+"""job.submit's token warnings come from the job's own model: its family's text encoders and
+limits (CLIP 77; T5 256 for SD3, 512 for Flux, 300 for PixArt-Σ), counted with that model's own
+tokenizers (the built-in tiny models' local ones under their model directory), through a real
+daemon with the built models in its state dir."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tokenizers import Tokenizer
+
+from tests.configs import NO_WORKER
+from tests.models.worker_helpers import build_in_subprocess
+
+BUILT = ("tiny-flux", "tiny-pixart")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("token-models")
+    return {name: build_in_subprocess(name, root / name) for name in BUILT}
+
+
+def count(model: Path, folder: str, text: str) -> int:
+    return len(Tokenizer.from_file(str(model / folder / "tokenizer.json")).encode(text).ids)
+
+
+def limits(warnings: list[str]) -> dict[str, tuple[int, int]]:
+    """{"CLIP"/"T5": (tokens counted, tokens the encoder reads)} from a submit's warnings."""
+    found = {}
+    for warning in warnings:
+        match = re.fullmatch(r"prompt is (\d+) (CLIP|T5) tokens; the .* text encoder reads the first (\d+), "
+                             r"the rest is ignored", warning)
+        if match:
+            found[match[2]] = (int(match[1]), int(match[3]))
+    return found
+
+
+async def test_each_job_is_warned_with_its_own_models_encoders_and_tokenizers(make_daemon: Any, client_of: Any,
+                                                                             built: dict[str, Path],
+                                                                             tiny_model: Path) -> None:
+    daemon = make_daemon({**NO_WORKER, "models": {name: {} for name in BUILT}}, start=False)
+    for name, files in built.items():
+        (daemon.state_dir / "models" / name).symlink_to(files)
+    client = await client_of(daemon.start())
+    flux, pixart = built["tiny-flux"], built["tiny-pixart"]
+    medium = " ".join(["a red fox in the snow"] * 16)  # over CLIP's 77 and PixArt's 300, under Flux's T5 512
+    long = " ".join(["a red fox in the snow"] * 30)  # over Flux's T5 512 too
+
+    async def warned(prompt: str, **params: Any) -> dict[str, tuple[int, int]]:
+        reply = await client.call("job.submit", prompt=prompt, **params)
+        return limits(reply["warnings"])
+
+    assert await warned(medium) == {"CLIP": (count(tiny_model, "tokenizer", medium), 77)}
+    assert await warned(medium, model="tiny-flux", width=64, height=64) == {
+        "CLIP": (count(flux, "tokenizer", medium), 77)}
+    assert await warned(long, model="tiny-flux") == {"CLIP": (count(flux, "tokenizer", long), 77),
+                                                     "T5": (count(flux, "tokenizer_2", long), 512)}
+    assert await warned(medium, model="tiny-pixart") == {"T5": (count(pixart, "tokenizer", medium), 300)}
+    assert await warned("a red fox", model="tiny-pixart") == {}
+    assert count(flux, "tokenizer_2", long) != count(flux, "tokenizer", long)  # two tokenizers, really
