@@ -20,16 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from daemon.config import MODELS, Config, ConfigError
-from daemon.models.families import FAMILY_NAMES, PIPELINE_FAMILIES, check_params
+from daemon.models.families import BUILT_IN, FAMILY_NAMES, PIPELINE_FAMILIES, check_params
 
 log = logging.getLogger("sai.models")
 
-FAMILIES = FAMILY_NAMES
-BUILT_IN_FAMILY = {"tiny": "sd15", "tiny-sdxl": "sdxl", "tiny-sd3": "sd3", "tiny-flux": "flux",
-                   "tiny-pixart": "pixart", "sd15-shaped": "sd15"}
-"""The built-in models' families, known before their first build. For a configured directory with
-`family = "auto"`, its model_index.json `_class_name` (PIPELINE_FAMILIES) is what a submit is checked
-against until the worker's detection at load replaces it."""
 DEFAULT_KEYS = ("width", "height", "steps", "guidance")
 MIB = 2**20
 
@@ -86,7 +80,7 @@ def family_problems(family: str, params: dict[str, Any]) -> list[tuple[str, str]
     """What a job's parameters break of its model family's limits: [(field, reason)]. A family not
     known yet (`auto` before the first load of a model whose directory does not say) is not judged:
     the worker's load decides it, and a mismatch fails the job with the reason."""
-    if family not in FAMILIES:
+    if family not in FAMILY_NAMES:
         return []
     return check_params(family, params)
 
@@ -180,9 +174,11 @@ class ModelCatalog:
                 raise ConfigError(source, key, f"{entry.path} is neither a directory nor a .safetensors file")
 
     def _look_at_files(self, entry: ModelEntry) -> None:
-        """Its weights' size on disk and, for an `auto` directory, the family its model_index.json names."""
-        if entry.name in BUILT_IN_FAMILY and not entry.path:
-            entry.found_family = entry.found_family or BUILT_IN_FAMILY[entry.name]
+        """Its weights' size on disk and its family before a load tells: a built-in's from the family
+        table, an `auto` directory's from its model_index.json `_class_name` (PIPELINE_FAMILIES); the
+        worker's detection at load replaces it."""
+        if entry.name in BUILT_IN and not entry.path:
+            entry.found_family = entry.found_family or BUILT_IN[entry.name]
         files = self.files_of(entry)
         if files is None:
             return
@@ -251,7 +247,7 @@ class ModelCatalog:
         entry.weights_sha256 = str(digest) if digest else entry.weights_sha256
         entry.device = str(device) if device else None
         entry.loaded_dtype = str(dtype) if dtype else None
-        if isinstance(family, str) and family in FAMILIES:
+        if isinstance(family, str) and family in FAMILY_NAMES:
             entry.found_family = family
         if isinstance(size, int) and size > 0:
             entry.loaded_bytes = size

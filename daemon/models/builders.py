@@ -16,6 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from daemon.models.families import BUILT_IN
 from daemon.models.tiny import CLIP_TOKENS as MAX_TOKENS
 from daemon.models.tiny import FAMILY_BUILDERS, byte_level_vocab
 
@@ -43,11 +44,6 @@ SHAPES = {
                          ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
                          ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3),
 }
-
-
-BUILT_IN: dict[str, str] = {"tiny": "sd15", "sd15-shaped": "sd15",
-                             **{name: family for name, (family, _) in FAMILY_BUILDERS.items()}}
-"""Built-in model name → its family."""
 
 
 def build(name: str, target: Path, seed: int = 0) -> Path:

@@ -80,6 +80,14 @@ PIPELINE_FAMILIES: dict[str, str] = {
 }
 """model_index.json `_class_name` → family (SD 2.x shares SD 1.x's class: told apart by its text width)."""
 
+BUILT_IN: dict[str, str] = {"tiny": "sd15", "sd15-shaped": "sd15", "tiny-sdxl": "sdxl", "tiny-sd3": "sd3",
+                            "tiny-flux": "flux", "tiny-pixart": "pixart"}
+"""Built-in model name → its family (daemon.models.builders makes them): the daemon knows a built-in's
+family, and so its limits, before the model is first built."""
+
+SIZE_STEP = min(f.size_multiple for f in FAMILIES.values())
+"""Every family's width and height are multiples of this; a model's own family may ask more."""
+
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 """The config trees the package ships (JSON/TXT, no weights): daemon/models/make_configs.py wrote them."""

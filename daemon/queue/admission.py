@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from daemon.config import Config
+from daemon.models.families import SIZE_STEP
 from daemon.protocol import PRIORITIES, RATE_LIMITED, REFUSED_BY_POLICY, RpcError, invalid_params
 from daemon.queue.jobs import SEED_RANGE
 from daemon.queue.textfold import TermMatcher, views
@@ -134,8 +135,8 @@ class Admission:
         height = d.height if height is None else height
         for name, side in (("width", width), ("height", height)):
             self._int_in(name, side, lim.min_side, lim.max_side)
-            if side % 8:
-                raise invalid_params(name, f"{side} is not a multiple of 8")
+            if side % SIZE_STEP:
+                raise invalid_params(name, f"{side} is not a multiple of {SIZE_STEP}")
         if width * height > lim.max_pixels:
             raise invalid_params("width", f"{width}×{height} is {width * height} pixels; at most "
                                  f"{lim.max_pixels} are allowed (reduce width or height)")

@@ -256,3 +256,21 @@ async def test_submit_model_events_reach_a_subscriber(make_daemon: Any, client_o
             assert event["data"]["model"]["name"] == "tiny" and event["data"]["model"]["loaded"] is True
             return
     raise AssertionError("no model.load event")
+
+
+async def test_built_ins_have_their_family_and_limits_from_the_one_table_before_a_build(make_daemon: Any,
+                                                                                       client_of: Any) -> None:
+    from daemon.models.builders import BUILT_IN as BUILT
+    from daemon.models.families import BUILT_IN, SIZE_STEP
+    from daemon.models.tiny import FAMILY_BUILDERS
+
+    assert BUILT is BUILT_IN and SIZE_STEP == 8
+    assert {name: family for name, (family, _) in FAMILY_BUILDERS.items()}.items() <= BUILT_IN.items()
+    extra = [name for name in BUILT_IN if name != "tiny"]
+    client = await client_of(make_daemon({**NO_WORKER, "models": {name: {} for name in extra}}))
+    listed = {m["name"]: m for m in (await client.call("model.list"))["models"]}
+    assert {name: m["family"] for name, m in listed.items()} == BUILT_IN
+    assert all(listed[name]["size_bytes"] is None for name in extra)  # none built: the table alone says
+    refused = await _refusal(client, prompt="a fox", model="tiny-pixart", width=72)
+    assert refused["field"] == "width" and "multiple of 16" in refused["reason"]
+    assert (await _refusal(client, prompt="a fox", width=68))["reason"] == "68 is not a multiple of 8"
