@@ -5,7 +5,9 @@ daemon with the built models in its state dir."""
 
 from __future__ import annotations
 
+import math
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -62,3 +64,18 @@ async def test_each_job_is_warned_with_its_own_models_encoders_and_tokenizers(ma
     assert await warned(medium, model="tiny-pixart") == {"T5": (count(pixart, "tokenizer", medium), 300)}
     assert await warned("a red fox", model="tiny-pixart") == {}
     assert count(flux, "tokenizer_2", long) != count(flux, "tokenizer", long)  # two tokenizers, really
+
+
+async def test_a_model_without_a_tokenizer_json_is_warned_with_an_estimate(make_daemon: Any, client_of: Any,
+                                                                           other_model: Path, tmp_path: Path) -> None:
+    slow = tmp_path / "slow"
+    shutil.copytree(other_model, slow)
+    (slow / "tokenizer" / "tokenizer.json").unlink()
+    daemon = make_daemon({**NO_WORKER, "models": {"slow": {"path": str(slow)}}})
+    client = await client_of(daemon)
+    prompt = " ".join(["a red fox in the snow"] * 16)  # 96 words
+    reply = await client.call("job.submit", prompt=prompt, model="slow")
+    assert f"prompt is about {math.ceil(96 * 1.3) + 2} CLIP tokens" in reply["warnings"][0]
+    assert "model slow: no CLIP tokenizer in" in daemon.read_log()
+    exact = await client.call("job.submit", prompt=prompt)  # the default model keeps its own, exact
+    assert limits(exact["warnings"]) == {"CLIP": (count(other_model, "tokenizer", prompt), 77)}
