@@ -163,6 +163,7 @@ def load_pipeline(path: Path, family_name: str, spec: ModelSpec, device: str) ->
             pipe = pipeline_class.from_single_file(str(path), config=str(config), local_files_only=True,
                                                    torch_dtype=dtype, **extra)
             _refuse_missing_weights(path, pipe)
+            _inference_mode(pipe)
         else:
             pipe = pipeline_class.from_pretrained(str(path), local_files_only=True, use_safetensors=True,
                                                   torch_dtype=dtype, **extra)
@@ -188,6 +189,16 @@ def _set_scheduler(pipe: DiffusionPipeline, family: Family, name: str, path: Pat
     wanted = getattr(diffusers, classes[name])
     if not isinstance(pipe.scheduler, wanted):
         pipe.scheduler = wanted.from_config(pipe.scheduler.config)
+
+
+def _inference_mode(pipe: DiffusionPipeline) -> None:
+    """diffusers 0.42 leaves a T5 it builds from a single file (SD3's, Flux's) in training mode: its
+    dropout would make each image differ from the same seed's, and from the directory form's."""
+    import torch
+
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            component.eval()
 
 
 def _refuse_missing_weights(path: Path, pipe: DiffusionPipeline) -> None:

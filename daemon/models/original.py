@@ -3,16 +3,22 @@
 diffusers ships converters from the original layouts (CompVis/LDM for SD 1.x/XL, Black Forest
 Labs' for Flux, Stability's MMDiT for SD3) to its own, for loading; this module is the other way,
 so the built-in tiny models exist as single files and single-file loading is tested for real.
-Written here from the layouts' structure (checked by a round trip in tests/models):
+Written here from the layouts' structure (checked by round trips in tests/models):
 
 - sd15: UNet → `model.diffusion_model.*`, VAE → `first_stage_model.*`, CLIP →
   `cond_stage_model.transformer.*`.
+- sdxl: UNet → `model.diffusion_model.*` (LDM, with the text-time `label_emb`), VAE →
+  `first_stage_model.*`, CLIP-L → `conditioner.embedders.0.transformer.*`, the second encoder →
+  `conditioner.embedders.1.model.*` in OpenCLIP's layout (fused `in_proj`, `resblocks`,
+  `text_projection` as a matrix applied from the right).
+- sd3: MMDiT → `model.diffusion_model.*` (`joint_blocks.N.{x,context}_block`, fused qkv),
+  VAE → `first_stage_model.*`, `text_encoders.{clip_l,clip_g,t5xxl}.transformer.*`.
 - flux (an all-in-one file, as ComfyUI packs them): transformer → `model.diffusion_model.*` in
   BFL's layout (fused qkv, `double_blocks`/`single_blocks`), VAE → `vae.*`, CLIP-L →
   `text_encoders.clip_l.transformer.*`, T5 → `text_encoders.t5xxl.transformer.*`.
 
-SDXL (its second encoder in OpenCLIP's fused layout) and SD3 (MMDiT) are not written: see
-docs/models.md. PixArt has no single-file loader in diffusers.
+PixArt has no single-file loader in diffusers. Each writer refuses a weight it has no original
+name for, so a model the mapping does not cover fails here rather than as a silently wrong file.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ if TYPE_CHECKING:
 
 StateDict = dict[str, "torch.Tensor"]
 
-WRITABLE = ("sd15", "flux")
+WRITABLE = ("sd15", "sdxl", "sd3", "flux")
 
 RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
           "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
@@ -169,6 +175,92 @@ def hf_clip(encoder: Any) -> StateDict:
             for key, tensor in encoder.state_dict().items()}
 
 
+OPEN_CLIP_LAYER = {"self_attn.out_proj": "attn.out_proj", "layer_norm1": "ln_1", "layer_norm2": "ln_2",
+                   "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
+
+
+def open_clip(encoder: Any) -> StateDict:
+    """A transformers CLIP text encoder (with projection) in OpenCLIP's layout (no prefix)."""
+    import torch
+
+    sd = {key.removeprefix("text_model."): tensor for key, tensor in encoder.state_dict().items()}
+    out: StateDict = {"token_embedding.weight": sd.pop("embeddings.token_embedding.weight"),
+                      "positional_embedding": sd.pop("embeddings.position_embedding.weight"),
+                      "ln_final.weight": sd.pop("final_layer_norm.weight"),
+                      "ln_final.bias": sd.pop("final_layer_norm.bias"),
+                      "text_projection": sd.pop("text_projection.weight").T}
+    for i in range(encoder.config.num_hidden_layers):
+        src, dst = f"encoder.layers.{i}", f"transformer.resblocks.{i}"
+        for suffix in ("weight", "bias"):
+            out[f"{dst}.attn.in_proj_{suffix}"] = torch.cat(
+                [sd.pop(f"{src}.self_attn.{part}_proj.{suffix}") for part in "qkv"])
+            for new, old in OPEN_CLIP_LAYER.items():
+                out[f"{dst}.{old}.{suffix}"] = sd.pop(f"{src}.{new}.{suffix}")
+    _refuse_leftovers("OpenCLIP", sd)
+    return out
+
+
+def mmdit(transformer: Any) -> StateDict:
+    """An SD3Transformer2DModel's weights in Stability's MMDiT layout (no prefix)."""
+    import torch
+
+    sd = dict(transformer.state_dict())
+    out: StateDict = {}
+
+    def move(name: str, *keys: str, swap: bool = False) -> None:
+        for suffix in ("weight", "bias"):
+            tensors = [sd.pop(f"{key}.{suffix}") for key in keys]
+            tensor = torch.cat(tensors) if len(tensors) > 1 else tensors[0]
+            if swap:  # the original orders an AdaLayerNormContinuous' output (shift, scale); diffusers (scale, shift)
+                scale, shift = tensor.chunk(2, dim=0)
+                tensor = torch.cat([shift, scale], dim=0)
+            out[f"{name}.{suffix}"] = tensor
+
+    def scale(name: str, key: str) -> None:
+        if f"{key}.weight" in sd:
+            out[f"{name}.weight"] = sd.pop(f"{key}.weight")
+
+    out["pos_embed"] = sd.pop("pos_embed.pos_embed")
+    move("x_embedder.proj", "pos_embed.proj")
+    move("t_embedder.mlp.0", "time_text_embed.timestep_embedder.linear_1")
+    move("t_embedder.mlp.2", "time_text_embed.timestep_embedder.linear_2")
+    move("y_embedder.mlp.0", "time_text_embed.text_embedder.linear_1")
+    move("y_embedder.mlp.2", "time_text_embed.text_embedder.linear_2")
+    move("context_embedder", "context_embedder")
+    for i in range(transformer.config.num_layers):
+        src, x, ctx = f"transformer_blocks.{i}", f"joint_blocks.{i}.x_block", f"joint_blocks.{i}.context_block"
+        pre_only = f"{src}.attn.to_add_out.weight" not in sd  # the last block's context stream ends there
+        move(f"{x}.attn.qkv", f"{src}.attn.to_q", f"{src}.attn.to_k", f"{src}.attn.to_v")
+        move(f"{ctx}.attn.qkv", f"{src}.attn.add_q_proj", f"{src}.attn.add_k_proj", f"{src}.attn.add_v_proj")
+        move(f"{x}.attn.proj", f"{src}.attn.to_out.0")
+        scale(f"{x}.attn.ln_q", f"{src}.attn.norm_q")
+        scale(f"{x}.attn.ln_k", f"{src}.attn.norm_k")
+        scale(f"{ctx}.attn.ln_q", f"{src}.attn.norm_added_q")
+        scale(f"{ctx}.attn.ln_k", f"{src}.attn.norm_added_k")
+        if f"{src}.attn2.to_q.weight" in sd:  # SD 3.5's dual-attention blocks
+            move(f"{x}.attn2.qkv", f"{src}.attn2.to_q", f"{src}.attn2.to_k", f"{src}.attn2.to_v")
+            move(f"{x}.attn2.proj", f"{src}.attn2.to_out.0")
+            scale(f"{x}.attn2.ln_q", f"{src}.attn2.norm_q")
+            scale(f"{x}.attn2.ln_k", f"{src}.attn2.norm_k")
+        move(f"{x}.adaLN_modulation.1", f"{src}.norm1.linear")
+        move(f"{ctx}.adaLN_modulation.1", f"{src}.norm1_context.linear", swap=pre_only)
+        move(f"{x}.mlp.fc1", f"{src}.ff.net.0.proj")
+        move(f"{x}.mlp.fc2", f"{src}.ff.net.2")
+        if not pre_only:
+            move(f"{ctx}.attn.proj", f"{src}.attn.to_add_out")
+            move(f"{ctx}.mlp.fc1", f"{src}.ff_context.net.0.proj")
+            move(f"{ctx}.mlp.fc2", f"{src}.ff_context.net.2")
+    move("final_layer.linear", "proj_out")
+    move("final_layer.adaLN_modulation.1", "norm_out.linear", swap=True)
+    _refuse_leftovers("MMDiT", sd)
+    return out
+
+
+def _refuse_leftovers(layout: str, rest: StateDict) -> None:
+    if rest:
+        raise ValueError(f"no {layout} name for weights {', '.join(sorted(rest)[:5])}")
+
+
 def _prefixed(prefix: str, weights: StateDict) -> StateDict:
     return {prefix + key: tensor.contiguous() for key, tensor in weights.items()}
 
@@ -178,6 +270,17 @@ def original_state_dict(family: str, pipe: Any) -> StateDict:
         return {**_prefixed("model.diffusion_model.", ldm_unet(pipe.unet)),
                 **_prefixed("first_stage_model.", ldm_vae(pipe.vae)),
                 **_prefixed("cond_stage_model.transformer.", hf_clip(pipe.text_encoder))}
+    if family == "sdxl":
+        return {**_prefixed("model.diffusion_model.", ldm_unet(pipe.unet)),
+                **_prefixed("first_stage_model.", ldm_vae(pipe.vae)),
+                **_prefixed("conditioner.embedders.0.transformer.", hf_clip(pipe.text_encoder)),
+                **_prefixed("conditioner.embedders.1.model.", open_clip(pipe.text_encoder_2))}
+    if family == "sd3":
+        return {**_prefixed("model.diffusion_model.", mmdit(pipe.transformer)),
+                **_prefixed("first_stage_model.", ldm_vae(pipe.vae)),
+                **_prefixed("text_encoders.clip_l.transformer.", hf_clip(pipe.text_encoder)),
+                **_prefixed("text_encoders.clip_g.transformer.", hf_clip(pipe.text_encoder_2)),
+                **_prefixed("text_encoders.t5xxl.transformer.", pipe.text_encoder_3.state_dict())}
     if family == "flux":
         return {**_prefixed("model.diffusion_model.", flux_transformer(pipe.transformer)),
                 **_prefixed("vae.", ldm_vae(pipe.vae)),

@@ -22,6 +22,10 @@ if TYPE_CHECKING:
 
 CLIP_TOKENS = 77
 T5_TOKENS = 512
+CLIP_L_WIDTH = 32
+CLIP_G_WIDTH = 48
+"""SDXL's and SD3's two CLIP encoders differ in width as the real ones do (768, 1280): diffusers'
+single-file loader tells them apart in a checkpoint by that width alone."""
 
 
 def byte_level_vocab() -> dict[str, int]:
@@ -104,34 +108,40 @@ def tiny_sdxl() -> DiffusionPipeline:
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 
     time_dim, projection = 8, 32
+    clip_l, clip_g = CLIP_L_WIDTH, CLIP_G_WIDTH
     unet = UNet2DConditionModel(
         sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32 + 32, attention_head_dim=(2, 4), norm_num_groups=32, use_linear_projection=True,
+        cross_attention_dim=clip_l + clip_g, attention_head_dim=(2, 4), norm_num_groups=32, use_linear_projection=True,
         addition_embed_type="text_time", addition_time_embed_dim=time_dim,
         projection_class_embeddings_input_dim=6 * time_dim + projection, transformer_layers_per_block=(1, 1))
     scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                        num_train_timesteps=1000, steps_offset=1, prediction_type="epsilon",
                                        timestep_spacing="leading")
     return StableDiffusionXLPipeline(
-        vae=vae(4), text_encoder=clip_encoder(32), text_encoder_2=clip_encoder(32, projection),
+        vae=vae(4), text_encoder=clip_encoder(clip_l), text_encoder_2=clip_encoder(clip_g, projection),
         tokenizer=clip_tokenizer(), tokenizer_2=clip_tokenizer(), unet=unet, scheduler=scheduler,
         force_zeros_for_empty_prompt=True, add_watermarker=False)
 
 
 def tiny_sd3() -> DiffusionPipeline:
+    import torch
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 
     t5_tok = t5_tokenizer(256)
+    t5_width = 96  # ≥ both CLIPs side by side: the pipeline pads their joint output to T5's width
     transformer = SD3Transformer2DModel(
         sample_size=8, patch_size=2, in_channels=16, out_channels=16, num_layers=2, attention_head_dim=8,
-        num_attention_heads=4, joint_attention_dim=64, caption_projection_dim=32, pooled_projection_dim=64,
-        pos_embed_max_size=32)
+        num_attention_heads=4, joint_attention_dim=t5_width, caption_projection_dim=32,
+        pooled_projection_dim=CLIP_L_WIDTH + CLIP_G_WIDTH, pos_embed_max_size=32)
+    clip_l = clip_encoder(CLIP_L_WIDTH, CLIP_L_WIDTH)
+    with torch.no_grad():  # diffusers' SD3 single-file loader gives CLIP-L an identity projection: so does this
+        clip_l.text_projection.weight.copy_(torch.eye(CLIP_L_WIDTH))
     return StableDiffusion3Pipeline(
         transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae(16),
-        text_encoder=clip_encoder(32, 32), tokenizer=clip_tokenizer(),
-        text_encoder_2=clip_encoder(32, 32), tokenizer_2=clip_tokenizer(),
-        text_encoder_3=t5_encoder(64, len(t5_tok)), tokenizer_3=t5_tok)
+        text_encoder=clip_l, tokenizer=clip_tokenizer(),
+        text_encoder_2=clip_encoder(CLIP_G_WIDTH, CLIP_G_WIDTH), tokenizer_2=clip_tokenizer(),
+        text_encoder_3=t5_encoder(t5_width, len(t5_tok)), tokenizer_3=t5_tok)
 
 
 def tiny_flux() -> DiffusionPipeline:

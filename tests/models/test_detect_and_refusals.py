@@ -34,9 +34,10 @@ def test_a_single_files_family_is_found_from_its_keys(tmp_path: Path, family: st
     assert detect(path) == family
 
 
-def test_the_written_original_layouts_are_detected(built: dict[str, Path], tmp_path: Path) -> None:
-    assert detect(write_single_in_subprocess("sd15", built["tiny"], tmp_path / "a.safetensors")) == "sd15"
-    assert detect(write_single_in_subprocess("flux", built["tiny-flux"], tmp_path / "b.safetensors")) == "flux"
+@pytest.mark.parametrize("name", ["tiny", "tiny-sdxl", "tiny-sd3", "tiny-flux"])
+def test_the_written_original_layouts_are_detected(built: dict[str, Path], tmp_path: Path, name: str) -> None:
+    family = FAMILY_OF[name]
+    assert detect(write_single_in_subprocess(family, built[name], tmp_path / f"{name}.safetensors")) == family
 
 
 @pytest.mark.parametrize("name", sorted(FAMILY_OF))

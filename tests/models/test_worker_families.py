@@ -1,12 +1,14 @@
 """Every tiny family through the REAL worker process in a namespace with no network (issue 15
 points 2-4): load, a 64×64 batch of two prompts, progress, cancel between steps, switching and
-unloading models, single-file loads with the shipped config tree, and loads that would need the
-network failing with a clear error instead of hanging."""
+unloading models, single-file loads in the original layouts with the shipped config tree (images
+equal to the directory form's), and loads that would need the network failing with a clear error
+instead of hanging."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -82,17 +84,33 @@ def test_a_batch_names_its_model_which_loads_then_unloads_on_command(worker_for)
     assert unload["action"] == "unload" and unload["name"] == "tiny-flux" and unload["bytes"] > 0
 
 
-def test_the_sd15_single_file_in_the_original_layout_loads_with_the_shipped_config(
-        worker_for, built: dict[str, Path], tmp_path: Path) -> None:
-    single = write_single_in_subprocess("sd15", built["tiny"], tmp_path / "tiny-ldm.safetensors")
-    worker = worker_for("tiny")
+@pytest.mark.parametrize("name", ["tiny", "tiny-sdxl", "tiny-sd3"])
+def test_a_single_file_in_the_original_layout_makes_the_directorys_images(
+        worker_for, built: dict[str, Path], tmp_path: Path, name: str) -> None:
+    """The tiny model written as one file in its family's original layout (LDM, SDXL's with OpenCLIP,
+    SD3's MMDiT) loads with the shipped config tree and, seed for seed, paints what its diffusers
+    directory paints: a key put in the wrong place would load and make other pixels."""
+    family = FAMILY_OF[name]
+    single = write_single_in_subprocess(family, built[name], tmp_path / f"{name}-original.safetensors")
+    worker = worker_for(name)
     worker.until("ready")
-    worker.send(batch(model_fields("tiny-file", str(single)), ["from one file", "and another"], steps=2))
+    prompts = ["from one file", "and another"]
+    worker.send(batch(None, prompts, steps=2))
+    from_directory = images_by_job(worker.until("done", "failed"))
+    worker.send(batch(model_fields(f"{name}-file", str(single)), prompts, steps=2))
     events = worker.until("done", "failed")
     assert events[-1][0]["ev"] == "done", events[-1]
     [load] = [m for m, _ in events if m["ev"] == "model"]
-    assert load["family"] == "sd15" and load["path"] == str(single)
-    assert len([m for m, _ in events if m["ev"] == "image"]) == 2
+    assert load["family"] == family and load["path"] == str(single)
+    from_file = images_by_job(events)
+    assert sorted(from_file) == sorted(from_directory) == ["j0", "j1"]
+    for job, pixels in from_file.items():
+        worst = max(abs(a - b) for a, b in zip(pixels, from_directory[job], strict=True))
+        assert worst <= 1, f"{name} {job}: the single file's image differs from the directory's by up to {worst}/255"
+
+
+def images_by_job(events: list[tuple[dict[str, Any], bytes | None]]) -> dict[str, bytes]:
+    return {m["job_id"]: p for m, p in events if m["ev"] == "image" and p is not None}
 
 
 def test_a_single_file_without_a_config_tree_fails_clearly_offline(worker_for, tmp_path: Path) -> None:
