@@ -1,8 +1,9 @@
 """Building the daemon's parts, in order, each given what it uses when it is made.
 
 `assemble` opens the parts bottom-up, so every collaborator exists before the part that uses it:
-keys, then the audit log, the job store and history, the worker supervisor and the memory model,
-the queue, the monitor, the reactions, the dispatcher. Nothing is assigned into a part after it
+keys, then the audit log, the job store and history, the worker supervisors (one per device) and
+their memory models, the queue, the monitor, the reactions, the lanes (one per worker) and the
+box that feeds them from the queue (daemon.dispatch). Nothing is assigned into a part after it
 is built. Where a lower part must tell an upper one something, it does so through a hook it was
 given (the dispatcher's `WorkerEvents`) or an event on the bus (`job` events for the monitor's
 failure rate, `alarm` events for alerts from parts built before the alert book: daemon.alarms).
@@ -35,8 +36,9 @@ from daemon.crypto.envelope import PromptSealer
 from daemon.crypto.keys import KeyStore
 from daemon.crypto.passphrase import PassphraseSources
 from daemon.crypto.prompt_mac import PromptMac
-from daemon.dispatch import Dispatcher
+from daemon.dispatch import Box, Lane, OutputWriter
 from daemon.events import EventBus
+from daemon.monitor.gpu import count_gpus
 from daemon.monitor.service import Monitor
 from daemon.monitor.service_metrics import chain_batch_figures
 from daemon.outputs.pipeline import OutputSettings
@@ -47,7 +49,9 @@ from daemon.queue.manager import QueueManager
 from daemon.queue.store import JobStore
 from daemon.reactions import Reactions
 from daemon.safefiles import ensure_dir, remove_stale_temps
-from daemon.worker.memory_model import MemoryModel
+from daemon.schema import parse_devices
+from daemon.worker.devices import resolve
+from daemon.worker.memory_model import AnyDevice, MemoryModel
 from daemon.worker.supervisor import WorkerSupervisor
 
 log = logging.getLogger("sai.daemon")
@@ -90,10 +94,11 @@ class Parts:
     job_history: JobHistory
     key_maintenance: KeyMaintenance
     worker: WorkerSupervisor
+    """The first worker (the one of a daemon with one device); `dispatcher.lanes` has them all."""
     queue: QueueManager
     monitor: Monitor
     reactions: Reactions
-    dispatcher: Dispatcher
+    dispatcher: Box
 
 
 async def assemble(config: Config, site: Site, *, bus: EventBus, background: BackgroundTasks,
@@ -139,19 +144,14 @@ async def assemble(config: Config, site: Site, *, bus: EventBus, background: Bac
 
     models = ModelCatalog(cfg, site.state_dir, record=record, publish=bus.publish)
     await run_blocking(models.check_paths)
-    worker = WorkerSupervisor({
-        "model": cfg.model.name, "path": cfg.model.path, "config_dir": cfg.model.config_dir,
-        "family": cfg.model.family, "dtype": cfg.model.dtype,
-        "device": cfg.model.device, "scheduler": cfg.model.scheduler, "threads": cfg.model.threads,
-        "memory_headroom_mb": cfg.model.memory_headroom_mb, "pipeline_wrapper": cfg.worker.pipeline_wrapper,
-        "state_dir": str(site.state_dir), "heartbeat_seconds": cfg.worker.heartbeat_seconds},
-        watch_reader=lambda reader: background.watch(
-            reader, "worker reader", "hearing from the worker (progress, images, its exit)",
-            essential=True, lasts=False),
-        on_model=models.worker_reported)
-    memory = MemoryModel()  # the queue refuses what can never fit, the dispatcher sizes batches: one model
+    workers = _workers(cfg, site, background, models)
+    worker = workers[0]
+    memories = [MemoryModel() for _ in workers]  # one per device: each lane feeds its own, sizes its batches by it
+    queue_memory = memories[0] if len(workers) == 1 else AnyDevice(
+        [(w.name, m, w.capacity) for w, m in zip(workers, memories)])
     queue = QueueManager(store, Admission(cfg), bus, cfg,
-                         audit=record, memory=memory, capacity=worker.capacity,
+                         audit=record, memory=queue_memory,
+                         capacity=worker.capacity if len(workers) == 1 else lambda: None,
                          models=models,
                          prompt_digest=PromptMac(keystore).details)
     recovered = await queue.recover()
@@ -167,19 +167,24 @@ async def assemble(config: Config, site: Site, *, bus: EventBus, background: Bac
                                  worker_memory=lambda: worker.info.get("memory"),
                                  queue_wait=queue.oldest_wait, audit=record)
     opened.push_async_callback(monitor.close)
-    monitor.attach(queue, worker, audit)
+    monitor.attach(queue, workers, audit)
     monitor.start()
     if monitor.sampling is not None:
         background.watch(monitor.sampling, "monitor", "sampling, metrics and the alert rules", essential=False)
-    reactions = Reactions(alerts=monitor.alerts, bus=bus, audit=record, queue=queue)
+    reactions = Reactions(alerts=monitor.alerts, bus=bus, audit=record, queue=queue,
+                          several_workers=len(workers) > 1)
 
-    dispatcher = Dispatcher(
-        queue, worker, sink, executor, cfg.queue.max_batch, cfg.worker,
-        audit=record, memory=memory, models=models, worker_events=reactions,
-        outputs_blocked=Alarm(bus, "outputs.no_space"),
-        batch_figures=chain_batch_figures(monitor.service, job_history.record_batch),
-        watch_work=lambda task, name, duty, holds_jobs: background.watch(
-            task, name, duty, essential=holds_jobs, lasts=False))
+    writer = OutputWriter(queue, sink, executor, audit=record, outputs_blocked=Alarm(bus, "outputs.no_space"))
+    lanes: list[Lane] = []
+    figures = chain_batch_figures(monitor.service, job_history.record_batch)
+    for each, memory in zip(workers, memories):
+        lanes.append(Lane(
+            queue, each, writer, cfg.worker, max_batch=cfg.queue.max_batch, memory=memory, models=models,
+            worker_events=reactions, batch_figures=figures,
+            watch_work=lambda task, name, duty, holds_jobs: background.watch(
+                task, name, duty, essential=holds_jobs, lasts=False),
+            only_lane=lambda: not any(lane.can_take_work for lane in lanes)))
+    dispatcher = Box(queue, lanes, worker_events=reactions)
     await _check_jobs_recorded(audit, store, monitor)
     return Parts(keystore=keystore, output_settings=output_settings, audit=audit, record=record, store=store,
                  job_history=job_history, key_maintenance=key_maintenance, worker=worker, queue=queue,
@@ -213,3 +218,27 @@ async def _check_jobs_recorded(audit: AuditLog, store: JobStore, monitor: Monito
         reason = unrecorded_jobs_reason(missing)
         log.error("%s", reason)
         await monitor.alerts.raise_alert("audit.unrecorded_jobs", "critical", reason, {"jobs": missing[:20]})
+
+
+def _workers(cfg: Config, site: Site, background: BackgroundTasks, models: ModelCatalog) -> list[WorkerSupervisor]:
+    """One supervisor per `[worker] devices` entry (daemon.worker.devices), each with its own
+    environment (its one GPU) and share of the CPU threads."""
+    auto = parse_devices(cfg.worker.devices) is None
+    gpus = count_gpus(os.environ.get("CUDA_VISIBLE_DEVICES")) if auto and cfg.model.device != "cpu" else 0
+    slots = resolve(cfg.worker.devices, cfg.model.device, cfg.model.threads, gpus)
+    log.info("workers: %s", ", ".join(f"{slot.name} ({slot.label})" for slot in slots))
+    base = {"model": cfg.model.name, "path": cfg.model.path, "config_dir": cfg.model.config_dir,
+            "family": cfg.model.family, "dtype": cfg.model.dtype, "scheduler": cfg.model.scheduler,
+            "memory_headroom_mb": cfg.model.memory_headroom_mb, "pipeline_wrapper": cfg.worker.pipeline_wrapper,
+            "state_dir": str(site.state_dir), "heartbeat_seconds": cfg.worker.heartbeat_seconds}
+
+    def reported(name: str) -> Callable[[dict[str, Any]], None]:
+        return lambda message: models.worker_reported(message, name)
+
+    return [WorkerSupervisor(
+        {**base, "device": slot.device, "threads": slot.threads},
+        name=slot.name, device=slot.label, env=slot.env,
+        watch_reader=lambda reader: background.watch(
+            reader, "worker reader", "hearing from a worker (progress, images, its exit)",
+            essential=True, lasts=False),
+        on_model=reported(slot.name)) for slot in slots]

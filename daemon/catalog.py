@@ -45,6 +45,8 @@ class ModelEntry:
     defaults: dict[str, Any]
     default: bool
     loaded: bool = False
+    holders: set[str] = field(default_factory=set)
+    """The workers (by name) that hold it now; `loaded` while any does."""
     device: str | None = None
     loaded_dtype: str | None = None
     weights_sha256: str | None = None
@@ -194,32 +196,37 @@ class ModelCatalog:
 
     # -- what the worker holds ----------------------------------------------------------------------
 
-    def worker_starting(self) -> None:
+    def worker_starting(self, residency: Residency | None = None, worker: str = "") -> None:
         """A new worker process is starting: it will load the default model (its start-up spec)
-        before any batch, and holds nothing else."""
-        self.worker_gone()
-        self.residency.use(self.default_name)
+        before any batch, and holds nothing else. `residency`: that worker's plan (one per device;
+        None: the catalog's own, for a daemon of one worker); `worker`: its name."""
+        self.worker_gone(residency, worker)
+        (residency if residency is not None else self.residency).use(self.default_name)
 
-    def worker_started(self, info: dict[str, Any]) -> None:
+    def worker_started(self, info: dict[str, Any], worker: str = "") -> None:
         """The worker is ready: the default model is loaded (`info`: its `ready` report). Audited here
         unless its `model` event, which comes first, already was."""
         entry = self.default
         recorded = entry.loaded and entry.weights_sha256 == info.get("weights_sha256")
         self._loaded(entry, info.get("weights_sha256"), info.get("device"), info.get("dtype"),
-                     info.get("family"), info.get("bytes"))
+                     info.get("family"), info.get("bytes"), worker)
         if not recorded:
             self._spawn(self._record(None, "model.load", entry.name, {
                 "weights_sha256": entry.weights_sha256, "device": entry.device, "dtype": entry.loaded_dtype,
                 "worker_pid": info.get("pid")}))
         self._publish_change(entry, "load")
 
-    def worker_gone(self) -> None:
-        """The worker process ended: it holds nothing now."""
+    def worker_gone(self, residency: Residency | None = None, worker: str = "") -> None:
+        """The worker process ended: it holds nothing now (the others keep what they hold)."""
         for entry in self.entries.values():
-            entry.loaded = False
-        self.residency = Residency()
+            entry.holders.discard(worker)
+            entry.loaded = bool(entry.holders)
+        if residency is None:
+            self.residency = Residency()
+        else:
+            residency.order.clear()
 
-    def worker_reported(self, message: dict[str, Any]) -> None:
+    def worker_reported(self, message: dict[str, Any], worker: str = "") -> None:
         """The worker's `model` event: a load or unload done. Recorded, audited, published."""
         entry = self.entries.get(str(message.get("name", "")))
         if entry is None:
@@ -230,11 +237,12 @@ class ModelCatalog:
         if action == "load":
             again = entry.loaded and entry.weights_sha256 == message.get("weights_sha256")
             self._loaded(entry, message.get("weights_sha256"), message.get("device"), message.get("dtype"),
-                         message.get("family"), message.get("bytes"))
+                         message.get("family"), message.get("bytes"), worker)
             if again:  # the start-up load, already recorded from the worker's `ready`
                 return
         elif action == "unload":
-            entry.loaded = False
+            entry.holders.discard(worker)
+            entry.loaded = bool(entry.holders)
             details["weights_sha256"] = entry.weights_sha256
         else:
             return
@@ -242,7 +250,8 @@ class ModelCatalog:
         self._publish_change(entry, str(action))
 
     def _loaded(self, entry: ModelEntry, digest: object, device: object, dtype: object, family: object,
-                size: object) -> None:
+                size: object, worker: str = "") -> None:
+        entry.holders.add(worker)
         entry.loaded = True
         entry.weights_sha256 = str(digest) if digest else entry.weights_sha256
         entry.device = str(device) if device else None
@@ -284,31 +293,47 @@ class ModelCatalog:
 
     # -- planning loads (the dispatcher) -----------------------------------------------------------
 
-    def plan_load(self, name: str, free: int | None) -> list[str]:
+    def misfit(self, name: str, free: int | None, residency: Residency | None = None) -> str | None:
+        """Why model `name` can never be loaded on a worker that last reported `free` bytes it can
+        still use while holding what `residency` plans, or None (also when not known)."""
+        residency = residency if residency is not None else self.residency
+        if name in residency.order or name == self.default_name:  # held, or loaded by every worker at start
+            return None
+        need = self.entries[name].need_bytes()
+        held = sum(self.entries[other].need_bytes() or 0 for other in residency.order)
+        total = self.budget if self.budget is not None else (None if free is None else free + held)
+        if need is None or total is None or need <= total:
+            return None
+        where = ("worker.models_memory_mb" if self.budget is not None else "the memory its device has free")
+        return (f"model {name} needs about {need / MIB:.0f} MiB, more than the {total / MIB:.0f} MiB "
+                f"the worker can give models ({where}); it cannot be loaded")
+
+    def plan_load(self, name: str, free: int | None, residency: Residency | None = None) -> list[str]:
         """The models to unload, least recently used first, before `name` runs; `free` is what the
-        worker last reported it can still use (None: not known). DoesNotFit when `name` alone is
-        larger than all the memory models may take there."""
+        worker last reported it can still use (None: not known); `residency`: that worker's plan
+        (None: the catalog's own). DoesNotFit when `name` alone is larger than all the memory
+        models may take there."""
+        residency = residency if residency is not None else self.residency
         entry = self.entries[name]
-        if name in self.residency.order:
-            self.residency.use(name)
+        if name in residency.order:
+            residency.use(name)
             return []
         need = entry.need_bytes()
-        held = {other: self.entries[other].need_bytes() or 0 for other in self.residency.order}
+        held = {other: self.entries[other].need_bytes() or 0 for other in residency.order}
         total = self.budget if self.budget is not None else (None if free is None else free + sum(held.values()))
         if need is None or total is None:
-            self.residency.use(name)
+            residency.use(name)
             return []
-        if need > total:
-            where = ("worker.models_memory_mb" if self.budget is not None else "the memory its device has free")
-            raise DoesNotFit(f"model {name} needs about {need / MIB:.0f} MiB, more than the {total / MIB:.0f} MiB "
-                             f"the worker can give models ({where}); it cannot be loaded")
+        reason = self.misfit(name, free, residency)
+        if reason:
+            raise DoesNotFit(reason)
         unload = []
-        for other in list(self.residency.order):
-            if sum(held[o] for o in self.residency.order) + need <= total:
+        for other in list(residency.order):
+            if sum(held[o] for o in residency.order) + need <= total:
                 break
             unload.append(other)
-            self.residency.drop(other)
-        self.residency.use(name)
+            residency.drop(other)
+        residency.use(name)
         return unload
 
     def model_list(self) -> dict[str, Any]:

@@ -114,9 +114,9 @@ def _coerce(default: Any, value: Any) -> tuple[bool, Any]:
 def _checked(default: Any, value: Any, rule_key: str, dotted: str, source: str) -> Any:
     """`value` as the type of `default`, held to the rule of `rule_key`; ConfigError naming `dotted`."""
     ok, value = _coerce(default, value)
-    if not ok:
-        raise ConfigError(source, dotted, f"must be {_type_name(default)}, not {_type_name(value)}")
     rule = shipped_rules().get(rule_key)
+    if not ok and not (rule and rule.any_type):
+        raise ConfigError(source, dotted, f"must be {_type_name(default)}, not {_type_name(value)}")
     reason = rule.check(value) if rule else None
     if reason:
         raise ConfigError(source, dotted, f"{reason} (got {value!r})")

@@ -38,7 +38,8 @@ CLEARS = {
 
 
 class Reactions:
-    def __init__(self, *, alerts: AlertBook, bus: EventBus, audit: Auditor, queue: QueueManager) -> None:
+    def __init__(self, *, alerts: AlertBook, bus: EventBus, audit: Auditor, queue: QueueManager,
+                 several_workers: bool = False) -> None:
         """`alerts`: the monitor's alert book; `bus`: where the `worker.*` events go and the alarms
         come from; `audit`: records worker restarts (model loads: daemon.catalog); `queue`: its counts go with
         each `worker.*` event."""
@@ -46,6 +47,8 @@ class Reactions:
         self.bus = bus
         self.audit = audit
         self.queue = queue
+        self.several_workers = several_workers
+        """With more than one worker, each worker's alerts have keys of their own (`worker.crash_loop.cuda1`)."""
         self._tasks: set[asyncio.Task[Any]] = set()
         bus.listen({ALARM}, self._alarm)
 
@@ -58,14 +61,17 @@ class Reactions:
         """The dispatcher's hook (daemon.dispatch.WorkerEvents)."""
         details = {k: v for k, v in data.items() if k not in ("memory", "path")}
         self.bus.publish("queue", {**details, "kind": f"worker.{kind}", **self.queue.status(), "worker": worker})
+        name = str(worker.get("name") or "")
+        suffix = f".{name}" if self.several_workers and name else ""
         if kind in ALERTS:
             key, severity = ALERTS[kind]
-            message = f"{kind.replace('_', ' ')}: {data.get('error', '')}".strip(": ")
-            self._spawn(self.alerts.raise_alert(key, severity, message, details))
+            what = f"worker {name} {kind.replace('_', ' ')}" if suffix else kind.replace("_", " ")
+            message = f"{what}: {data.get('error', '')}".strip(": ")
+            self._spawn(self.alerts.raise_alert(key + suffix, severity, message, {**details, "worker": name}))
         for key in CLEARS.get(kind, ()):
-            self._spawn(self.alerts.clear(key, reason=kind))
+            self._spawn(self.alerts.clear(key + suffix, reason=kind))
         if kind == "restarted":
-            self._spawn(self.audit(None, "worker.restarted", "", {"reason": data.get("reason", "")}))
+            self._spawn(self.audit(None, "worker.restarted", name, {"reason": data.get("reason", "")}))
 
     def _alarm(self, topic: str, data: dict[str, Any]) -> None:
         """An alarm event (daemon.alarms): a critical alert raised, or cleared (message None) when

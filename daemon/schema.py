@@ -124,11 +124,52 @@ def _priority(value: str) -> str | None:
     return None if value in PRIORITIES else f"must be one of {', '.join(PRIORITIES)}"
 
 
+DEVICE_NAME = re.compile(r"cpu|cuda(:[0-9]{1,3})?")
+
+
+def parse_devices(value: object) -> list[str] | None:
+    """`[worker] devices` as a list of device names, or None for "auto"; ValueError says why not.
+
+    "auto", a TOML list such as ["cuda:0", "cuda:2"] or ["cpu", "cpu"], or the same as one string
+    separated by commas ("cuda:0,cuda:2": what a SAI_WORKER_DEVICES variable can carry)."""
+    if isinstance(value, str):
+        if value.strip() == "auto":
+            return None
+        if value.strip().startswith("["):
+            try:
+                value = tomllib.loads(f"v = {value}")["v"]
+            except tomllib.TOMLDecodeError as exc:
+                raise ValueError(f"cannot read {value!r} as a list: {exc}") from None
+        else:
+            value = [part.strip() for part in value.split(",")]
+    if not isinstance(value, list) or not value:
+        raise ValueError('must be "auto" or a non-empty list of devices such as ["cuda:0", "cuda:1"] or ["cpu", "cpu"]')
+    names = []
+    for item in value:
+        if not isinstance(item, str) or not DEVICE_NAME.fullmatch(item):
+            raise ValueError(f'{item!r} is not a device: "cpu", "cuda" or "cuda:N"')
+        names.append("cuda:0" if item == "cuda" else item)
+    repeated = sorted({name for name in names if name != "cpu" and names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"{repeated[0]} is listed twice: one worker per GPU (only \"cpu\" may repeat)")
+    return names
+
+
+def _devices(value: object) -> str | None:
+    try:
+        parse_devices(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 NAMED_CHECKS: dict[str, Check] = {
-    "colour": _colour, "loopback": _loopback, "priority": _priority, "regexes": _regexes,
+    "colour": _colour, "devices": _devices, "loopback": _loopback, "priority": _priority, "regexes": _regexes,
     "scrypt_log2_n": check_scrypt_log2_n, "strings": _strings, "template": _template,
 }
 """Rules that take code: a format, or a set of names the code defines (priorities, the key store's scrypt bounds)."""
+ANY_TYPE_CHECKS = frozenset({"devices"})
+"""Checks that judge the value's type themselves (a string or a list), so the default's type is not imposed."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +179,8 @@ class Rule:
     text: str
     check: Check
     choices: tuple[str, ...] = ()
+    any_type: bool = False
+    """The check takes values of more than one type (ANY_TYPE_CHECKS)."""
 
 
 def _number(text: str) -> float:
@@ -160,7 +203,7 @@ def parse_rule(text: str) -> Rule:
         name = body.removeprefix("check ").strip()
         if name not in NAMED_CHECKS:
             raise SchemaError(f"unknown check {name!r}; known: {', '.join(sorted(NAMED_CHECKS))}")
-        return Rule(text, NAMED_CHECKS[name])
+        return Rule(text, NAMED_CHECKS[name], any_type=name in ANY_TYPE_CHECKS)
     if body.startswith("one of "):
         choices = tuple(c.strip() for c in body.removeprefix("one of ").split(","))
         reason = _with_note(f"must be one of {', '.join(choices)}", note)

@@ -29,7 +29,7 @@ from daemon.config import Config, ConfigError
 from daemon.crypto import OutputError
 from daemon.crypto.keys import KeyStore
 from daemon.crypto.passphrase import PassphraseSources
-from daemon.dispatch import Dispatcher
+from daemon.dispatch import Box
 from daemon.events import EventBus
 from daemon.exitcodes import ExitCode
 from daemon.framing import ConnectionLimits
@@ -181,7 +181,7 @@ class Daemon:
         return self.parts.worker
 
     @property
-    def dispatcher(self) -> Dispatcher:
+    def dispatcher(self) -> Box:
         return self.parts.dispatcher
 
     @property
@@ -270,13 +270,13 @@ class Daemon:
         if self.background.fatal is not None:
             return self.background.fatal.message()
         worker = self.config.worker
-        return self.worker.heartbeat_problem(silence=5 * worker.heartbeat_seconds, stall=worker.stall_seconds)
+        return self.dispatcher.heartbeat_problem(silence=5 * worker.heartbeat_seconds, stall=worker.stall_seconds)
 
     def describe(self) -> str:
         """One line for systemd's STATUS=: queue and worker state."""
         queue = self.queue.status()
         return (f"queue {'paused' if queue['paused'] else 'running'}: {queue['queued']} queued, "
-                f"{queue['running']} running; worker {self.worker.state}")
+                f"{queue['running']} running; worker {self.dispatcher.describe()}")
 
     def status(self, peer: Peer) -> dict[str, Any]:
         return {
@@ -293,6 +293,7 @@ class Daemon:
             {"drain_left": round(max(0.0, self.drain_deadline - time.time()), 1)},
             "queue": self.queue.status(),
             "worker": self.dispatcher.worker_view(),
+            "workers": self.dispatcher.workers(),
             "model": {"name": self.config.model.name, "path": self.config.model.path},
             "audit": {"size": self.audit.size, "anchor": self.audit.trust.status() if self.audit.trust else None},
             "you": {"user": peer.user, "uid": peer.uid, "role": peer.role.label},

@@ -21,10 +21,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     worker = sub.add_parser("worker", help="the generation worker")
     worker_sub = worker.add_subparsers(dest="worker_command", metavar="ACTION", required=True)
     restart = worker_sub.add_parser(
-        "restart", help="restart the worker (admin)",
-        description="Restart the worker process (admin). The batch it is running finishes first and no new one "
-                    "starts meanwhile; then the worker restarts (at once when idle). This also clears a "
-                    "crash-loop halt.")
+        "restart", help="restart a worker, or all of them (admin)",
+        description="Restart a worker process (admin), or every worker when no NAME is given. The batch it is "
+                    "running finishes first and no new one starts on it meanwhile; then the worker restarts (at "
+                    "once when idle). This also clears a crash-loop halt.")
+    restart.add_argument("name", nargs="?", default=None, metavar="NAME",
+                         help="the worker, as `sai status` lists them (cpu0, cuda1, ...); default: all")
     restart.add_argument("--reason", default="", help="recorded in the audit log (default: none)")
     add_json_flag(restart)
     restart.set_defaults(handler=restart_worker, needs_daemon=True)
@@ -67,9 +69,7 @@ async def show_status(args: argparse.Namespace, client: DaemonClient) -> int:
         ("socket", status["socket"]),
         ("model", f"{worker['model_id']} on {worker.get('device') or '-'} ({worker.get('dtype') or '-'})"
                   if worker.get("model_id") else f"{status['model']['name']}, not loaded (worker {worker['state']})"),
-        ("worker", f"{worker['state']} pid {worker.get('pid') or '-'} restarts {worker['restarts']}"
-                   + (f" last error: {worker['last_error']}" if worker.get("last_error") else "")),
-        *([("HALTED", f"{worker['halted']} (sai worker restart)")] if worker.get("halted") else []),
+        *_worker_lines(status.get("workers") or [worker]),
         *[("FAILED", task["message"]) for task in status.get("tasks", {}).get("failed", [])],
         *[("ALERT", f"{alert['message']} (sai ack {alert['id']})")
           for alert in status.get("alerts", {}).get("critical", [])],
@@ -81,12 +81,36 @@ async def show_status(args: argparse.Namespace, client: DaemonClient) -> int:
     return 0
 
 
+def _worker_lines(workers: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """One line per worker (named when there are several), and a HALTED line for each halted one."""
+    from console.formatting import human_bytes
+
+    lines: list[tuple[str, str]] = []
+    for worker in workers:
+        several = len(workers) > 1
+        label = f"worker {worker.get('name')}" if several else "worker"
+        where = f"{worker.get('configured_device') or '-'}: " if several else ""
+        rss = (worker.get("memory") or {}).get("rss")
+        lines.append((label, f"{where}{worker['state']} pid {worker.get('pid') or '-'} restarts {worker['restarts']}"
+                             + (f" rss {human_bytes(rss)}" if several and rss else "")
+                             + (f" last error: {worker['last_error']}" if worker.get("last_error") else "")))
+        if worker.get("halted"):
+            how = f"sai worker restart {worker.get('name')}" if several else "sai worker restart"
+            lines.append(("HALTED", f"{worker['halted']} ({how})"))
+    return lines
+
+
 async def restart_worker(args: argparse.Namespace, client: DaemonClient) -> int:
-    reply = await client.call("worker.restart", reason=args.reason)
+    params: dict[str, Any] = {"reason": args.reason}
+    if args.name is not None:
+        params["worker"] = args.name
+    reply = await client.call("worker.restart", **params)
     if args.json:
         print_json(reply)
     else:
-        print("worker restarting " + ("once the running batch finishes (no new batch starts meanwhile)"
+        names = reply.get("workers") or []
+        who = f"worker {names[0]}" if len(names) == 1 else f"workers {', '.join(names)}" if names else "worker"
+        print(f"{who} restarting " + ("once the running batch finishes (no new batch starts meanwhile)"
                                      if reply["after_batch"] else "now"))
     return 0
 

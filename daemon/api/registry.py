@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # the parts' modules import heavy packages; handlers get them
     from daemon.audit.log import AuditLog
     from daemon.connection import Connection
     from daemon.crypto.keys import KeyStore
-    from daemon.dispatch import Dispatcher
+    from daemon.dispatch import Box
     from daemon.monitor.service import Monitor
     from daemon.outputs.sink import KeyMaintenance
     from daemon.queue.history import JobHistory
@@ -53,7 +53,7 @@ class DaemonApi(Protocol):
     @property
     def queue(self) -> QueueManager: ...
     @property
-    def dispatcher(self) -> Dispatcher: ...
+    def dispatcher(self) -> Box: ...
     @property
     def monitor(self) -> Monitor: ...
     @property

@@ -33,6 +33,32 @@ def load_nvml() -> tuple[ModuleType | None, str | None]:
     return pynvml, None
 
 
+def count_gpus(visible: str | None = None) -> int:
+    """How many GPUs the workers can be given: what NVML counts, or fewer when the daemon's own
+    CUDA_VISIBLE_DEVICES (`visible`) names fewer. 0 without NVML or a driver."""
+    nvml, _ = load_nvml()
+    if nvml is None:
+        return 0
+    try:
+        nvml.nvmlInit()
+    except Exception:  # NVMLError, or a library that cannot load: no GPU to use
+        return 0
+    try:
+        count = int(nvml.nvmlDeviceGetCount())
+    except Exception:
+        count = 0
+    finally:
+        try:
+            nvml.nvmlShutdown()
+        except Exception:
+            pass
+    if visible is not None and visible.strip():
+        count = min(count, len([part for part in visible.split(",") if part.strip()]))
+    elif visible is not None:
+        count = 0  # CUDA_VISIBLE_DEVICES="" hides every GPU
+    return count
+
+
 def _text(value: Any) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 

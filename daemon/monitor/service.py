@@ -240,11 +240,11 @@ class Monitor:
 
     # -- what the daemon feeds in -------------------------------------------------------------
 
-    def attach(self, queue: QueueManager, worker: WorkerSupervisor, audit: AuditLog) -> None:
+    def attach(self, queue: QueueManager, workers: list[WorkerSupervisor], audit: AuditLog) -> None:
         """Feed the service metrics (daemon.monitor.service_metrics) from the daemon's parts, once
         they are open (until then the exposition carries the host figures only), and the failure-rate
         rule from the `job` events of jobs that succeed or fail (the queue never calls up here)."""
-        attach(self.service, self.bus, queue, worker, audit)
+        attach(self.service, self.bus, queue, workers, audit)
         self.bus.listen({"job"}, self._job_event)
 
     def _job_event(self, topic: str, data: dict[str, Any]) -> None:

@@ -87,7 +87,8 @@ class DaemonState:
 
     jobs: Callable[[], Iterable[Job]]
     paused: Callable[[], bool]
-    worker_up: Callable[[], bool]
+    workers: Callable[[], list[tuple[str, str, bool]]]
+    """(name, device, alive) of every worker."""
     audit_size: Callable[[], int]
     audit_checkpointed: Callable[[], tuple[int, float | None]]
     audit_checkpoints: Callable[[], int]
@@ -120,8 +121,11 @@ class StateCollector(Collector):
         yield depth
         yield GaugeMetricFamily("sai_queue_paused", "1 while the queue is paused (no new job starts), else 0.",
                                 value=1 if state.paused() else 0)
-        yield GaugeMetricFamily("sai_worker_up", "1 while the generation worker process is alive, else 0.",
-                                value=1 if state.worker_up() else 0)
+        up = GaugeMetricFamily("sai_worker_up", "1 while a generation worker process is alive, else 0, by worker "
+                               "and device.", labels=["worker", "device"])
+        for name, device, alive in state.workers():
+            up.add_metric([name, device], 1 if alive else 0)
+        yield up
         yield GaugeMetricFamily("sai_audit_log_entries", "Entries in the signed audit log.",
                                 value=state.audit_size())
         covered, at = state.audit_checkpointed()
@@ -156,14 +160,12 @@ class ServiceMetrics:
         self.duration = Histogram("sai_job_duration_seconds", "Time from submit to finish (end to end), by "
                                   "outcome.", ["outcome"], buckets=JOB_DURATION_BUCKETS, registry=registry)
         self.restarts = Counter("sai_worker_restarts", "Worker restarts, by cause (crash: it died and is "
-                                "started again; leak: memory growth; operator: sai worker restart).", ["cause"],
-                                registry=registry)
+                                "started again; leak: memory growth; operator: sai worker restart), by worker.",
+                                ["cause", "worker"], registry=registry)
         self.audit_entries = Counter("sai_audit_entries", "Entries appended to the audit log since the daemon "
                                      "started.", registry=registry)
         for reason in REFUSAL_REASONS:
             self.refused.labels(reason)
-        for cause in RESTART_CAUSES:
-            self.restarts.labels(cause)
         for priority in PRIORITIES:
             self.submitted.labels(priority)
         for outcome in OUTCOMES:
@@ -183,9 +185,15 @@ class ServiceMetrics:
                 if priority in PRIORITIES:
                     self.submitted.labels(priority).inc()
         elif topic == "queue" and kind == "worker.crashed":
-            self.restarts.labels("crash").inc()
+            self.restarts.labels("crash", _worker_name(data)).inc()
         elif topic == "queue" and kind == "worker.restarted":
-            self.restarts.labels(restart_cause(str(data.get("reason") or ""))).inc()
+            self.restarts.labels(restart_cause(str(data.get("reason") or "")), _worker_name(data)).inc()
+
+    def know_workers(self, names: Iterable[str]) -> None:
+        """Every worker's restart counters exist (at 0) from the start."""
+        for name in names:
+            for cause in RESTART_CAUSES:
+                self.restarts.labels(cause, name)
 
     def _job_state(self, job: dict[str, Any]) -> None:
         state, model = job.get("state"), str(job.get("model_id") or "unknown")
@@ -217,6 +225,11 @@ class ServiceMetrics:
         self.refused.labels(refusal_reason(exc)).inc()
 
 
+def _worker_name(data: dict[str, Any]) -> str:
+    worker = data.get("worker")
+    return str(worker.get("name") or "") if isinstance(worker, dict) else ""
+
+
 def _epoch(text: Any) -> float | None:
     return parse_rfc3339(text) if isinstance(text, str) and text else None
 
@@ -237,13 +250,15 @@ def chain_batch_figures(metrics: ServiceMetrics, keep: BatchFigures) -> BatchFig
     return figures
 
 
-def attach(metrics: ServiceMetrics, bus: EventBus, queue: QueueManager, worker: WorkerSupervisor,
+def attach(metrics: ServiceMetrics, bus: EventBus, queue: QueueManager, workers: list[WorkerSupervisor],
            audit: AuditLog) -> None:
     """Feed `metrics` from the daemon's parts: events from its bus, scrape-time state from its queue,
     worker and audit log. (The dispatcher's batch figures come through `chain_batch_figures`, given
     to the dispatcher when it is built.)"""
     metrics.state.read_from(DaemonState(
-        jobs=lambda: list(queue.active.values()), paused=lambda: queue.paused, worker_up=lambda: worker.alive,
+        jobs=lambda: list(queue.active.values()), paused=lambda: queue.paused,
+        workers=lambda: [(worker.name, worker.device, worker.alive) for worker in workers],
         audit_size=lambda: audit.size, audit_checkpointed=lambda: audit.checkpointed,
         audit_checkpoints=lambda: audit.stats["checkpoints"], version=__version__))
+    metrics.know_workers(worker.name for worker in workers)
     bus.listen({"job", "audit", "queue"}, metrics.on_event)

@@ -53,6 +53,9 @@ class Job:
     model_family: str = ""
     weights_sha256: str = ""
     """Both as the worker found them when it ran the job ("" until then)."""
+    worker: str = ""
+    device: str = ""
+    """The worker (`cpu0`, `cuda2`) and the device it ran on for the job's latest attempt ("" until one began)."""
     isolate: bool = False
     """Run alone: set after its batch crashed the worker, so a poison job is found and quarantined."""
     handed: bool = False
@@ -110,5 +113,7 @@ class Job:
             "model_id": self.model_id,
             "model_family": self.model_family or None,
             "weights_sha256": self.weights_sha256 or None,
+            "worker": self.worker or None,
+            "device": self.device or None,
             "next": self.handed,
         }

@@ -23,7 +23,7 @@ from daemon.queue.admission import Admission
 from daemon.queue.jobs import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, Job, new_job_id
 from daemon.queue.store import JobStore
 from daemon.queue.tokens import TokenizerCache
-from daemon.worker.memory_model import MemoryModel
+from daemon.worker.memory_model import AnyDevice, MemoryModel
 
 log = logging.getLogger("sai.queue")
 
@@ -41,7 +41,7 @@ class QueueManager:
     those events, so there is no finished callback to call up into the service)."""
 
     def __init__(self, store: JobStore, admission: Admission, bus: EventBus, config: Config, *,
-                 audit: Auditor, memory: MemoryModel, capacity: Callable[[], int | None],
+                 audit: Auditor, memory: MemoryModel | AnyDevice, capacity: Callable[[], int | None],
                  models: ModelCatalog, prompt_digest: PromptDigest) -> None:
         """`audit` records submits, refusals, starts, finishes and the other state changes
         (write-ahead); `memory` is the memory model the dispatcher also feeds and sizes batches
@@ -309,8 +309,12 @@ class QueueManager:
 
     # -- the dispatcher's side -----------------------------------------------------------------
 
-    def next_batch(self, image_budget: int | None = None) -> Jobs:
-        return scheduler.pick_batch(self.queued(), time.time(), self.policy, image_budget)
+    def next_batch(self, image_budget: int | None = None, *, can_run: Callable[[Job], bool] | None = None,
+                   holds: Callable[[Job], bool] | None = None) -> Jobs:
+        """The next batch for one worker (daemon.queue.scheduler.pick_batch: what it can run, and
+        model affinity by what it `holds`)."""
+        return scheduler.pick_batch(self.queued(), time.time(), self.policy, image_budget, can_run=can_run,
+                                    holds=holds)
 
     def hand_over(self, jobs: Jobs) -> None:
         """Handed to the worker, where they may wait behind the running batch: out of the index, but

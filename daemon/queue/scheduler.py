@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from daemon.protocol import PRIORITIES
@@ -96,26 +96,43 @@ class QueueIndex:
         return ahead + 1
 
 
-def pick_batch(queued: Iterable[Job], now: float, policy: Policy, image_budget: int | None = None) -> list[Job]:
+def pick_batch(queued: Iterable[Job], now: float, policy: Policy, image_budget: int | None = None, *,
+               can_run: Callable[[Job], bool] | None = None, holds: Callable[[Job], bool] | None = None) -> list[Job]:
     """The head job plus queued jobs of the same shape, up to `max_batch` images in all.
+
+    For one worker of several: `can_run` leaves out the jobs it cannot run (a model that does not
+    fit its device: they stay for another worker), and `holds` says which jobs' models it holds
+    already. Model affinity: when the head's model is not held, the first job of the same
+    effective rank whose model is, runs first instead; but only while the head has waited less
+    than one aging step (`aging_seconds`), so affinity never delays a job by more than that.
 
     A `reproducible` job runs alone (a batch may change pixels by 1/255), and so does a job whose
     batch crashed the worker. A head job whose count
     alone exceeds the limit still runs: the worker splits it into pipeline calls of `max_batch`.
     """
     ranked = order(queued, now, policy.aging_seconds)
+    if can_run is not None:
+        ranked = [job for job in ranked if can_run(job)]
     if not ranked:
         return []
     head = ranked[0]
+    if holds is not None and not holds(head) and now - head.enqueued_at < policy.aging_seconds:
+        rank = effective_rank(head, now, policy.aging_seconds)
+        for job in ranked[1:]:
+            if effective_rank(job, now, policy.aging_seconds) < rank:
+                break
+            if holds(job):
+                head = job
+                break
     batch = [head]
     limit = policy.max_batch if image_budget is None else max(1, min(policy.max_batch, image_budget))
     if head.runs_alone or policy.max_batch <= 1:
         return batch
     images = head.count
-    for job in ranked[1:]:
+    for job in ranked:
         if images >= limit:
             break
-        if job.runs_alone or job.shape() != head.shape() or images + job.count > limit:
+        if job is head or job.runs_alone or job.shape() != head.shape() or images + job.count > limit:
             continue
         batch.append(job)
         images += job.count

@@ -21,11 +21,14 @@ from daemon.queue.jobs import FINISHED, Job
 
 log = logging.getLogger("sai.queue")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MIGRATIONS = {
     # 2: the model a job ran on, as found at load (model_id, its configured name, was there from 1).
     2: ("ALTER TABLE jobs ADD COLUMN model_family TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE jobs ADD COLUMN weights_sha256 TEXT NOT NULL DEFAULT ''"),
+    # 3: the worker (by name) and device that ran the job's latest attempt (one worker per device).
+    3: ("ALTER TABLE jobs ADD COLUMN worker TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE jobs ADD COLUMN device TEXT NOT NULL DEFAULT ''"),
 }
 """Statements that bring a database of the version before the key up to it (an older daemon's
 jobs stay readable; a newer database than this code knows is refused rather than misread)."""
@@ -53,7 +56,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     warnings TEXT NOT NULL DEFAULT '[]',
     model_id TEXT NOT NULL DEFAULT '',
     model_family TEXT NOT NULL DEFAULT '',
-    weights_sha256 TEXT NOT NULL DEFAULT ''
+    weights_sha256 TEXT NOT NULL DEFAULT '',
+    worker TEXT NOT NULL DEFAULT '',
+    device TEXT NOT NULL DEFAULT ''
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_client_token ON jobs(uid, client_token) WHERE client_token IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, seq);
@@ -62,9 +67,9 @@ CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 COLUMNS = ("seq", "job_id", "state", "priority", "params", "prompt", "negative_prompt", "user", "uid",
            "client_token", "created_at", "enqueued_at", "started_at", "finished_at", "progress", "error",
-           "outputs", "attempts", "risk", "warnings", "model_id", "model_family", "weights_sha256")
+           "outputs", "attempts", "risk", "warnings", "model_id", "model_family", "weights_sha256", "worker", "device")
 MUTABLE = ("state", "priority", "enqueued_at", "started_at", "finished_at", "progress", "error",
-           "outputs", "attempts", "model_family", "weights_sha256")
+           "outputs", "attempts", "model_family", "weights_sha256", "worker", "device")
 INSERT_SQL = f"INSERT INTO jobs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 UPDATE_SQL = f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in MUTABLE)} WHERE job_id = ?"
 
@@ -237,14 +242,15 @@ class JobStore:
                   self.sealer.seal(job.prompt, job.job_id), self.sealer.seal(job.negative_prompt, job.job_id),
                   job.user, job.uid, job.client_token, job.created_at, job.enqueued_at, job.started_at,
                   job.finished_at, job.progress, job.error, _json_list(job.outputs), job.attempts, job.risk,
-                  _json_list(job.warnings), job.model_id, job.model_family, job.weights_sha256)
+                  _json_list(job.warnings), job.model_id, job.model_family, job.weights_sha256, job.worker,
+                  job.device)
         await self._write(INSERT_SQL, values)
 
     async def save(self, job: Job) -> None:
         """Write the job's mutable fields."""
         values = (job.state, job.priority, job.enqueued_at, job.started_at, job.finished_at, job.progress,
                   job.error, _json_list(job.outputs), job.attempts, job.model_family, job.weights_sha256,
-                  job.job_id)
+                  job.worker, job.device, job.job_id)
         await self._write(UPDATE_SQL, values)
 
     async def save_many(self, jobs: list[Job]) -> None:

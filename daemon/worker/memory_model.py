@@ -8,6 +8,7 @@ size seen, only that size is estimated; from two sizes on, any size is.
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from typing import Any
 
 MARGIN = 1.25
@@ -49,3 +50,21 @@ class MemoryModel:
         if need is None or not capacity:
             return None
         return max(1, capacity // need)
+
+
+class AnyDevice:
+    """The queue's view of every worker's memory model: a size is refused at submit only when no
+    device can ever take it (each worker's own model and capacity judge its device)."""
+
+    def __init__(self, devices: list[tuple[str, MemoryModel, Callable[[], int | None]]]) -> None:
+        """`devices`: (worker name, its memory model, the bytes it can use now or None)."""
+        self.devices = devices
+
+    def refusal(self, width: int, height: int, capacity: int | None = None) -> str | None:
+        """Why a job of this size fits no device, or None (`capacity` is unused: each device has its own)."""
+        reasons = [(name, memory.refusal(width, height, cap())) for name, memory, cap in self.devices]
+        if any(reason is None for _, reason in reasons):
+            return None
+        if len(reasons) == 1:
+            return reasons[0][1]
+        return f"no worker can take it: {'; '.join(f'{name}: {reason}' for name, reason in reasons)}"

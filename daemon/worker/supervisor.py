@@ -64,12 +64,19 @@ class _Running:
 
 class WorkerSupervisor:
     def __init__(self, spec: dict[str, Any], *, watch_reader: Callable[[asyncio.Task[None]], object],
-                 on_model: Callable[[dict[str, Any]], None]) -> None:
+                 on_model: Callable[[dict[str, Any]], None], name: str = "cpu0", device: str = "cpu",
+                 env: dict[str, str] | None = None) -> None:
         """`watch_reader` is given each worker's reader task: one that raises leaves that worker's
         batches unanswered, so the daemon watches it (daemon.background). `on_model` hears each
         `model` event (a load or unload the worker did: name, family, weights_sha256, device, dtype,
         bytes, seconds)."""
         self.spec = spec
+        self.name = name
+        """This worker's name (daemon.worker.devices): in status, job records, metrics, logs."""
+        self.device = device
+        """Its device as configured ("cpu", "cuda:2")."""
+        self.env = {**(env or {}), "SAI_WORKER_NAME": name}
+        """Added to the worker's allowed environment: its one visible GPU, and its name (test hooks read it)."""
         self._watch_reader = watch_reader
         self._on_model = on_model
         self.process: asyncio.subprocess.Process | None = None
@@ -103,7 +110,8 @@ class WorkerSupervisor:
         return int(capacity) if capacity else None
 
     def status(self) -> dict[str, Any]:
-        return {"state": self.state, "pid": self.pid, "restarts": self.restarts, "last_error": self.last_error,
+        return {"name": self.name, "configured_device": self.device, "alive": self.alive,
+                "state": self.state, "pid": self.pid, "restarts": self.restarts, "last_error": self.last_error,
                 "model_id": self.info.get("model_id"), "device": self.info.get("device"),
                 "dtype": self.info.get("dtype"), "weights_sha256": self.info.get("weights_sha256"),
                 "memory": self.info.get("memory", {})}
@@ -117,7 +125,7 @@ class WorkerSupervisor:
         self.state = "starting"
         self.process = await asyncio.create_subprocess_exec(
             *launch.command(self.spec), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            cwd=launch.WORKDIR, env=launch.child_environment(os.environ))
+            cwd=launch.WORKDIR, env={**launch.child_environment(os.environ), **self.env})
         loop = asyncio.get_running_loop()
         self._ready = loop.create_future()
         self._reader = asyncio.create_task(self._read_loop(self.process), name="sai-worker-reader")
@@ -131,7 +139,7 @@ class WorkerSupervisor:
             raise WorkerLoadFailed(self.last_error) from exc
         self.started_at = time.time()
         self.state = "ready"
-        log.info("worker ready: pid %s, model %s on %s (%s), loaded in %.1f s", self.process.pid,
+        log.info("worker %s ready: pid %s, model %s on %s (%s), loaded in %.1f s", self.name, self.process.pid,
                  self.info["model_id"], self.info["device"], self.info["dtype"], self.info["load_seconds"])
         return self.info
 
@@ -151,7 +159,7 @@ class WorkerSupervisor:
         elif self.state not in ("stopping", "stopped", "failed"):  # "failed": start() has the load error
             self.state = "crashed"
             self.last_error = reason
-            log.error("worker pid %s: %s", process.pid, reason)
+            log.error("worker pid %s: %s (%s)", process.pid, reason, self.name)
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(WorkerLoadFailed(self.last_error or reason))
         for running in list(self._running.values()):
@@ -175,9 +183,9 @@ class WorkerSupervisor:
             return None
         quiet = time.monotonic() - self.last_heartbeat
         if quiet > silence:
-            return f"worker pid {self.pid} sent no heartbeat for {quiet:.0f} s"
+            return f"worker pid {self.pid} sent no heartbeat for {quiet:.0f} s ({self.name})"
         if self.step_age is not None and self.step_age > stall:
-            return f"worker pid {self.pid} made no denoising step for {self.step_age:.0f} s"
+            return f"worker pid {self.pid} made no denoising step for {self.step_age:.0f} s ({self.name})"
         return None
 
     def _handle(self, message: dict[str, Any], payload: bytes | None) -> None:

@@ -89,9 +89,10 @@ async def test_jobs_move_the_service_metrics_and_promtool_accepts_them(make_daem
     for outcome in ("succeeded", "failed", "cancelled"):
         assert got["sai_job_duration_seconds_count"][(("outcome", outcome),)] == 1
         assert got["sai_job_duration_seconds_bucket"][(("le", "+Inf"), ("outcome", outcome))] == 1
-    restarts = {labels[0][1]: n for labels, n in got["sai_worker_restarts_total"].items()}
-    assert restarts == {"crash": 1, "leak": 0, "operator": 1}
-    assert got["sai_worker_up"][()] == 1
+    restarts = {labels: n for labels, n in got["sai_worker_restarts_total"].items()}
+    assert restarts == {(("cause", "crash"), ("worker", "cpu0")): 1, (("cause", "leak"), ("worker", "cpu0")): 0,
+                        (("cause", "operator"), ("worker", "cpu0")): 1}
+    assert got["sai_worker_up"][(("device", "cpu"), ("worker", "cpu0"))] == 1
     assert sum(got["sai_queue_jobs"].values()) == 0 and got["sai_queue_paused"][()] == 0
     assert got["sai_audit_entries_total"][()] >= 10  # submits, refusals, starts, finishes, outputs, ...
     assert got["sai_audit_checkpoints_total"][()] >= 1

@@ -43,7 +43,7 @@ async def exposed_names(open_monitor) -> set[str]:
     monitor.ring.append({**sample(1_800_000_000.0, gpus=[GPU], worker_rss=GIB, wait=5.0, failure_rate=1.0),
                          "worker": {"rss": GIB, "torch_allocated": 1, "torch_reserved": 2, "torch_peak": 3}})
     monitor.service.state.read_from(DaemonState(
-        jobs=list, paused=lambda: False, worker_up=lambda: True, audit_size=lambda: 10,
+        jobs=list, paused=lambda: False, workers=lambda: [("cpu0", "cpu", True)], audit_size=lambda: 10,
         audit_checkpointed=lambda: (10, 1_800_000_000.0), audit_checkpoints=lambda: 1, version=__version__))
     families = text_string_to_metric_families(monitor.prometheus_text())
     return {family.name + suffix for family in families for suffix in SUFFIXES[family.type]}

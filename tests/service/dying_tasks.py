@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from console.cli import main
 from daemon.audit.log import AuditLog
-from daemon.dispatch import Dispatcher
+from daemon.dispatch import Box, Lane
 from daemon.monitor.service import Monitor
 from daemon.queue.store import JobStore
 from daemon.worker.supervisor import WorkerSupervisor
@@ -29,12 +29,12 @@ LOOPS: dict[str, tuple[type, str]] = {
     "audit committer": (AuditLog, "_commit_loop"),
     "job store committer": (JobStore, "_write_loop"),
     "monitor": (Monitor, "_run"),
-    "dispatcher": (Dispatcher, "run"),
+    "dispatcher": (Box, "run"),
     "worker reader": (WorkerSupervisor, "_read_loop"),
 }
 
 ONE_SHOTS: dict[str, tuple[type, str]] = {
-    "batch runner": (Dispatcher, "_run_batch"),
+    "batch runner": (Lane, "_run_batch"),
 }
 
 LoopMethod = Callable[..., Coroutine[Any, Any, Any]]

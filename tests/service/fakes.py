@@ -27,10 +27,12 @@ class FakeBatch:
 
 
 class FakeWorkerSupervisor:
-    """What the Dispatcher uses of daemon.worker.supervisor.WorkerSupervisor, and nothing else. Batches
+    """What a dispatch Lane uses of daemon.worker.supervisor.WorkerSupervisor, and nothing else. Batches
     run one at a time in the order handed over, as in the real worker."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "cpu0") -> None:
+        self.name = name
+        self.device = "cpu"
         self.batches: list[FakeBatch] = []
         self.info: dict[str, Any] = {"model_id": "tiny", "memory": {}}
         self.state = "stopped"
@@ -48,7 +50,7 @@ class FakeWorkerSupervisor:
         return None
 
     def status(self) -> dict[str, Any]:
-        return {"state": self.state, "pid": None, "restarts": 0, "last_error": None, "model_id": "tiny",
+        return {"name": self.name, "state": self.state, "pid": None, "restarts": 0, "last_error": None, "model_id": "tiny",
                 "device": "cpu", "dtype": "float32", "weights_sha256": None, "memory": {}}
 
     async def start(self, timeout: float = 600.0) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from daemon import config as config_module
 from daemon.auth import in_process_peer
 from daemon.catalog import ModelCatalog
 from daemon.crypto.keys import KeyStore
-from daemon.dispatch import Dispatcher
+from daemon.dispatch import Box, Lane, OutputWriter
 from daemon.events import EventBus
 from daemon.outputs.pipeline import OutputSettings
 from daemon.outputs.sink import ProtectedSink
@@ -50,7 +50,7 @@ class Recorded:
 @dataclass
 class Core:
     queue: QueueManager
-    dispatcher: Dispatcher
+    dispatcher: Box
     worker: FakeWorkerSupervisor
     recorded: Recorded
     run: asyncio.Task[None]
@@ -100,10 +100,11 @@ async def core(tmp_path: Path) -> AsyncIterator[Core]:
     outputs.mkdir()
     sink = ProtectedSink(KeyStore.open(tmp_path / "keys"), OutputSettings.from_config(cfg), outputs)
     executor = ThreadPoolExecutor(2)
-    dispatcher = Dispatcher(queue, worker, sink, executor, cfg.queue.max_batch, cfg.worker,
-                            audit=recorded.record, memory=memory, models=models, worker_events=recorded,
-                            outputs_blocked=lambda message: None, batch_figures=recorded.batch_figures,
-                            watch_work=lambda task, name, duty, holds_jobs: None)
+    writer = OutputWriter(queue, sink, executor, audit=recorded.record, outputs_blocked=lambda message: None)
+    lane = Lane(queue, worker, writer, cfg.worker, max_batch=cfg.queue.max_batch, memory=memory, models=models,
+                worker_events=recorded, batch_figures=recorded.batch_figures,
+                watch_work=lambda task, name, duty, holds_jobs: None, only_lane=lambda: True)
+    dispatcher = Box(queue, [lane], worker_events=recorded)
     run = asyncio.create_task(dispatcher.run())
     yield Core(queue, dispatcher, worker, recorded, run)
     dispatcher.stopping = True
@@ -111,7 +112,7 @@ async def core(tmp_path: Path) -> AsyncIterator[Core]:
     for batch in worker.batches:
         batch.go.set()
     await asyncio.wait_for(run, 10)
-    await asyncio.gather(*dispatcher.finishing, return_exceptions=True)
+    await asyncio.gather(*lane.finishing, return_exceptions=True)
     executor.shutdown(wait=True)
     await store.close()
 

@@ -17,7 +17,7 @@ import pytest
 
 from daemon import config as config_module
 from daemon.protocol import INVALID_PARAMS, RpcError
-from daemon.queue.store import SCHEMA, JobStore
+from daemon.queue.store import SCHEMA, SCHEMA_VERSION, JobStore
 from tests.configs import NO_WORKER
 from tests.harness import run_sai, to_toml
 
@@ -215,9 +215,10 @@ async def test_a_model_that_fails_to_load_fails_its_job_with_an_alert_naming_it(
 
 
 async def test_a_jobs_database_of_schema_1_is_read_and_migrated(tmp_path: Path) -> None:
-    added = ",\n    model_family TEXT NOT NULL DEFAULT '',\n    weights_sha256 TEXT NOT NULL DEFAULT ''"
+    added = (",\n    model_family TEXT NOT NULL DEFAULT '',\n    weights_sha256 TEXT NOT NULL DEFAULT '',"
+             "\n    worker TEXT NOT NULL DEFAULT '',\n    device TEXT NOT NULL DEFAULT ''")
     old = SCHEMA.replace(added, "")
-    assert "model_family" not in old
+    assert "model_family" not in old and "worker" not in old
     path = tmp_path / "jobs.sqlite3"
     with sqlite3.connect(path) as db:
         db.executescript(old)
@@ -229,14 +230,16 @@ async def test_a_jobs_database_of_schema_1_is_read_and_migrated(tmp_path: Path) 
     try:
         job = await store.get("j000000000001")
         assert job is not None and job.model_id == "tiny" and job.model_family == job.weights_sha256 == ""
-        job.model_family, job.weights_sha256 = "sd15", "ab" * 32
+        assert job.worker == job.device == ""
+        job.model_family, job.weights_sha256, job.worker, job.device = "sd15", "ab" * 32, "cuda2", "cuda:2"
         await store.save(job)
         again = await store.get("j000000000001")
         assert again is not None and again.weights_sha256 == "ab" * 32
+        assert (again.worker, again.device) == ("cuda2", "cuda:2")
     finally:
         await store.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
 
 
 def test_to_toml_writes_model_tables() -> None:

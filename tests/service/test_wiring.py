@@ -23,7 +23,7 @@ from daemon import config as config_module
 from daemon.alarms import raise_alarm
 from daemon.auth import in_process_peer
 from daemon.catalog import ModelCatalog
-from daemon.dispatch import Dispatcher
+from daemon.dispatch import Box, Lane, OutputWriter
 from daemon.events import EventBus
 from daemon.monitor.alerts import AlertBook
 from daemon.protocol import UNAVAILABLE, RpcError
@@ -39,7 +39,9 @@ from tests.harness import to_toml
 DAEMON = Path(__file__).resolve().parents[2] / "daemon"
 HOOKS = {
     QueueManager: ("audit", "memory", "capacity", "models", "prompt_digest"),
-    Dispatcher: ("audit", "memory", "models", "worker_events", "outputs_blocked", "batch_figures", "watch_work"),
+    Lane: ("memory", "models", "worker_events", "batch_figures", "watch_work", "only_lane"),
+    OutputWriter: ("audit", "outputs_blocked"),
+    Box: ("worker_events",),
     WorkerSupervisor: ("watch_reader", "on_model"),
 }
 
@@ -53,7 +55,7 @@ def test_collaborators_are_required_keywords_with_no_stand_in() -> None:
             assert params[hook].default is inspect.Parameter.empty, f"{part.__name__}.{hook} has a stand-in default"
 
 
-WIRING = ("service.py", "assembly.py", "reactions.py", "alarms.py", "dispatch.py", "server.py", "connection.py",
+WIRING = ("service.py", "assembly.py", "reactions.py", "alarms.py", "dispatch/", "server.py", "connection.py",
           "queue/manager.py", "worker/supervisor.py", "monitor/service.py", "monitor/service_metrics.py", "api/")
 
 
@@ -178,7 +180,7 @@ async def test_daemon_builds_its_parts_in_order_and_shares_one_memory_model() ->
     daemon = Daemon(cfg, root / "d.sock", root / "state")
     await daemon.startup()
     try:
-        assert daemon.queue.memory is daemon.dispatcher.memory
+        assert daemon.queue.memory is daemon.dispatcher.lanes[0].memory
         # a finished job reaches the monitor's failure rate as a `job` event, not as a callback
         reply = await daemon.queue.submit(in_process_peer(), None, **submit_params())
         job = await daemon.queue.get(reply["job_id"])
