@@ -276,7 +276,7 @@ class Daemon:
         """One line for systemd's STATUS=: queue and worker state."""
         queue = self.queue.status()
         return (f"queue {'paused' if queue['paused'] else 'running'}: {queue['queued']} queued, "
-                f"{queue['running']} running; worker {self.dispatcher.describe()}")
+                f"{queue['running']} running; {self.dispatcher.describe()}")
 
     def status(self, peer: Peer) -> dict[str, Any]:
         return {

@@ -128,7 +128,10 @@ class Box:
         return None
 
     def describe(self) -> str:
-        return ", ".join(f"{lane.name} {lane.worker.state}" for lane in self.lanes)
+        """The workers' states for systemd's STATUS= line: `worker ready`, or `workers cpu0 ready, cpu1 busy`."""
+        if len(self.lanes) == 1:
+            return f"worker {self.lanes[0].worker.state}"
+        return "workers " + ", ".join(f"{lane.name} {lane.worker.state}" for lane in self.lanes)
 
     async def shutdown(self, grace: float) -> None:
         """Stop taking work; every lane drains its running batch within `grace` (side by side)."""

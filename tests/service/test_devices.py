@@ -70,6 +70,8 @@ async def test_two_cpu_workers_run_two_jobs_at_once_and_every_view_names_them(ma
     with pytest.raises(RpcError) as refused:
         await client.call("worker.restart", worker="gpu7")
     assert refused.value.code == -32602 and "gpu7" in refused.value.message and "cpu0, cpu1" in refused.value.message
+    unknown = await asyncio.to_thread(run_sai, "worker", "restart", "gpu7", socket_path=daemon.socket)
+    assert unknown.returncode != 0 and "no worker 'gpu7'" in unknown.stderr and "Traceback" not in unknown.stderr
     before = {w["name"]: w["pid"] for w in workers}
     reply = await client.call("worker.restart", worker="cpu1", reason="test")
     assert reply["workers"] == ["cpu1"]
