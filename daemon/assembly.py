@@ -39,6 +39,7 @@ from daemon.crypto.prompt_mac import PromptMac
 from daemon.dispatch import Box, Lane, OutputWriter
 from daemon.events import EventBus
 from daemon.monitor.gpu import count_gpus
+from daemon.monitor.sampler import WorkerInput
 from daemon.monitor.service import Monitor
 from daemon.monitor.service_metrics import chain_batch_figures
 from daemon.outputs.pipeline import OutputSettings
@@ -165,7 +166,9 @@ async def assemble(config: Config, site: Site, *, bus: EventBus, background: Bac
     monitor = await Monitor.open(cfg, site.state_dir, site.outputs_dir, bus,
                                  worker_pid=lambda: worker.pid,
                                  worker_memory=lambda: worker.info.get("memory"),
-                                 queue_wait=queue.oldest_wait, audit=record)
+                                 queue_wait=queue.oldest_wait, audit=record,
+                                 workers=lambda: [WorkerInput(w.name, w.device, w.pid, w.info.get("memory"))
+                                                  for w in workers])
     opened.push_async_callback(monitor.close)
     monitor.attach(queue, workers, audit)
     monitor.start()

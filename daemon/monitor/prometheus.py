@@ -67,7 +67,7 @@ class SampleCollector(Collector):
         family("sai_host_memory_used_bytes", "Host memory in use (total minus available).").add(memory.get("used"))
         family("sai_host_memory_total_bytes", "Host memory in total.").add(memory.get("total"))
         family("sai_host_memory_percent", "Host memory in use, percent.").add(memory.get("percent"))
-        rss = family("sai_process_resident_memory_bytes", "Resident memory of the daemon and worker processes.",
+        rss = family("sai_process_resident_memory_bytes", "Resident memory of the daemon and (first) worker processes.",
                      ("process",))
         cpu = family("sai_process_cpu_percent", "CPU use of the daemon and worker processes, percent of one core.",
                      ("process",))
@@ -75,11 +75,22 @@ class SampleCollector(Collector):
             proc = sample.get(name) or {}
             rss.add(proc.get("rss"), name)
             cpu.add(proc.get("cpu_percent"), name)
-        worker = sample.get("worker") or {}
-        torch = family("sai_worker_torch_memory_bytes", "Torch CUDA memory in the worker, as of its last batch.",
-                       ("kind",))
-        for kind in ("allocated", "reserved", "peak"):
-            torch.add(worker.get(f"torch_{kind}"), kind)
+        workers = sample.get("workers") or [{"name": "", "device": "", **(sample.get("worker") or {})}]
+        torch = family("sai_worker_torch_memory_bytes", "Torch CUDA memory in each worker, as of its last batch.",
+                       ("kind", "worker", "device"))
+        worker_rss = family("sai_worker_resident_memory_bytes", "Resident memory of each worker process.",
+                            ("worker", "device"))
+        worker_cpu = family("sai_worker_cpu_percent", "CPU use of each worker process, percent of one core.",
+                            ("worker", "device"))
+        worker_gpu = family("sai_worker_gpu_memory_bytes", "GPU memory each worker process uses (NVML).",
+                            ("worker", "device"))
+        for worker in workers:
+            who = (str(worker.get("name") or ""), str(worker.get("device") or ""))
+            worker_rss.add(worker.get("rss"), *who)
+            worker_cpu.add(worker.get("cpu_percent"), *who)
+            worker_gpu.add(worker.get("gpu_memory"), *who)
+            for kind in ("allocated", "reserved", "peak"):
+                torch.add(worker.get(f"torch_{kind}"), kind, *who)
         gpu_info = sample.get("gpu") or {}
         family("sai_gpu_available", "1 when NVML answers and sees a GPU, else 0.").add(
             1 if gpu_info.get("available") else 0)

@@ -10,7 +10,8 @@ Sample shape (every API result and the `metrics` topic carry it; bytes, percent,
      "host": {"cpu_percent", "load_1m", "memory": {"used", "total", "available", "percent"}},
      "daemon": {"pid", "rss", "cpu_percent"},
      "worker": {"pid", "rss", "cpu_percent", "gpu_memory", "torch_allocated", "torch_reserved",
-                "torch_peak", "device_free", "device_total"},
+                "torch_peak", "device_free", "device_total"},   (the first worker, for clients of one)
+     "workers": [{"name", "device", and the same figures as "worker"}],   (every worker, one per device)
      "gpu": {"available", "reason", "driver", "count"}, "gpu_error": reason or None,
      "gpus": [{"index", "name", "uuid", "memory": {...}, "utilization", "memory_utilization",
                "temperature", "power_w", "power_limit_w", "fan_percent", "processes": [{"pid", "used_memory"}]}],
@@ -37,6 +38,16 @@ TORCH_KEYS = ("torch_allocated", "torch_reserved", "torch_peak", "device_free", 
 
 
 @dataclass(frozen=True)
+class WorkerInput:
+    """One worker as the daemon knows it: its name and configured device, its pid, its last memory report."""
+
+    name: str
+    device: str
+    pid: int | None
+    memory: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
 class Inputs:
     """What the daemon knows, read on the event loop just before a sample is collected."""
 
@@ -44,6 +55,8 @@ class Inputs:
     worker_memory: dict[str, Any] | None = None
     queue_wait: float | None = None
     jobs: dict[str, Any] | None = None
+    workers: tuple[WorkerInput, ...] = ()
+    """Every worker process (one per device), for the sample's `workers` list."""
 
 
 class Sampler:
@@ -53,6 +66,8 @@ class Sampler:
         self.interval = interval
         self.daemon = psutil.Process(os.getpid())
         self._worker: psutil.Process | None = None
+        self._workers: dict[str, psutil.Process] = {}
+        """Each named worker's process (its own psutil handle: cpu_percent counts from its previous call)."""
         # cpu_percent(None) compares with the previous call: prime them so the first sample is real.
         psutil.cpu_percent(None)
         self.daemon.cpu_percent(None)
@@ -69,22 +84,56 @@ class Sampler:
                 self._worker = None
         return self._worker
 
+    def _named_process(self, name: str, pid: int | None) -> psutil.Process | None:
+        proc = self._workers.get(name)
+        if pid is None:
+            self._workers.pop(name, None)
+            return None
+        if proc is None or proc.pid != pid:
+            try:
+                proc = self._workers[name] = psutil.Process(pid)
+                proc.cpu_percent(None)
+            except psutil.Error:
+                self._workers.pop(name, None)
+                return None
+        return proc
+
     def _worker_section(self, inputs: Inputs, gpus: list[dict[str, Any]]) -> dict[str, Any]:
-        section: dict[str, Any] = {"pid": inputs.worker_pid, "rss": None, "cpu_percent": None, "gpu_memory": None}
         proc = self._worker_process(inputs.worker_pid)
+        section = self._section(proc, inputs.worker_pid, inputs.worker_memory, gpus)
+        if proc is not None and section["rss"] is None:
+            self._worker = None
+        return section
+
+    def _workers_sections(self, inputs: Inputs, gpus: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        sections = []
+        for worker in inputs.workers:
+            proc = self._named_process(worker.name, worker.pid)
+            section = self._section(proc, worker.pid, worker.memory, gpus)
+            if proc is not None and section["rss"] is None:
+                self._workers.pop(worker.name, None)
+            sections.append({"name": worker.name, "device": worker.device, **section})
+        return sections
+
+    @staticmethod
+    def _section(proc: psutil.Process | None, pid: int | None, reported: dict[str, Any] | None,
+                 gpus: list[dict[str, Any]]) -> dict[str, Any]:
+        """One worker's figures: its process (psutil), its GPU memory (NVML's process list) and what it
+        last reported of torch's memory."""
+        section: dict[str, Any] = {"pid": pid, "rss": None, "cpu_percent": None, "gpu_memory": None}
         if proc is not None:
             try:
                 with proc.oneshot():
                     section["rss"] = proc.memory_info().rss
                     section["cpu_percent"] = round(proc.cpu_percent(None), 1)
             except psutil.Error:
-                self._worker = None
+                pass
         used = [p["used_memory"] for g in gpus if isinstance(g.get("processes"), list)
-                for p in g["processes"] if p["pid"] == inputs.worker_pid]
+                for p in g["processes"] if p["pid"] == pid]
         if used:
             section["gpu_memory"] = sum(u for u in used if isinstance(u, int)) if any(
                 isinstance(u, int) for u in used) else "n/a"
-        memory = inputs.worker_memory or {}
+        memory = reported or {}
         for key in TORCH_KEYS:
             value = memory.get(key)
             section[key] = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
@@ -118,6 +167,7 @@ class Sampler:
             },
             "daemon": daemon,
             "worker": self._worker_section(inputs, gpus),
+            "workers": self._workers_sections(inputs, gpus),
             "gpu": gpu,
             "gpu_error": gpu["reason"],
             "gpus": gpus,

@@ -31,7 +31,7 @@ from daemon.monitor.history import History, flatten, parse_time
 from daemon.monitor.prometheus import Exporter, registry_for, render
 from daemon.monitor.ring import Ring
 from daemon.monitor.rules import GIB, LEVELS, Evaluator, rules_from_config
-from daemon.monitor.sampler import Inputs, Sampler
+from daemon.monitor.sampler import Inputs, Sampler, WorkerInput
 from daemon.monitor.service_metrics import ServiceMetrics, attach
 from daemon.queue.jobs import FAILED, SUCCEEDED
 from daemon.timefmt import rfc3339
@@ -99,6 +99,7 @@ class Monitor:
                    worker_memory: Callable[[], dict[str, Any] | None] | None = None,
                    queue_wait: Callable[[], Any] | None = None,
                    audit: Audit | None = None, *,
+                   workers: Callable[[], list[WorkerInput]] | None = None,
                    clock: Callable[[], float] = time.time, executor: Executor | None = None,
                    nvml: Any = None) -> Monitor:
         """Open state/metrics.sqlite3 (WAL), load open alerts, set up NVML. Nothing runs until `start()`.
@@ -125,7 +126,8 @@ class Monitor:
                 pool.shutdown(wait=False)
             raise
         monitor = cls(config, Path(outputs_dir), bus, db, history, alerts, sampler, pool, own,
-                      {"worker_pid": worker_pid, "worker_memory": worker_memory, "queue_wait": queue_wait}, clock)
+                      {"worker_pid": worker_pid, "worker_memory": worker_memory, "queue_wait": queue_wait,
+                       "workers": workers}, clock)
         for key, record in list(alerts.open_alerts.items()):
             if record["rule"]:
                 rule = next((r for r in monitor.evaluator.rules if r.name == record["rule"]), None)
@@ -179,7 +181,7 @@ class Monitor:
         inputs = Inputs(worker_pid=await _read(self.sources["worker_pid"]),
                         worker_memory=await _read(self.sources["worker_memory"]),
                         queue_wait=await _read(self.sources["queue_wait"]),
-                        jobs=self.job_summary(ts))
+                        jobs=self.job_summary(ts), workers=tuple(await _read(self.sources["workers"]) or ()))
         return await asyncio.get_running_loop().run_in_executor(self.executor, self.sampler.collect, ts, inputs)
 
     async def tick(self) -> dict[str, Any]:

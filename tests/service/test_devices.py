@@ -66,6 +66,8 @@ async def test_two_cpu_workers_run_two_jobs_at_once_and_every_view_names_them(ma
     assert 'sai_worker_up{device="cpu",worker="cpu0"} 1.0' in metrics.stdout
     assert 'sai_worker_up{device="cpu",worker="cpu1"} 1.0' in metrics.stdout
     assert 'sai_worker_restarts_total{cause="crash",worker="cpu1"} 0.0' in metrics.stdout
+    for name in ("cpu0", "cpu1"):  # sampled per worker process
+        assert re.search(rf'sai_worker_resident_memory_bytes{{device="cpu",worker="{name}"}} [1-9]', metrics.stdout)
 
     with pytest.raises(RpcError) as refused:
         await client.call("worker.restart", worker="gpu7")
