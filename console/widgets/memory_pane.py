@@ -169,6 +169,23 @@ class MemoryPane(Pane):
             text.append(" " * LABEL)
             text.append(spark(history, width) + "\n", style=self._style(state))
 
+    @staticmethod
+    def _process_lines(sample: dict[str, Any]) -> list[tuple[str, str]]:
+        """The worker and daemon processes: one line per worker (named, with its device) when the
+        daemon runs several, else the one worker's RSS and torch lines as before."""
+        workers = sample.get("workers") or []
+        daemon = sample.get("daemon") or {}
+        if len(workers) > 1:
+            lines = [(str(w.get("name")), f"{w.get('device')} · RSS {human_bytes(number(w.get('rss')))}"
+                      + (f" · torch reserved {human_bytes(number(w.get('torch_reserved')))}"
+                         if number(w.get("torch_reserved")) is not None else "")) for w in workers]
+        else:
+            worker = sample.get("worker") or {}
+            lines = [("worker", f"RSS {human_bytes(number(worker.get('rss')))}"),
+                     ("torch", f"reserved {human_bytes(number(worker.get('torch_reserved')))} · "
+                               f"allocated {human_bytes(number(worker.get('torch_allocated')))}")]
+        return [*lines, ("daemon", f"RSS {human_bytes(number(daemon.get('rss')))}")]
+
     def redraw(self) -> None:
         text = Text()
         if self.history_note:
@@ -202,12 +219,7 @@ class MemoryPane(Pane):
                     text.append(" " * LABEL + str(gpu["name"]) + "\n", style=self._style("note"))
             used, total = _used_total(sample.get("host") or {})
             self._meter(text, "host", used, total, "host")
-            worker = sample.get("worker") or {}
-            daemon = sample.get("daemon") or {}
-            for label, figure in (("worker", f"RSS {human_bytes(number(worker.get('rss')))}"),
-                                  ("torch", f"reserved {human_bytes(number(worker.get('torch_reserved')))} · "
-                                            f"allocated {human_bytes(number(worker.get('torch_allocated')))}"),
-                                  ("daemon", f"RSS {human_bytes(number(daemon.get('rss')))}")):
+            for label, figure in self._process_lines(sample):
                 text.append(f"{label:<{LABEL}}", style=self._style("label"))
                 text.append(figure + "\n")
         self.query_one("#memory-body", Static).update(text)

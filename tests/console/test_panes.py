@@ -186,3 +186,17 @@ async def test_daemon_messages_left_in_the_queue_at_shutdown_are_dropped() -> No
     app.on_alert_changed(AlertChanged({"kind": "raised", "alert": {}}))
     app.on_link_down(LinkDown("gone", 1.0, 1))
     app.on_job_changed(JobChanged({"job_id": "j1", "state": "queued"}))
+
+
+async def test_the_memory_pane_shows_every_worker(make_daemon: Any) -> None:
+    daemon = make_daemon({"worker": {"devices": ["cpu", "cpu"]}, "model": {"threads": 2}})
+    app = SaiConsole(str(daemon.socket))
+    async with app.run_test(size=(160, 50)) as pilot:
+        await connected(pilot, app)
+        main = app.main
+
+        def both_workers() -> bool:
+            body = str(main.query_one("#memory-body").render())
+            return bool(re.search(r"cpu0\s+cpu · RSS \d", body) and re.search(r"cpu1\s+cpu · RSS \d", body))
+
+        await until(pilot, both_workers, 120, "a line per worker with its RSS")
