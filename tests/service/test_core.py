@@ -150,7 +150,7 @@ async def test_a_batch_behind_the_running_one_is_next_and_starts_only_when_begun
     assert await core.finished(waiting) == ["succeeded"]
     done = await core.queue.get(waiting)
     assert (done.state, done.attempts) == ("succeeded", 1) and done.started_at is not None
-    assert await core.state(running) == "succeeded"
+    assert await core.finished(running) == ["succeeded"]  # its outputs are written in a thread: it may record second
 
 
 async def test_a_crash_requeues_the_batch_and_only_begun_jobs_count_an_attempt(core: Core) -> None:
