@@ -28,8 +28,8 @@ from console.widgets.queue_pane import QueuePane
 from console.widgets.queue_table import QueueTable
 
 COMPACT_WIDTH, COMPACT_HEIGHT = 120, 36
-RESTART_WHEN = ("The batch it is running finishes first and no new one starts meanwhile; then the worker "
-                "restarts (at once when idle). This also clears a crash-loop halt.")
+RESTART_WHEN = ("The batch it is running finishes first and no new one starts on it meanwhile; then "
+                "the worker restarts (at once when idle). This also clears a crash-loop halt.")
 """What worker.restart does (daemon.dispatch): `sai worker restart --help` says the same."""
 
 

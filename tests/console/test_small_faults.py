@@ -178,7 +178,7 @@ async def test_the_restart_dialog_and_sai_worker_restart_say_what_the_daemon_doe
         if data.get("job_id") == job_id and data.get("kind") == "progress":
             break
     before = (await client.call("daemon.status"))["worker"]["pid"]
-    promise = "The batch it is running finishes first and no new one starts meanwhile; then the worker restarts"
+    promise = "The batch it is running finishes first and no new one starts on it meanwhile; then the worker restarts"
     cli_help = run_sai("worker", "restart", "--help")
     assert promise in _words(cli_help.stdout), cli_help.stdout
     app = SaiConsole(str(daemon.socket))

@@ -100,7 +100,9 @@ async def test_the_worker_never_inherits_the_passphrase(make_daemon, client_of, 
     [worker] = daemon.worker_pids()
     environ = dict(item.split(b"=", 1) for item in Path(f"/proc/{worker}/environ").read_bytes().split(b"\0") if item)
     assert passphrase.encode() not in b"".join(environ.values()), "the worker inherited the passphrase"
-    assert not [name for name in environ if name.startswith((b"SAI_", b"PYTHON"))], sorted(environ)
+    inherited = [name for name in environ if name.startswith((b"SAI_", b"PYTHON")) and name != b"SAI_WORKER_NAME"]
+    assert not inherited, sorted(environ)
+    assert environ[b"SAI_WORKER_NAME"] == b"cpu0"  # set by the daemon, not inherited: the worker's name only
 
 
 def test_a_passphrase_file_others_can_read_is_refused(make_daemon, scratch) -> None:
