@@ -207,13 +207,13 @@ class ModelCatalog:
         """The worker is ready: the default model is loaded (`info`: its `ready` report). Audited here
         unless its `model` event, which comes first, already was."""
         entry = self.default
-        recorded = entry.loaded and entry.weights_sha256 == info.get("weights_sha256")
+        recorded = worker in entry.holders and entry.weights_sha256 == info.get("weights_sha256")
         self._loaded(entry, info.get("weights_sha256"), info.get("device"), info.get("dtype"),
                      info.get("family"), info.get("bytes"), worker)
         if not recorded:
             self._spawn(self._record(None, "model.load", entry.name, {
                 "weights_sha256": entry.weights_sha256, "device": entry.device, "dtype": entry.loaded_dtype,
-                "worker_pid": info.get("pid")}))
+                "worker": worker or None, "worker_pid": info.get("pid")}))
         self._publish_change(entry, "load")
 
     def worker_gone(self, residency: Residency | None = None, worker: str = "") -> None:
@@ -234,8 +234,9 @@ class ModelCatalog:
             return
         action = message.get("action")
         details = {k: message.get(k) for k in ("family", "weights_sha256", "device", "dtype", "bytes", "seconds")}
+        details["worker"] = worker or None
         if action == "load":
-            again = entry.loaded and entry.weights_sha256 == message.get("weights_sha256")
+            again = worker in entry.holders and entry.weights_sha256 == message.get("weights_sha256")
             self._loaded(entry, message.get("weights_sha256"), message.get("device"), message.get("dtype"),
                          message.get("family"), message.get("bytes"), worker)
             if again:  # the start-up load, already recorded from the worker's `ready`
@@ -274,15 +275,17 @@ class ModelCatalog:
         task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
-        """At shutdown, once the worker has stopped: each model it held is recorded as unloaded
-        (`model.unload`, reason `daemon stopping`, with its weights hash, so every audited load has
-        its end), and the audit entries still being written are waited for before the log closes."""
+        """At shutdown, once the workers have stopped: each model a worker held is recorded as
+        unloaded there (`model.unload`, reason `daemon stopping`, with its weights hash and the
+        worker, so every audited load has its end), and the audit entries still being written are
+        waited for before the log closes."""
         for entry in self.entries.values():
-            if entry.loaded:
-                entry.loaded = False
+            for worker in sorted(entry.holders) if entry.loaded else []:
                 self._spawn(self._record(None, "model.unload", entry.name, {
                     "weights_sha256": entry.weights_sha256, "device": entry.device, "dtype": entry.loaded_dtype,
-                    "reason": "daemon stopping"}))
+                    "worker": worker or None, "reason": "daemon stopping"}))
+            entry.holders.clear()
+            entry.loaded = False
         self.residency = Residency()
         await self.drain()
 

@@ -37,3 +37,24 @@ async def test_a_stop_audits_the_unload_of_each_model_the_worker_held(make_daemo
     assert set(unloads) == set(held)
     for name, details in unloads.items():
         assert details["weights_sha256"] == held[name]["weights_sha256"] and details["reason"] == "daemon stopping"
+
+
+async def test_a_stop_audits_one_unload_per_worker_that_held_the_model(make_daemon: Any, client_of: Any,
+                                                                        wait_for: Any) -> None:
+    daemon = make_daemon({"worker": {"devices": ["cpu", "cpu"]}, "model": {"threads": 2}})
+    client = await client_of(daemon)
+    ids = [(await client.call("job.submit", prompt=f"fox {i}", width=64, height=64, steps=2))["job_id"]
+           for i in range(4)]
+    assert [(await wait_for(client, job_id))["state"] for job_id in ids] == ["succeeded"] * 4
+    await client.close()
+    assert daemon.terminate() == 0
+    again = make_daemon(NO_WORKER, state_from=daemon)
+    entries = (await (await client_of(again)).call("audit.tail", limit=200))["entries"]
+    stop = [e["action"] for e in entries].index("daemon.stop")
+    loads = sorted(e["details"]["worker"] for e in entries[:stop] if e["action"] == "model.load")
+    unloads = [e["details"] for e in entries[:stop] if e["action"] == "model.unload"]
+    assert loads == ["cpu0", "cpu1"]
+    assert sorted(d["worker"] for d in unloads) == ["cpu0", "cpu1"]
+    assert all(d["reason"] == "daemon stopping" for d in unloads)
+    status = (await (await client_of(again)).call("daemon.status"))["models"]
+    assert [m["loaded"] for m in status] == [False]
