@@ -39,7 +39,8 @@ def _absent(path: Path) -> bool:
     return False
 
 
-def _listed(items: list[str]) -> str:
+def listed(items: list[str]) -> str:
+    """The first few `items`, comma-separated, and how many more."""
     more = f" and {len(items) - SHOWN} more" if len(items) > SHOWN else ""
     return ", ".join(items[:SHOWN]) + more
 
@@ -79,7 +80,7 @@ def packages(lock: Path | None) -> Check:
         return fail("packages", f"{lock} pins no package",
                     "pass --lock FILE naming requirements.lock or requirements-cuda.lock")
     if wrong:
-        return fail("packages", f"{len(wrong)} of {len(pinned)} packages differ from {lock}: {_listed(wrong)}",
+        return fail("packages", f"{len(wrong)} of {len(pinned)} packages differ from {lock}: {listed(wrong)}",
                     f"reinstall exactly the lock: {sys.executable} -m pip install --no-deps --require-hashes -r {lock} "
                     "(or run install.sh from the bundle again; `make setup` in a checkout)")
     return ok("packages", f"all {len(pinned)} packages match {lock}")
@@ -95,7 +96,7 @@ def nvml(wants_cuda: bool) -> tuple[Check, int]:
     finally:
         probe.close()
     if state["available"]:
-        names = _listed([f"{g['index']}: {g['name']}" for g in state["gpus"]])
+        names = listed([f"{g['index']}: {g['name']}" for g in state["gpus"]])
         return ok("nvml", f"driver {state['driver']}, {len(state['gpus'])} GPU(s): {names}"), len(state["gpus"])
     detail = f"NVML unavailable: {state['reason']}; the console shows no GPU figures"
     fix = "install the NVIDIA driver until `nvidia-smi` lists the GPUs (in a container: the NVIDIA runtime)"
@@ -163,7 +164,7 @@ def key_modes(keys_dir: Path, uid: int) -> Check:
                 fixes.append(f"chown {user_name(uid)} {path} (if the daemon runs as {user_name(st.st_uid)}: "
                              f"sai doctor --user {user_name(st.st_uid)})")
     if wrong:
-        return fail("key files", _listed(wrong) + "; anyone who can read a key can decrypt outputs or forge signatures",
+        return fail("key files", listed(wrong) + "; anyone who can read a key can decrypt outputs or forge signatures",
                     "; ".join(dict.fromkeys(fixes)))
     return ok("key files", f"{keys_dir}: directories 0700, files 0600, owned by {user_name(uid)}")
 

@@ -12,7 +12,9 @@ from typing import Any
 
 from daemon import config, paths
 from daemon.doctor import Check, fail, host, ok, warn
+from daemon.doctor.host import listed
 from daemon.worker import launch
+from daemon.worker.devices import resolve
 
 PROBE = "daemon.doctor.probe"
 PROBE_TIMEOUT = 300.0
@@ -78,6 +80,29 @@ def torch_build(facts: dict[str, Any], device: str, gpus_present: bool) -> Check
     return ok("torch", f"{build}: the worker runs on the CPU (model.device = \"{device}\")")
 
 
+def workers(cfg: config.Config, facts: dict[str, Any], gpus: int, cores: int | None = None) -> Check:
+    """The worker processes `[worker] devices` gives (one per entry) against the GPUs NVML and the
+    worker's torch see: a CUDA entry no GPU backs would leave its worker failing at every start."""
+    slots = resolve(cfg.worker.devices, cfg.model.device, cfg.model.threads, gpus)
+    names = listed([f"{s.name} ({s.label}{f', {s.threads} thread(s)' if s.device == 'cpu' and s.threads else ''})"
+                      for s in slots])
+    fix = "set [worker] devices to the GPUs `nvidia-smi -L` lists (e.g. [\"cuda:0\", \"cuda:1\"]), or \"auto\""
+    cuda = [s for s in slots if s.device == "cuda" and s.label.startswith("cuda:")]
+    missing = [s.label for s in cuda if int(s.label.partition(":")[2] or 0) >= gpus]
+    if missing:
+        seen = f"NVML sees {gpus} GPU(s)" if gpus else "NVML sees no GPU"
+        return fail("workers", f"{len(slots)} worker(s): {names}; {', '.join(missing)} configured but {seen}", fix)
+    if cuda and not facts.get("cuda_available", False):
+        return fail("workers", f"{len(slots)} worker(s): {names}; CUDA workers configured but the worker's torch "
+                               "sees no CUDA device (see the torch check)", fix)
+    cores = cores or os.cpu_count() or 1
+    cpus = sum(1 for s in slots if s.device == "cpu")
+    if cpus > cores:
+        return warn("workers", f"{len(slots)} worker(s): {names}; {cpus} CPU workers on {cores} core(s) slow each "
+                               "other down", f"list at most {cores} \"cpu\" entries in [worker] devices")
+    return ok("workers", f"{len(slots)} worker(s): {names}")
+
+
 def configured_models(cfg: config.Config) -> list[dict[str, str]]:
     return [{"name": cfg.model.name, "path": cfg.model.path, "config_dir": cfg.model.config_dir}]
 
@@ -92,6 +117,7 @@ def run_checks(config_file: str | None, state_dir: str | None, lock: str | None,
     gpu, gpus = host.nvml(cfg.model.device == "cuda")
     checks.append(torch_build(facts.get("torch", facts), cfg.model.device, gpus > 0))
     checks.append(gpu)
+    checks.append(workers(cfg, facts.get("torch", facts), gpus))
     checks += host.disk({"state dir": state, "outputs": state / "outputs"}, cfg.alerts)
     checks += [host.state_ownership(state, uid), host.key_modes(state / "keys", uid),
                host.socket_group(cfg.daemon.socket_group, uid, source), host.clock(state / "audit.db")]

@@ -222,3 +222,13 @@ def test_nearly_full_disk_fails(healthy: DaemonProcess, tmp_path: Path) -> None:
         subprocess.run(["umount", str(mount)], check=True)
     assert code == 11 and failed(checks) == ["disk: state dir, outputs"], checks
     assert "GiB free of 0.00 GiB" in checks["disk: state dir, outputs"]["detail"]
+
+
+def test_the_workers_check_lists_each_worker_and_fails_a_gpu_no_one_sees(state: Path, tmp_path: Path) -> None:
+    code, checks = doctor(state, config_with(tmp_path, {"worker": {"devices": ["cpu", "cpu"]}, "model": {"threads": 2}}))
+    assert checks["workers"]["status"] == "OK", checks["workers"]
+    assert checks["workers"]["detail"] == "2 worker(s): cpu0 (cpu, 1 thread(s)), cpu1 (cpu, 1 thread(s))"
+    code, checks = doctor(state, config_with(tmp_path, {"worker": {"devices": ["cpu", "cuda:1"]}}))
+    assert code == 11 and "workers" in failed(checks), checks
+    assert "cuda:1 configured but NVML sees no GPU" in checks["workers"]["detail"]
+    assert "[worker] devices" in checks["workers"]["fix"]
