@@ -233,7 +233,9 @@ def _workers(cfg: Config, site: Site, background: BackgroundTasks, models: Model
     base = {"model": cfg.model.name, "path": cfg.model.path, "config_dir": cfg.model.config_dir,
             "family": cfg.model.family, "dtype": cfg.model.dtype, "scheduler": cfg.model.scheduler,
             "memory_headroom_mb": cfg.model.memory_headroom_mb, "pipeline_wrapper": cfg.worker.pipeline_wrapper,
-            "state_dir": str(site.state_dir), "heartbeat_seconds": cfg.worker.heartbeat_seconds}
+            "state_dir": str(site.state_dir), "heartbeat_seconds": cfg.worker.heartbeat_seconds,
+            "performance": dict(cfg.performance),
+            "warmup": {"width": cfg.defaults.width, "height": cfg.defaults.height, "guidance": cfg.defaults.guidance}}
 
     def reported(name: str) -> Callable[[dict[str, Any]], None]:
         return lambda message: models.worker_reported(message, name)

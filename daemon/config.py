@@ -175,6 +175,11 @@ def _check_models(values: dict[str, dict[str, Any]], origins: Mapping[str, str])
         if not model.get("path") and name not in BUILT_IN_MODELS:
             raise ConfigError(source, f"{where}.path", "missing: a model needs path = a local diffusers directory "
                               f"or .safetensors file (only the built-in {', '.join(BUILT_IN_MODELS)} need none)")
+    known = [default, *values[MODELS]]
+    for name in values["performance"]["compile_models"]:
+        if name not in known:
+            raise ConfigError(origins.get("performance.compile_models", "config"), "performance.compile_models",
+                              f"{name!r} is not a configured model; known: {', '.join(known)}")
 
 
 def _read(path: Path) -> dict[str, Any]:

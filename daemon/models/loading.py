@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from daemon.models.builders import BUILT_IN, build
 from daemon.models.errors import ModelError
 from daemon.models.families import CONFIGS, FAMILIES, Family, shipped_config
+from daemon.models.performance import choose_dtype
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -141,8 +142,7 @@ def single_file_config(path: Path, spec: ModelSpec, family: Family) -> Path:
 def torch_dtype(name: str, family: Family, device: str) -> Any:
     import torch
 
-    chosen = family.default_dtype(device) if name == "auto" else name
-    return getattr(torch, chosen)
+    return getattr(torch, choose_dtype(name, family.name, device))
 
 
 def load_pipeline(path: Path, family_name: str, spec: ModelSpec, device: str) -> DiffusionPipeline:

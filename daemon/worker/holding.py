@@ -2,12 +2,15 @@
 
 Which model to drop, and when, is the daemon's decision (it knows every worker's memory and the
 queue); the worker only loads what a batch names and reports each load and unload as a `model`
-event: name, family, weights hash, device, dtype, parameter bytes and the seconds it took.
+event: name, family, weights hash, device, dtype, parameter bytes and the seconds it took. A load
+also applies the `[performance]` plan (daemon.models.performance, daemon.worker.speed) and, when
+the plan says so, runs the warm-up generation before the event (its seconds in `warmup_seconds`).
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,7 +19,9 @@ from typing import Any
 
 from daemon.models.detect import detect
 from daemon.models.families import FAMILIES
-from daemon.models.loading import ModelSpec, load_pipeline, resolve, torch_dtype, weights_sha256
+from daemon.models.loading import ModelSpec, load_pipeline, resolve, weights_sha256
+from daemon.models.performance import Plan, Settings, plan
+from daemon.worker.speed import ShapeCompiles, prepare
 
 
 @dataclass
@@ -31,6 +36,10 @@ class Held:
     bytes: int
     guidance: str  # "cfg", "embedded", or "none" (a distilled model without a guidance embedding)
     max_tokens: int
+    plan: Plan
+    tuning: dict[str, Any]
+    """What daemon.worker.speed.prepare did, plus the warm-up's seconds: reported in the load event."""
+    compiles: ShapeCompiles | None = None
 
     def serves(self, spec: ModelSpec) -> bool:
         """Whether this pipeline is what `spec` asks for ("auto" family and dtype match what they became)."""
@@ -43,7 +52,7 @@ class Held:
         return {"ev": "model", "action": action, "name": self.spec.name, "family": self.family,
                 "weights_sha256": self.weights_sha256, "device": self.device, "dtype": self.dtype,
                 "bytes": self.bytes, "seconds": round(seconds, 3), "guidance": self.guidance,
-                "path": str(self.path)}
+                "path": str(self.path), **(self.tuning if action == "load" else {})}
 
 
 def parameter_bytes(pipe: Any) -> int:
@@ -59,13 +68,19 @@ def guidance_mode(family: str, pipe: Any) -> str:
     return FAMILIES[family].guidance
 
 
+WarmUp = Callable[[Held], None]
+"""Runs one short generation with a just-loaded model (daemon.worker.main.Worker.warm_up)."""
+
+
 class Models:
     def __init__(self, state_dir: Path, device: str, send: Callable[[dict[str, Any]], None],
-                 wrapper: str = "") -> None:
+                 wrapper: str = "", settings: Settings | None = None, warm_up: WarmUp | None = None) -> None:
         self.state_dir = state_dir
         self.device = device
         self._send = send
         self._wrapper = wrapper
+        self.settings = settings or Settings.from_spec()
+        self._warm_up = warm_up
         self.held: dict[str, Held] = {}
 
     def get(self, spec: ModelSpec) -> Held:
@@ -80,16 +95,25 @@ class Models:
         family = detect(path, spec.family)
         digest = weights_sha256(path)
         pipe = load_pipeline(path, family, spec, self.device)
+        chosen = plan(self.settings, spec.name, family, self.device, spec.dtype)
+        tuning = prepare(pipe, family, chosen, self.settings)
         if self._wrapper:
             module, _, name = self._wrapper.partition(":")
             pipe = getattr(importlib.import_module(module), name)(pipe)
         tokenizer = getattr(pipe, "tokenizer", None)
-        held = Held(spec, family, pipe, path, digest, self.device,
-                    str(torch_dtype(spec.dtype, FAMILIES[family], self.device)).removeprefix("torch."),
+        held = Held(spec, family, pipe, path, digest, self.device, chosen.dtype,
                     parameter_bytes(pipe), guidance_mode(family, pipe),
-                    int(getattr(tokenizer, "model_max_length", 77)))
+                    int(getattr(tokenizer, "model_max_length", 77)), chosen, tuning,
+                    ShapeCompiles(spec.name, self.settings.compile_max_shapes) if chosen.compile else None)
+        loaded = time.monotonic() - started
+        if chosen.warmup and self._warm_up is not None:
+            warm_started = time.monotonic()
+            self._warm_up(held)
+            held.tuning["warmup_seconds"] = round(time.monotonic() - warm_started, 3)
+            print(f"worker: warmed up {spec.name} on {self.device} in {held.tuning['warmup_seconds']:.2f} s",
+                  file=sys.stderr)
         self.held[spec.name] = held
-        self._send(held.event("load", time.monotonic() - started))
+        self._send(held.event("load", loaded))
         return held
 
     def unload(self, name: str) -> bool:

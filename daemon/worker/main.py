@@ -30,6 +30,7 @@ from daemon.models.errors import ModelError
 from daemon.worker.calls import call_arguments
 from daemon.worker.ipc import SyncWriter
 from daemon.worker.launch import OFFLINE
+from daemon.worker.speed import vae_for_call
 
 if TYPE_CHECKING:
     from daemon.models.loading import ModelSpec
@@ -117,6 +118,7 @@ class Worker:
         import transformers
 
         from daemon.models.loading import ModelSpec
+        from daemon.models.performance import Settings
         from daemon.worker.holding import Models
 
         diffusers.utils.logging.disable_progress_bar()
@@ -126,7 +128,8 @@ class Worker:
         wanted = self.spec.get("device", "auto")
         self.device = "cuda" if wanted == "cuda" or (wanted == "auto" and torch.cuda.is_available()) else "cpu"
         self.models = Models(Path(self.spec["state_dir"]), self.device, self.out.send,
-                             self.spec.get("pipeline_wrapper") or "")
+                             self.spec.get("pipeline_wrapper") or "", Settings.from_spec(self.spec.get("performance")),
+                             self.warm_up)
         self.default = ModelSpec(self.spec["model"], self.spec.get("path", ""), self.spec.get("config_dir", ""),
                                  self.spec.get("family") or "auto", self.spec.get("dtype") or "auto",
                                  self.spec.get("scheduler") or "euler")
@@ -263,6 +266,23 @@ class Worker:
                        "peak": {"pixels": int(batch["width"]) * int(batch["height"]),
                                 "bytes_per_image": int(self.peak_per_image)}})
 
+    def warm_up(self, held: Held) -> None:
+        """One image at the spec's `warmup` size (the [defaults] one) so the first job does not pay
+        for kernel selection, allocator growth or a compile; skipped when the family cannot take that size."""
+        from daemon.models.families import FAMILIES
+
+        size = self.spec.get("warmup") or {}
+        width, height = int(size.get("width", 256)), int(size.get("height", 256))
+        multiple = FAMILIES[held.family].size_multiple
+        if width % multiple or height % multiple:
+            print(f"worker: no warm-up for {held.spec.name}: {width}x{height} is not a multiple of {multiple}",
+                  file=sys.stderr)
+            return
+        item = {"job_id": "warm-up", "index": 0, "prompt": "warm-up", "seed": 0}
+        batch = {"width": width, "height": height, "guidance": float(size.get("guidance", 7.5))}
+        assert self.models is not None
+        self._call_pipeline(held, batch, [item], self.models.settings.warmup_steps, lambda step: None)
+
     def _progress(self, batch_id: str, base: int, images: int, total: int, step: int) -> None:
         """Step `step` of a chunk of `images` images, `base` steps into the batch's `total`."""
         self.out.send({"ev": "progress", "batch_id": batch_id, "step": base + step * images, "steps": total})
@@ -293,10 +313,17 @@ class Worker:
             self.last_step = time.monotonic()
             report(step + 1)
 
+        width, height, guidance = int(batch["width"]), int(batch["height"]), float(batch["guidance"])
         generators = [torch.Generator(self.device).manual_seed(int(item["seed"])) for item in active]
-        result = held.pipe(**call_arguments(held.family, held.guidance, active, int(batch["width"]),
-                                            int(batch["height"]), steps, float(batch["guidance"]), generators,
-                                            on_step))
+        vae_for_call(held.pipe, held.plan, len(active), width * height)
+        arguments = call_arguments(held.family, held.guidance, active, width, height, steps, guidance, generators,
+                                   on_step)
+        if held.compiles is None:
+            result = held.pipe(**arguments)
+        else:
+            with held.compiles.call((len(active), width, height, held.guidance == "cfg" and guidance > 1),
+                                    self.out.send):
+                result = held.pipe(**arguments)
         return (result.images * 255).round().clip(0, 255).astype("uint8")
 
     def _free_memory(self) -> None:
