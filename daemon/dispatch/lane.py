@@ -23,7 +23,7 @@ from daemon.config import Section
 from daemon.dispatch.writing import OutputWriter
 from daemon.queue.jobs import CANCELLED, FAILED, RUNNING, Job
 from daemon.queue.manager import QueueManager
-from daemon.worker.leak import LeakDetector
+from daemon.worker.leak import LeakDetector, leak_figure
 from daemon.worker.memory_model import MemoryModel
 from daemon.worker.supervisor import BatchFailed, WorkerCrashed, WorkerLoadFailed, WorkerSupervisor
 
@@ -255,7 +255,7 @@ class Lane:
         if not started:  # every job of it was cancelled or withdrawn before the worker began it
             await self.manager.record_start(self.manager.begin(batch))
         self._backoff = 1.0
-        self._check_leak(result.memory.get("rss"))
+        self._check_leak(leak_figure(result.memory))
         self.memory.observe(result.peak)
         self._figures(batch, {"jobs": len(batch), "images": len(command["items"]),
                               "peak_bytes_per_image": result.peak.get("bytes_per_image"),

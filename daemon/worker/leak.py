@@ -4,6 +4,17 @@ from __future__ import annotations
 
 import statistics
 from collections import deque
+from collections.abc import Mapping
+
+
+def leak_figure(memory: Mapping[str, object]) -> float | None:
+    """What leak detection fits from a worker's memory report: its RSS, plus torch's allocated device
+    memory on CUDA (a leak of GPU memory never shows in the host RSS). None without an RSS."""
+    rss = memory.get("rss")
+    if not isinstance(rss, (int, float)):
+        return None
+    device = memory.get("torch_allocated")
+    return float(rss) + (float(device) if isinstance(device, (int, float)) else 0.0)
 
 
 class LeakDetector:
