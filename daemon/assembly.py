@@ -13,6 +13,7 @@ The lifecycle (`startup`, `serve`, `shutdown`, signals) stays in daemon.service.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -129,6 +130,10 @@ async def assemble(config: Config, site: Site, *, bus: EventBus, background: Bac
     if keys_created:
         await record(None, "keys.create", keystore.signing_kid,
                      {"kek_id": keystore.current_kek_id, "signing_kid": keystore.signing_kid})
+    await record_certificate_events(keystore, record)
+    loop = asyncio.get_running_loop()
+    keystore.c2pa.on_event = lambda: asyncio.run_coroutine_threadsafe(record_certificate_events(keystore, record),
+                                                                      loop)
     await record(None, "daemon.start", site.installation,
                  {"version": __version__, "pid": os.getpid(), "socket": str(site.socket_path),
                   "embedded": site.embedded})
@@ -192,6 +197,13 @@ async def assemble(config: Config, site: Site, *, bus: EventBus, background: Bac
     return Parts(keystore=keystore, output_settings=output_settings, audit=audit, record=record, store=store,
                  job_history=job_history, key_maintenance=key_maintenance, worker=worker, queue=queue,
                  monitor=monitor, reactions=reactions, dispatcher=dispatcher)
+
+
+async def record_certificate_events(keystore: KeyStore, record: ActionRecorder) -> None:
+    """Audit the C2PA certificate events the daemon made itself (creation, renewal) not recorded yet;
+    keys.rotate records its own, as the admin who asked."""
+    for action, subject, details in keystore.c2pa.take_events():
+        await record(None, action, subject, details)
 
 
 async def _open_audit(cfg: Config, site: Site, keystore: KeyStore, bus: EventBus, run_blocking: RunBlocking,

@@ -1,4 +1,4 @@
-"""output.verify, output.preview, output.export, keys.rotate: thin wrappers over daemon.outputs (work in the
+"""output.verify, output.preview, output.export, keys.rotate, ca.export: thin wrappers over daemon.outputs (work in the
 thread pool). output.export sends an output's PNG, verified and decrypted, in chunks that fit the 1 MiB line limit
 (unrelated to daemon.audit.export, which writes a copy of the audit log)."""
 
@@ -105,9 +105,10 @@ async def export(ctx: CallContext, job_id: str, index: int = 0, offset: int = 0)
 
 @method("keys.rotate", role=Role.ADMIN)
 async def rotate(ctx: CallContext) -> dict[str, Any]:
-    """New KEK and signing key, then every .png.sai and every prompt in the database re-wrapped
-    (headers only, nothing re-encrypted): `{kek_id, signing_kid, previous_kek_id, previous_signing_kid,
-    outputs: {kid, rewrapped, already_current, failed}, prompts: {rewrapped, failed}}`."""
+    """New KEK, signing key and C2PA signing certificate, then every .png.sai and every prompt in
+    the database re-wrapped (headers only, nothing re-encrypted): `{kek_id, signing_kid, previous_kek_id,
+    previous_signing_kid, outputs: {kid, rewrapped, already_current, failed}, prompts: {rewrapped, failed},
+    c2pa: {...}}` (c2pa as in ca.export's `current`)."""
     audit = ctx.daemon.audit
     result = await ctx.daemon.key_maintenance.rotate(
         announce=lambda key: audit.rotate_signing_key(key, ctx.peer.actor()))
@@ -116,4 +117,21 @@ async def rotate(ctx: CallContext) -> dict[str, Any]:
                "rewrapped": result["outputs"]["rewrapped"], "failed": len(result["outputs"]["failed"]),
                "prompts_rewrapped": result["prompts"]["rewrapped"], "prompts_failed": len(result["prompts"]["failed"])}
     await ctx.daemon.audit_action(ctx.peer, "keys.rotate", result["signing_kid"], details)
+    for action, subject, event in ctx.daemon.keystore.c2pa.take_events():  # the new C2PA signing certificate
+        await ctx.daemon.audit_action(ctx.peer, action, subject, event)
+    result["c2pa"] = ctx.daemon.keystore.c2pa.info()
     return result
+
+
+@method("ca.export", role=Role.VIEWER)
+async def ca_export(ctx: CallContext) -> dict[str, Any]:
+    """The installation's C2PA CA certificates (public), for other parties to trust as an anchor:
+    `{pem, current: {ca_id, ca_subject, ca_not_after, signing_id, signing_not_after, signing_renew_at},
+    certificates: [{id, subject, not_after}]}`; the current CA first, then earlier ones not yet expired."""
+    from daemon.crypto.certs import cert_id
+
+    creds = ctx.daemon.keystore.c2pa
+    cas = await ctx.daemon.run_blocking(creds.ca_certificates)
+    return {"pem": creds.ca_pem().decode("ascii"), "current": creds.info(),
+            "certificates": [{"id": cert_id(ca), "subject": ca.subject.rfc4514_string(),
+                              "not_after": ca.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")} for ca in cas]}

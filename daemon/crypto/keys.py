@@ -7,6 +7,7 @@ Layout (directories 0700, files 0600, see docs/formats.md "Key files"):
     signing.key             PKCS#8 PEM, unencrypted  |  signing.key.sealed (sealed)
     signing.pub.pem         the current public key (SubjectPublicKeyInfo PEM)
     signing-<kid>.pub.pem   every public key ever current, kept so old manifests stay verifiable
+    c2pa.json, c2pa-*       the C2PA CA and signing certificate (daemon.crypto.certs)
 
 Sealed mode (daemon.crypto.sealing): one scrypt derivation of the passphrase at open gives a
 sealing key; each secret key file is AES-256-GCM under it (nonce ‖ ciphertext ‖ tag, AAD names the
@@ -31,6 +32,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from daemon.crypto import KeyPermissionError, KeyStoreError, UnknownKeyError, WrongPassphraseError
+from daemon.crypto.certs import ContentCredentials
 from daemon.crypto.keyid import signing_key_id
 from daemon.crypto.sealing import Sealer
 from daemon.safefiles import atomic_write, ensure_dir, fsync_dir, read_nofollow
@@ -87,6 +89,7 @@ class KeyStore:
         self._lock = threading.Lock()  # rotate() vs. signer() from the daemon's thread pool
         self.previous_signing_key: Ed25519PrivateKey | None = None
         self.previous_signing_kid: str | None = None
+        self._c2pa: ContentCredentials | None = None
 
     # --- opening and creating ---------------------------------------------------------------
 
@@ -122,6 +125,7 @@ class KeyStore:
         store._load_signing_key()
         store._load_previous_signing_key()
         store._repair_current_public_key()
+        store._c2pa = ContentCredentials.open(keys_dir, store)
         return store
 
     @classmethod
@@ -140,6 +144,7 @@ class KeyStore:
         store._write_meta()
         store._signing_key = signing
         store._repair_current_public_key()
+        store._c2pa = ContentCredentials.open(keys_dir, store)
         return store
 
     @staticmethod
@@ -185,6 +190,36 @@ class KeyStore:
         """(signing key id, signing key), read together so a concurrent rotation cannot split them."""
         with self._lock:
             return self.signing_kid, self.signing_key
+
+    @property
+    def c2pa(self) -> ContentCredentials:
+        """The C2PA CA and signing certificate, created with the store (or at the first start of a
+        build that has them), sealed like the other keys."""
+        assert self._c2pa is not None
+        return self._c2pa
+
+    def write_secret(self, path: Path, raw: bytes, label: bytes) -> None:
+        """`raw` at `path`, or sealed under `label` at `path`.sealed when the store is sealed."""
+        if self._sealer is not None:
+            atomic_write(Path(str(path) + SEALED_SUFFIX), self._sealer.seal(raw, label))
+        else:
+            atomic_write(path, raw)
+
+    def read_secret(self, path: Path, label: bytes) -> bytes:
+        sealed_path = Path(str(path) + SEALED_SUFFIX) if self._sealer is not None else path
+        try:
+            data = read_nofollow(sealed_path)
+            return self._sealer.unseal(data, label) if self._sealer is not None else data
+        except FileNotFoundError:
+            raise KeyStoreError(f"key {sealed_path} is missing; restore the key directory from backup",
+                                path=str(sealed_path)) from None
+        except InvalidTag:
+            raise KeyStoreError(f"sealed key {sealed_path} is damaged (authentication failed)",
+                                path=str(sealed_path)) from None
+
+    def remove_secret(self, path: Path) -> None:
+        Path(str(path) + SEALED_SUFFIX if self._sealer is not None else path).unlink(missing_ok=True)
+        fsync_dir(self.keys_dir)
 
     @property
     def sealed(self) -> bool:
@@ -237,7 +272,8 @@ class KeyStore:
         return load_public_keys(self.keys_dir)
 
     def rotate(self) -> tuple[str, str]:
-        """New current KEK and signing key; old KEKs and old public keys are kept.
+        """New current KEK and signing key, and a new C2PA signing certificate; old KEKs and old
+        public keys are kept.
 
         The old private signing key stays (`previous_signing_key`, and on disk as
         `signing.key.previous`) until `retire_previous_signing_key`: the audit log must announce
@@ -259,6 +295,7 @@ class KeyStore:
             fsync_dir(self.keys_dir)
             self._signing_key = signing
             self._repair_current_public_key()
+        self.c2pa.rotate()
         return kek_id, skid
 
     def retire_previous_signing_key(self) -> None:

@@ -1,6 +1,7 @@
 """The output path the daemon runs for every image (in its thread pool, never on the event loop).
 
-    visible mark → invisible fingerprint → PNG with metadata → SHA-256 → AES-256-GCM (SAIE)
+    visible mark → invisible fingerprint → PNG with metadata → C2PA manifest (daemon.outputs.credentials)
+    → SHA-256 → AES-256-GCM (SAIE)
     → atomic write of <job>-<n>.png.sai → manifest + Ed25519 signature → atomic write of
     <job>-<n>.manifest.sig, then <job>-<n>.manifest.json
 
@@ -23,6 +24,7 @@ from daemon.config import Config, ConfigError
 from daemon.config import defaults as config_defaults
 from daemon.crypto import OutputError, envelope
 from daemon.outputs import watermark
+from daemon.outputs.credentials import Provenance, embed_credentials
 from daemon.outputs.manifest import FORMAT, manifest_bytes, output_paths, sha256_hex, sign
 from daemon.outputs.png import encode_png, metadata_text
 from daemon.outputs.visible import MarkSpec, apply_visible, logo_digest
@@ -53,6 +55,7 @@ class OutputSettings:
     invisible_strength: int
     png_compress_level: int
     preview_max_side: int
+    c2pa: bool
 
     @classmethod
     def from_config(cls, cfg: Config) -> OutputSettings:
@@ -164,6 +167,9 @@ def protect_image(rgb: np.ndarray, info: OutputInfo, keystore: KeyStore, setting
     }
     png = encode_png(image, metadata_text(fields), settings.png_compress_level)
     lap("png")
+    if settings.c2pa:
+        png = embed_credentials(png, Provenance(info.job_id, info.index, info.model_id, info.weights_sha256), keystore)
+        lap("c2pa")
     png_sha256 = sha256_hex(png)
     lap("hash")
     blob = envelope.encrypt(png, info.job_id, envelope.PNG, keystore)

@@ -121,7 +121,9 @@ async def test_rotate(daemon: StubDaemon, keys_dir: Path, tmp_path: Path) -> Non
         assert result["previous_kek_id"] == old_kek != result["kek_id"] == daemon.keystore.current_kek_id
         assert result["outputs"]["rewrapped"] == 2 and not result["outputs"]["failed"]
         assert result["prompts"] == {"rewrapped": 1, "failed": []}
-        assert daemon.audited[-1][0] == "keys.rotate"
+        actions = [(action, details.get("reason")) for action, _, details in daemon.audited]
+        assert ("keys.rotate", None) in actions and actions[-1] == ("c2pa.cert.issue", "keys.rotate")
+        assert result["c2pa"]["signing_id"] == daemon.audited[-1][1]
         assert export_output(daemon.outputs_dir, "job-a", 1, KeyStore.open(keys_dir))[:4] == b"\x89PNG"
         async with store._db.execute("SELECT prompt, negative_prompt FROM jobs") as cur:
             blobs = list(await cur.fetchone())

@@ -56,7 +56,7 @@ def test_writes_three_files_with_mode_0600(protected, out_dir: Path) -> None:
         "j20261126-0001-0.manifest.json", "j20261126-0001-0.manifest.sig", "j20261126-0001-0.png.sai"]
     for path in protected.paths:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert set(protected.timings) == {"visible", "invisible", "png", "hash", "encrypt", "write_image", "manifest",
+    assert set(protected.timings) == {"visible", "invisible", "png", "c2pa", "hash", "encrypt", "write_image", "manifest",
                                       "write_manifest"}
     assert b"lighthouse" not in protected.sai_path.read_bytes()
 
