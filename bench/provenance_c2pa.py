@@ -1,0 +1,98 @@
+"""Cost of C2PA Content Credentials on the output path. Prints numbers and ratios measured side by
+side in one run; it never passes or fails on absolute time.
+
+    .venv/bin/python bench/provenance_c2pa.py [--reps N] [--sizes 512,1024]
+
+Per size: the time to embed and sign the manifest (daemon.outputs.credentials.embed_credentials),
+the time to read and validate it with c2pa's Reader (offline, our CA as anchor), the bytes it
+adds, and the whole `protect_image` path with and without it (runs interleaved, medians; target
+ratio <= 1.05). `measure(sizes, reps)` returns the same as a dict for bench/provenance.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from daemon.crypto.keys import KeyStore
+from daemon.outputs.credentials import Provenance, embed_credentials, read_credentials
+from daemon.outputs.pipeline import OutputInfo, OutputSettings, protect_image
+from daemon.outputs.png import encode_png, metadata_text
+
+
+def _image(size: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    coarse = rng.normal(128, 50, (size // 16, size // 16, 3)).repeat(16, 0).repeat(16, 1)
+    return np.clip(coarse + rng.normal(0, 4, coarse.shape), 0, 255).astype(np.uint8)
+
+
+def _info(job: str, size: int) -> OutputInfo:
+    return OutputInfo(job_id=job, index=0, user="bench", params={"width": size, "height": size},
+                      prompt="a lighthouse at dusk", model_id="tiny", weights_sha256="ab" * 32,
+                      created=datetime.now(UTC))
+
+
+def _ms(values: list[float]) -> float:
+    return round(statistics.median(values) * 1000, 2)
+
+
+def measure(sizes: list[int], reps: int) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        keystore = KeyStore.open(Path(tmp) / "keys")
+        anchors = keystore.c2pa.ca_pem().decode()
+        with_c2pa, without = OutputSettings.defaults(c2pa=True), OutputSettings.defaults(c2pa=False)
+        for size in sizes:
+            rgb = _image(size, size)
+            png = encode_png(rgb, metadata_text({"job_id": "bench"}), 1)
+            what = Provenance("bench", 0, "tiny", "ab" * 32)
+            embed_credentials(png, what, keystore)  # warm: the first call loads c2pa
+            signs, reads, signed = [], [], b""
+            for _ in range(reps):
+                start = time.perf_counter()
+                signed = embed_credentials(png, what, keystore)
+                middle = time.perf_counter()
+                report = read_credentials(signed, anchors)
+                reads.append(time.perf_counter() - middle)
+                signs.append(middle - start)
+                assert report.state == "Trusted", report
+            on, off = [], []
+            out_dir = Path(tmp) / f"out{size}"
+            out_dir.mkdir()
+            for rep in range(reps):  # interleaved, so load on the machine hits both alike
+                for settings, times in ((with_c2pa, on), (without, off)):
+                    job = f"b{size}-{rep}-{int(settings.c2pa)}"
+                    start = time.perf_counter()
+                    protect_image(rgb, _info(job, size), keystore, settings, out_dir)
+                    times.append(time.perf_counter() - start)
+            results[f"{size}x{size}"] = {
+                "sign_ms": _ms(signs), "read_ms": _ms(reads), "bytes_added": len(signed) - len(png),
+                "png_bytes": len(png), "path_with_ms": _ms(on), "path_without_ms": _ms(off),
+                "ratio": round(statistics.median(on) / statistics.median(off), 3)}
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=15)
+    parser.add_argument("--sizes", default="512,1024")
+    args = parser.parse_args()
+    results = measure([int(s) for s in args.sizes.split(",")], args.reps)
+    print(f"{'size':>10} {'sign ms':>8} {'read ms':>8} {'+bytes':>7} {'path ms':>8} {'no c2pa':>8} {'ratio':>6}")
+    for size, row in results.items():
+        print(f"{size:>10} {row['sign_ms']:8.2f} {row['read_ms']:8.2f} {row['bytes_added']:7d} "
+              f"{row['path_with_ms']:8.2f} {row['path_without_ms']:8.2f} {row['ratio']:6.3f}")
+
+
+if __name__ == "__main__":
+    main()
