@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from daemon import __version__
+from daemon.crypto import KeyStoreError
 from daemon.crypto.certs import Lifetimes
 from daemon.crypto.keys import KeyStore
 from daemon.outputs.credentials import ASSERTION, SOURCE_TYPE, Provenance, embed_credentials, read_credentials
@@ -203,3 +204,25 @@ def test_default_lifetimes_keep_every_image_valid_for_ten_years():
     assert life.ca_days - life.signing_days >= life.signing_days
     with pytest.raises(ValueError):
         Lifetimes(signing_days=10, renew_days_left=10)
+
+
+def test_a_key_store_from_before_c2pa_gets_its_certificates_at_the_next_start(tmp_path: Path):
+    keys_dir = tmp_path / "keys"
+    KeyStore.open(keys_dir)
+    for path in keys_dir.glob("c2pa*"):
+        path.unlink()
+    store = KeyStore.open(keys_dir)
+    assert [action for action, _, _ in store.c2pa.take_events()] == ["c2pa.ca.create", "c2pa.cert.issue"]
+    assert (keys_dir / "c2pa.json").exists()
+
+
+def test_a_damaged_c2pa_key_is_refused_with_its_path(tmp_path: Path):
+    keys_dir = tmp_path / "keys"
+    KeyStore.open(keys_dir, "pass phrase", scrypt_log2_n=15)
+    (sealed,) = [p for p in keys_dir.glob("c2pa-signing-*.key.sealed")]
+    data = bytearray(sealed.read_bytes())
+    data[-1] ^= 1
+    sealed.write_bytes(bytes(data))
+    with pytest.raises(KeyStoreError, match="damaged") as caught:
+        KeyStore.open(keys_dir, "pass phrase", scrypt_log2_n=15)
+    assert caught.value.path == str(sealed)
