@@ -272,8 +272,8 @@ class KeyStore:
         return load_public_keys(self.keys_dir)
 
     def rotate(self) -> tuple[str, str]:
-        """New current KEK and signing key, and a new C2PA signing certificate; old KEKs and old
-        public keys are kept.
+        """New current KEK and signing key; old KEKs and old public keys are kept (the C2PA signing
+        certificate is renewed separately: `c2pa.rotate`, which `KeyMaintenance.rotate` calls).
 
         The old private signing key stays (`previous_signing_key`, and on disk as
         `signing.key.previous`) until `retire_previous_signing_key`: the audit log must announce
@@ -295,7 +295,6 @@ class KeyStore:
             fsync_dir(self.keys_dir)
             self._signing_key = signing
             self._repair_current_public_key()
-        self.c2pa.rotate()
         return kek_id, skid
 
     def retire_previous_signing_key(self) -> None:

@@ -125,7 +125,8 @@ class KeyMaintenance:
         return report
 
     async def rotate(self, announce: Callable[[Any], Awaitable[Any]] | None = None) -> dict[str, Any]:
-        """`keys.rotate`: new KEK and signing key, then outputs and prompts re-wrapped (no re-encryption).
+        """`keys.rotate`: new KEK, signing key and C2PA signing certificate, then outputs and prompts
+        re-wrapped (no re-encryption).
         `announce(new_signing_key)` runs right after the keys change, while the old key is still in
         memory (the audit log announces the new key in an entry signed by the old one)."""
         async with self.lock:
@@ -134,6 +135,7 @@ class KeyMaintenance:
             if announce is not None:
                 await announce(self.keystore.signing_key)
                 await self.run(self.keystore.retire_previous_signing_key)
+            await self.run(self.keystore.c2pa.rotate)
             outputs = await self.rewrap_outputs()
             prompts = await self.reseal_prompts()
         return {"kek_id": kek_id, "signing_kid": signing_kid, "previous_kek_id": old_kek,
