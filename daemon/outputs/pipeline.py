@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -89,6 +89,16 @@ class OutputInfo:
     created: datetime | None = None
 
 
+class Marked(NamedTuple):
+    """The pixel stage's result (`mark_image`), made in the daemon or in a pool process (daemon.outputs.pool)."""
+
+    image: np.ndarray
+    spec: MarkSpec | None
+    invisible: bool
+    timings: dict[str, float]
+    pid: int
+
+
 @dataclass(frozen=True)
 class ProtectedOutput:
     sai_path: Path
@@ -138,8 +148,10 @@ def mark_image(rgb: np.ndarray, info: OutputInfo, settings: OutputSettings, crea
 
 
 def protect_image(rgb: np.ndarray, info: OutputInfo, keystore: KeyStore, settings: OutputSettings,
-                  out_dir: Path) -> ProtectedOutput:
-    """Watermark, encode, sign, encrypt and atomically write one image. Returns paths, hashes, timings."""
+                  out_dir: Path, marked: Marked | None = None) -> ProtectedOutput:
+    """Watermark, encode, sign, encrypt and atomically write one image. Returns paths, hashes, timings.
+    `marked`: the pixel stage already done for `rgb` elsewhere (daemon.outputs.pool); the keyed stage
+    (everything from the PNG on) always runs here, in the daemon."""
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise OutputError(f"expected an (H, W, 3) uint8 RGB image, got {rgb.shape} {rgb.dtype}", field="image")
     sai_path, manifest_path, sig_path = output_paths(out_dir, info.job_id, info.index)
@@ -147,7 +159,11 @@ def protect_image(rgb: np.ndarray, info: OutputInfo, keystore: KeyStore, setting
         raise OutputError(f"output {manifest_path.name} already exists; outputs are written once", field="file")
     created = info.created or datetime.now(UTC)
     timings: dict[str, float] = {}
-    image, spec, invisible = mark_image(rgb, info, settings, created, timings)
+    if marked is None:
+        image, spec, invisible = mark_image(rgb, info, settings, created, timings)
+    else:
+        image, spec, invisible = marked.image, marked.spec, marked.invisible
+        timings.update(marked.timings)
     fp = watermark.fingerprint(info.job_id)
     clock = time.perf_counter()
 
@@ -225,6 +241,7 @@ def rotate_outputs(out_dir: Path, keystore: KeyStore) -> dict[str, Any]:
 from daemon.outputs.verify import export_output, inspect_png, preview_output, preview_png, verify_output  # noqa: E402
 
 __all__ = [
+    "Marked",
     "OutputInfo",
     "OutputSettings",
     "ProtectedOutput",

@@ -24,6 +24,7 @@ from daemon.safefiles import fsync_dir
 
 if TYPE_CHECKING:
     from daemon.crypto.keys import KeyStore
+    from daemon.outputs.pool import MarkPool
     from daemon.queue.jobs import Job
     from daemon.queue.store import JobStore
 
@@ -38,21 +39,25 @@ class ProtectedSink:
     """The dispatcher's OutputSink: watermark, sign, encrypt, write atomically; return the job's record."""
 
     def __init__(self, keystore: KeyStore, settings: OutputSettings, outputs_dir: Path,
-                 weights_sha256: Callable[[], str] = lambda: "") -> None:
+                 weights_sha256: Callable[[], str] = lambda: "", marks: MarkPool | None = None) -> None:
+        """`marks`: the pool the pixel stage runs in (None: in the calling thread)."""
         self.keystore = keystore
+        self.marks = marks
         self.settings = settings
         self.outputs_dir = outputs_dir
         self.weights_sha256 = weights_sha256
 
     def write(self, job: Job, index: int, shape: tuple[int, ...], pixels: bytes) -> dict[str, Any]:
         rgb = np.frombuffer(pixels, dtype=np.uint8).reshape(shape)
+        created = datetime.now(UTC)
         info = OutputInfo(job_id=job.job_id, index=index, user=job.user, params=dict(job.params),
                           prompt=job.prompt, negative_prompt=job.negative_prompt,
                           seed=job.image_seed(index), model_id=job.model_id,
                           weights_sha256=job.weights_sha256 or self.weights_sha256() or "",
-                          model_family=job.model_family, created=datetime.now(UTC))
+                          model_family=job.model_family, created=created)
         discard_unreported(self.outputs_dir, job.job_id, index)  # only a retried job has any
-        out = protect_image(rgb, info, self.keystore, self.settings, self.outputs_dir)
+        marked = None if self.marks is None else self.marks.mark(rgb, info, self.settings, created)
+        out = protect_image(rgb, info, self.keystore, self.settings, self.outputs_dir, marked)
         return output_record(index, out, width=int(shape[1]), height=int(shape[0]))
 
     def discard(self, job_id: str, count: int, why: str = "removing the files of an output that failed") -> None:

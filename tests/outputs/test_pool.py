@@ -1,0 +1,124 @@
+"""The pixel stage in a process pool (daemon.outputs.pool): it really runs in another process, the
+output is the same as without the pool and verifies, a pool process that dies loses nothing, and
+"auto" sizes the pool to the cores the workers leave free."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from daemon.crypto import OutputError
+from daemon.crypto.keys import KeyStore
+from daemon.outputs.pipeline import OutputSettings, export_output, protect_image, verify_output
+from daemon.outputs.pool import MarkPool, auto_size, pool_size
+from tests.outputs.out_helpers import FIXED_TIME, keys_dir, keystore, make_info, out_dir, synthetic  # noqa: F401
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[MarkPool]:
+    marks = MarkPool(1)
+    yield marks
+    marks.close()
+
+
+def pixels(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+def test_marks_run_in_another_process_and_the_output_is_the_same(pool: MarkPool, keystore: KeyStore,
+                                                                   out_dir: Path, keys_dir: Path) -> None:
+    rgb = synthetic("smooth", 3, 256)
+    pooled_dir = out_dir.parent / "pooled"
+    pooled_dir.mkdir()
+    plain = OutputSettings.defaults(c2pa=False)  # C2PA stamps each manifest uniquely; without it the PNG is byte-exact
+    for job_id, settings in (("j20261126-0001", plain), ("j20261126-0002", OutputSettings.defaults())):
+        info = make_info(job_id=job_id)
+        here = protect_image(rgb, info, keystore, settings, out_dir)
+        marked = pool.mark(rgb, info, settings, FIXED_TIME)
+        assert marked.pid != os.getpid()
+        assert marked.invisible and marked.spec is not None
+        pooled = protect_image(rgb, info, keystore, settings, pooled_dir, marked)
+        assert verify_output(pooled.sai_path, pooled_dir, keys_dir)["ok"]
+        assert here.manifest["watermark"] == pooled.manifest["watermark"]
+        assert here.fingerprint == pooled.fingerprint
+        assert np.array_equal(pixels(export_output(out_dir, job_id, 0, keystore)),
+                              pixels(export_output(pooled_dir, job_id, 0, keystore)))
+        if settings is plain:
+            assert here.png_sha256 == pooled.png_sha256
+
+
+def test_prompt_never_reaches_the_pool(pool: MarkPool) -> None:
+    """Only what a mark draws goes to the pool process (no prompt, no params; keys never)."""
+    sent: list[object] = []
+
+    class Recording:
+        def __init__(self, inner: object) -> None:
+            self.inner = inner
+
+        def submit(self, fn: object, rgb: object, info: object, *rest: object) -> object:
+            sent.append(info)
+            return self.inner.submit(fn, rgb, info, *rest)  # type: ignore[attr-defined]
+
+    inner = pool._pool
+    pool._pool = Recording(inner)  # type: ignore[assignment]
+    try:
+        pool.mark(synthetic("smooth", 4, 64), make_info(), OutputSettings.defaults(), FIXED_TIME)
+    finally:
+        pool._pool = inner
+    (info,) = sent
+    assert info.prompt == "" and info.negative_prompt == "" and info.params == {}  # type: ignore[attr-defined]
+
+
+def test_a_pool_process_killed_loses_nothing(keystore: KeyStore, out_dir: Path, keys_dir: Path) -> None:
+    marks = MarkPool(1)
+    try:
+        rgb = synthetic("smooth", 5, 256)
+        settings = OutputSettings.defaults()
+        first = marks.mark(rgb, make_info(), settings, FIXED_TIME)
+        os.kill(first.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while first.pid in marks.pids() and time.monotonic() < deadline:
+            time.sleep(0.05)  # the pool notices its dead process (otherwise it breaks on the next call)
+        marked = marks.mark(rgb, make_info(), settings, FIXED_TIME)
+        assert marks.restarts == 1 and marked.pid != first.pid
+        out = protect_image(rgb, make_info(), keystore, settings, out_dir, marked)
+        assert verify_output(out.sai_path, out_dir, keys_dir)["ok"]
+    finally:
+        marks.close()
+
+
+def test_a_pool_that_keeps_dying_fails_the_output_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Test double for a fault we cannot cause on demand twice in a row: every pool process exits
+    as soon as it is handed work (`os._exit` in the process, a real death)."""
+    from daemon.outputs import pool as module
+
+    monkeypatch.setattr(module, "mark_in_process", _dies_at_once)
+    marks = MarkPool(1)
+    try:
+        with pytest.raises(OutputError, match="died twice marking image 0 of j20261126-0001"):
+            marks.mark(synthetic("smooth", 6, 64), make_info(), OutputSettings.defaults(), FIXED_TIME)
+        assert marks.restarts == 2
+    finally:
+        marks.close()
+
+
+def _dies_at_once(*args: object) -> None:
+    os._exit(1)
+
+
+def test_auto_size_leaves_the_workers_their_cores() -> None:
+    assert auto_size(2, [("cpu", 0)]) == 0          # torch's default threads use every core
+    assert auto_size(8, [("cpu", 0)]) == 0
+    assert auto_size(8, [("cpu", 2), ("cpu", 2)]) == 4
+    assert auto_size(16, [("cuda", 0)] * 4) == 8    # at most MOST_AUTO
+    assert auto_size(4, [("cuda", 0)] * 2) == 2
+    assert pool_size(0, 16, [("cuda", 0)]) == 0     # 0: marks in the daemon's threads
+    assert pool_size(3, 2, [("cpu", 0)]) == 3
