@@ -68,8 +68,9 @@ def guidance_mode(family: str, pipe: Any) -> str:
     return FAMILIES[family].guidance
 
 
-WarmUp = Callable[[Held], None]
-"""Runs one short generation with a just-loaded model (daemon.worker.main.Worker.warm_up)."""
+WarmUp = Callable[[Held], bool]
+"""Runs one short generation with a just-loaded model, or says why not and returns False
+(daemon.worker.main.Worker.warm_up)."""
 
 
 class Models:
@@ -106,29 +107,46 @@ class Models:
                     int(getattr(tokenizer, "model_max_length", 77)), chosen, tuning,
                     ShapeCompiles(spec.name, self.settings.compile_max_shapes) if chosen.compile else None)
         loaded = time.monotonic() - started
-        if chosen.warmup and self._warm_up is not None:
-            warm_started = time.monotonic()
-            self._warm_up(held)
-            held.tuning["warmup_seconds"] = round(time.monotonic() - warm_started, 3)
-            print(f"worker: warmed up {spec.name} on {self.device} in {held.tuning['warmup_seconds']:.2f} s",
-                  file=sys.stderr)
+        if chosen.warmup:
+            self._warm(held)
         self.held[spec.name] = held
         self._send(held.event("load", loaded))
         return held
 
-    def unload(self, name: str) -> bool:
-        """Drop model `name` and free its memory; False when it was not held."""
+    def _warm(self, held: Held) -> None:
+        """The warm-up generation; its seconds (or why it failed) go in the load event and the log."""
+        if self._warm_up is None:
+            return
+        started = time.monotonic()
+        try:
+            ran = self._warm_up(held)
+        except Exception as exc:  # the model loaded: a failed warm-up (out of memory at that size) costs only speed
+            held.tuning["warmup_error"] = f"{type(exc).__name__}: {exc}"[:500]
+            self._free()
+            print(f"worker: warm-up of {held.spec.name} failed, jobs run without it: {held.tuning['warmup_error']}",
+                  file=sys.stderr)
+            return
+        if ran:
+            held.tuning["warmup_seconds"] = round(time.monotonic() - started, 3)
+            print(f"worker: warmed up {held.spec.name} on {self.device} in {held.tuning['warmup_seconds']:.2f} s",
+                  file=sys.stderr)
+
+    def _free(self) -> None:
         import gc
 
         import torch
 
+        gc.collect()
+        if self.device == "cuda":
+            torch.cuda.empty_cache()
+
+    def unload(self, name: str) -> bool:
+        """Drop model `name` and free its memory; False when it was not held."""
         held = self.held.pop(name, None)
         if held is None:
             return False
         started = time.monotonic()
         del held.pipe
-        gc.collect()
-        if self.device == "cuda":
-            torch.cuda.empty_cache()
+        self._free()
         self._send(held.event("unload", time.monotonic() - started))
         return True

@@ -266,7 +266,7 @@ class Worker:
                        "peak": {"pixels": int(batch["width"]) * int(batch["height"]),
                                 "bytes_per_image": int(self.peak_per_image)}})
 
-    def warm_up(self, held: Held) -> None:
+    def warm_up(self, held: Held) -> bool:
         """One image at the spec's `warmup` size (the [defaults] one) so the first job does not pay
         for kernel selection, allocator growth or a compile; skipped when the family cannot take that size."""
         from daemon.models.families import FAMILIES
@@ -277,11 +277,12 @@ class Worker:
         if width % multiple or height % multiple:
             print(f"worker: no warm-up for {held.spec.name}: {width}x{height} is not a multiple of {multiple}",
                   file=sys.stderr)
-            return
+            return False
         item = {"job_id": "warm-up", "index": 0, "prompt": "warm-up", "seed": 0}
         batch = {"width": width, "height": height, "guidance": float(size.get("guidance", 7.5))}
         assert self.models is not None
         self._call_pipeline(held, batch, [item], self.models.settings.warmup_steps, lambda step: None)
+        return True
 
     def _progress(self, batch_id: str, base: int, images: int, total: int, step: int) -> None:
         """Step `step` of a chunk of `images` images, `base` steps into the batch's `total`."""

@@ -83,8 +83,8 @@ def test_default_plan_speeds_up_cuda_and_keeps_the_cpu_path(family: str) -> None
 def start(models_state: Path):
     started: list[OfflineWorker] = []
 
-    def run(performance: dict[str, Any] | None = None, size: int = 64) -> OfflineWorker:
-        spec: dict[str, Any] = {"model": "tiny", "state_dir": str(models_state),
+    def run(performance: dict[str, Any] | None = None, size: int = 64, wrapper: str = "") -> OfflineWorker:
+        spec: dict[str, Any] = {"model": "tiny", "state_dir": str(models_state), "pipeline_wrapper": wrapper,
                                 "warmup": {"width": size, "height": size, "guidance": 3.0}}
         if performance is not None:
             spec["performance"] = performance
@@ -122,6 +122,23 @@ def test_warm_up_runs_at_load_and_is_reported(start) -> None:
     worker.send(batch(None, ["a red cube"]))
     assert worker.until("done", "failed")[-1][0]["ev"] == "done"
     assert "worker: warmed up tiny on cpu" in worker.stderr()
+
+
+def test_a_failed_warm_up_costs_speed_not_the_load(start) -> None:
+    worker = start({"warmup": "always", "warmup_steps": 1},
+                   wrapper="tests.models.failing_first_call:FailsFirstCallForTests")
+    [event] = _models(worker.until("ready"), "load")
+    assert "MemoryError" in event["warmup_error"] and "warmup_seconds" not in event
+    worker.send(batch(None, ["a red cube"]))
+    assert worker.until("done", "failed")[-1][0]["ev"] == "done"
+    assert "worker: warm-up of tiny failed, jobs run without it" in worker.stderr()
+
+
+def test_warm_up_skips_a_size_the_family_cannot_take(start) -> None:
+    worker = start({"warmup": "always"}, size=100)
+    [event] = _models(worker.until("ready"), "load")
+    assert "warmup_seconds" not in event
+    assert "no warm-up for tiny: 100x100 is not a multiple of 8" in worker.stderr()
 
 
 def test_a_bad_performance_spec_fails_the_load_naming_the_key(start) -> None:
