@@ -77,13 +77,18 @@ bundle: setup
 # systemd-analyze (the unit's exposure score), promtool (the metrics exposition and the shipped
 # alerting rules). Debian's prometheus package, which brings promtool, enables its server and node
 # exporter on a systemd host: installed here only for promtool, they are stopped and disabled again.
-SYSTEM_TOOLS := tmux openssl podman debootstrap systemd-analyze promtool
-SYSTEM_PACKAGES := tmux openssl podman debootstrap systemd prometheus
+# initdb and pg_ctl (a private PostgreSQL cluster for tests/fleet) come with Debian's postgresql, off
+# PATH in /usr/lib/postgresql/*/bin; its own cluster service is stopped and disabled like prometheus's.
+SYSTEM_TOOLS := tmux openssl podman debootstrap systemd-analyze promtool initdb pg_ctl
+SYSTEM_PACKAGES := tmux openssl podman debootstrap systemd prometheus postgresql
 system-deps:
-	@missing=$$(for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || echo $$t; done); [ -z "$$missing" ] || { \
+	@missing=$$(for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || ls /usr/lib/postgresql/*/bin/$$t >/dev/null 2>&1 \
+	  || echo $$t; done); [ -z "$$missing" ] || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
 	    case " $$(echo $$missing) " in *" promtool "*) [ ! -d /run/systemd/system ] || \
 	      systemctl disable --now -q prometheus.service prometheus-node-exporter.service 2>/dev/null || true;; esac; \
+	    case " $$(echo $$missing) " in *" initdb "*) [ ! -d /run/systemd/system ] || \
+	      systemctl disable --now -q postgresql.service 2>/dev/null || true;; esac; \
 	  else echo "missing: $$missing (e.g. sudo apt-get install $(SYSTEM_PACKAGES))"; exit 1; fi; }
 
 # Import contracts (layers included), then ruff and mypy, configured in pyproject.toml. Quiet when clean.
