@@ -2,7 +2,9 @@
 
 Each slot names its worker (`cpu0`, `cpu1`, `cuda0`, `cuda2`: the kind and the index, the CPU ones
 counted, the CUDA ones by device index), the device its worker is told to use, the environment
-that makes it see only its own GPU (`CUDA_VISIBLE_DEVICES`), and its share of the CPU threads.
+that makes it see only its own GPU (`CUDA_VISIBLE_DEVICES`, counted in PCI bus order as NVML counts
+them: CUDA's own default order puts the fastest GPU first, which differs on a box of mixed GPUs),
+and its share of the CPU threads.
 Import-light: no torch here (the daemon never imports it); the daemon counts GPUs with NVML.
 """
 
@@ -66,6 +68,6 @@ def resolve(devices: object, model_device: str, threads: int, gpus_seen: int,
             cpus += 1
         else:
             index = int(name.partition(":")[2] or 0)
-            slots.append(DeviceSlot(f"cuda{index}", "cuda", name, threads,
-                                    {"CUDA_VISIBLE_DEVICES": _visible(index, environ)}))
+            slots.append(DeviceSlot(f"cuda{index}", "cuda", name, threads, {
+                "CUDA_VISIBLE_DEVICES": _visible(index, environ), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}))
     return slots

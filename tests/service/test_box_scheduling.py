@@ -70,6 +70,7 @@ def test_devices_give_each_worker_its_gpu_and_split_the_cpu_threads():
     slots = resolve(["cuda:0", "cuda:2"], "auto", 0, gpus_seen=4, environ={"CUDA_VISIBLE_DEVICES": "4,5,6,7"})
     assert [(s.name, s.device, s.label, s.env["CUDA_VISIBLE_DEVICES"]) for s in slots] == [
         ("cuda0", "cuda", "cuda:0", "4"), ("cuda2", "cuda", "cuda:2", "6")]
+    assert {s.env["CUDA_DEVICE_ORDER"] for s in slots} == {"PCI_BUS_ID"}  # the indices NVML (and status) use
     cpus = resolve(["cpu", "cpu"], "auto", 4, gpus_seen=0, environ={})
     assert [(s.name, s.threads, s.env["CUDA_VISIBLE_DEVICES"]) for s in cpus] == [("cpu0", 2, ""), ("cpu1", 2, "")]
     assert [s.threads for s in resolve(["cpu", "cpu"], "auto", 0, 0, environ={}, cores=8)] == [4, 4]
