@@ -15,7 +15,7 @@ UV_COMPILE = $(VENV)/bin/uv pip compile pyproject.toml --extra test --extra dev 
 	--override overrides.txt \
 	$(if $(UPGRADE),--upgrade)
 
-.PHONY: run test setup system-deps bench lint soak lock test-latest bundle
+.PHONY: run test setup system-deps bench bench-gpu lint soak lock test-latest bundle
 
 run: setup
 	$(VENV)/bin/sai
@@ -97,8 +97,12 @@ lint: setup
 	@$(VENV)/bin/ruff check --quiet daemon console tests bench
 	@$(VENV)/bin/mypy --no-error-summary
 
+# Every CPU bench (each prints its ratios); the GPU check is its own target, for a box with GPUs.
 bench: setup
-	for b in bench/*.py; do $(PY) $$b || exit 1; done
+	for b in bench/*.py; do case $$b in bench/gpu_*) continue;; esac; $(PY) $$b || exit 1; done
+
+bench-gpu: setup
+	$(PY) bench/gpu_check.py --minutes 8
 
 # The crash suite's long run (200 jobs, 12 SIGKILLs; `make test` runs a short one). Prints its counts.
 soak: setup
