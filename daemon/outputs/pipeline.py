@@ -53,6 +53,7 @@ class OutputSettings:
     tile_spacing: float
     invisible: bool
     invisible_strength: int
+    invisible_method: str
     png_compress_level: int
     preview_max_side: int
     c2pa: bool
@@ -140,11 +141,25 @@ def mark_image(rgb: np.ndarray, info: OutputInfo, settings: OutputSettings, crea
     spec = mark_spec(settings, info, created) if settings.visible else None
     image = apply_visible(rgb, spec) if spec else rgb
     middle = time.perf_counter()
-    invisible = settings.invisible and watermark.can_carry(image.shape)
+    invisible = settings.invisible and watermark.can_carry(image.shape, settings.invisible_method)
     if invisible:
-        image = watermark.embed_invisible(image, watermark.fingerprint(info.job_id), settings.invisible_strength)
+        image = watermark.mark(image, watermark.fingerprint(info.job_id), settings.invisible_method,
+                               settings.invisible_strength)
     timings["visible"], timings["invisible"] = middle - start, time.perf_counter() - middle
     return image, spec, invisible
+
+
+def watermark_record(settings: OutputSettings, visible: bool, invisible: bool,
+                     shape: tuple[int, ...]) -> dict[str, Any]:
+    """The manifest's `watermark` member: which marks were applied, the invisible one's method, and
+    why the configured mark was not (an image under 512x512 gets the dwtdct mark, under 256x256 none)."""
+    record: dict[str, Any] = {"visible": visible, "invisible": invisible}
+    method = watermark.method_for(shape, settings.invisible_method) if invisible else None
+    if method:
+        record["invisible_method"] = watermark.MARK_NAMES[method]
+    if settings.invisible and (reason := watermark.too_small(shape, settings.invisible_method)):
+        record["invisible_reason"] = reason
+    return record
 
 
 def protect_image(rgb: np.ndarray, info: OutputInfo, keystore: KeyStore, settings: OutputSettings,
@@ -165,6 +180,7 @@ def protect_image(rgb: np.ndarray, info: OutputInfo, keystore: KeyStore, setting
         image, spec, invisible = marked.image, marked.spec, marked.invisible
         timings.update(marked.timings)
     fp = watermark.fingerprint(info.job_id)
+    mark_record = watermark_record(settings, spec is not None, invisible, image.shape)
     clock = time.perf_counter()
 
     def lap(step: str) -> None:
@@ -178,7 +194,9 @@ def protect_image(rgb: np.ndarray, info: OutputInfo, keystore: KeyStore, setting
         "negative_prompt": info.negative_prompt or None, "seed": info.seed, "model_id": info.model_id,
         "weights_sha256": info.weights_sha256 or None, "created_at": _rfc3339(created), "user": info.user,
         "fingerprint": fp.hex() if invisible else None,
-        "invisible_strength": settings.invisible_strength if invisible else None,
+        "invisible_method": mark_record.get("invisible_method"),
+        "invisible_strength": settings.invisible_strength
+        if mark_record.get("invisible_method") == watermark.MARK_NAMES["dwtdct"] else None,
         "visible_mark": spec.to_json() if spec else None,
     }
     png = encode_png(image, metadata_text(fields), settings.png_compress_level)
@@ -204,7 +222,7 @@ def protect_image(rgb: np.ndarray, info: OutputInfo, keystore: KeyStore, setting
         "png_sha256": png_sha256, "png_size": len(png), "sai_sha256": sai_sha256, "sai_size": len(blob),
         "aad_sha256": sha256_hex(env.aad), "ciphertext_sha256": sha256_hex(env.ciphertext),
         "kid": env.kid, "signing_kid": signing_kid, "created_at": _rfc3339(created),
-        "fingerprint": fp.hex(), "watermark": {"visible": spec is not None, "invisible": invisible},
+        "fingerprint": fp.hex(), "watermark": mark_record,
     }
     data = manifest_bytes(manifest)
     signature = sign(data, signing_key)

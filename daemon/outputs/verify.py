@@ -178,6 +178,21 @@ def _visible_report(rgb: np.ndarray, meta: Mapping[str, str]) -> dict[str, Any]:
             "method": method, "kind": spec.kind, "text": spec.text if spec.kind != "logo" else None}
 
 
+def _match_legacy(invisible: dict[str, Any], reading: watermark.Reading, meta_job: str | None,
+                  outputs_dir: Path | None) -> None:
+    """The dwtdct mark has no error correction: a job matches when 56 of its 64 bits agree."""
+    if meta_job:
+        invisible["bit_accuracy"] = round(reading.accuracy(meta_job), 4)
+        if reading.matches(meta_job):
+            invisible.update(matched_job=meta_job, match_source="png metadata")
+    if invisible["matched_job"] is None:
+        for job in _candidates(outputs_dir).values():
+            if reading.matches(job):
+                invisible.update(matched_job=job, match_source=f"manifest in {outputs_dir}",
+                                 bit_accuracy=round(reading.accuracy(job), 4))
+                break
+
+
 def inspect_png(path: Path, outputs_dir: Path | None = None) -> dict[str, Any]:
     """What a PNG says about itself: metadata, the invisible fingerprint and the job it matches,
     and whether the visible mark is there. Works on exported files, offline, with no key."""
@@ -191,22 +206,18 @@ def inspect_png(path: Path, outputs_dir: Path | None = None) -> dict[str, Any]:
         raise FormatError(f"{path}: {exc}", field="png", path=str(path)) from None
     meta = sai_metadata(text)
     strength = int(meta.get("invisible_strength") or watermark.DEFAULT_STRENGTH)
-    invisible = watermark.watermark_report(rgb, strength)
+    invisible = watermark.report(rgb, strength)
     invisible.update(matched_job=None, match_source=None, bit_accuracy=None)
-    if invisible["fingerprint"]:
-        reading = watermark.read_invisible(rgb, strength)
-        meta_job = meta.get("job_id")
-        if meta_job:
-            invisible["expected_fingerprint"] = watermark.fingerprint(meta_job).hex()
-            invisible["bit_accuracy"] = round(reading.accuracy(meta_job), 4)
-            if reading.matches(meta_job):
-                invisible.update(matched_job=meta_job, match_source="png metadata")
-        if invisible["matched_job"] is None:
-            for job in _candidates(outputs_dir).values():
-                if reading.matches(job):
-                    invisible.update(matched_job=job, match_source=f"manifest in {outputs_dir}",
-                                     bit_accuracy=round(reading.accuracy(job), 4))
-                    break
+    meta_job = meta.get("job_id")
+    if meta_job:
+        invisible["expected_fingerprint"] = watermark.fingerprint(meta_job).hex()
+    if invisible["method"] == watermark.MARK_NAMES["robust"]:
+        if meta_job and invisible["fingerprint"] == invisible["expected_fingerprint"]:
+            invisible.update(matched_job=meta_job, match_source="png metadata", bit_accuracy=1.0)
+        elif (job := _candidates(outputs_dir).get(invisible["fingerprint"])) is not None:
+            invisible.update(matched_job=job, match_source=f"manifest in {outputs_dir}", bit_accuracy=1.0)
+    elif invisible["fingerprint"]:
+        _match_legacy(invisible, watermark.read_invisible(rgb, strength), meta_job, outputs_dir)
     fields = {k: v for k, v in meta.items() if k not in ("visible_mark",)}
     if "params" in fields:
         try:

@@ -1,6 +1,11 @@
-"""Watermarks: the invisible job fingerprint (invisible-watermark, DWT-DCT) and the visible mark.
+"""The invisible job fingerprint: which mark to embed, and reading either of the two marks.
 
-Fingerprint: the first 64 bits of SHA-256("sai-fingerprint-v1\\0" ‖ job id). Embedded with the
+Two methods (`watermark.invisible_method`): "robust" (daemon.outputs.fingerprint, "sai-mark/2",
+Reed-Solomon coded, survives JPEG, WebP, resizing, cropping and level changes; the default) and
+"dwtdct" (the first mark, below, "sai-mark/1": survives lossless copies only). Outputs written
+before the robust mark carry dwtdct and are still read with it (`report`).
+
+The dwtdct mark. Fingerprint: the first 64 bits of SHA-256("sai-fingerprint-v1\\0" ‖ job id). Embedded with the
 `dwtDct` method of invisible-watermark (`imwatermark.maxDct.EmbedMaxDct`, the library's own block
 rule, default strength 36, 4×4 blocks of the Haar approximation band of the U channel), so the
 stock `imwatermark.WatermarkDecoder("bits", 64).decode(bgr, "dwtDct")` reads our marks.
@@ -32,6 +37,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from daemon.outputs import fingerprint as robust
+
 FINGERPRINT_BITS = 64
 FINGERPRINT_DOMAIN = b"sai-fingerprint-v1\0"
 DEFAULT_STRENGTH = 36
@@ -39,6 +46,8 @@ BLOCK = 4
 REPAIR_PASSES = 2
 ARGMAX_MARGIN = 4.0
 MIN_PIXELS = 256 * 256  # invisible-watermark refuses smaller images
+METHODS = ("robust", "dwtdct")
+MARK_NAMES = {"robust": robust.METHOD, "dwtdct": "sai-mark/1"}
 MATCH_ACCURACY = 0.875  # ≥ 56 of 64 bits: a random image matches with probability ~5e-9
 PRESENT_CONFIDENCE = 0.5
 BALANCED = (12, 52)  # ones in a real fingerprint: outside this range with probability ~3e-7
@@ -74,8 +83,35 @@ def _bits(fp: bytes) -> np.ndarray:
     return np.unpackbits(np.frombuffer(fp, dtype=np.uint8)).astype(bool)
 
 
-def can_carry(shape: tuple[int, ...]) -> bool:
-    return shape[0] * shape[1] >= MIN_PIXELS
+def can_carry(shape: tuple[int, ...], method: str = "dwtdct") -> bool:
+    """Whether an image of `shape` can carry some invisible mark when `method` is configured."""
+    return method_for(shape, method) is not None
+
+
+def method_for(shape: tuple[int, ...], method: str) -> str | None:
+    """The mark an image of `shape` gets when `method` is configured: "robust" needs 512x512; a
+    smaller image of at least 256x256 pixels gets "dwtdct" instead (lossless copies only); None
+    when it is too small for either."""
+    if method == "robust" and robust.can_carry(shape):
+        return "robust"
+    return "dwtdct" if shape[0] * shape[1] >= MIN_PIXELS else None
+
+
+def too_small(shape: tuple[int, ...], method: str) -> str | None:
+    """Why an image of `shape` cannot carry the `method` mark, or None when it can."""
+    if method_for(shape, method) == method:
+        return None
+    need = f"{robust.MIN_SIDE}x{robust.MIN_SIDE}" if method == "robust" else f"{MIN_PIXELS} pixels"
+    return f"a {shape[1]}x{shape[0]} image is too small for the {MARK_NAMES[method]} mark (needs at least {need})"
+
+
+def mark(rgb: np.ndarray, fp: bytes, method: str = "robust", strength: int = DEFAULT_STRENGTH) -> np.ndarray:
+    """`rgb` carrying `fp` with `method` (pure: array in, array out); ValueError when too small."""
+    if method not in METHODS:
+        raise ValueError(f"unknown invisible mark method {method!r} (one of {', '.join(METHODS)})")
+    if method_for(rgb.shape, method) == "robust":
+        return robust.embed(rgb, fp)
+    return embed_invisible(rgb, fp, strength)
 
 
 def _u_band(rgb: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
@@ -190,3 +226,15 @@ def watermark_report(rgb: np.ndarray, strength: int = DEFAULT_STRENGTH) -> dict[
                 "reason": f"image smaller than {MIN_PIXELS} pixels cannot carry the mark"}
     reading = read_invisible(rgb, strength)
     return {"present": reading.present, "fingerprint": reading.hex, "confidence": round(reading.confidence, 4)}
+
+
+def report(rgb: np.ndarray, strength: int = DEFAULT_STRENGTH) -> dict[str, Any]:
+    """What either mark says about `rgb`: the robust mark first; if it is not found, the dwtdct
+    reading (outputs written before the robust mark), whose `present` is a heuristic only."""
+    found = robust.detect(rgb)
+    if found is not None:
+        return {"present": True, "method": robust.METHOD, "fingerprint": found.hex,
+                "confidence": found.confidence, "chance": found.chance, "corrected": found.corrected,
+                "scale": round(found.scale, 4)}
+    legacy = watermark_report(rgb, strength)
+    return {**legacy, "method": MARK_NAMES["dwtdct"] if legacy["present"] else None}

@@ -107,7 +107,10 @@ async def test_outputs_are_encrypted_signed_and_exported(make_daemon, client_of,
         assert (manifest["png_sha256"], manifest["sai_sha256"]) == (record["png_sha256"], record["sai_sha256"])
         assert manifest["sai_sha256"] == hashlib.sha256(sai.read_bytes()).hexdigest()
         assert (manifest["kid"], manifest["signing_kid"]) == (record["kid"], record["signing_kid"])
-        assert manifest["watermark"] == {"visible": True, "invisible": job is big}
+        assert manifest["watermark"]["visible"] is True and manifest["watermark"]["invisible"] is (job is big)
+        # 256x256 outputs are under the robust mark's 512x512: they get the dwtdct mark, and say why
+        assert manifest["watermark"].get("invisible_method") == ("sai-mark/1" if job is big else None)
+        assert "too small for the sai-mark/2 mark" in manifest["watermark"]["invisible_reason"]
         assert envelope.parse(sai.read_bytes()).job_id == manifest["job_id"]
         # The signature checks out with stock openssl and the public key the manifest names.
         pub = state / "keys" / f"signing-{manifest['signing_kid']}.pub.pem"

@@ -287,12 +287,16 @@ def test_visible_off_and_small_images(image, keystore, out_dir: Path, tmp_path: 
     rgb = image("smooth", 8)
     out = protect_image(rgb, make_info("job-off"), keystore, off, out_dir)
     png = export_output(out_dir, "job-off", 0, keystore)
-    assert out.manifest["watermark"] == {"visible": False, "invisible": True}
+    assert out.manifest["watermark"] == {
+        "visible": False, "invisible": True, "invisible_method": "sai-mark/1",
+        "invisible_reason": "a 256x256 image is too small for the sai-mark/2 mark (needs at least 512x512)"}
     path = tmp_path / "off.png"
     path.write_bytes(png)
     assert inspect_png(path)["visible"]["present"] is None
     small = protect_image(image("smooth", 9, 128), make_info("job-small"), keystore, OutputSettings.defaults(), out_dir)
-    assert small.manifest["watermark"] == {"visible": True, "invisible": False}
+    assert small.manifest["watermark"] == {
+        "visible": True, "invisible": False,
+        "invisible_reason": "a 128x128 image is too small for the sai-mark/2 mark (needs at least 512x512)"}
     with pytest.raises(OutputError, match="uint8"):
         protect_image(rgb.astype(np.float32), make_info("job-bad"), keystore, off, out_dir)
     with pytest.raises(OutputError, match="cannot name"):
