@@ -7,8 +7,9 @@ never passes or fails on absolute time.
    atomic write, sign, manifest write) split by step, at each size, with ratios to a bare PNG
    encode (Pillow's default save, what an unprotected service would do) and to the invisible
    mark's own cost (target: whole path < 1.3x the mark).
-2. Robustness of the invisible mark: bit accuracy and detection rate (>= 56/64 bits) after a
-   PNG round trip, JPEG quality 90 and 75, resize to 0.75x, and a 10% crop.
+2. Robustness of the first invisible mark (dwtdct, sai-mark/1): bit accuracy and detection rate
+   (>= 56/64 bits) after a PNG round trip, JPEG quality 90 and 75, resize to 0.75x, and a 10%
+   crop. bench/provenance.py compares it with the robust mark the output path now uses.
 """
 
 from __future__ import annotations
