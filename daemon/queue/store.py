@@ -21,7 +21,12 @@ from daemon.queue.jobs import FINISHED, Job
 
 log = logging.getLogger("sai.queue")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+FINGERPRINTS_OF = """
+INSERT OR IGNORE INTO fingerprints (fingerprint, job_id)
+SELECT DISTINCT json_extract(o.value, '$.fingerprint'), jobs.job_id FROM jobs, json_each(jobs.outputs) AS o
+WHERE json_extract(o.value, '$.fingerprint') IS NOT NULL"""
+"""The fingerprints its output records name, for every job (the backfill) or, with `AND jobs.job_id = ?`, one."""
 MIGRATIONS = {
     # 2: the model a job ran on, as found at load (model_id, its configured name, was there from 1).
     2: ("ALTER TABLE jobs ADD COLUMN model_family TEXT NOT NULL DEFAULT ''",
@@ -29,6 +34,9 @@ MIGRATIONS = {
     # 3: the worker (by name) and device that ran the job's latest attempt (one worker per device).
     3: ("ALTER TABLE jobs ADD COLUMN worker TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE jobs ADD COLUMN device TEXT NOT NULL DEFAULT ''"),
+    # 4: fingerprint -> job, for `output.identify` (outputs written before are indexed from their records).
+    4: ("CREATE TABLE IF NOT EXISTS fingerprints (fingerprint TEXT NOT NULL, job_id TEXT NOT NULL, "
+        "PRIMARY KEY (fingerprint, job_id)) WITHOUT ROWID", FINGERPRINTS_OF),
 }
 """Statements that bring a database of the version before the key up to it (an older daemon's
 jobs stay readable; a newer database than this code knows is refused rather than misread)."""
@@ -63,6 +71,11 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_client_token ON jobs(uid, client_token) WHERE client_token IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, seq);
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS fingerprints (
+    fingerprint TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    PRIMARY KEY (fingerprint, job_id)
+) WITHOUT ROWID;
 """
 
 COLUMNS = ("seq", "job_id", "state", "priority", "params", "prompt", "negative_prompt", "user", "uid",
@@ -72,6 +85,7 @@ MUTABLE = ("state", "priority", "enqueued_at", "started_at", "finished_at", "pro
            "outputs", "attempts", "model_family", "weights_sha256", "worker", "device")
 INSERT_SQL = f"INSERT INTO jobs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 UPDATE_SQL = f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in MUTABLE)} WHERE job_id = ?"
+INDEX_SQL = FINGERPRINTS_OF + " AND jobs.job_id = ?"
 
 
 def _json_list(items: list[Any]) -> str:
@@ -247,11 +261,15 @@ class JobStore:
         await self._write(INSERT_SQL, values)
 
     async def save(self, job: Job) -> None:
-        """Write the job's mutable fields."""
+        """Write the job's mutable fields; a job with outputs has their fingerprints indexed in the
+        same group commit (`job_ids_of_fingerprint`)."""
         values = (job.state, job.priority, job.enqueued_at, job.started_at, job.finished_at, job.progress,
                   job.error, _json_list(job.outputs), job.attempts, job.model_family, job.weights_sha256,
                   job.worker, job.device, job.job_id)
-        await self._write(UPDATE_SQL, values)
+        if not job.outputs:
+            await self._write(UPDATE_SQL, values)
+            return
+        await asyncio.gather(self._write(UPDATE_SQL, values), self._write(INDEX_SQL, (job.job_id,)))
 
     async def save_many(self, jobs: list[Job]) -> None:
         await asyncio.gather(*(self.save(job) for job in jobs))
@@ -275,6 +293,12 @@ class JobStore:
     async def job_ids(self) -> list[str]:
         """Every job id in the store (the audit cross-check reads them)."""
         async with self._db.execute("SELECT job_id FROM jobs") as cur:
+            return [row[0] for row in await cur.fetchall()]
+
+    async def job_ids_of_fingerprint(self, fingerprint: str) -> list[str]:
+        """The jobs whose outputs carry `fingerprint` (hex), from the index kept by `save`."""
+        async with self._db.execute("SELECT job_id FROM fingerprints WHERE fingerprint = ? ORDER BY job_id",
+                                    (fingerprint,)) as cur:
             return [row[0] for row in await cur.fetchall()]
 
     async def get(self, job_id: str) -> Job | None:

@@ -239,7 +239,7 @@ async def test_a_jobs_database_of_schema_1_is_read_and_migrated(tmp_path: Path) 
     finally:
         await store.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
 
 
 def test_to_toml_writes_model_tables() -> None:
