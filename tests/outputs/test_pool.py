@@ -5,6 +5,7 @@ output is the same as without the pool and verifies, a pool process that dies lo
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import time
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 from PIL import Image
 
@@ -19,6 +21,7 @@ from daemon.crypto import OutputError
 from daemon.crypto.keys import KeyStore
 from daemon.outputs.pipeline import OutputSettings, export_output, protect_image, verify_output
 from daemon.outputs.pool import MarkPool, auto_size, pool_size
+from tests.harness import DaemonProcess
 from tests.outputs.out_helpers import FIXED_TIME, keys_dir, keystore, make_info, out_dir, synthetic  # noqa: F401
 
 
@@ -122,3 +125,30 @@ def test_auto_size_leaves_the_workers_their_cores() -> None:
     assert auto_size(4, [("cuda", 0)] * 2) == 2
     assert pool_size(0, 16, [("cuda", 0)]) == 0     # 0: marks in the daemon's threads
     assert pool_size(3, 2, [("cpu", 0)]) == 3
+
+
+def pool_processes(daemon: DaemonProcess) -> list[psutil.Process]:
+    assert daemon.proc is not None
+    return [child for child in psutil.Process(daemon.proc.pid).children(recursive=True)
+            if "multiprocessing" in " ".join(child.cmdline()) and "resource_tracker" not in " ".join(child.cmdline())]
+
+
+@pytest.mark.timeout(400)
+async def test_a_daemon_with_a_pool_marks_there_and_survives_a_killed_pool_process(make_daemon, client_of, wait_for):
+    daemon = make_daemon({"outputs": {"pixel_processes": 1}})
+    client = await client_of(daemon)
+    state = daemon.state_dir
+    for round_ in range(2):
+        job_id = (await client.call("job.submit", prompt=f"pooled {round_}", width=256, height=256, steps=2))["job_id"]
+        job = await wait_for(client, job_id, timeout=300)
+        assert job["state"] == "succeeded", job["error"]
+        report = verify_output(job_id, state / "outputs", state / "keys")
+        assert report["ok"], report
+        assert json.loads(Path(report["outputs"][0]["manifest"]).read_text())["watermark"]["invisible"]
+        (process,) = pool_processes(daemon)
+        assert process.nice() >= 10  # out of the generator's way
+        if round_ == 0:
+            process.send_signal(signal.SIGKILL)
+            process.wait(10)
+    assert "drawn in 1 pool process" in daemon.read_log()
+    assert "output pool process died" in daemon.read_log()
