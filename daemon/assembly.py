@@ -39,6 +39,8 @@ from daemon.crypto.passphrase import PassphraseSources
 from daemon.crypto.prompt_mac import PromptMac
 from daemon.dispatch import Box, Lane, OutputWriter
 from daemon.events import EventBus
+from daemon.fleet.boxes import BoxInfo
+from daemon.fleet.member import FleetMember
 from daemon.monitor.gpu import count_gpus
 from daemon.monitor.sampler import WorkerInput
 from daemon.monitor.service import Monitor
@@ -102,6 +104,8 @@ class Parts:
     monitor: Monitor
     reactions: Reactions
     dispatcher: Box
+    fleet: FleetMember | None = None
+    """This box in the fleet (`[fleet] database` set): registered and heartbeating; None on a single box."""
 
 
 async def assemble(config: Config, site: Site, *, bus: EventBus, background: BackgroundTasks,
@@ -201,9 +205,35 @@ async def assemble(config: Config, site: Site, *, bus: EventBus, background: Bac
             only_lane=lambda: not any(lane.can_take_work for lane in lanes)))
     dispatcher = Box(queue, lanes, worker_events=reactions)
     await _check_jobs_recorded(audit, store, monitor)
+    fleet = await _join_fleet(cfg, site, keystore, models, lanes, bus, background, opened)
     return Parts(keystore=keystore, output_settings=output_settings, audit=audit, record=record, store=store,
                  job_history=job_history, key_maintenance=key_maintenance, worker=worker, queue=queue,
-                 monitor=monitor, reactions=reactions, dispatcher=dispatcher)
+                 monitor=monitor, reactions=reactions, dispatcher=dispatcher, fleet=fleet)
+
+
+async def _join_fleet(cfg: Config, site: Site, keystore: KeyStore, models: ModelCatalog, lanes: list[Lane],
+                      bus: EventBus, background: BackgroundTasks, opened: AsyncExitStack) -> FleetMember | None:
+    """With `[fleet] database`: register this box and heartbeat (docs/fleet.md says what a member
+    does so far; its jobs are still this box's own queue)."""
+    if not cfg.fleet.database:
+        return None
+
+    def describe() -> BoxInfo:
+        return BoxInfo(site.installation, socket=str(site.socket_path), reach=cfg.fleet.reach, version=__version__,
+                       models=models.names(),
+                       devices=[{"worker": lane.worker.name, "device": lane.worker.device} for lane in lanes],
+                       workers=len(lanes), free_workers=sum(1 for lane in lanes if lane.can_take_work))
+
+    fleet_cfg = cfg.fleet
+    member = await FleetMember.join(fleet_cfg.database, PromptSealer(keystore), describe,
+                                    lease_seconds=fleet_cfg.lease_seconds,
+                                    heartbeat_seconds=fleet_cfg.heartbeat_seconds,
+                                    max_attempts=cfg.queue.max_attempts, aging_seconds=cfg.queue.aging_seconds,
+                                    on_fault=Alarm(bus, "fleet.unreachable"))
+    opened.push_async_callback(member.leave)
+    background.start(member.run(), "fleet heartbeat", "this box's heartbeat in the fleet and the lease reaper",
+                     essential=False)
+    return member
 
 
 async def record_certificate_events(keystore: KeyStore, record: ActionRecorder) -> None:

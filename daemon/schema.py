@@ -163,8 +163,17 @@ def _devices(value: object) -> str | None:
     return None
 
 
+def _libpq_url(value: str) -> str | None:
+    """`[fleet] database`: empty, or a postgresql:// URL (libpq's other forms are not taken, so a
+    typo is caught here rather than as a connection failure)."""
+    if value == "" or re.match(r"postgres(ql)?://", value):
+        return None
+    return 'must be empty or a URL starting with postgresql:// (e.g. "postgresql://sai@db.example/sai")'
+
+
 NAMED_CHECKS: dict[str, Check] = {
-    "colour": _colour, "devices": _devices, "loopback": _loopback, "priority": _priority, "regexes": _regexes,
+    "colour": _colour, "devices": _devices, "libpq_url": _libpq_url, "loopback": _loopback, "priority": _priority,
+    "regexes": _regexes,
     "scrypt_log2_n": check_scrypt_log2_n, "strings": _strings, "template": _template,
 }
 """Rules that take code: a format, or a set of names the code defines (priorities, the key store's scrypt bounds)."""

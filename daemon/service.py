@@ -32,6 +32,8 @@ from daemon.crypto.passphrase import PassphraseSources
 from daemon.dispatch import Box
 from daemon.events import EventBus
 from daemon.exitcodes import ExitCode
+from daemon.fleet.errors import FleetError
+from daemon.fleet.member import FleetMember
 from daemon.framing import ConnectionLimits
 from daemon.hardening import forbid_dumps, safe_python_children
 from daemon.monitor.service import Monitor
@@ -185,6 +187,10 @@ class Daemon:
         return self.parts.dispatcher
 
     @property
+    def fleet(self) -> FleetMember | None:
+        return self.parts.fleet
+
+    @property
     def monitor(self) -> Monitor:
         return self.parts.monitor
 
@@ -233,6 +239,8 @@ class Daemon:
                                                                 {"uptime": uptime}), CLOSE_TIMEOUT),
             ("closing the audit log", self.audit.close, CLOSE_TIMEOUT),
         ]
+        if self.fleet is not None:  # after the batch was drained: the box's row goes, then its connections
+            steps.insert(3, ("leaving the fleet", self.fleet.leave, CLOSE_TIMEOUT))
         clean = True
         for what, action, timeout in steps:
             clean = await shutdown_step(what, action, timeout) and clean
@@ -313,7 +321,7 @@ async def run(config: Config, socket_path: Path | None, state_dir: Path | None) 
     daemon = Daemon(config, socket_path, state_dir)
     try:
         await daemon.startup()
-    except (AlreadyRunning, ConfigError, OutputError, AuditTrustError, AuditKeyMismatch, UnsafePath) as exc:
+    except (AlreadyRunning, ConfigError, OutputError, AuditTrustError, AuditKeyMismatch, UnsafePath, FleetError) as exc:
         log.error("not starting: %s", exc)
         return ExitCode.ALREADY_RUNNING if isinstance(exc, AlreadyRunning) else ExitCode.NOT_STARTED
     daemon.install_signal_handlers()

@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # the parts' modules import heavy packages; handlers get them
     from daemon.connection import Connection
     from daemon.crypto.keys import KeyStore
     from daemon.dispatch import Box
+    from daemon.fleet.member import FleetMember
     from daemon.monitor.service import Monitor
     from daemon.outputs.sink import KeyMaintenance
     from daemon.queue.history import JobHistory
@@ -54,6 +55,9 @@ class DaemonApi(Protocol):
     def queue(self) -> QueueManager: ...
     @property
     def dispatcher(self) -> Box: ...
+    @property
+    def fleet(self) -> FleetMember | None:
+        """This box in the fleet; None on a single box (`[fleet] database` empty)."""
     @property
     def monitor(self) -> Monitor: ...
     @property

@@ -2,7 +2,7 @@
 
 A box is its installation name (`[daemon] installation`). Its row tells the others which models
 it holds, its devices, how many workers it has and how many are free, and how to reach its socket
-(the socket path and an `ssh` hint, for outputs that stay on the box that made them). The
+(the socket path and how to get to it, e.g. over SSH, for outputs that stay on the box that made them). The
 heartbeat is the database's clock, so its age means the same from every box.
 """
 
@@ -24,7 +24,8 @@ class BoxInfo:
 
     name: str
     socket: str = ""
-    ssh: str = ""
+    reach: str = ""
+    """How others reach this box's socket (`[fleet] reach`: an ssh command, a forwarded path)."""
     version: str = ""
     models: Sequence[str] = ()
     devices: Sequence[dict[str, Any]] = field(default_factory=tuple)
@@ -33,9 +34,9 @@ class BoxInfo:
 
 
 UPSERT_SQL = """
-INSERT INTO boxes (name, socket, ssh, version, models, devices, workers, free_workers, started_at, heartbeat_at)
+INSERT INTO boxes (name, socket, reach, version, models, devices, workers, free_workers, started_at, heartbeat_at)
 VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, sai_now(), sai_now())
-ON CONFLICT (name) DO UPDATE SET socket = excluded.socket, ssh = excluded.ssh, version = excluded.version,
+ON CONFLICT (name) DO UPDATE SET socket = excluded.socket, reach = excluded.reach, version = excluded.version,
     models = excluded.models, devices = excluded.devices, workers = excluded.workers,
     free_workers = excluded.free_workers, heartbeat_at = excluded.heartbeat_at{restart}"""
 
@@ -51,7 +52,7 @@ class BoxRegistry:
 
     async def _upsert(self, info: BoxInfo, *, starting: bool) -> None:
         sql = UPSERT_SQL.format(restart=", started_at = excluded.started_at" if starting else "")
-        args = (info.name, info.socket, info.ssh, info.version, list(info.models), json.dumps(list(info.devices)),
+        args = (info.name, info.socket, info.reach, info.version, list(info.models), json.dumps(list(info.devices)),
                 info.workers, info.free_workers)
 
         async def write(conn: Conn) -> None:
@@ -83,7 +84,7 @@ class BoxRegistry:
         by_state = {row["state"]: int(row["n"]) for row in counts}
         return {
             "boxes": [{
-                "name": row["name"], "socket": row["socket"], "ssh": row["ssh"] or None, "version": row["version"],
+                "name": row["name"], "socket": row["socket"], "reach": row["reach"] or None, "version": row["version"],
                 "models": list(row["models"]), "devices": json.loads(row["devices"]),
                 "workers": row["workers"], "free_workers": row["free_workers"], "running": int(row["running"]),
                 "heartbeat_age": round(max(0.0, float(row["heartbeat_age"])), 3),

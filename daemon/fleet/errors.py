@@ -20,6 +20,10 @@ class SchemaTooNew(FleetError):
         self.found, self.known = found, known
 
 
+class MigrationRefused(FleetError):
+    """The database refused to create or change the fleet's tables (a role without the rights)."""
+
+
 class StaleAttempt(FleetError):
     """A write for a job by a holder whose attempt is no longer the job's current one (fencing):
     its lease expired and the job was re-queued or claimed by another box since."""

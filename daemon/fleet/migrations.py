@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from daemon.fleet.errors import SchemaTooNew
+import asyncpg
+
+from daemon.fleet.errors import MigrationRefused, SchemaTooNew
 
 if TYPE_CHECKING:
     from daemon.fleet.connection import Conn
@@ -61,7 +63,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         """CREATE TABLE boxes (
             name text PRIMARY KEY,
             socket text NOT NULL DEFAULT '',
-            ssh text NOT NULL DEFAULT '',
+            reach text NOT NULL DEFAULT '',
             version text NOT NULL DEFAULT '',
             models text[] NOT NULL DEFAULT '{}',
             devices jsonb NOT NULL DEFAULT '[]',
@@ -89,16 +91,25 @@ async def migrate(conn: Conn, known: dict[int, tuple[str, ...]] | None = None) -
     one version at a time in one transaction; returns the version it is at."""
     steps = MIGRATIONS if known is None else known
     newest = max(steps)
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
-        await conn.execute("CREATE TABLE IF NOT EXISTS schema_version ("
-                           "version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")
-        version = await current_version(conn)
-        if version > newest:
-            raise SchemaTooNew(version, newest)
-        for step in range(version + 1, newest + 1):
-            for statement in steps[step]:
-                await conn.execute(statement)
-            await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", step)
-            log.info("fleet database brought to schema version %d", step)
+    try:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+            version = await current_version(conn)
+            if version > newest:
+                raise SchemaTooNew(version, newest)
+            if version == newest:  # nothing to create: a box's role needs no CREATE privilege
+                return newest
+            if version == 0:
+                await conn.execute("CREATE TABLE IF NOT EXISTS schema_version ("
+                                   "version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")
+            for step in range(version + 1, newest + 1):
+                for statement in steps[step]:
+                    await conn.execute(statement)
+                await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", step)
+                log.info("fleet database brought to schema version %d", step)
+    except asyncpg.PostgresError as exc:
+        if isinstance(exc, asyncpg.PostgresConnectionError | asyncpg.exceptions.OperatorInterventionError):
+            raise
+        raise MigrationRefused(f"the fleet database refused its migration to schema version {newest}: {exc} "
+                               "(a role that may create tables must migrate it: docs/fleet.md)") from exc
     return newest

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 import asyncpg
 import pytest
 
+from daemon.fleet.boxes import BoxInfo, BoxRegistry
 from daemon.fleet.connection import Database
-from daemon.fleet.errors import FleetUnavailable, SchemaTooNew
+from daemon.fleet.errors import FleetUnavailable, MigrationRefused, SchemaTooNew
 from daemon.fleet.migrations import MIGRATIONS, SCHEMA_VERSION, migrate
+from tests.fleet.conftest import QueueFactory, make_job
+from tests.fleet.pg_helpers import PgCluster
 
 
 async def _versions(url: str) -> list[int]:
@@ -57,3 +62,28 @@ async def test_unreachable_database_is_named_without_its_password(tmp_path: obje
     with pytest.raises(FleetUnavailable) as refused:
         await Database.open(url, connect_timeout=2)
     assert "s3cret" not in str(refused.value) and "/nonexistent-sai-dir" in str(refused.value)
+
+
+async def test_a_box_role_with_only_its_grants_works_but_cannot_migrate(
+        fleet_url: str, pg_cluster: PgCluster, open_queue: QueueFactory) -> None:
+    database = urlsplit(fleet_url).path.lstrip("/")
+    pg_cluster.psql("CREATE ROLE box_plain LOGIN", database)
+    box_url = fleet_url.replace("sai@", "box_plain@")
+    with pytest.raises(MigrationRefused, match=f"refused its migration to schema version {SCHEMA_VERSION}: "
+                                               "permission denied"):
+        await Database.open(box_url)
+    await (await open_queue()).db.close()  # the owner migrates
+    pg_cluster.psql("GRANT SELECT, INSERT, UPDATE ON jobs, boxes TO box_plain; GRANT DELETE ON boxes TO box_plain; "
+                    "GRANT SELECT ON schema_version TO box_plain", database)
+    queue = await open_queue("a", url=box_url, lease_seconds=0.2)
+    await queue.submit(make_job())
+    held = await queue.claim("cpu0")
+    assert held is not None
+    await queue.renew(held.job_id, held.attempt)
+    await queue.finish(held.job_id, held.attempt, "succeeded")
+    registry = BoxRegistry(queue.db)
+    await registry.register(BoxInfo("a"))
+    assert [box["name"] for box in (await registry.status())["boxes"]] == ["a"]
+    await registry.leave("a")
+    assert await queue.reap() == []
+    pg_cluster.psql("DROP OWNED BY box_plain; DROP ROLE box_plain", database)
