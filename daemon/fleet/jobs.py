@@ -46,6 +46,18 @@ UPDATE jobs SET state = 'running', box = $1, worker = $2, device = $7, attempt =
     attempts = attempts + 1, lease_until = sai_now() + $5::float8, started_at = sai_now(), progress = 0
 FROM head WHERE jobs.job_id = head.job_id
 RETURNING jobs.*"""
+COMPANIONS_SQL = f"""
+SELECT job_id, (params->>'count')::int AS count FROM jobs
+WHERE state = 'queued' AND model_id = $1 AND COALESCE(params->'scheduler', '""') = $2::jsonb
+    AND params->'width' = $3::jsonb AND params->'height' = $4::jsonb AND params->'steps' = $5::jsonb
+    AND params->'guidance' = $7::jsonb AND COALESCE(params->'reproducible', 'false') <> 'true'
+ORDER BY {RANK_SQL} DESC, seq
+LIMIT $8 FOR UPDATE SKIP LOCKED"""
+"""Queued jobs that can share the head's pipeline call (daemon.queue.jobs.SHAPE_KEYS), most urgent first."""
+TAKE_SQL = """
+UPDATE jobs SET state = 'running', box = $1, worker = $2, device = $3, attempt = attempt + 1,
+    attempts = attempts + 1, lease_until = sai_now() + $4::float8, started_at = sai_now(), progress = 0
+WHERE job_id = ANY($5::text[]) RETURNING *"""
 REAP_SQL = """
 WITH expired AS (
     SELECT job_id FROM jobs WHERE state = 'running' AND lease_until < sai_now() FOR UPDATE SKIP LOCKED)
@@ -177,6 +189,42 @@ class FleetQueue:
         row = await self.db.run(lambda conn: conn.fetchrow(
             CLAIM_SQL, self.box, worker, models_arg, list(held), self.lease_seconds, self.aging_seconds, device))
         return None if row is None else self._job(row)
+
+    async def claim_batch(self, worker: str, max_images: int, *, models: Sequence[str] | None = None,
+                          held: Sequence[str] = (), device: str = "") -> list[FleetJob]:
+        """`claim`'s head job plus queued jobs of the same shape, up to `max_images` images in all,
+        claimed together in one transaction (each under its own new attempt); [] when nothing is
+        queued that this worker can run. A reproducible head runs alone, and a reproducible job
+        never joins a batch (as pick_batch on a single box); a head whose count alone exceeds the
+        limit still runs (the worker splits it)."""
+        models_arg = list(models) if models is not None else None
+
+        async def work(conn: Conn) -> list[FleetJob]:
+            async with conn.transaction():
+                row = await conn.fetchrow(CLAIM_SQL, self.box, worker, models_arg, list(held), self.lease_seconds,
+                                          self.aging_seconds, device)
+                if row is None:
+                    return []
+                head = self._job(row)
+                if head.job.runs_alone or head.job.count >= max_images:
+                    return [head]
+                p = head.job.params
+                candidates = await conn.fetch(
+                    COMPANIONS_SQL, head.job.model_id, _json(p.get("scheduler", "")), _json(p["width"]),
+                    _json(p["height"]), _json(p["steps"]), self.aging_seconds, _json(p["guidance"]),
+                    max_images - head.job.count)
+                chosen, images = [], head.job.count
+                for candidate in candidates:
+                    if images + candidate["count"] <= max_images:
+                        chosen.append(candidate["job_id"])
+                        images += candidate["count"]
+                if not chosen:
+                    return [head]
+                taken = {r["job_id"]: r for r in await conn.fetch(TAKE_SQL, self.box, worker, device,
+                                                                   self.lease_seconds, chosen)}
+                return [head, *(self._job(taken[job_id]) for job_id in chosen)]
+
+        return await self.db.run(work)
 
     async def _fenced(self, job_id: str, attempt: int, sql: str, *args: Any) -> asyncpg.Record:
         """Run `sql` (an UPDATE … RETURNING whose WHERE is `job_id = $1 AND attempt = $2 AND state =

@@ -85,3 +85,45 @@ async def test_client_token_is_idempotent_across_boxes(open_queue: QueueFactory)
     other_user, duplicate = await a.submit(make_job(token="t-1", uid=1001))  # tokens are per user
     assert not duplicate and other_user.job_id not in ids
     assert (await a.counts()) == {"queued": 2}
+
+
+async def test_batch_claims_jobs_of_the_head_shape_up_to_the_image_limit(open_queue: QueueFactory) -> None:
+    queue = await open_queue()
+    same = [make_job(f"same {i}") for i in range(5)]
+    other_size = make_job("128 wide")
+    other_size.params["width"] = 128
+    reproducible = make_job("reproducible")
+    reproducible.params["reproducible"] = True
+    two = make_job("two images")
+    two.params["count"] = 2
+    for job in (same[0], other_size, reproducible, same[1], two, *same[2:]):
+        await queue.submit(job)
+    batch = await queue.claim_batch("cpu0", 4)
+    # same[0] heads; other_size and reproducible cannot join; two (2 images) fits after same[1]; 4 images
+    assert [held.job_id for held in batch] == [same[0].job_id, same[1].job_id, two.job_id]
+    assert {(held.box, held.job.worker, held.attempt, held.job.state) for held in batch} == {("a", "cpu0", 1, "running")}
+    second = await queue.claim_batch("cpu0", 4)
+    assert [held.job_id for held in second] == [other_size.job_id]  # the head now: nothing of its shape
+    alone = await queue.claim_batch("cpu0", 4)
+    assert [held.job_id for held in alone] == [reproducible.job_id]
+    rest = await queue.claim_batch("cpu0", 4)
+    assert [held.job_id for held in rest] == [job.job_id for job in same[2:]]
+    assert await queue.claim_batch("cpu0", 4) == []
+
+
+async def test_concurrent_batch_claims_take_each_job_once(open_queue: QueueFactory) -> None:
+    boxes = [await open_queue(name) for name in ("a", "b", "c")]
+    jobs = [make_job(f"job {i}") for i in range(60)]
+    for i, job in enumerate(jobs):
+        await boxes[i % 3].submit(job)
+    claimed: list[str] = []
+
+    async def worker(queue: FleetQueue) -> None:
+        while batch := await queue.claim_batch("cpu0", 4):
+            claimed.extend(held.job_id for held in batch)
+            await asyncio.sleep(0)
+            for held in batch:
+                await queue.finish(held.job_id, held.attempt, SUCCEEDED)
+
+    await asyncio.gather(*(worker(box) for box in boxes for _ in range(2)))
+    assert sorted(claimed) == sorted(job.job_id for job in jobs)
