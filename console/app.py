@@ -33,6 +33,7 @@ from console.formatting import clock_time, duration, parse_moment
 from console.jobview import SORTS
 from console.screens.confirm import ConfirmScreen
 from console.screens.help import HelpScreen, binding_rows, key_label
+from console.screens.identify import IdentifyScreen
 from console.screens.job_detail import JobDetailScreen
 from console.screens.main import COMMANDS, TYPED_COMMANDS, Command, MainScreen, read_only_refusal
 from console.screens.new_job import NewJobScreen
@@ -317,6 +318,9 @@ class SaiConsole(App[int]):
     def action_new_job(self) -> None:
         self.push_screen(NewJobScreen())
 
+    def action_identify(self, path: str = "") -> None:
+        self.push_screen(IdentifyScreen(path))
+
     def action_open_job(self, job_id: str) -> None:
         if not self.is_screen_installed("job-detail"):
             self.install_screen(JobDetailScreen(), "job-detail")
@@ -389,6 +393,8 @@ class SaiConsole(App[int]):
             self.theme = f"textual-{arg}"
         elif name == "job" and arg:
             self.action_open_job(arg)
+        elif name == "identify":
+            self.action_identify(arg)
         elif name in ("pause", "resume"):
             if self.check_action("set_paused", ()):
                 main.set_paused(name == "pause")

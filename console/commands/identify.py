@@ -12,6 +12,7 @@ import argparse
 import base64
 import secrets
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=identify, needs_daemon=True)
 
 
-def _read(path: Path) -> bytes:
+def read_image_file(path: Path) -> bytes:
     """The file's bytes; OSError / ValueError naming what was wrong."""
     if path.is_dir():
         raise ValueError("is a directory")
@@ -53,11 +54,12 @@ def _read(path: Path) -> bytes:
     return data
 
 
-async def identify_bytes(client: DaemonClient, data: bytes) -> dict[str, Any]:
-    """output.identify for `data`, sent in chunks; the daemon's report (RpcError as it refuses)."""
+async def identify_bytes(call: Callable[..., Awaitable[Any]], data: bytes) -> dict[str, Any]:
+    """output.identify for `data` through `call` (a client's or the console's), sent in chunks;
+    the daemon's report (RpcError as it refuses)."""
     upload = secrets.token_hex(8)
     for offset in range(0, len(data), CHUNK):
-        reply: dict[str, Any] = await client.call(
+        reply: dict[str, Any] = await call(
             "output.identify", data=base64.b64encode(data[offset:offset + CHUNK]).decode("ascii"), size=len(data),
             offset=offset, upload=upload)
         if reply.get("complete"):
@@ -65,7 +67,7 @@ async def identify_bytes(client: DaemonClient, data: bytes) -> dict[str, Any]:
     raise RpcError(INVALID_PARAMS, "the daemon did not finish the upload")
 
 
-def _summary(name: str, report: dict[str, Any]) -> list[str]:
+def summary_lines(name: str, report: dict[str, Any]) -> list[str]:
     job, c2pa, mark = report["job"], report["c2pa"], report["mark"]
     head = f"{name}: {'ours' if report['ours'] else 'not ours'}"
     if job:
@@ -103,7 +105,7 @@ async def identify(args: argparse.Namespace, client: DaemonClient) -> int:
     status: int = ExitCode.OK
     for name in args.files:
         try:
-            report = await identify_bytes(client, _read(Path(name)))
+            report = await identify_bytes(client.call, read_image_file(Path(name)))
         except (OSError, ValueError) as exc:
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             results.append({"file": name, "error": f"cannot read {name}: {why}"})
@@ -120,7 +122,7 @@ async def identify(args: argparse.Namespace, client: DaemonClient) -> int:
         elif not last["ours"] and status == ExitCode.OK:
             status = ExitCode.FAILURE
         if not args.json and "error" not in last:
-            print("\n".join(_summary(name, last)))
+            print("\n".join(summary_lines(name, last)))
     if args.json:
         print_json(results)
     return status

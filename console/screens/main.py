@@ -89,6 +89,8 @@ COMMANDS: list[Command] = [
     Command("right_square_bracket", "look(1)", "Step forward in time", "One step later; past now returns to live",
             "forward"),
     Command("", "live", "Back to live", "Leave look-back and follow the daemon live", "live"),
+    Command("i", "app.identify", "Identify image", "Identify an image file: C2PA credentials, fingerprint, job",
+            "identify"),
     Command("T", "app.toggle_theme", "Dark/light theme", "Switch between the dark and the light theme", "theme"),
     Command("escape", "clear_filter", "Clear filter", "Clear the filter of the pane", "clear"),
 ]
@@ -100,6 +102,7 @@ TYPED_COMMANDS: list[tuple[str, str, bool]] = [
     ("sort COLUMN", f"Sort the queue by {', '.join(SORTS)}", False),
     ("theme dark|light", "Dark or light theme", False),
     ("job ID", "Open the detail of job ID", False),
+    ("identify PATH", "Identify the image at PATH (as sai identify does)", False),
     ("resume", "Resume the queue (:pause pauses it)", True),
 ]
 """`:` commands that take an argument or have no command of their own: (usage, what it does, changes

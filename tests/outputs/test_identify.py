@@ -135,3 +135,38 @@ async def test_fingerprints_of_outputs_written_before_the_index_are_found(tmp_pa
         assert await store.job_ids_of_fingerprint(fingerprint("j000000000008").hex()) == []
     finally:
         await store.close()
+
+
+async def test_the_console_identifies_an_image_from_a_path(make_daemon, client_of, wait_for, tmp_path: Path):
+    """`i` (or `:identify PATH`) opens the identify screen; the file is read and sent off the UI thread."""
+    from console.app import SaiConsole
+    from console.screens.identify import IdentifyScreen
+    from tests.console.console_helpers import connected, screen_text, until
+
+    daemon = make_daemon()
+    client = await client_of(daemon)
+    job_id = (await client.call("job.submit", prompt="a quay", width=SIDE, height=SIDE, steps=2))["job_id"]
+    assert (await wait_for(client, job_id, timeout=300))["state"] == "succeeded"
+    exported, unrelated = tmp_path / "quay.png", tmp_path / "noise.webp"
+    assert run_sai("export", job_id, "-o", str(exported), socket_path=daemon.socket).returncode == 0
+    Image.fromarray(synthetic("smooth", 3, SIDE)).save(unrelated, "WEBP", quality=80)
+
+    app = SaiConsole(str(daemon.socket))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await connected(pilot, app)
+        await pilot.press("i")
+        assert isinstance(app.screen, IdentifyScreen)
+        await pilot.press(*str(exported), "enter")
+        screen = app.screen
+        await until(pilot, lambda: "ours: job" in screen.result, 60, "the identify report")
+        assert job_id in screen.result and "Trusted" in screen.result and "match the recorded PNG hash" in screen.result
+        assert f"ours: job {job_id}" in screen_text(app)
+        await pilot.press("escape")
+        assert app.screen is app.main
+
+        app.execute(f":identify {unrelated}")
+        await until(pilot, lambda: isinstance(app.screen, IdentifyScreen) and "not ours" in app.screen.result, 60,
+                    "the unrelated image's report")
+        app.screen.identify(str(tmp_path / "nowhere.png"))
+        await until(pilot, lambda: "cannot read" in app.screen.result, 30, "the read error")
+        assert "No such file" in app.screen.result
