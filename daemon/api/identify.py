@@ -5,12 +5,14 @@ own rights. A request line holds at most 1 MiB, so a larger file comes in chunks
 (`upload` id, `offset`, declared `size`); each connection has at most one upload under way, a new
 one at offset 0 replaces it, and all uploads together hold at most `HELD_LIMIT` bytes. The reply
 to the last chunk (or to a file sent whole) is the report. Decoding, the C2PA reading and the mark
-search run in the daemon's thread pool. Every identify is audited with what was found (hashes,
-states, the job), never the image; so is every refusal of the image.
+search run in the daemon's thread pool, one identify at a time per daemon (the others wait), so a
+flood of large images cannot take every thread the output path needs. Every identify is audited
+with what was found (hashes, states, the job), never the image; so is every refusal of the image.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import time
@@ -35,6 +37,7 @@ class _Upload:
 
 
 _UPLOADS: weakref.WeakKeyDictionary[object, _Upload] = weakref.WeakKeyDictionary()
+_SLOTS: weakref.WeakKeyDictionary[object, asyncio.Semaphore] = weakref.WeakKeyDictionary()
 
 
 def _held(now: float) -> int:
@@ -100,8 +103,10 @@ async def identify(ctx: CallContext, data: str, size: int | None = None, offset:
     if whole is None:
         return {"complete": False, "received": offset + len(chunk), "size": size}
     anchors = ctx.daemon.keystore.c2pa.ca_pem().decode("ascii")
+    slot = _SLOTS.setdefault(ctx.daemon, asyncio.Semaphore(1))
     try:
-        exam, legacy = await ctx.daemon.run_blocking(examine, whole, anchors)
+        async with slot:
+            exam, legacy = await ctx.daemon.run_blocking(examine, whole, anchors)
     except ImageRefused as exc:
         await ctx.daemon.audit_action(ctx.peer, "output.identify", "image", {"refused": str(exc), "size": size})
         raise invalid_params("data", str(exc)) from None
