@@ -130,15 +130,16 @@ def examine(data: bytes, anchors_pem: str | None) -> tuple[Examination, watermar
 def choose_job(exam: Examination, legacy: watermark.Reading | None, by_fingerprint: list[str],
                claimed_exists: bool) -> tuple[str | None, list[str]]:
     """The job an image is ours by, and how it was found: the robust fingerprint (exact, error
-    corrected) first; else the job our C2PA assertion names, when the manifest's signature holds
-    (Trusted or Valid) or the old dwtdct mark agrees with that job (56 of 64 bits)."""
+    corrected) first; else the job our C2PA assertion names, when the manifest is Trusted (signed
+    by a CA of this installation: a Valid one is signed by anyone's certificate, so it may name
+    any job id) or the old dwtdct mark agrees with that job (56 of 64 bits)."""
     found_by: list[str] = []
     job_id = by_fingerprint[0] if by_fingerprint else None
     if job_id is not None:
         found_by.append("fingerprint")
     claimed = exam.claimed_job if claimed_exists else None
     if claimed is not None:
-        signed = exam.c2pa.get("state") in ("Trusted", "Valid")
+        signed = exam.c2pa.get("state") == "Trusted"
         if job_id is None and legacy is not None and legacy.matches(claimed):
             job_id = claimed
             found_by.append("fingerprint")

@@ -170,3 +170,23 @@ async def test_the_console_identifies_an_image_from_a_path(make_daemon, client_o
         app.screen.identify(str(tmp_path / "nowhere.png"))
         await until(pilot, lambda: "cannot read" in app.screen.result, 30, "the read error")
         assert "No such file" in app.screen.result
+
+
+def test_a_manifest_signed_by_another_installation_names_no_job_here(tmp_path: Path):
+    """Anyone can sign a Valid manifest naming one of our job ids (without the mark): only a Trusted
+    one (our CA) may make an image ours through its assertion."""
+    from daemon.crypto.keys import KeyStore
+    from daemon.outputs.credentials import Provenance, embed_credentials
+    from daemon.outputs.identify import choose_job, examine
+    from daemon.outputs.png import encode_png
+
+    ours, theirs = KeyStore.open(tmp_path / "ours"), KeyStore.open(tmp_path / "theirs")
+    png = encode_png(synthetic("smooth", 5, SIDE), None, 6)
+    anchors = ours.c2pa.ca_pem().decode("ascii")
+    forged = embed_credentials(png, Provenance("j00000000000a", 0, "tiny", ""), theirs)
+    exam, legacy = examine(forged, anchors)
+    assert exam.c2pa["state"] == "Valid" and exam.claimed_job == "j00000000000a" and not exam.mark["found"]
+    assert choose_job(exam, legacy, [], claimed_exists=True) == (None, [])
+    exam_genuine, legacy = examine(embed_credentials(png, Provenance("j00000000000a", 0, "tiny", ""), ours), anchors)
+    assert exam_genuine.c2pa["state"] == "Trusted"
+    assert choose_job(exam_genuine, legacy, [], claimed_exists=True) == ("j00000000000a", ["c2pa"])
