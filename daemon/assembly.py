@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon import __version__
-from daemon.alarms import Alarm
+from daemon.alarms import Alarm, raise_alarm
 from daemon.audit.anchor import FILE_NAME as ANCHOR_FILE
 from daemon.audit.anchor import Trust, unrecorded_jobs_reason
 from daemon.audit.entry import key_id
@@ -38,9 +38,16 @@ from daemon.crypto.keys import KeyStore
 from daemon.crypto.passphrase import PassphraseSources
 from daemon.crypto.prompt_mac import PromptMac
 from daemon.dispatch import Box, Lane, OutputWriter
+from daemon.dispatch.fleet_box import FleetBox
 from daemon.events import EventBus
+from daemon.fleet import prompt_key
 from daemon.fleet.boxes import BoxInfo
+from daemon.fleet.connection import Database
+from daemon.fleet.errors import StaleAttempt
+from daemon.fleet.jobs import FleetQueue
+from daemon.fleet.manager import FleetManager
 from daemon.fleet.member import FleetMember
+from daemon.fleet.wakeup import Wakeup
 from daemon.monitor.gpu import count_gpus
 from daemon.monitor.sampler import WorkerInput
 from daemon.monitor.service import Monitor
@@ -160,11 +167,13 @@ async def assemble(config: Config, site: Site, *, bus: EventBus, background: Bac
     memories = [MemoryModel() for _ in workers]  # one per device: each lane feeds its own, sizes its batches by it
     queue_memory = memories[0] if len(workers) == 1 else AnyDevice(
         [(w.name, m, w.capacity) for w, m in zip(workers, memories)])
-    queue = QueueManager(store, Admission(cfg), bus, cfg,
-                         audit=record, memory=queue_memory,
-                         capacity=worker.capacity if len(workers) == 1 else lambda: None,
-                         models=models,
-                         prompt_digest=PromptMac(keystore).details)
+    fleet_queue = await _open_fleet_queue(cfg, site, opened) if cfg.fleet.database else None
+    queue_parts = (store, Admission(cfg), bus, cfg)
+    queue_settings: dict[str, Any] = {
+        "audit": record, "memory": queue_memory, "capacity": worker.capacity if len(workers) == 1 else lambda: None,
+        "models": models, "prompt_digest": PromptMac(keystore).details}
+    queue = (QueueManager(*queue_parts, **queue_settings) if fleet_queue is None else
+             FleetManager(*queue_parts, **queue_settings, fleet=fleet_queue, on_stale=_stale_alarm(bus)))
     recovered = await queue.recover()
     if recovered:
         log.warning("recovered %d job(s) that were running when the daemon stopped", len(recovered))
@@ -203,19 +212,49 @@ async def assemble(config: Config, site: Site, *, bus: EventBus, background: Bac
             watch_work=lambda task, name, duty, holds_jobs: background.watch(
                 task, name, duty, essential=holds_jobs, lasts=False),
             only_lane=lambda: not any(lane.can_take_work for lane in lanes)))
-    dispatcher = Box(queue, lanes, worker_events=reactions)
+    if isinstance(queue, FleetManager) and fleet_queue is not None:
+        wakeup = Wakeup(cfg.fleet.database)
+        await wakeup.start()
+        opened.push_async_callback(wakeup.close)
+        dispatcher: Box = FleetBox(queue, lanes, worker_events=reactions, fleet=fleet_queue, wakeup=wakeup,
+                                   max_images=cfg.queue.max_batch, heartbeat_seconds=cfg.fleet.heartbeat_seconds)
+    else:
+        dispatcher = Box(queue, lanes, worker_events=reactions)
     await _check_jobs_recorded(audit, store, monitor)
-    fleet = await _join_fleet(cfg, site, keystore, models, lanes, bus, background, opened)
+    fleet = await _join_fleet(cfg, site, fleet_queue, models, lanes, bus, background, opened)
     return Parts(keystore=keystore, output_settings=output_settings, audit=audit, record=record, store=store,
                  job_history=job_history, key_maintenance=key_maintenance, worker=worker, queue=queue,
                  monitor=monitor, reactions=reactions, dispatcher=dispatcher, fleet=fleet)
 
 
-async def _join_fleet(cfg: Config, site: Site, keystore: KeyStore, models: ModelCatalog, lanes: list[Lane],
-                      bus: EventBus, background: BackgroundTasks, opened: AsyncExitStack) -> FleetMember | None:
-    """With `[fleet] database`: register this box and heartbeat (docs/fleet.md says what a member
-    does so far; its jobs are still this box's own queue)."""
-    if not cfg.fleet.database:
+async def _open_fleet_queue(cfg: Config, site: Site, opened: AsyncExitStack) -> FleetQueue:
+    """With `[fleet] database`: the fleet's job queue (connected and migrated), prompts sealed under
+    the fleet's prompt key (daemon.fleet.prompt_key); the job store is then PostgreSQL."""
+    key = prompt_key.load(cfg.fleet.prompt_key_file)
+    db = await Database.open(cfg.fleet.database)
+    opened.push_async_callback(db.close)
+    log.info("fleet: jobs go to %s (prompts sealed under %s)", db.where, key.current_kek_id)
+    return FleetQueue(db, PromptSealer(key), box=site.installation, lease_seconds=cfg.fleet.lease_seconds,
+                      max_attempts=cfg.queue.max_attempts, aging_seconds=cfg.queue.aging_seconds)
+
+
+def _stale_alarm(bus: EventBus) -> Callable[[StaleAttempt, str], None]:
+    """A refused (stale) write of this box: a critical alert per job, naming the box that owns it now."""
+    def alarm(exc: StaleAttempt, what: str) -> None:
+        owner = f"box {exc.box!r} owns it now (attempt {exc.current}, {exc.state})" if exc.box else \
+            f"it is {exc.state} now (attempt {exc.current})"
+        raise_alarm(bus, f"fleet.stale.{exc.job_id}",
+                    f"{what}: its lease expired while this box was silent and {owner}; the fencing token refused "
+                    "the late write (this box was paused or cut off for longer than [fleet] lease_seconds)",
+                    {"job_id": exc.job_id, "attempt": exc.attempt, "current": exc.current, "box": exc.box})
+    return alarm
+
+
+async def _join_fleet(cfg: Config, site: Site, fleet_queue: FleetQueue | None, models: ModelCatalog,
+                      lanes: list[Lane], bus: EventBus, background: BackgroundTasks,
+                      opened: AsyncExitStack) -> FleetMember | None:
+    """With `[fleet] database`: register this box, heartbeat and reap."""
+    if fleet_queue is None:
         return None
 
     def describe() -> BoxInfo:
@@ -224,12 +263,8 @@ async def _join_fleet(cfg: Config, site: Site, keystore: KeyStore, models: Model
                        devices=[{"worker": lane.worker.name, "device": lane.worker.device} for lane in lanes],
                        workers=len(lanes), free_workers=sum(1 for lane in lanes if lane.can_take_work))
 
-    fleet_cfg = cfg.fleet
-    member = await FleetMember.join(fleet_cfg.database, PromptSealer(keystore), describe,
-                                    lease_seconds=fleet_cfg.lease_seconds,
-                                    heartbeat_seconds=fleet_cfg.heartbeat_seconds,
-                                    max_attempts=cfg.queue.max_attempts, aging_seconds=cfg.queue.aging_seconds,
-                                    on_fault=Alarm(bus, "fleet.unreachable"))
+    member = await FleetMember.enter(fleet_queue, describe, heartbeat_seconds=cfg.fleet.heartbeat_seconds,
+                                     on_fault=Alarm(bus, "fleet.unreachable"))
     opened.push_async_callback(member.leave)
     background.start(member.run(), "fleet heartbeat", "this box's heartbeat in the fleet and the lease reaper",
                      essential=False)

@@ -23,6 +23,33 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    + ", ".join(COLUMNS) + ".")
     add_json_flag(p)
     p.set_defaults(handler=show_fleet, needs_daemon=True)
+    cmds = p.add_subparsers(dest="fleet_command", metavar="{key}")
+    key = cmds.add_parser("key", help="the fleet's prompt key ([fleet] prompt_key_file)")
+    key_cmds = key.add_subparsers(dest="key_command", metavar="{generate}", required=True)
+    gen = key_cmds.add_parser("generate", help="make a new fleet prompt key (32 random bytes, mode 0600)",
+                              description="Writes a new random fleet prompt key to FILE (never over an existing "
+                                          "file), mode 0600. Make it once per fleet, copy it to every box out of "
+                                          "band (scp, a secrets manager) owned by the daemon's user, and set "
+                                          "[fleet] prompt_key_file to it on each box. No daemon is needed.")
+    gen.add_argument("file", metavar="FILE")
+    gen.set_defaults(handler=generate_key, needs_daemon=False)
+    for leaf in (key, gen):  # `sai fleet key generate F --config C` as well as before the command
+        for flag in ("--socket", "--config", "--state-dir"):
+            leaf.add_argument(flag, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+async def generate_key(args: argparse.Namespace, _client: DaemonClient | None) -> int:
+    from pathlib import Path
+
+    from daemon.fleet.prompt_key import PromptKeyError, generate
+    try:
+        kid = generate(Path(args.file))
+    except (PromptKeyError, OSError) as exc:
+        print(f"sai fleet key generate: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote the fleet prompt key {kid} to {args.file} (mode 0600); copy it to every box and set "
+          "[fleet] prompt_key_file", file=sys.stderr)
+    return 0
 
 
 def _age(seconds: float) -> str:

@@ -7,7 +7,7 @@ from typing import Any
 
 from daemon.api.registry import CallContext, Role, method
 from daemon.protocol import INVALID_PARAMS, NOT_FOUND, PRIORITIES, UNAVAILABLE, RpcError, echo, invalid_params
-from daemon.queue.jobs import FINISHED, STATES
+from daemon.queue.jobs import STATES
 
 MAX_LIST = 1000
 MAX_CANDIDATES = 10
@@ -54,12 +54,7 @@ async def list_jobs(ctx: CallContext, state: str | None = None, limit: int = 100
     if offset < 0:
         raise invalid_params("offset", f"{offset} is negative")
     queue = ctx.daemon.queue
-    live = sum(1 for job in queue.active.values() if state in (None, job.state))
-    if offset < live:
-        jobs = (await queue.list(state, offset + limit))[offset:]
-    else:
-        jobs = await queue.store.finished(state, limit, offset - live) if state in (None, *FINISHED) else []
-    total = live + (await queue.store.count_finished(state) if state in (None, *FINISHED) else 0)
+    jobs, total = await queue.page(state, limit, offset)
     return {"jobs": [queue.view(ctx.peer, job) for job in jobs], "total": total, "offset": offset}
 
 
@@ -70,7 +65,7 @@ async def resolve(ctx: CallContext, prefix: str) -> dict[str, Any]:
     none: not found."""
     text = prefix.strip().lower()
     text = text if text.startswith("j") else "j" + text
-    found = await ctx.daemon.queue.store.ids_starting(text, MAX_CANDIDATES + 1) if PREFIX.fullmatch(text) else []
+    found = await ctx.daemon.queue.ids_starting(text, MAX_CANDIDATES + 1) if PREFIX.fullmatch(text) else []
     if not found:
         raise RpcError(NOT_FOUND, f"no job {echo(prefix)} (a job id is j and 12 hex digits; its start will do)",
                        {"job_id": echo(prefix)})

@@ -28,7 +28,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii as _quote
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -52,6 +52,16 @@ FIELDS = ("alg", "content_type", "job_id", "kid", "nonce", "wrapped_key")
 PROTECTED = ("alg", "content_type", "job_id", "nonce")
 TEXT = "text/plain; charset=utf-8"
 PNG = "image/png"
+
+
+class KekSource(Protocol):
+    """Where key-encryption keys come from: the box's KeyStore, or the fleet's shared prompt key
+    (daemon.fleet.prompt_key), which seals prompts every box of a fleet can open."""
+
+    @property
+    def current_kek_id(self) -> str: ...
+
+    def kek(self, kid: str) -> bytes: ...
 
 
 def canonical_json(obj: dict[str, Any]) -> bytes:
@@ -182,7 +192,7 @@ def _seal(plaintext: bytes, job_id: str, content_type: str, kid: str, aead: AESG
     return _build(header, aead.encrypt(nonce, plaintext, aad_for(header)))
 
 
-def encrypt(plaintext: bytes, job_id: str, content_type: str, keystore: KeyStore) -> bytes:
+def encrypt(plaintext: bytes, job_id: str, content_type: str, keystore: KekSource) -> bytes:
     """Encrypt under a fresh data key and nonce, the data key wrapped with the current KEK."""
     kid = keystore.current_kek_id
     data_key = AESGCM.generate_key(bit_length=256)
@@ -190,7 +200,7 @@ def encrypt(plaintext: bytes, job_id: str, content_type: str, keystore: KeyStore
                  _b64(aes_key_wrap(keystore.kek(kid), data_key)))
 
 
-def _data_key(env: Envelope, keystore: KeyStore) -> bytes:
+def _data_key(env: Envelope, keystore: KekSource) -> bytes:
     kek = keystore.kek(env.kid)  # UnknownKeyError names the kid
     try:
         return aes_key_unwrap(kek, env.wrapped_key)
@@ -199,7 +209,7 @@ def _data_key(env: Envelope, keystore: KeyStore) -> bytes:
                           f"(wrapped_key or kid was modified)") from None
 
 
-def decrypt(blob: bytes | memoryview, keystore: KeyStore) -> tuple[dict[str, str], bytes]:
+def decrypt(blob: bytes | memoryview, keystore: KekSource) -> tuple[dict[str, str], bytes]:
     """(header, plaintext); raises an OutputError subclass naming what failed. Nothing is returned
     unless the GCM tag verified."""
     env = parse(blob)
@@ -226,12 +236,12 @@ def rewrap(blob: bytes | memoryview, keystore: KeyStore, kid: str | None = None)
     return _build(header, env.ciphertext)
 
 
-def encrypt_text(text: str, job_id: str, keystore: KeyStore) -> bytes:
+def encrypt_text(text: str, job_id: str, keystore: KekSource) -> bytes:
     """A prompt (or any text) for the database, as a SAIE blob with content_type text/plain."""
     return encrypt(text.encode("utf-8"), job_id, TEXT, keystore)
 
 
-def decrypt_text(blob: bytes, keystore: KeyStore, job_id: str | None = None) -> str:
+def decrypt_text(blob: bytes, keystore: KekSource, job_id: str | None = None) -> str:
     """The text back; with `job_id`, also refuse a blob that belongs to another job (swapped rows)."""
     header, plaintext = decrypt(blob, keystore)
     if header["content_type"] != TEXT:
@@ -270,7 +280,7 @@ class PromptSealer:
     stays in this process's memory only, where the queue holds live jobs' prompts anyway.
     """
 
-    def __init__(self, keystore: KeyStore, cache_size: int = 4096) -> None:
+    def __init__(self, keystore: KekSource, cache_size: int = 4096) -> None:
         self.keystore = keystore
         self._cache: OrderedDict[tuple[str, bytes], str] = OrderedDict()
         self._cache_size = cache_size

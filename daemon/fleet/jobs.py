@@ -120,7 +120,7 @@ class FleetQueue:
             data[key] = json.loads(data[key])
         data["prompt"] = self.sealer.open(bytes(data["prompt"]), data["job_id"])
         data["negative_prompt"] = self.sealer.open(bytes(data["negative_prompt"]), data["job_id"])
-        return FleetJob(Job(**data), row["box"], row["attempt"], row["lease_until"])
+        return FleetJob(Job(**data, box=row["box"]), row["box"], row["attempt"], row["lease_until"])
 
     # -- submitting and reading ----------------------------------------------------------------
 
@@ -173,6 +173,30 @@ class FleetQueue:
         rows = await self.db.run(lambda conn: conn.fetch("SELECT state, count(*) AS n FROM jobs GROUP BY state"),
                                  retry=True)
         return {row["state"]: int(row["n"]) for row in rows}
+
+    async def finished_page(self, state: str | None, limit: int, offset: int = 0) -> list[FleetJob]:
+        """Finished jobs of the fleet (of `state`, None: any finished state), newest first."""
+        rows = await self.db.run(lambda conn: conn.fetch(
+            "SELECT * FROM jobs WHERE state IN ('succeeded', 'failed', 'cancelled') AND ($1::text IS NULL "
+            "OR state = $1) ORDER BY seq DESC LIMIT $2 OFFSET $3", state, limit, offset), retry=True)
+        return [self._job(row) for row in rows]
+
+    async def ids_starting(self, prefix: str, limit: int) -> list[str]:
+        rows = await self.db.run(lambda conn: conn.fetch(
+            "SELECT job_id FROM jobs WHERE job_id LIKE $1 || '%' ORDER BY job_id LIMIT $2", prefix, limit), retry=True)
+        return [row["job_id"] for row in rows]
+
+    async def set_priority(self, job_id: str, priority: int) -> bool:
+        """Change a queued job's priority; False when it is no longer queued."""
+        status = await self.db.run(lambda conn: conn.execute(
+            "UPDATE jobs SET priority = $2 WHERE job_id = $1 AND state = 'queued'", job_id, priority))
+        return status.endswith(" 1")
+
+    async def held_by_box(self) -> list[FleetJob]:
+        """Jobs the fleet has running on this box (after a restart: those its previous run held)."""
+        rows = await self.db.run(lambda conn: conn.fetch(
+            "SELECT * FROM jobs WHERE state = 'running' AND box = $1 ORDER BY seq", self.box), retry=True)
+        return [self._job(row) for row in rows]
 
     # -- claiming and holding ------------------------------------------------------------------
 

@@ -36,6 +36,8 @@ class FleetMember:
         self.on_fault = on_fault
         self.on_reaped = on_reaped
         self.beats = 0
+        self.owns_db = False
+        """Whether `leave` closes the database (join opened it)."""
         self._faulty = False
 
     @property
@@ -48,17 +50,25 @@ class FleetMember:
                    on_reaped: Callable[[list[Reaped]], None] | None = None) -> FleetMember:
         """Connect, migrate and register this box; FleetUnavailable or SchemaTooNew stop the start."""
         db = await Database.open(url)
-        info = describe()
-        queue = FleetQueue(db, sealer, box=info.name, lease_seconds=lease_seconds, max_attempts=max_attempts,
+        queue = FleetQueue(db, sealer, box=describe().name, lease_seconds=lease_seconds, max_attempts=max_attempts,
                            aging_seconds=aging_seconds)
-        registry = BoxRegistry(db)
         try:
-            await registry.register(info)
+            member = await cls.enter(queue, describe, heartbeat_seconds=heartbeat_seconds, on_fault=on_fault,
+                                     on_reaped=on_reaped)
         except BaseException:
             await db.close()
             raise
-        log.info("fleet: box %r joined %s", info.name, db.where)
-        return cls(db, queue, registry, describe, heartbeat_seconds=heartbeat_seconds, on_fault=on_fault,
+        member.owns_db = True
+        return member
+
+    @classmethod
+    async def enter(cls, queue: FleetQueue, describe: Callable[[], BoxInfo], *, heartbeat_seconds: float,
+                    on_fault: Fault, on_reaped: Callable[[list[Reaped]], None] | None = None) -> FleetMember:
+        """Register this box on the database `queue` uses (which the caller opened and closes)."""
+        registry = BoxRegistry(queue.db)
+        await registry.register(describe())
+        log.info("fleet: box %r joined %s", queue.box, queue.db.where)
+        return cls(queue.db, queue, registry, describe, heartbeat_seconds=heartbeat_seconds, on_fault=on_fault,
                    on_reaped=on_reaped or _log_reaped)
 
     async def beat(self) -> None:
@@ -97,7 +107,8 @@ class FleetMember:
             await self.registry.leave(self.box)
         except FleetUnavailable as exc:
             log.warning("fleet: could not leave the registry: %s", exc)
-        await self.db.close()
+        if self.owns_db:
+            await self.db.close()
 
 
 def _log_reaped(reaped: list[Reaped]) -> None:

@@ -56,6 +56,9 @@ class Job:
     worker: str = ""
     device: str = ""
     """The worker (`cpu0`, `cuda2`) and the device it ran on for the job's latest attempt ("" until one began)."""
+    box: str = ""
+    """The fleet box (`[daemon] installation`) that runs or ran the job's latest attempt ("" on a
+    single box, whose store does not keep it: every job there is the box's own)."""
     isolate: bool = False
     """Run alone: set after its batch crashed the worker, so a poison job is found and quarantined."""
     handed: bool = False
@@ -115,5 +118,6 @@ class Job:
             "weights_sha256": self.weights_sha256 or None,
             "worker": self.worker or None,
             "device": self.device or None,
+            "box": self.box or None,
             "next": self.handed,
         }

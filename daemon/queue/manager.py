@@ -7,6 +7,7 @@ change is committed before the caller hears about it, then published on the `job
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
 import os
 import time
@@ -140,6 +141,20 @@ class QueueManager:
             jobs += await self.store.finished(state, max(0, limit - len(jobs)))
         return jobs[:limit]
 
+    async def page(self, state: str | None, limit: int, offset: int) -> tuple[Jobs, int]:
+        """`job.list`: a page of the listing and how many jobs match `state` in all. Past the running
+        and queued jobs (at most the queue's cap, in memory) a page is read from the store."""
+        live = sum(1 for job in self.active.values() if state in (None, job.state))
+        if offset < live:
+            jobs = (await self.list(state, offset + limit))[offset:]
+        else:
+            jobs = await self.store.finished(state, limit, offset - live) if state in (None, *FINISHED) else []
+        total = live + (await self.store.count_finished(state) if state in (None, *FINISHED) else 0)
+        return jobs, total
+
+    async def ids_starting(self, prefix: str, limit: int) -> builtins.list[str]:
+        return await self.store.ids_starting(prefix, limit)
+
     def oldest_wait(self) -> float | None:
         """Seconds the longest-waiting queued job has waited (None: nothing queued)."""
         oldest = self.index.oldest_enqueued()
@@ -230,10 +245,16 @@ class QueueManager:
         # leaves an audited submit with no job (the client, unanswered, retries), never a job that
         # the audit log does not know about.
         await self.audit(peer, "job.submit", job.job_id, details)
-        await self.store.insert(job)
-        self._activate(job)
+        job = await self._enqueue(job)
         self._publish_state(job)
         self.work.set()
+        return job
+
+    async def _enqueue(self, job: Job) -> Job:
+        """Store a new queued job durably and make it claimable; returns the job as stored (a fleet
+        returns the first job of its `client_token` when another box's submit of it won a race)."""
+        await self.store.insert(job)
+        self._activate(job)
         return job
 
     def _model_for(self, params: dict[str, Any]) -> ModelEntry:

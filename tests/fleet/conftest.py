@@ -65,3 +65,20 @@ def make_job(prompt: str = "a lighthouse", *, priority: str = "normal", model: s
                        "model": model},
                prompt=prompt, negative_prompt="", user="alice", uid=uid, created_at=now - waited,
                enqueued_at=now - waited, client_token=token, model_id=model)
+
+
+@pytest.fixture
+def prompt_key_file(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A fleet prompt key made as an operator makes it (daemon.fleet.prompt_key.generate), shared by
+    every daemon of the test."""
+    from daemon.fleet.prompt_key import generate
+    path = tmp_path_factory.mktemp("fleet-key") / "prompt.key"
+    generate(path)
+    return str(path)
+
+
+def member_config(url: str, name: str, key_file: str, **fleet: Any) -> dict[str, dict[str, Any]]:
+    """The config overrides of a daemon that is box `name` of the fleet at `url`."""
+    return {"daemon": {"installation": name},
+            "fleet": {"database": url, "prompt_key_file": key_file, "heartbeat_seconds": 0.2,
+                      "reach": f"ssh ops@{name}", **fleet}}

@@ -11,12 +11,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import DaemonFactory
+from tests.fleet.conftest import member_config
 from tests.harness import run_sai
-
-
-def _member(url: str, name: str) -> dict[str, dict[str, Any]]:
-    return {"daemon": {"installation": name},
-            "fleet": {"database": url, "heartbeat_seconds": 0.2, "reach": f"ssh ops@{name}"}}
 
 
 async def _status_until(client: Any, check: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
@@ -29,9 +25,9 @@ async def _status_until(client: Any, check: Callable[[dict[str, Any]], bool]) ->
 
 
 async def test_two_daemons_register_and_heartbeat(make_daemon: DaemonFactory, client_of: Any,
-                                                  fleet_url: str) -> None:
-    a = make_daemon(_member(fleet_url, "box-a"))
-    b = make_daemon(_member(fleet_url, "box-b"))
+                                                  fleet_url: str, prompt_key_file: str) -> None:
+    a = make_daemon(member_config(fleet_url, "box-a", prompt_key_file))
+    b = make_daemon(member_config(fleet_url, "box-b", prompt_key_file))
     client = await client_of(a)
     status = await _status_until(client, lambda s: len(s["boxes"]) == 2)
     assert (status["configured"], status["box"]) == (True, "box-a")
@@ -62,9 +58,9 @@ async def test_single_box_is_not_a_fleet(make_daemon: DaemonFactory, client_of: 
     assert done.returncode == 0 and "a single box" in done.stderr
 
 
-def test_unreachable_database_stops_the_start_clearly(make_daemon: DaemonFactory) -> None:
-    daemon = make_daemon({"fleet": {"database": "postgresql://sai:hunter2@/fleet?host=/nonexistent-sai&port=5999"}},
-                         start=False)
+def test_unreachable_database_stops_the_start_clearly(make_daemon: DaemonFactory, prompt_key_file: str) -> None:
+    daemon = make_daemon({"fleet": {"database": "postgresql://sai:hunter2@/fleet?host=/nonexistent-sai&port=5999",
+                                    "prompt_key_file": prompt_key_file}}, start=False)
     daemon.start(wait=False)
     assert daemon.proc is not None and daemon.proc.wait(timeout=120) != 0
     log = daemon.read_log()
