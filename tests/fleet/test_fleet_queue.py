@@ -142,3 +142,35 @@ async def test_stopped_box_late_finish_is_fenced_and_alerted(make_daemon: Daemon
     final = await client_a.call("job.get", job_id=job_id)
     assert (final["state"], final["box"]) == ("succeeded", "box-b")
     assert "Traceback" not in a.read_log()
+
+
+async def test_submit_while_the_database_is_down_fails_clearly(make_daemon: DaemonFactory, client_of: Any,
+                                                               fleet_url: str, prompt_key_file: str,
+                                                               pg_cluster: Any) -> None:
+    from daemon.client import RpcError
+    daemon = make_daemon(_box(fleet_url, "box-a", prompt_key_file))
+    client = await client_of(daemon)
+    first = (await client.call("job.submit", prompt="before"))["job_id"]
+    pg_cluster.stop("fast")
+    try:
+        try:
+            await client.call("job.submit", prompt="during the outage")
+        except RpcError as exc:
+            assert exc.code == -32010 and "the fleet database postgresql://" in exc.message, exc.message
+            assert "try again" in exc.message
+        else:
+            raise AssertionError("a submit was acknowledged while the database was down")
+    finally:
+        pg_cluster.start()
+    async def submit_after() -> dict[str, Any] | None:
+        try:
+            reply: dict[str, Any] = await client.call("job.submit", prompt="after")
+            return reply
+        except RpcError as exc:  # the pool's broken connections are replaced at the next call
+            assert exc.code == -32010, exc.message
+            return None
+
+    later = await _until("submits work again", submit_after, timeout=60)
+    ids = {first, later["job_id"]}
+    assert ids <= set(await _rows(fleet_url))
+    assert [(await wait_job(client, job_id, timeout=120))["state"] for job_id in sorted(ids)] == ["succeeded"] * 2
