@@ -7,10 +7,11 @@ from __future__ import annotations
 from daemon.api import load_all
 
 OTHER_AREAS = {("status", "daemon"), ("monitor", "metrics"), ("monitor", "alerts"), ("outputs", "keys"),
-               ("identify", "output")}
+               ("identify", "output"), ("outputs", "ca")}
 """Areas served by a module of another name: the daemon's own status, the monitor's metrics and
 alerts, the key rotation that re-wraps every output, and output.identify (images from clients,
-with its upload state, not this installation's output files)."""
+with its upload state, not this installation's output files), and ca.export (the certificate outputs are
+signed under)."""
 
 
 def test_each_api_module_is_named_after_the_methods_it_registers() -> None:
