@@ -113,7 +113,9 @@ class DaemonProcess:
 
     def worker_pids(self) -> list[int]:
         assert self.proc is not None
-        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
+        """The daemon's worker processes (not its other children: output or audit pools)."""
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid), "-f", "daemon.worker.main"],
+                             capture_output=True, text=True).stdout
         return [int(pid) for pid in out.split()]
 
     def stop(self) -> None:
