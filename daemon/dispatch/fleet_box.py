@@ -71,7 +71,7 @@ class FleetBox(Box):
             try:
                 claimed = await self.fleet.claim_batch(lane.name, self.max_images, models=models,
                                                        held=list(lane.residency.order), device=lane.worker.device)
-                self.fleet_manager.fleet_queued = (await self.fleet.counts()).get("queued", 0)
+                await self.fleet_manager.recount()
             except FleetUnavailable as exc:
                 if not self._faulty:
                     log.error("fleet: cannot claim work: %s", exc)

@@ -120,6 +120,10 @@ class FleetManager(QueueManager):
     def oldest_wait(self) -> float | None:
         return None
 
+    async def recount(self) -> None:
+        """Count the fleet's queued jobs again (daemon.status's `queued`); raises FleetUnavailable."""
+        self.fleet_queued = (await self.fleet.counts()).get("queued", 0)
+
     def status(self) -> dict[str, Any]:
         handed = len(self._handed)
         return {"paused": self.paused, "queued": self.fleet_queued, "next": handed,

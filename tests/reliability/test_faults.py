@@ -114,7 +114,8 @@ async def test_worker_sigkill_mid_batch_retries_the_running_batch_not_the_waitin
 async def test_out_of_memory_in_a_batch_of_several_jobs_splits_it_and_each_job_gets_its_images(
         make_daemon, client_of, wait_for):
     daemon = make_daemon({"model": {"memory_headroom_mb": 300, "threads": 1},
-                          "queue": {"max_batch": 8, "start_paused": True}})
+                          "queue": {"max_batch": 8, "start_paused": True},
+                          "performance": {"vae_slicing_above_batch": 64}})  # 8 decoded at once: too big
     client = await client_of(daemon)
     ids = [await submit(client, width=256, height=256, steps=2, count=count) for count in (3, 3, 2)]
     await client.call("queue.resume")

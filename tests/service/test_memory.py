@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-CAPPED = {"model": {"memory_headroom_mb": 300, "threads": 1}, "queue": {"max_batch": 8}}
+CAPPED = {"model": {"memory_headroom_mb": 300, "threads": 1}, "queue": {"max_batch": 8},
+          "performance": {"vae_slicing_above_batch": 64}}
+"""VAE slicing off (decoding 8 images at once), as the cap was measured: 8 images of 256x256 must not fit."""
 
 
 async def test_batch_too_big_is_split_and_a_single_image_too_big_fails_clearly(make_daemon, client_of, wait_for):
@@ -53,3 +55,16 @@ def test_memory_model_learns_from_peaks():
     assert model.need(512, 512) > model.need(256, 256) > model.need(64, 64)
     assert model.refusal(2048, 2048, 512 * 2**20) is not None
     assert model.image_budget(256, 256, 400 * 2**20) == 400 * 2**20 // model.need(256, 256)
+
+
+async def test_vae_slicing_by_default_fits_the_batch_that_needed_a_split(make_daemon, client_of, wait_for):
+    """The default [performance] decodes a call of more than 4 images one at a time: under the same
+    cap, the 8 images that ran out of memory above run in one call."""
+    daemon = make_daemon({"model": {"memory_headroom_mb": 300, "threads": 1}, "queue": {"max_batch": 8}})
+    client = await client_of(daemon)
+    job_id = (await client.call("job.submit", prompt="eight at once", width=256, height=256, steps=2,
+                                count=8))["job_id"]
+    job = await wait_for(client, job_id, timeout=300)
+    assert job["state"] == "succeeded", job["error"]
+    assert len(job["outputs"]) == 8
+    assert "out of memory" not in daemon.read_log()
