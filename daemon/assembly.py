@@ -53,7 +53,7 @@ from daemon.monitor.sampler import WorkerInput
 from daemon.monitor.service import Monitor
 from daemon.monitor.service_metrics import chain_batch_figures
 from daemon.outputs.pipeline import OutputSettings
-from daemon.outputs.pool import MarkPool, pool_size
+from daemon.outputs.pool import open_pool, pool_size
 from daemon.outputs.sink import KeyMaintenance, ProtectedSink
 from daemon.queue.admission import Admission
 from daemon.queue.history import JobHistory
@@ -179,9 +179,8 @@ async def assemble(config: Config, site: Site, *, bus: EventBus, background: Bac
         log.warning("recovered %d job(s) that were running when the daemon stopped", len(recovered))
     pixel_processes = pool_size(cfg.outputs.pixel_processes, os.cpu_count() or 1,
                                 [(w.device.partition(":")[0], int(w.spec.get("threads") or 0)) for w in workers])
-    marks = MarkPool(pixel_processes) if pixel_processes else None
+    marks = await run_blocking(open_pool, pixel_processes)
     if marks is not None:
-        log.info("outputs: the watermarks are drawn in %d pool process(es)", pixel_processes)
         opened.callback(marks.close)
     sink = ProtectedSink(keystore, output_settings, site.outputs_dir,
                          lambda: worker.info.get("weights_sha256") or "", marks)

@@ -116,7 +116,9 @@ class Daemon:
             ensure_dir(self.state_dir / sub, 0o700)
         narrow_to_owner(self.state_dir)
 
-    async def startup(self) -> None:
+    async def startup(self, handle_signals: bool = False) -> None:
+        """Build the parts and start serving; with `handle_signals` (`sai daemon`), SIGTERM and SIGINT
+        request a drain from the moment the socket answers (a stop sent then is never a hard kill)."""
         forbid_dumps()  # before any key is read: no core file, no same-user ptrace holds them
         load_all()
         self.server = SocketServer(self.socket_path, self, self.config.auth, self.bus,
@@ -133,15 +135,17 @@ class Daemon:
                 self.config, Site(self.state_dir, self.outputs_dir, self.socket_path, self.installation, self.embedded),
                 bus=self.bus, background=self.background, executor=self.executor, run_blocking=self.run_blocking,
                 passphrases=self.passphrases, own_peer=self.own_peer, opened=opened)
-            await self._start_serving()
+            await self._start_serving(handle_signals)
         except BaseException:
             await opened.aclose()  # what was opened, newest first
             self.server.release()
             self._release_state()
             raise
 
-    async def _start_serving(self) -> None:
+    async def _start_serving(self, handle_signals: bool) -> None:
         """Open the socket and start the work that runs beside it, once every part is built."""
+        if handle_signals:
+            self.install_signal_handlers()
         await self.server.start()
         self.background.start(self.dispatcher.run(), "dispatcher", "starting queued jobs", essential=True)
         self.background.start(self.key_maintenance.resume_outputs(), "output rewrap",
@@ -320,11 +324,13 @@ async def run(config: Config, socket_path: Path | None, state_dir: Path | None) 
     safe_python_children()
     daemon = Daemon(config, socket_path, state_dir)
     try:
-        await daemon.startup()
+        await daemon.startup(handle_signals=True)
     except (AlreadyRunning, ConfigError, OutputError, AuditTrustError, AuditKeyMismatch, UnsafePath, FleetError) as exc:
         log.error("not starting: %s", exc)
         return ExitCode.ALREADY_RUNNING if isinstance(exc, AlreadyRunning) else ExitCode.NOT_STARTED
-    daemon.install_signal_handlers()
+    except Exception:  # a fault no check foresaw: said in the log with its traceback, never a quiet exit 0
+        log.critical("not starting: an unexpected error during start-up", exc_info=True)
+        return ExitCode.NOT_STARTED
     notifier = Notifier.from_environment()
     notifier.ready(f"serving on {daemon.socket_path}; {daemon.describe()}")
     keep_alive = asyncio.create_task(notifier.keep_alive(daemon.describe, daemon.health_problem), name="sai-systemd")

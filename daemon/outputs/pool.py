@@ -36,6 +36,8 @@ log = logging.getLogger("sai.outputs")
 
 NICENESS = 10
 """Added to the pool processes' nice value: the generator keeps its cores when both want them."""
+START_SECONDS = 120.0
+"""How long start-up waits for a pool process to answer (an interpreter import on a loaded box)."""
 MOST_AUTO = 8
 """The most processes "auto" starts, however many cores are free."""
 
@@ -49,6 +51,31 @@ def auto_size(cores: int, worker_threads: Sequence[tuple[str, int]]) -> int:
 
 def pool_size(setting: int, cores: int, worker_threads: Sequence[tuple[str, int]]) -> int:
     return auto_size(cores, worker_threads) if setting < 0 else setting
+
+
+def open_pool(processes: int) -> MarkPool | None:
+    """A started pool of `processes`, or None (the marks run in the daemon's threads): with none
+    asked for, or when no process can be started here (the service user cannot run the interpreter,
+    a process limit, no /dev/shm), which is logged as a warning naming the reason."""
+    if processes < 1:
+        return None
+    pool: MarkPool | None = None
+    try:
+        pool = MarkPool(processes)  # its queues' semaphores already need multiprocessing's tracker process
+        pool.start()
+    except (OSError, BrokenProcessPool, TimeoutError) as exc:
+        if pool is not None:
+            pool.abandon()
+        log.warning("outputs: cannot start the %d pixel pool process(es) ([outputs] pixel_processes): %s; the "
+                    "watermarks are drawn in the daemon's threads instead", processes,
+                    exc if str(exc) else type(exc).__name__)
+        return None
+    log.info("outputs: the watermarks are drawn in %d pool process(es)", processes)
+    return pool
+
+
+def _answer() -> int:
+    return os.getpid()
 
 
 def _start_process() -> None:
@@ -81,6 +108,20 @@ class MarkPool:
         # spawn, not fork: the daemon has threads (and keys in memory a fork would copy).
         return ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_start_process)
+
+    def start(self) -> None:
+        """Start every process now and wait for each to answer (a pool that cannot spawn fails here,
+        at start-up, not at the first image)."""
+        with self._lock:
+            pool = self._pool
+        futures = [pool.submit(_answer) for _ in range(self.processes)]
+        for future in futures:
+            future.result(timeout=START_SECONDS)
+
+    def abandon(self) -> None:
+        """Drop a pool that could not start, without waiting on processes that never came."""
+        with self._lock:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
     def pids(self) -> list[int]:
         with self._lock:

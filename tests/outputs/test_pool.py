@@ -8,6 +8,7 @@ import io
 import json
 import os
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -152,3 +153,25 @@ async def test_a_daemon_with_a_pool_marks_there_and_survives_a_killed_pool_proce
             process.wait(10)
     assert "drawn in 1 pool process" in daemon.read_log()
     assert "output pool process died" in daemon.read_log()
+
+
+NO_SHARED_MEMORY = ["unshare", "--mount", "sh", "-c", 'mount -t tmpfs -o ro tmpfs /dev/shm && exec "$@"', "sh",
+                    sys.executable, "-m", "console.cli"]
+"""`sai daemon` in a mount namespace whose /dev/shm is read-only: multiprocessing cannot make the
+pool's semaphores, as on a host without /dev/shm (or a service user that cannot run the interpreter)."""
+
+
+@pytest.mark.timeout(300)
+async def test_a_pool_that_cannot_start_leaves_the_marks_in_the_daemon_s_threads(make_daemon, client_of, wait_for):
+    daemon = make_daemon({"outputs": {"pixel_processes": 2}}, start=False).start(program=NO_SHARED_MEMORY)
+    client = await client_of(daemon)
+    log = daemon.read_log()
+    assert "cannot start the 2 pixel pool process(es) ([outputs] pixel_processes): [Errno 30] Read-only file " \
+           "system" in log and "drawn in the daemon's threads instead" in log, log
+    job = await wait_for(client, (await client.call("job.submit", prompt="no pool", width=256, height=256,
+                                                                steps=2))["job_id"])
+    assert job["state"] == "succeeded", job["error"]
+    report = verify_output(job["job_id"], daemon.state_dir / "outputs", daemon.state_dir / "keys")
+    assert report["ok"] and json.loads(Path(report["outputs"][0]["manifest"]).read_text())["watermark"]["invisible"]
+    assert pool_processes(daemon) == []
+    assert daemon.terminate() == 0

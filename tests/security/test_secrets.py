@@ -68,7 +68,7 @@ def as_service(make_daemon, account: LocalUser, passphrase: str) -> DaemonProces
 
     No worker: on this host the interpreter lives under /root (0700), so a process of another
     user cannot start one; the worker's side is checked with a root daemon below."""
-    daemon = make_daemon({**SEALED, "model": {"preload": False}, "outputs": {"pixel_processes": 0}}, start=False)
+    daemon = make_daemon({**SEALED, "model": {"preload": False}}, start=False)
     root = daemon.socket.parent
     (daemon.state_dir / "models" / "tiny").unlink()  # a link into root's private temp dir
     subprocess.run(["chown", "-R", f"{account.uid}:{account.gid}", str(root)], check=True)
