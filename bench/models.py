@@ -3,7 +3,7 @@
 For each built-in tiny family, on the same files in one run; and the cost of switching models when
 the worker can hold only one.
 
-    .venv/bin/python bench/models.py [--families tiny tiny-sdxl ...] [--jobs 8] [--rounds 3]
+    .venv/bin/python bench/models.py [--families tiny tiny-sdxl ...] [--jobs 32] [--rounds 3]
                                      [--size 128] [--steps 8] [--switches 6] [--pair tiny tiny-sdxl]
 
 Each round (`--rounds`, alternated; medians compared) runs:
@@ -226,7 +226,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--families", nargs="+", default=list(TINY), choices=TINY, help="the tiny models to run")
-    parser.add_argument("--jobs", type=int, default=8, help="images per family per round, each side")
+    parser.add_argument("--jobs", type=int, default=32,
+                        help="images per family per round, each side: enough that the first hand-off and the "
+                             "last writes are a small part of the time")
     parser.add_argument("--size", type=int, default=128, help="width and height")
     parser.add_argument("--steps", type=int, default=8, help="denoising steps per image")
     parser.add_argument("--rounds", type=int, default=3, help="bare and daemon runs, alternated; medians shown")
