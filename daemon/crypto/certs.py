@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from daemon.crypto import KeyStoreError
+from daemon.crypto.indexfile import read_index
 from daemon.safefiles import atomic_write, fsync_dir, read_nofollow
 
 FORMAT = "sai-c2pa/1"
@@ -287,14 +288,7 @@ class ContentCredentials:
         return key
 
     def _load(self) -> None:
-        path = self.keys_dir / INDEX
-        try:
-            index = json.loads(read_nofollow(path))
-        except (OSError, ValueError) as exc:
-            raise KeyStoreError(f"cannot read {path}: {exc}", path=str(path)) from None
-        if not isinstance(index, dict) or index.get("format") != FORMAT:
-            raise KeyStoreError(f"{path} is not a {FORMAT} index", path=str(path))
-        self._index = index
+        index = self._index = read_index(self.keys_dir / INDEX, FORMAT, "index")
         ca_id, leaf_id = str(index["ca"]), str(index["signing"])
         self._ca = self._read_cert(f"c2pa-ca-{ca_id}.pem")
         self._ca_key = self._read_key(f"c2pa-ca-{ca_id}.key", b"sai-c2pa-ca\0" + ca_id.encode(), self._ca)

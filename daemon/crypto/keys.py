@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from daemon.crypto import KeyPermissionError, KeyStoreError, UnknownKeyError, WrongPassphraseError
 from daemon.crypto.certs import ContentCredentials
+from daemon.crypto.indexfile import read_index
 from daemon.crypto.keyid import signing_key_id
 from daemon.crypto.sealing import Sealer
 from daemon.safefiles import atomic_write, ensure_dir, fsync_dir, read_nofollow
@@ -149,13 +150,7 @@ class KeyStore:
 
     @staticmethod
     def _read_meta(meta_path: Path) -> dict:
-        try:
-            meta = json.loads(read_nofollow(meta_path))
-        except (OSError, ValueError) as exc:
-            raise KeyStoreError(f"cannot read {meta_path}: {exc}", path=str(meta_path)) from None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise KeyStoreError(f"{meta_path} is not a {FORMAT} key index", path=str(meta_path))
-        return meta
+        return read_index(meta_path, FORMAT, "key index")
 
     @staticmethod
     def _check_modes(keys_dir: Path) -> None:
