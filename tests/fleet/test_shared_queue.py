@@ -17,7 +17,7 @@ from tests.conftest import DaemonFactory, wait_job
 from tests.fleet.conftest import member_config
 from tests.harness import merged
 
-SLOW = "tests.fleet.slow_pipeline:SlowPipelineForTests"
+SLOW = "tests.pipeline_doubles:SlowPipelineForTests"
 """Makes a call whose prompt says "slow" take 3 s more, so a box can be stopped or killed while it runs."""
 
 

@@ -24,7 +24,7 @@ from daemon.timefmt import parse_rfc3339
 from tests.harness import DaemonProcess, run_sai
 
 TWO_CPUS: dict[str, dict[str, Any]] = {"worker": {"devices": ["cpu", "cpu"]}, "model": {"threads": 2}}
-POISON = "tests.service.poisoned_device:CrashOnOneDeviceForTests"
+POISON = "tests.pipeline_doubles:CrashOnOneDeviceForTests"
 
 pytestmark = pytest.mark.timeout(400)
 

@@ -21,7 +21,7 @@ import pytest
 
 from tests.harness import DaemonProcess
 
-WEDGED = "tests.service.wedged_pipeline:WedgingPipelineForTests"
+WEDGED = "tests.pipeline_doubles:WedgingPipelineForTests"
 
 
 class NotifyListener:
