@@ -5,13 +5,18 @@ side in one run; it never passes or fails on absolute time.
 
 Per size: the time to embed and sign the manifest (daemon.outputs.credentials.embed_credentials),
 the time to read and validate it with c2pa's Reader (offline, our CA as anchor), the bytes it
-adds, and the whole `protect_image` path with and without it (runs interleaved, medians; target
-ratio <= 1.05). `measure(sizes, reps)` returns the same as a dict for bench/provenance.py.
+adds, and the whole `protect_image` path with and without it at the shipped settings (robust
+mark, visible mark, PNG level 1; runs interleaved, the order swapped every repetition since the
+first of a pair runs slower; medians; target ratio <= 1.05). Then `sai identify`'s work
+(`daemon.outputs.identify.examine`, what `output.identify` runs in the daemon's thread pool:
+decode, C2PA reading, mark search) on an exported credentialed PNG and on a JPEG q75 re-encode
+of it. `measure(sizes, reps)` returns the same as a dict.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import statistics
 import sys
 import tempfile
@@ -21,12 +26,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from daemon.crypto.keys import KeyStore
 from daemon.outputs.credentials import Provenance, embed_credentials, read_credentials
-from daemon.outputs.pipeline import OutputInfo, OutputSettings, protect_image
+from daemon.outputs.identify import examine
+from daemon.outputs.pipeline import OutputInfo, OutputSettings, export_output, protect_image
 from daemon.outputs.png import encode_png, metadata_text
 
 
@@ -70,15 +77,28 @@ def measure(sizes: list[int], reps: int) -> dict[str, Any]:
             out_dir = Path(tmp) / f"out{size}"
             out_dir.mkdir()
             for rep in range(reps):  # interleaved, so load on the machine hits both alike
-                for settings, times in ((with_c2pa, on), (without, off)):
+                pair = ((with_c2pa, on), (without, off))
+                for settings, times in pair if rep % 2 else pair[::-1]:
                     job = f"b{size}-{rep}-{int(settings.c2pa)}"
                     start = time.perf_counter()
                     protect_image(rgb, _info(job, size), keystore, settings, out_dir)
                     times.append(time.perf_counter() - start)
+            exported = export_output(out_dir, f"b{size}-0-1", 0, keystore)
+            jpeg = io.BytesIO()
+            Image.open(io.BytesIO(exported)).convert("RGB").save(jpeg, "JPEG", quality=75)
+            identify = {}
+            for name, data in (("png", exported), ("jpeg75", jpeg.getvalue())):
+                times, found = [], None
+                for _ in range(reps):
+                    start = time.perf_counter()
+                    found, _legacy = examine(data, anchors)
+                    times.append(time.perf_counter() - start)
+                assert found is not None
+                identify[name] = {"ms": _ms(times), "c2pa": found.c2pa.get("state"), "mark": found.mark["found"]}
             results[f"{size}x{size}"] = {
                 "sign_ms": _ms(signs), "read_ms": _ms(reads), "bytes_added": len(signed) - len(png),
                 "png_bytes": len(png), "path_with_ms": _ms(on), "path_without_ms": _ms(off),
-                "ratio": round(statistics.median(on) / statistics.median(off), 3)}
+                "ratio": round(statistics.median(on) / statistics.median(off), 3), "identify": identify}
     return results
 
 
@@ -88,11 +108,14 @@ def main() -> None:
     parser.add_argument("--sizes", default="512,1024")
     args = parser.parse_args()
     results = measure([int(s) for s in args.sizes.split(",")], args.reps)
-    print(f"{'size':>10} {'sign ms':>8} {'read ms':>8} {'+bytes':>7} {'path ms':>8} {'no c2pa':>8} {'ratio':>6}")
+    print(f"{'size':>10} {'sign ms':>8} {'read ms':>8} {'+bytes':>7} {'path ms':>8} {'no c2pa':>8} {'ratio':>6}"
+          f" {'identify PNG ms':>16} {'identify JPEG q75 ms':>21}")
     for size, row in results.items():
+        ident = {name: f"{r['ms']:.1f} ({r['c2pa'] or 'no C2PA'}, {'mark' if r['mark'] else 'no mark'})"
+                 for name, r in row["identify"].items()}
         print(f"{size:>10} {row['sign_ms']:8.2f} {row['read_ms']:8.2f} {row['bytes_added']:7d} "
-              f"{row['path_with_ms']:8.2f} {row['path_without_ms']:8.2f} {row['ratio']:6.3f}")
-
+              f"{row['path_with_ms']:8.2f} {row['path_without_ms']:8.2f} {row['ratio']:6.3f}"
+              f" {ident['png']:>16} {ident['jpeg75']:>21}")
 
 if __name__ == "__main__":
     main()
