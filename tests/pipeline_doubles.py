@@ -21,10 +21,15 @@ class _PipelineDouble:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.before(list(kwargs.get("prompt", [])))
-        return self._pipe(*args, **kwargs)
+        result = self._pipe(*args, **kwargs)
+        self.after()
+        return result
 
     def before(self, prompts: list[str]) -> None:
-        raise NotImplementedError
+        """Before the real call, with the call's prompts."""
+
+    def after(self) -> None:
+        """After the real call returned."""
 
 
 class WedgingPipelineForTests(_PipelineDouble):
@@ -55,5 +60,20 @@ class CrashOnOneDeviceForTests(_PipelineDouble):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+class LeakingPipelineForTests(_PipelineDouble):
+    """Keeps LEAK_PER_CALL bytes alive after every call, inside the real worker process, so leak
+    detection is tested end to end."""
+
+    def __init__(self, pipe: Any) -> None:
+        super().__init__(pipe)
+        self._kept: list[bytearray] = []
+
+    def after(self) -> None:
+        block = bytearray(LEAK_PER_CALL)
+        block[::4096] = b"\x01" * len(block[::4096])  # touch every page so it counts in RSS
+        self._kept.append(block)
+
+
 SLOW_SECONDS = 3.0
 POISONED = "cpu1"
+LEAK_PER_CALL = 48 * 2**20

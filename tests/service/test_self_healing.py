@@ -6,7 +6,7 @@ import asyncio
 import os
 import signal
 
-LEAKY = "tests.service.leaky_pipeline:LeakingPipelineForTests"
+LEAKY = "tests.pipeline_doubles:LeakingPipelineForTests"
 
 
 async def next_queue_event(client, kind: str, timeout: float = 180) -> dict:
