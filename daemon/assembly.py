@@ -220,7 +220,7 @@ async def assemble(config: Config, site: Site, *, bus: EventBus, background: Bac
     else:
         dispatcher = Box(queue, lanes, worker_events=reactions)
     await _check_jobs_recorded(audit, store, monitor)
-    fleet = await _join_fleet(cfg, site, fleet_queue, models, lanes, bus, background, opened)
+    fleet = await _join_fleet(cfg, site, fleet_queue, models, lanes, monitor, bus, background, opened)
     return Parts(keystore=keystore, output_settings=output_settings, audit=audit, record=record, store=store,
                  job_history=job_history, key_maintenance=key_maintenance, worker=worker, queue=queue,
                  monitor=monitor, reactions=reactions, dispatcher=dispatcher, fleet=fleet)
@@ -250,7 +250,7 @@ def _stale_alarm(bus: EventBus) -> Callable[[StaleAttempt, str], None]:
 
 
 async def _join_fleet(cfg: Config, site: Site, fleet_queue: FleetQueue | None, models: ModelCatalog,
-                      lanes: list[Lane], bus: EventBus, background: BackgroundTasks,
+                      lanes: list[Lane], monitor: Monitor, bus: EventBus, background: BackgroundTasks,
                       opened: AsyncExitStack) -> FleetMember | None:
     """With `[fleet] database`: register this box, heartbeat and reap."""
     if fleet_queue is None:
@@ -260,7 +260,8 @@ async def _join_fleet(cfg: Config, site: Site, fleet_queue: FleetQueue | None, m
         return BoxInfo(site.installation, socket=str(site.socket_path), reach=cfg.fleet.reach, version=__version__,
                        models=models.names(),
                        devices=[{"worker": lane.worker.name, "device": lane.worker.device} for lane in lanes],
-                       workers=len(lanes), free_workers=sum(1 for lane in lanes if lane.can_take_work))
+                       workers=len(lanes), free_workers=sum(1 for lane in lanes if lane.can_take_work),
+                       health=box_health(monitor.latest(), monitor.alerts.counts))
 
     member = await FleetMember.enter(fleet_queue, describe, heartbeat_seconds=cfg.fleet.heartbeat_seconds,
                                      on_fault=Alarm(bus, "fleet.unreachable"))
@@ -268,6 +269,21 @@ async def _join_fleet(cfg: Config, site: Site, fleet_queue: FleetQueue | None, m
     background.start(member.run(), "fleet heartbeat", "this box's heartbeat in the fleet and the lease reaper",
                      essential=False)
     return member
+
+
+def box_health(sample: dict[str, Any] | None, alerts: dict[str, int]) -> dict[str, Any]:
+    """What a heartbeat tells the fleet of this box's health (the console's fleet pane): host and GPU
+    memory from the monitor's latest sample, its open alerts by severity."""
+    def used_total(memory: Any) -> dict[str, float] | None:
+        used, total = ((memory or {}).get(k) for k in ("used", "total"))
+        if isinstance(used, int | float) and isinstance(total, int | float):  # not the GPU's "n/a"
+            return {"used": float(used), "total": float(total)}
+        return None
+
+    sample = sample or {}
+    gpus = [{"index": gpu.get("index", n), **figures} for n, gpu in enumerate(sample.get("gpus") or [])
+            if (figures := used_total(gpu.get("memory")))]
+    return {"memory": used_total((sample.get("host") or {}).get("memory")), "gpu_memory": gpus, "alerts": dict(alerts)}
 
 
 async def record_certificate_events(keystore: KeyStore, record: ActionRecorder) -> None:

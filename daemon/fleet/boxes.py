@@ -31,14 +31,18 @@ class BoxInfo:
     devices: Sequence[dict[str, Any]] = field(default_factory=tuple)
     workers: int = 0
     free_workers: int = 0
+    health: dict[str, Any] = field(default_factory=dict)
+    """What the console's fleet pane shows of the box: `memory` (host, used/total bytes), `gpu_memory`
+    (per GPU), `alerts` (its open alerts by severity); a box's alerts and metrics stay in its own SQLite."""
 
 
 UPSERT_SQL = """
-INSERT INTO boxes (name, socket, reach, version, models, devices, workers, free_workers, started_at, heartbeat_at)
-VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, sai_now(), sai_now())
+INSERT INTO boxes (name, socket, reach, version, models, devices, workers, free_workers, health, started_at,
+                   heartbeat_at)
+VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9::jsonb, sai_now(), sai_now())
 ON CONFLICT (name) DO UPDATE SET socket = excluded.socket, reach = excluded.reach, version = excluded.version,
     models = excluded.models, devices = excluded.devices, workers = excluded.workers,
-    free_workers = excluded.free_workers, heartbeat_at = excluded.heartbeat_at{restart}"""
+    free_workers = excluded.free_workers, health = excluded.health, heartbeat_at = excluded.heartbeat_at{restart}"""
 
 STATUS_SQL = """
 SELECT b.*, sai_now() - b.heartbeat_at AS heartbeat_age,
@@ -53,7 +57,7 @@ class BoxRegistry:
     async def _upsert(self, info: BoxInfo, *, starting: bool) -> None:
         sql = UPSERT_SQL.format(restart=", started_at = excluded.started_at" if starting else "")
         args = (info.name, info.socket, info.reach, info.version, list(info.models), json.dumps(list(info.devices)),
-                info.workers, info.free_workers)
+                info.workers, info.free_workers, json.dumps(info.health))
 
         async def write(conn: Conn) -> None:
             await conn.execute(sql, *args)
@@ -88,7 +92,15 @@ class BoxRegistry:
                 "models": list(row["models"]), "devices": json.loads(row["devices"]),
                 "workers": row["workers"], "free_workers": row["free_workers"], "running": int(row["running"]),
                 "heartbeat_age": round(max(0.0, float(row["heartbeat_age"])), 3),
+                **_health(json.loads(row["health"])),
             } for row in boxes],
             "queued": by_state.get("queued", 0),
             "running": by_state.get("running", 0),
         }
+
+
+def _health(health: dict[str, Any]) -> dict[str, Any]:
+    """A box's `memory`, `gpu_memory` and `alerts` as its last heartbeat reported them (`memory` null
+    until its monitor has sampled once, `alerts` null with the monitor off)."""
+    return {"memory": health.get("memory"), "gpu_memory": health.get("gpu_memory") or [],
+            "alerts": health.get("alerts")}

@@ -99,7 +99,8 @@ class FleetMember:
     async def status(self) -> dict[str, Any]:
         """`fleet.status`: every box (heartbeat age, load, models) and the fleet's queue."""
         return {"configured": True, "box": self.box, "database": self.db.where,
-                "lease_seconds": self.queue.lease_seconds, **await self.registry.status()}
+                "lease_seconds": self.queue.lease_seconds, "heartbeat_seconds": self.heartbeat_seconds,
+                **await self.registry.status()}
 
     async def leave(self) -> None:
         """An orderly stop: the box's row goes (its running jobs were put back by the dispatcher)."""

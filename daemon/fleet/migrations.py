@@ -73,6 +73,10 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             heartbeat_at double precision NOT NULL
         )""",
     ),
+    2: (
+        # what the console's fleet pane shows of each box: host and GPU memory, open alerts
+        "ALTER TABLE boxes ADD COLUMN health jsonb NOT NULL DEFAULT '{}'",
+    ),
 }
 """Statements that bring the database from the version before the key up to it."""
 SCHEMA_VERSION = max(MIGRATIONS)
