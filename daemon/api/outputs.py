@@ -1,6 +1,7 @@
 """output.verify, output.preview, output.export, keys.rotate, ca.export: thin wrappers over daemon.outputs (work in the
 thread pool). output.export sends an output's PNG, verified and decrypted, in chunks that fit the 1 MiB line limit
-(unrelated to daemon.audit.export, which writes a copy of the audit log)."""
+(unrelated to daemon.audit.export, which writes a copy of the audit log). On a fleet, a job's outputs stay on the box
+that ran it: the three output calls on another box answer -32010 naming that box and how to reach it."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from typing import Any
 
 from daemon.api.registry import CallContext, Role, method
 from daemon.crypto import MissingOutputError, OutputError
-from daemon.protocol import CONFLICT, NOT_FOUND, RpcError, invalid_params
+from daemon.fleet.errors import FleetUnavailable
+from daemon.protocol import CONFLICT, NOT_FOUND, UNAVAILABLE, RpcError, invalid_params
+from daemon.queue.jobs import Job
 
 MAX_PREVIEW_SIDE = 1024
 EXPORT_CHUNK = 512 * 1024
@@ -26,6 +29,35 @@ def rpc_error(exc: OutputError, action: str | None = None) -> RpcError:
     return RpcError(code, message, exc.to_dict())
 
 
+async def held_here(ctx: CallContext, job: Job) -> None:
+    """Nothing on a single box, or when this box ran `job`. Otherwise -32010 naming the box that holds
+    its outputs (encrypted under that box's keys, which never leave it) and how to reach that box, as
+    it registered in the fleet (`[fleet] reach`, its socket): `data` = `{reason: "elsewhere", box,
+    reach, socket}`, which `sai export` and the console follow to the socket the client config maps
+    that box to (`[fleet] sockets`)."""
+    fleet = ctx.daemon.fleet
+    if fleet is None or not job.box or job.box == fleet.box:
+        return
+    try:
+        row = await fleet.registry.find(job.box)
+        unknown = "it is not in the fleet's registry now (stopped or left); its outputs are there when it runs again"
+    except FleetUnavailable as exc:
+        row, unknown = None, f"how to reach it is unknown while {exc}"
+    reach, socket = (row["reach"], row["socket"]) if row else (None, None)
+    if row is None:
+        how = unknown
+    elif reach:
+        how = f"reach it with: {reach}" + (f" (its socket there: {socket})" if socket else "")
+    else:
+        how = "it registered no [fleet] reach" + (f"; its socket there is {socket}" if socket else "")
+    if row is not None and row["heartbeat_age"] > fleet.queue.lease_seconds:
+        how += f"; its last heartbeat was {row['heartbeat_age']:.0f} s ago, it may be down"
+    raise RpcError(UNAVAILABLE, f"the outputs of job {job.job_id} are on box {job.box!r}, not on this box "
+                   f"({fleet.box!r}): outputs stay encrypted on the box that made them; {how}. Name that box's "
+                   "forwarded socket in your client config ([fleet] sockets) and sai follows it there",
+                   {"reason": "elsewhere", "job_id": job.job_id, "box": job.box, "reach": reach, "socket": socket})
+
+
 @method("output.verify", role=Role.VIEWER)
 async def verify(ctx: CallContext, job_id: str, index: int | None = None) -> dict[str, Any]:
     """Signature and hashes of a job's outputs (or image `index`), without decrypting:
@@ -34,6 +66,8 @@ async def verify(ctx: CallContext, job_id: str, index: int | None = None) -> dic
 
     if index is not None and index < 0:
         raise invalid_params("index", "must be 0 or more")
+    if ctx.daemon.fleet is not None:
+        await held_here(ctx, await ctx.daemon.queue.get(job_id))
     keystore = ctx.daemon.keystore
     try:
         return await ctx.daemon.run_blocking(verify_output, job_id, ctx.daemon.outputs_dir, keystore, index)
@@ -51,6 +85,7 @@ async def preview(ctx: CallContext, job_id: str, index: int = 0, max_side: int =
     queue = ctx.daemon.queue
     job = await queue.get(job_id)
     queue.check_owner(ctx.peer, job, "preview")
+    await held_here(ctx, job)
     ctx.daemon.call_limits.take(ctx.peer, "output.preview")
     try:
         png = await ctx.daemon.run_blocking(preview_output, ctx.daemon.outputs_dir, job_id, index,
@@ -79,6 +114,7 @@ async def export(ctx: CallContext, job_id: str, index: int = 0, offset: int = 0)
     queue.check_owner(ctx.peer, job, "export")
     if job.state != "succeeded":
         raise RpcError(CONFLICT, f"job {job_id} is {job.state}; only a succeeded job has outputs", {"state": job.state})
+    await held_here(ctx, job)
     record = next((o for o in job.outputs if o["index"] == index), None)
     if record is None:
         raise invalid_params("index", f"job {job_id} has outputs 0 to {len(job.outputs) - 1}")

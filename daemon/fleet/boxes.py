@@ -75,6 +75,19 @@ class BoxRegistry:
         """Remove the box's row (an orderly stop; a box that dies just stops heartbeating)."""
         await self.db.run(lambda conn: conn.execute("DELETE FROM boxes WHERE name = $1", name))
 
+    async def find(self, name: str) -> dict[str, Any] | None:
+        """Box `name`'s socket, reach and heartbeat age; None when it is not registered (it left, or
+        never joined under that name)."""
+        async def read(conn: Conn) -> asyncpg.Record | None:
+            return await conn.fetchrow("SELECT name, socket, reach, sai_now() - heartbeat_at AS heartbeat_age "
+                                       "FROM boxes WHERE name = $1", name)
+
+        row = await self.db.run(read, retry=True)
+        if row is None:
+            return None
+        return {"name": row["name"], "socket": row["socket"] or None, "reach": row["reach"] or None,
+                "heartbeat_age": round(max(0.0, float(row["heartbeat_age"])), 3)}
+
     async def status(self) -> dict[str, Any]:
         """`fleet.status`'s data: every box with its heartbeat age, load and models, and the
         fleet's queue counts."""

@@ -41,6 +41,7 @@ class StubDaemon:
 
     def __init__(self, keystore: KeyStore, outputs_dir: Path) -> None:
         self.keystore, self.outputs_dir, self.queue = keystore, outputs_dir, StubQueue()
+        self.fleet = None  # a single box: every output is its own
         self.executor = ThreadPoolExecutor(2)
         self.call_limits = CallLimits.from_config(config.load(system_file=None, environ={}).daemon)
         self.audited: list[tuple[str, str, dict]] = []
