@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from functools import partial, wraps
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -29,6 +29,7 @@ from console.connection import (
     MetricsSample,
     QueueChanged,
 )
+from console.fleetroute import where_held
 from console.formatting import clock_time, duration, parse_moment
 from console.jobview import SORTS
 from console.screens.confirm import ConfirmScreen
@@ -83,9 +84,12 @@ class SaiConsole(App[int]):
     main: MainScreen
 
     def __init__(self, socket_path: str | None, *, readonly: bool = False, embedded: Embedded | None = None,
-                 clock: Callable[[], float] = time.time, **kwargs: Any) -> None:
+                 clock: Callable[[], float] = time.time, fleet_sockets: Mapping[str, str] | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.socket_path = socket_path
+        self.fleet_sockets = dict(fleet_sockets or {})
+        """The client config's `[fleet] sockets`: where a job's outputs held by another box are followed."""
         self.readonly = readonly
         self.embedded = embedded
         self.clock = clock
@@ -112,6 +116,10 @@ class SaiConsole(App[int]):
         if self.link is None:
             raise DaemonUnavailable("this console is not attached to a daemon")
         return await self.link.call(method, **params)
+
+    async def rpc_where_held(self, method: str, /, **params: Any) -> Any:
+        """A call for a job's outputs, made again on the fleet box that holds them (console.fleetroute)."""
+        return await where_held(lambda call: call(method, **params), self.rpc, lambda: self.fleet_sockets)
 
     def report(self, what: str, exc: BaseException) -> None:
         """Show the daemon's own message for a refused or failed action (role, rate limit, policy…)."""

@@ -103,8 +103,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from console.launch import run_console
 
         return run_console(args)
+    from daemon.config import ConfigError
+
     try:
         return _event_loop_run(_run(args))
+    except ConfigError as exc:  # a client config (--config, the user's or system's file) with a bad value
+        return fail(f"bad configuration: {exc}", ExitCode.USAGE)
     except RpcError as exc:
         return rpc_failure(exc)
     except DaemonUnavailable as exc:

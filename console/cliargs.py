@@ -43,6 +43,14 @@ def socket_for(args: argparse.Namespace) -> str:
     return str(paths.socket_path(args.socket, configured))
 
 
+def fleet_sockets(args: argparse.Namespace) -> dict[str, str]:
+    """The client config's `[fleet] sockets` (box name -> a socket reaching that box's daemon): where
+    `sai export` and `sai verify` follow a job's outputs held by another box (console.fleetroute)."""
+    from daemon import config
+
+    return dict(config.load(args.config).fleet.sockets)
+
+
 def _configured_socket() -> str:
     from daemon import config
 

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
+from console.fleetroute import held_elsewhere
 from daemon.client import DaemonUnavailable
 from daemon.exitcodes import ExitCode
 from daemon.protocol import NOT_PERMITTED, RpcError
@@ -48,8 +49,10 @@ def fail(message: str, code: int = ExitCode.FAILURE, data: dict[str, Any] | None
 
 
 def rpc_failure(exc: RpcError) -> int:
-    """A daemon's refusal: DENIED when the caller's role does not allow the method, else FAILURE."""
-    code = ExitCode.DENIED if exc.code == NOT_PERMITTED else ExitCode.FAILURE
+    """A daemon's refusal: DENIED when the caller's role does not allow the method, UNAVAILABLE when
+    the outputs asked for are on another box of the fleet (that no client socket reaches), else FAILURE."""
+    code = (ExitCode.DENIED if exc.code == NOT_PERMITTED else
+            ExitCode.UNAVAILABLE if held_elsewhere(exc) is not None else ExitCode.FAILURE)
     return fail(exc.message, code, {"rpc_code": exc.code, **({"data": exc.data} if exc.data is not None else {})})
 
 

@@ -61,7 +61,8 @@ async def _console(config: Any, socket_path: Path, state_dir: Path | None, reado
                   "     (use --socket, SAI_SOCKET, or start one with `sai daemon`)", file=sys.stderr)
             return 1
     driver = _terminal_driver(embedded.terminal_fd) if embedded and embedded.terminal_fd is not None else None
-    app = SaiConsole(str(socket_path), readonly=readonly, embedded=embedded, driver_class=driver)
+    app = SaiConsole(str(socket_path), readonly=readonly, embedded=embedded, driver_class=driver,
+                     fleet_sockets=config.fleet.sockets)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGHUP):  # killed, or the SSH session dropped: stop cleanly
         loop.add_signal_handler(sig, app.exit, 0)

@@ -171,8 +171,25 @@ def _libpq_url(value: str) -> str | None:
     return 'must be empty or a URL starting with postgresql:// (e.g. "postgresql://sai@db.example/sai")'
 
 
+SOCKET_PATH_MAX = 107
+"""The longest path a Unix socket address holds (sun_path, less its terminating NUL)."""
+
+
+def _box_sockets(value: dict[str, Any]) -> str | None:
+    """`[fleet] sockets`: box name -> the absolute path of a socket that reaches that box's daemon."""
+    for box, path in value.items():
+        if not box.strip():
+            return "a box name must not be empty"
+        if not isinstance(path, str) or not path.startswith("/"):
+            return f"box {box!r}: the socket must be an absolute path, not {path!r}"
+        if len(path.encode()) > SOCKET_PATH_MAX:
+            return f"box {box!r}: the socket path is longer than the {SOCKET_PATH_MAX} bytes a Unix socket takes"
+    return None
+
+
 NAMED_CHECKS: dict[str, Check] = {
-    "colour": _colour, "devices": _devices, "libpq_url": _libpq_url, "loopback": _loopback, "priority": _priority,
+    "box_sockets": _box_sockets, "colour": _colour, "devices": _devices, "libpq_url": _libpq_url,
+    "loopback": _loopback, "priority": _priority,
     "regexes": _regexes,
     "scrypt_log2_n": check_scrypt_log2_n, "strings": _strings, "template": _template,
 }

@@ -11,8 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from console.cliargs import add_job_argument, add_json_flag, resolve_job
+from console.cliargs import add_job_argument, add_json_flag, fleet_sockets, resolve_job
 from console.cliout import fail, print_fields, print_json
+from console.fleetroute import Call, where_held
 from daemon.client import DaemonClient
 from daemon.exitcodes import ExitCode
 from daemon.protocol import PRIORITIES
@@ -244,14 +245,18 @@ async def export(args: argparse.Namespace, client: DaemonClient) -> int:
 
     job_id = await resolve_job(client, args.job_id)
     target = Path(args.output)
-    chunks: list[bytes] = []
-    offset, reply = 0, None
-    while reply is None or not reply["eof"]:
-        reply = await client.call("output.export", job_id=job_id, index=args.index, offset=offset)
-        chunk = base64.b64decode(reply["data"])
-        chunks.append(chunk)
-        offset += len(chunk)
-    data = b"".join(chunks)
+
+    async def fetch(call: Call) -> tuple[dict[str, Any], bytes]:
+        chunks: list[bytes] = []
+        offset, reply = 0, None
+        while reply is None or not reply["eof"]:
+            reply = await call("output.export", job_id=job_id, index=args.index, offset=offset)
+            chunk = base64.b64decode(reply["data"])
+            chunks.append(chunk)
+            offset += len(chunk)
+        return reply, b"".join(chunks)
+
+    reply, data = await where_held(fetch, client.call, lambda: fleet_sockets(args))  # another box's: followed there
     if hashlib.sha256(data).hexdigest() != reply["sha256"]:
         return fail(f"export of {job_id} arrived corrupted (hash mismatch); nothing written", ExitCode.VERIFY_FAILED)
     with PrivateDir(target) as private:  # nothing another user planted beside the target is opened

@@ -7,8 +7,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from console.cliargs import add_json_flag, resolve_job
+from console.cliargs import add_json_flag, fleet_sockets, resolve_job
 from console.cliout import fail, print_json
+from console.fleetroute import where_held
 from daemon.client import DaemonClient
 from daemon.exitcodes import ExitCode
 
@@ -132,7 +133,8 @@ async def verify(args: argparse.Namespace, client: DaemonClient | None) -> int:
         params: dict[str, Any] = {"job_id": await resolve_job(client, args.target)}
         if args.index is not None:
             params["index"] = args.index
-        report = await client.call("output.verify", **params)
+        report = await where_held(lambda call: call("output.verify", **params), client.call,
+                                  lambda: fleet_sockets(args))  # another box's outputs: verified there
     if args.json:
         print_json(report)
     else:

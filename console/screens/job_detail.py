@@ -132,7 +132,7 @@ class JobDetailScreen(Screen[None]):
     @work(group="verify", exclusive=True)
     async def _verify(self) -> None:
         try:
-            result = await console_of(self).rpc("output.verify", job_id=self.job_id)
+            result = await console_of(self).rpc_where_held("output.verify", job_id=self.job_id)
         except Exception as exc:
             self.verify_note = f"not verified: {exc}"
         else:
@@ -147,8 +147,8 @@ class JobDetailScreen(Screen[None]):
         self.query_one("#preview-title", Label).update(
             f"Preview (image {self.output_index + 1} of {len(outputs)}, o: next)" if outputs else "Preview")
         try:
-            result = await console_of(self).rpc("output.preview", job_id=self.job_id, index=self.output_index,
-                                                max_side=PREVIEW_SIDE)
+            result = await console_of(self).rpc_where_held("output.preview", job_id=self.job_id,
+                                                           index=self.output_index, max_side=PREVIEW_SIDE)
             image = PILImage.open(io.BytesIO(base64.b64decode(result["png"])))
             image.load()
         except Exception as exc:
