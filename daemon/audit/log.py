@@ -16,7 +16,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -380,16 +380,18 @@ class AuditLog:
                 "second_root": merkle.fold([nodes[k] for k in p2]).hex()}
 
     async def verify(self, deep: bool = False, against: str | None = None,
-                     workers: int | None = None, first_key: bytes | None = None) -> dict[str, Any]:
+                     workers: int | None = None, first_key: bytes | None = None,
+                     also: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
         """Check the log (see daemon.audit.verify); runs in a worker thread on a snapshot. The
-        chain must start at `first_key` if given, else at the anchor's key."""
+        chain must start at `first_key` if given, else at the anchor's key; the log must extend
+        `against` and each of `also` ((checkpoint note, what to call it): the fleet's witnessed ones)."""
         from daemon.audit.verify import verify_db
 
         pin = self.trust.pin() if self.trust is not None else None  # before the snapshot: never beyond it
         if first_key is not None:
             given = "the key given to verify"
             pin = dataclasses.replace(pin, first_key=first_key, source=given) if pin else Pin(first_key, given)
-        return await asyncio.to_thread(verify_db, self.path, deep, against, pin, workers)
+        return await asyncio.to_thread(verify_db, self.path, deep, against, pin, workers, also)
 
     async def unrecorded_jobs(self, job_ids: Collection[str]) -> list[str]:
         """The ids in `job_ids` that no `job.submit` entry names (read the ids first: a job's

@@ -27,7 +27,7 @@ import hashlib
 import itertools
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
@@ -66,12 +66,13 @@ def result(size: int, first_bad: int | None = None, reason: str | None = None) -
 
 
 class _Verifier:
-    def __init__(self, src: Source, deep: bool, against: str | None, pin: Pin | None, workers: int | None) -> None:
+    def __init__(self, src: Source, deep: bool, against: str | None, pin: Pin | None, workers: int | None,
+                 also: Sequence[tuple[str, str]] = ()) -> None:
         self.src, self.deep = src, deep
         self.external = [(note, what) for note, what in (
             (against, "the checkpoint checked against"),
-            (pin.checkpoint if pin else None, f"the checkpoint anchored in {pin.source if pin else ''}"))
-            if note is not None]
+            (pin.checkpoint if pin else None, f"the checkpoint anchored in {pin.source if pin else ''}"),
+            *also) if note is not None]
         """(signed note, what to call it): checkpoints from outside the log that it must extend."""
         self.size = src.size
         self.bad: tuple[int, str] | None = None
@@ -314,10 +315,11 @@ class _NotThisLog(Exception):
 
 
 def run(src: Source, deep: bool = False, against: str | None = None,
-        pin: Pin | None = None, workers: int | None = None) -> dict[str, Any]:
-    """Verify a source; see the module docstring."""
+        pin: Pin | None = None, workers: int | None = None, also: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
+    """Verify a source; see the module docstring. `also`: more (checkpoint note, what to call it)
+    the log must extend, as `against` (the fleet's witnessed checkpoints)."""
     try:
-        return _Verifier(src, deep, against, pin, workers).run()
+        return _Verifier(src, deep, against, pin, workers, also).run()
     except _NotThisLog as exc:
         return result(src.size, None, str(exc))
 
@@ -358,11 +360,12 @@ class DbSource:
 
 
 def verify_db(path: Path, deep: bool = False, against: str | None = None,
-              pin: Pin | None = None, workers: int | None = None) -> dict[str, Any]:
+              pin: Pin | None = None, workers: int | None = None,
+              also: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
     """Verify the log in the SQLite file at `path` (safe while the daemon appends to it)."""
     src = DbSource(path)
     try:
-        return run(src, deep, against, pin, workers)
+        return run(src, deep, against, pin, workers, also)
     finally:
         src.close()
 
