@@ -77,6 +77,30 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         # what the console's fleet pane shows of each box: host and GPU memory, open alerts
         "ALTER TABLE boxes ADD COLUMN health jsonb NOT NULL DEFAULT '{}'",
     ),
+    3: (
+        # audit logs witness each other (daemon/fleet/witness.py): each box's published checkpoints,
+        # with the consistency proof from its previous one, and the other boxes' cosignatures
+        """CREATE TABLE audit_checkpoints (
+            seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            box text NOT NULL,
+            tree_size bigint NOT NULL,
+            note text NOT NULL,
+            public_key bytea NOT NULL,
+            proof_from bigint,
+            proof bytea[] NOT NULL DEFAULT '{}',
+            published_at double precision NOT NULL
+        )""",
+        "CREATE INDEX audit_checkpoints_box ON audit_checkpoints (box, seq)",
+        """CREATE TABLE audit_cosignatures (
+            checkpoint bigint NOT NULL REFERENCES audit_checkpoints (seq),
+            witness text NOT NULL,
+            name text NOT NULL,
+            public_key bytea NOT NULL,
+            cosignature text NOT NULL,
+            signed_at double precision NOT NULL,
+            PRIMARY KEY (checkpoint, witness)
+        )""",
+    ),
 }
 """Statements that bring the database from the version before the key up to it."""
 SCHEMA_VERSION = max(MIGRATIONS)

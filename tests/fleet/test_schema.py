@@ -8,6 +8,7 @@ import asyncpg
 import pytest
 
 from daemon.fleet.boxes import BoxInfo, BoxRegistry
+from daemon.fleet.checkpoints import CheckpointBoard
 from daemon.fleet.connection import Database
 from daemon.fleet.errors import FleetUnavailable, MigrationRefused, SchemaTooNew
 from daemon.fleet.migrations import MIGRATIONS, SCHEMA_VERSION, migrate
@@ -74,7 +75,8 @@ async def test_a_box_role_with_only_its_grants_works_but_cannot_migrate(
         await Database.open(box_url)
     await (await open_queue()).db.close()  # the owner migrates
     pg_cluster.psql("GRANT SELECT, INSERT, UPDATE ON jobs, boxes TO box_plain; GRANT DELETE ON boxes TO box_plain; "
-                    "GRANT SELECT ON schema_version TO box_plain", database)
+                    "GRANT SELECT ON schema_version TO box_plain; "
+                    "GRANT SELECT, INSERT ON audit_checkpoints, audit_cosignatures TO box_plain", database)
     queue = await open_queue("a", url=box_url, lease_seconds=0.2)
     await queue.submit(make_job())
     held = await queue.claim("cpu0")
@@ -86,4 +88,9 @@ async def test_a_box_role_with_only_its_grants_works_but_cannot_migrate(
     assert [box["name"] for box in (await registry.status())["boxes"]] == ["a"]
     await registry.leave("a")
     assert await queue.reap() == []
+    board = CheckpointBoard(queue.db)  # what the audit witness writes and reads (daemon.fleet.witness)
+    seq = await board.publish("b", 1, "note\n", bytes(32), None, [])
+    assert [cp.seq for cp in await board.since("a", {})] == [seq]
+    await board.cosign(seq, "a", "a/sai-witness", bytes(32), "line")
+    assert [c.witness for _, cosigned in await board.cosigned("b") for c in cosigned] == ["a"]
     pg_cluster.psql("DROP OWNED BY box_plain; DROP ROLE box_plain", database)
