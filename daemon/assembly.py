@@ -42,12 +42,14 @@ from daemon.dispatch.fleet_box import FleetBox
 from daemon.events import EventBus
 from daemon.fleet import prompt_key
 from daemon.fleet.boxes import BoxInfo
+from daemon.fleet.checkpoints import CheckpointBoard
 from daemon.fleet.connection import Database
 from daemon.fleet.errors import StaleAttempt
 from daemon.fleet.jobs import FleetQueue
 from daemon.fleet.manager import FleetManager
 from daemon.fleet.member import FleetMember
 from daemon.fleet.wakeup import Wakeup
+from daemon.fleet.witness import Witness, fork_alarm
 from daemon.monitor.gpu import count_gpus
 from daemon.monitor.sampler import WorkerInput
 from daemon.monitor.service import Monitor
@@ -221,6 +223,11 @@ async def assemble(config: Config, site: Site, *, bus: EventBus, background: Bac
         dispatcher = Box(queue, lanes, worker_events=reactions)
     await _check_jobs_recorded(audit, store, monitor)
     fleet = await _join_fleet(cfg, site, fleet_queue, models, lanes, monitor, bus, background, opened)
+    if fleet is not None:  # audit logs witness each other (docs/fleet.md)
+        witness = Witness(CheckpointBoard(fleet.db), audit, box=fleet.box, signing_key=lambda: keystore.signing_key,
+                          state_path=site.state_dir / "fleet-witness.json", on_fork=fork_alarm(bus, record))
+        background.start(witness.run(cfg.fleet.heartbeat_seconds), "fleet audit witness",
+                         "publishing this box's audit checkpoints and cosigning the other boxes'", essential=False)
     return Parts(keystore=keystore, output_settings=output_settings, audit=audit, record=record, store=store,
                  job_history=job_history, key_maintenance=key_maintenance, worker=worker, queue=queue,
                  monitor=monitor, reactions=reactions, dispatcher=dispatcher, fleet=fleet)

@@ -31,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--against", metavar="CHECKPOINT_FILE",
                    help="a checkpoint saved earlier: prove the log still extends it")
     p.add_argument("--key", metavar="PEM", help="pin the log's first signing key (PEM) instead of the daemon's anchor")
+    p.add_argument("--witnessed", action="store_true",
+                   help="a fleet member: prove the log extends every checkpoint of it the other boxes cosigned")
     add_json_flag(p)
     p.set_defaults(handler=verify, needs_daemon=True)
 
@@ -155,6 +157,8 @@ async def verify(args: argparse.Namespace, client: DaemonClient) -> int:
     except OSError as exc:
         return fail(f"cannot read checkpoint {args.against}: {exc.strerror}")
     params: dict[str, Any] = {"deep": args.deep, "against": against}
+    if args.witnessed:
+        params["witnessed"] = True
     if args.key:
         raw = _pinned_key(args.key)
         if isinstance(raw, str):
@@ -164,7 +168,8 @@ async def verify(args: argparse.Namespace, client: DaemonClient) -> int:
     if args.json:
         print_json(result)
         return ExitCode.OK if result["ok"] else ExitCode.VERIFY_FAILED
-    return _print_verdict(result, "the audit log" + (" (deep)" if args.deep else ""))
+    witnessed = f", against {result['witnessed_checked']} witnessed checkpoints" if args.witnessed else ""
+    return _print_verdict(result, "the audit log" + (" (deep)" if args.deep else "") + witnessed)
 
 
 async def checkpoint(args: argparse.Namespace, client: DaemonClient) -> int:

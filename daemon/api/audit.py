@@ -14,7 +14,10 @@ from typing import Any
 from daemon.api.registry import CallContext, Role, method
 from daemon.audit.anchor import unrecorded_jobs_reason
 from daemon.audit.views import entry_view
-from daemon.protocol import CONFLICT, RpcError, invalid_params
+from daemon.fleet.checkpoints import CheckpointBoard
+from daemon.fleet.errors import FleetUnavailable
+from daemon.fleet.witness import witnessed_notes
+from daemon.protocol import CONFLICT, UNAVAILABLE, RpcError, invalid_params
 
 
 @contextmanager
@@ -41,22 +44,38 @@ async def tail(ctx: CallContext, limit: int = 50, action: str | None = None, act
 
 @method("audit.verify", role=Role.VIEWER)
 async def verify(ctx: CallContext, deep: bool = False, against: str | None = None,
-                 first_key: str | None = None) -> dict[str, Any]:
+                 first_key: str | None = None, witnessed: bool = False) -> dict[str, Any]:
     """`{ok, size, first_bad, reason, jobs_checked, unrecorded_jobs}`; `against` is a checkpoint note
     saved earlier; `first_key` (base64 of a raw Ed25519 public key) pins where the key chain must
-    start instead of the anchor's key. A job with no `job.submit` entry fails the check (after the
-    log's own checks)."""
+    start instead of the anchor's key; `witnessed` (a fleet member): the log must also extend every
+    checkpoint of it the other boxes cosigned (`witnessed_checked` counts them). A job with no
+    `job.submit` entry fails the check (after the log's own checks)."""
     pinned = _raw_public_key(first_key) if first_key is not None else None
+    if witnessed and ctx.daemon.fleet is None:
+        raise invalid_params("witnessed", "this daemon is not a fleet member ([fleet] database is empty)")
     limits = ctx.daemon.call_limits  # rate per user, one verification at a time (daemon.api.limits)
     limits.take(ctx.peer, "audit.verify")
     async with limits.verify_slot(ctx.peer):
+        also = await _witnessed(ctx) if witnessed else []
         job_ids = await ctx.daemon.store.job_ids()  # first: a job's submit entry commits before the job
-        result = await ctx.daemon.audit.verify(deep=deep, against=against, first_key=pinned)
+        result = await ctx.daemon.audit.verify(deep=deep, against=against, first_key=pinned, also=also)
+        if witnessed:
+            result["witnessed_checked"] = len(also)
         missing = await ctx.daemon.audit.unrecorded_jobs(job_ids)
         result.update(jobs_checked=len(job_ids), unrecorded_jobs=missing[:100])
         if missing and result["ok"]:
             result.update(ok=False, reason=unrecorded_jobs_reason(missing))
         return result
+
+
+async def _witnessed(ctx: CallContext) -> list[tuple[str, str]]:
+    """This box's checkpoints the fleet's other boxes cosigned (daemon.fleet.witness)."""
+    fleet = ctx.daemon.fleet
+    assert fleet is not None
+    try:
+        return await witnessed_notes(CheckpointBoard(fleet.db), fleet.box)
+    except FleetUnavailable as exc:
+        raise RpcError(UNAVAILABLE, str(exc), {"reason": "fleet_database"}) from exc
 
 
 def _raw_public_key(text: str) -> bytes:
