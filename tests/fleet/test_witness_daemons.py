@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pytest
 
 from daemon.exitcodes import ExitCode
+from daemon.protocol import INVALID_PARAMS, RpcError
 from tests.conftest import DaemonFactory
 from tests.fleet.conftest import member_config
 from tests.harness import run_sai
@@ -95,3 +97,13 @@ async def test_daemons_cosign_and_name_a_box_whose_log_was_rolled_back(
 
 async def _larger(cosigned: Callable[[str, str], Awaitable[int]], before: int) -> bool:
     return await cosigned("box-b", "box-a") > before
+
+
+async def test_a_single_box_has_no_witnessed_checkpoints_to_verify_against(make_daemon: DaemonFactory,
+                                                                          client_of: Any) -> None:
+    client = await client_of(make_daemon())
+    with pytest.raises(RpcError) as refused:
+        await client.call("audit.verify", witnessed=True)
+    assert refused.value.code == INVALID_PARAMS and refused.value.data["field"] == "witnessed"
+    assert "not a fleet member" in refused.value.message
+    assert (await client.call("audit.verify"))["ok"]
