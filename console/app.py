@@ -36,7 +36,7 @@ from console.screens.confirm import ConfirmScreen
 from console.screens.help import HelpScreen, binding_rows, key_label
 from console.screens.identify import IdentifyScreen
 from console.screens.job_detail import JobDetailScreen
-from console.screens.main import COMMANDS, TYPED_COMMANDS, Command, MainScreen, read_only_refusal
+from console.screens.main import COMMANDS, TYPED_COMMANDS, Command, MainScreen
 from console.screens.new_job import NewJobScreen
 from console.screens.stopping import StoppingScreen
 from console.widgets.audit_pane import AuditPane
@@ -108,7 +108,7 @@ class SaiConsole(App[int]):
             self.link.start()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        return not (self.readonly and action in CHANGES)
+        return not (self.readonly and action in CHANGES) and (action != "fleet_pane" or self.main.in_fleet)
 
     # -- talking to the daemon ---------------------------------------------------------------------
 
@@ -417,7 +417,7 @@ class SaiConsole(App[int]):
             self.notify(f"unknown command {name!r} (try :help)", severity="error", timeout=10)
 
     def _refuse_read_only(self, name: str) -> None:
-        self.notify(read_only_refusal(name), severity="warning")
+        self.notify(self.main.refusal(name), severity="warning")
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)

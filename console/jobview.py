@@ -18,11 +18,19 @@ COLUMN_SORT = {"job_id": "id", "priority": "priority", "state": "state", "prompt
 
 
 def job_fields(job: dict[str, Any]) -> dict[str, str]:
-    """What `/` matches against: `id:`, `state:`, `user:`, `priority:`/`pri:`, `prompt:`."""
+    """What `/` matches against: `id:`, `state:`, `user:`, `priority:`/`pri:`, `prompt:`, `box:` (a fleet's)."""
     params = job.get("params") or {}
     return {"id": job["job_id"].lower(), "state": str(job.get("state", "")), "user": str(job.get("user", "")).lower(),
             "priority": str(job.get("priority", "")), "pri": str(job.get("priority", "")),
-            "prompt": str(params.get("prompt") or "").lower()}
+            "prompt": str(params.get("prompt") or "").lower(), "box": str(job.get("box") or "").lower()}
+
+
+def queue_columns(wide: bool, boxes: bool) -> list[tuple[str, str, int]]:
+    """The queue's columns (key, label, width; 0 takes the room left); `boxes`: a fleet member's
+    console, with the box that runs or ran each job."""
+    spec = [("tag", " ", 1), ("job_id", "job", 13), ("priority", "pri", 4), ("state", "state", 24 if wide else 11),
+            ("prompt", "prompt", 0), ("user", "user", 10 if wide else 8), ("age", "age", 6)]
+    return spec[:4] + [("box", "box", 12 if wide else 8)] + spec[4:] if boxes else spec
 
 
 def queue_order(job: dict[str, Any]) -> tuple[Any, ...]:

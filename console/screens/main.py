@@ -1,4 +1,5 @@
-"""The main screen: header, banner, the four panes, the `/`/`:` line and the footer; the operator's actions."""
+"""The main screen: header, banner, the four panes (five on a fleet member), the `/`/`:` line and the
+footer; the operator's actions."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from console.screens.confirm import ConfirmScreen, cancel_jobs
 from console.widgets.alerts_pane import AlertsPane, alert_id
 from console.widgets.audit_pane import AuditPane
 from console.widgets.banner import Banner
+from console.widgets.fleet_pane import FleetPane, merge_listed
 from console.widgets.header import StatusHeader
 from console.widgets.key_bar import KeyBar
 from console.widgets.memory_pane import MemoryPane
@@ -35,6 +37,10 @@ RESTART_WHEN = ("The batch it is running finishes first and no new one starts on
 
 def read_only_refusal(name: str) -> str:
     return f":{name} changes the daemon's state, and this console is read-only (--readonly)"
+
+
+SINGLE_BOX = ("this daemon is a single box ([fleet] database is not set): it has no fleet to show "
+              "(docs/fleet.md)")
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,7 @@ COMMANDS: list[Command] = [
     Command("2", "pane(2)", "GPU & memory pane", "Jump to GPU and memory", "memory"),
     Command("3", "pane(3)", "Alerts pane", "Jump to alerts", "alerts"),
     Command("4", "pane(4)", "Audit pane", "Jump to the audit log", "audit"),
+    Command("5", "fleet_pane", "Fleet pane", "Jump to the fleet's boxes (on a fleet member only)", "fleet"),
     Command("tab", "next_pane(1)", "Next pane", "Cycle through the panes", "next"),
     Command("shift+tab", "next_pane(-1)", "Previous pane", "Cycle back through the panes", "previous"),
     Command("enter", "open_detail", "Job detail", "Params, timeline, outputs, audit and preview of the job",
@@ -133,6 +140,7 @@ class MainScreen(Screen[None]):
             yield MemoryPane()
             yield AlertsPane()
             yield AuditPane()
+            yield FleetPane()
         with Container(id="bottom"):
             yield PromptLine(id="prompt-line")
             yield KeyBar(self._hints(), id="key-bar")
@@ -186,8 +194,22 @@ class MainScreen(Screen[None]):
     def audit(self) -> AuditPane:
         return self.query_one(AuditPane)
 
+    @property
+    def fleet(self) -> FleetPane:
+        return self.query_one(FleetPane)
+
+    @property
+    def in_fleet(self) -> bool:
+        """Attached to a fleet member: the fleet pane, its key and the queue's box column are shown."""
+        return self.has_class("-fleet")
+
     def panes(self) -> list[Pane]:
-        return list(self.query(Pane))
+        """The panes this console has, by number: the fleet's only on a fleet member."""
+        return [pane for pane in self.query(Pane) if not isinstance(pane, FleetPane) or self.in_fleet]
+
+    def refusal(self, name: str) -> str:
+        """Why the `:` command `name` is switched off (check_action) in this console."""
+        return SINGLE_BOX if name == "fleet" else read_only_refusal(name)
 
     # -- layout and panes ----------------------------------------------------------------------
 
@@ -210,7 +232,22 @@ class MainScreen(Screen[None]):
         self.panes()[number - 1].focus_target().focus()
 
     def action_next_pane(self, step: int) -> None:
-        self.action_pane((self.active - 1 + step) % 4 + 1)
+        self.action_pane((self.active - 1 + step) % len(self.panes()) + 1)
+
+    def action_fleet_pane(self) -> None:
+        self.action_pane(5)
+
+    def on_fleet_pane_joined(self) -> None:
+        self.add_class("-fleet")
+        bar = self.query_one(PaneBar)
+        bar.labels = (*bar.labels, "Fleet")
+        self.table.show_boxes()
+        self.refresh_bindings()
+
+    def on_fleet_pane_jobs(self, message: FleetPane.Jobs) -> None:
+        merge_listed(self.table, message.jobs)
+        counts = self.table.counts()  # the fleet's, as the queue pane now holds them
+        self.header.queue = {**self.header.queue, "queued": counts["queued"], "running": counts["running"]}
 
     def on_descendant_focus(self, event: events.DescendantFocus) -> None:
         for pane in self.panes():

@@ -21,6 +21,7 @@ from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
+from console import jobview
 from console.formatting import bar, duration, parse_time
 from console.jobview import COLUMN_SORT, FINISHED, PRIORITY_LABEL, SORT_KEYS, SORTS, STATE_MARK, job_fields
 from console.rowfilter import RowFilter
@@ -82,6 +83,8 @@ class QueueTable(ScrollView, can_focus=True):
         self._keys_sort = self.sort
         self._styles: dict[str, Style] = {}
         self._rebuild_pending = False
+        self.boxes = False
+        """A fleet member's queue: a column names the box of each job (`show_boxes`)."""
 
     def on_mount(self) -> None:
         self.set_interval(5.0, self._refresh_ages)
@@ -94,9 +97,7 @@ class QueueTable(ScrollView, can_focus=True):
         return self.size.width >= 110
 
     def on_resize(self) -> None:
-        spec = [("tag", " ", 1), ("job_id", "job", 13), ("priority", "pri", 4),
-                ("state", "state", 24 if self.wide else 11), ("prompt", "prompt", 0),
-                ("user", "user", 10 if self.wide else 8), ("age", "age", 6)]
+        spec = jobview.queue_columns(self.wide, self.boxes)
         fixed = sum(width for _, _, width in spec) + 2 * len(spec)
         self._columns = [(key, label, width or max(8, self.size.width - fixed)) for key, label, width in spec]
         self._lines.clear()
@@ -158,6 +159,7 @@ class QueueTable(ScrollView, can_focus=True):
             else Text("(hidden)" if job.get("prompt_visible") is False else "…", style=self._style("dim")),
             "user": Text(str(job.get("user", ""))),
             "age": Text(duration(self.clock() - created) if created is not None else "-"),
+            "box": Text(str(job.get("box") or "-"), style=self._style("dim") if not job.get("box") else ""),
         }
 
     def _join(self, cells: dict[str, Text], style: Style | None = None) -> Strip:
@@ -264,6 +266,10 @@ class QueueTable(ScrollView, can_focus=True):
         into view later shows the age it had when it was last drawn. Rows are redrawn when shown."""
         self._lines.clear()
         self.refresh()
+
+    def show_boxes(self) -> None:
+        self.boxes = True
+        self.on_resize()
 
     # -- data in -----------------------------------------------------------------------------
 
