@@ -46,8 +46,9 @@ async def test_a_members_console_sees_every_box_and_the_fleets_queue(
     async with app.run_test(size=SIZE) as pilot:
         await connected(pilot, app)
         main = app.main
-        await until(pilot, lambda: box_row(app, "box-a") and box_row(app, "box-b"), 30, "both boxes in the pane")
-        assert main.in_fleet and main.fleet.display
+        await until(pilot, lambda: main.in_fleet and box_row(app, "box-a") and box_row(app, "box-b"), 30,
+                    "both boxes in the pane")
+        assert main.fleet.display
         await until(pilot, lambda: all("host" in box_row(app, n) and " ago" in box_row(app, n) for n in ("box-a", "box-b")),
                     30, "both heartbeats fresh, with memory")  # stale after 3 s: this machine may be loaded
         await pilot.pause(0.3)
