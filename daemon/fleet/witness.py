@@ -37,7 +37,7 @@ from daemon.audit.log import AuditLog
 from daemon.events import EventBus
 from daemon.fleet import cosignature
 from daemon.fleet.checkpoints import CheckpointBoard, Published
-from daemon.fleet.errors import FleetUnavailable
+from daemon.fleet.errors import FleetError, FleetUnavailable
 from daemon.safefiles import atomic_write
 
 log = logging.getLogger("sai.fleet")
@@ -45,6 +45,10 @@ log = logging.getLogger("sai.fleet")
 STATE_FORMAT = "sai-fleet-witness/1"
 OnFork = Callable[[str, str, dict[str, Any]], Awaitable[None]]
 """Told (box, reason, details) when a box's log no longer extends what this box witnessed."""
+
+
+class WitnessStateError(FleetError):
+    """`state/fleet-witness.json` cannot be read: the daemon does not start (it names the file)."""
 
 
 @dataclass
@@ -185,11 +189,14 @@ class Witness:
 def _load(path: Path) -> dict[str, Seen]:
     try:
         state = json.loads(path.read_bytes())
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise ValueError(f"not {STATE_FORMAT}")
+        return {str(box): Seen(**seen) for box, seen in state.get("boxes", {}).items()}
     except FileNotFoundError:
         return {}
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise ValueError(f"{path} is not a fleet witness state ({STATE_FORMAT}); move it away to witness afresh")
-    return {box: Seen(**seen) for box, seen in state.get("boxes", {}).items()}
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise WitnessStateError(f"{path} is not a fleet witness state ({exc}); move it away to witness afresh "
+                         "(this box then pins every other box's key again on first sight)") from None
 
 
 async def witnessed_notes(board: CheckpointBoard, box: str) -> list[tuple[str, str]]:

@@ -22,7 +22,7 @@ from daemon.audit.log import AuditLog
 from daemon.events import EventBus
 from daemon.fleet.checkpoints import CheckpointBoard
 from daemon.fleet.connection import Database
-from daemon.fleet.witness import Witness, fork_alarm, witnessed_notes
+from daemon.fleet.witness import Witness, WitnessStateError, fork_alarm, witnessed_notes
 
 ACTOR = {"uid": 1000, "user": "alice", "pid": 4242}
 
@@ -139,6 +139,10 @@ async def test_three_boxes_cosign_each_others_checkpoints(fleet: dict[str, Box])
     await fleet["b"].add(1)
     await fleet["b"].witness.publish()
     assert [problem for _, problem in await restarted.witness()] == [None] and a.forks == []
+    (a.dir / "fleet-witness.json").write_text("{not json")
+    with pytest.raises(WitnessStateError, match="is not a fleet witness state .*move it away to witness afresh"):
+        Witness(board, a.audit, box="a", signing_key=lambda: a.key, state_path=a.dir / "fleet-witness.json",
+                on_fork=a.witness.on_fork)
 
 
 async def test_a_rolled_back_log_is_named_by_the_witnesses(fleet: dict[str, Box]) -> None:
