@@ -10,8 +10,10 @@ here is trusted by itself: witnesses check signatures and proofs (daemon.fleet.w
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 
@@ -29,6 +31,9 @@ class Published:
     public_key: bytes
     proof_from: int | None
     proof: tuple[bytes, ...]
+    rotation: list[dict[str, Any]] | None = None
+    """With a checkpoint signed by another key than the box's previous one: the rotation entries
+    from that key to this one (daemon.fleet.rotation)."""
 
 
 @dataclass(frozen=True)
@@ -44,7 +49,8 @@ class Cosigned:
 def _published(row: asyncpg.Record) -> Published:
     return Published(int(row["seq"]), row["box"], int(row["tree_size"]), row["note"], bytes(row["public_key"]),
                      None if row["proof_from"] is None else int(row["proof_from"]),
-                     tuple(bytes(h) for h in row["proof"]))
+                     tuple(bytes(h) for h in row["proof"]),
+                     None if row["rotation"] is None else json.loads(row["rotation"]))
 
 
 SINCE_SQL = """
@@ -66,14 +72,15 @@ class CheckpointBoard:
         return None if row is None else _published(row)
 
     async def publish(self, box: str, tree_size: int, note: str, public_key: bytes, proof_from: int | None,
-                      proof: Sequence[bytes]) -> int:
+                      proof: Sequence[bytes], rotation: list[dict[str, Any]] | None = None) -> int:
         """Add a checkpoint of `box` and wake the witnesses; its `seq`."""
         async def write(conn: Conn) -> int:
             async with conn.transaction():
                 seq = await conn.fetchval(
-                    "INSERT INTO audit_checkpoints (box, tree_size, note, public_key, proof_from, proof, published_at) "
-                    "VALUES ($1, $2, $3, $4, $5, $6, sai_now()) RETURNING seq",
-                    box, tree_size, note, public_key, proof_from, list(proof))
+                    "INSERT INTO audit_checkpoints (box, tree_size, note, public_key, proof_from, proof, rotation, "
+                    "published_at) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, sai_now()) RETURNING seq",
+                    box, tree_size, note, public_key, proof_from, list(proof),
+                    None if rotation is None else json.dumps(rotation))
                 await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, box)
                 return int(seq)
 

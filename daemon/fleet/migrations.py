@@ -101,6 +101,10 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             PRIMARY KEY (checkpoint, witness)
         )""",
     ),
+    4: (
+        # a checkpoint signed by a new key carries the rotation entries that authorise it (daemon/fleet/rotation.py)
+        "ALTER TABLE audit_checkpoints ADD COLUMN rotation jsonb",
+    ),
 }
 """Statements that bring the database from the version before the key up to it."""
 SCHEMA_VERSION = max(MIGRATIONS)

@@ -35,7 +35,7 @@ from daemon.audit import checkpoint as cpmod
 from daemon.audit import merkle
 from daemon.audit.log import AuditLog
 from daemon.events import EventBus
-from daemon.fleet import cosignature
+from daemon.fleet import cosignature, rotation
 from daemon.fleet.checkpoints import CheckpointBoard, Published
 from daemon.fleet.errors import FleetError, FleetUnavailable
 from daemon.safefiles import atomic_write
@@ -71,33 +71,45 @@ def witness_name(origin: str) -> str:
     return origin.removesuffix("/sai-audit") + "/sai-witness"
 
 
-def judge(seen: Seen, cp: Published) -> tuple[cpmod.Checkpoint | None, str | None]:
-    """(the checkpoint, None) when `cp` may be cosigned, else (None or it, why not)."""
+def judge(seen: Seen, cp: Published) -> tuple[cpmod.Checkpoint | None, str | None, bytes]:
+    """(the checkpoint, None, the key it verified under) when `cp` may be cosigned, else (None or
+    it, why not, the key tried)."""
     key = base64.b64decode(seen.key) if seen.key else cp.public_key
     whose = "the key pinned for it at first sight" if seen.key else "the key it published"
+    if cp.rotation and seen.key:
+        try:
+            key = rotation.follow(cp.rotation, key, cp.tree_size, cpmod.parse(cp.note).root)
+            whose = "the key its audit.key_rotate entries (signed by the key pinned) lead to"
+        except (ValueError, cpmod.CheckpointError) as exc:
+            return None, f"its checkpoint #{cp.seq} is signed by a new key whose rotation does not verify: {exc}", key
     try:
-        parsed, _ = cpmod.verify(cp.note, [key])
+        parsed, key = cpmod.verify(cp.note, [key])
     except cpmod.CheckpointError as exc:
-        return None, f"its checkpoint #{cp.seq} is not signed by {whose}: {exc}"
+        return None, f"its checkpoint #{cp.seq} is not signed by {whose}: {exc}", key
+    return parsed, _extends(seen, cp, parsed), key
+
+
+def _extends(seen: Seen, cp: Published, parsed: cpmod.Checkpoint) -> str | None:
+    """Why `parsed` (verified) does not extend what was witnessed of its box; None when it does."""
     if parsed.size != cp.tree_size:
-        return None, f"its checkpoint #{cp.seq} is filed under {cp.tree_size} entries but says {parsed.size}"
+        return f"its checkpoint #{cp.seq} is filed under {cp.tree_size} entries but says {parsed.size}"
     if seen.origin is not None and parsed.origin != seen.origin:
-        return None, f"its checkpoint #{cp.seq} is of log {parsed.origin!r}, not of {seen.origin!r} witnessed before"
+        return f"its checkpoint #{cp.seq} is of log {parsed.origin!r}, not of {seen.origin!r} witnessed before"
     if not seen.size:
-        return parsed, None
+        return None
     root = base64.b64decode(seen.root)
     if parsed.size < seen.size:
-        return parsed, (f"its audit log was rolled back: checkpoint #{cp.seq} covers {parsed.size} entries, "
-                        f"after {seen.size} entries were witnessed")
+        return (f"its audit log was rolled back: checkpoint #{cp.seq} covers {parsed.size} entries, "
+                f"after {seen.size} entries were witnessed")
     proof: tuple[bytes, ...] = () if parsed.size == seen.size else cp.proof
     if parsed.size > seen.size and cp.proof_from != seen.size:
-        return parsed, (f"its checkpoint #{cp.seq} of {parsed.size} entries has no consistency proof from the "
-                        f"{seen.size} entries witnessed (its proof starts at {cp.proof_from}): its log was "
-                        "rolled back or replaced")
+        return (f"its checkpoint #{cp.seq} of {parsed.size} entries has no consistency proof from the "
+                f"{seen.size} entries witnessed (its proof starts at {cp.proof_from}): its log was "
+                "rolled back or replaced")
     if not merkle.verify_consistency(seen.size, parsed.size, root, parsed.root, proof):
-        return parsed, (f"its audit log was forked or rewritten: checkpoint #{cp.seq} of {parsed.size} entries "
-                        f"does not extend the {seen.size} entries witnessed (the consistency proof fails)")
-    return parsed, None
+        return (f"its audit log was forked or rewritten: checkpoint #{cp.seq} of {parsed.size} entries "
+                f"does not extend the {seen.size} entries witnessed (the consistency proof fails)")
+    return None
 
 
 class Witness:
@@ -132,8 +144,14 @@ class Witness:
             log.error("fleet: this box's audit log has %d entries, fewer than the %d it published before: "
                       "the other boxes will report it as rolled back", size, last.tree_size)
         public_key = self.signing_key().public_key().public_bytes_raw()
-        seq = await self.board.publish(self.box, size, note, public_key, proof_from, proof)
-        return Published(seq, self.box, size, note, public_key, proof_from, tuple(proof))
+        chain = None
+        if last is not None and last.public_key != public_key:  # keys.rotate since: prove the new key
+            chain = await rotation.evidence(self.audit, last.public_key, public_key, size)
+            if chain is None:
+                log.error("fleet: this box's audit log holds no rotation from the key it published with before "
+                          "to its current key: the other boxes will refuse its checkpoints")
+        seq = await self.board.publish(self.box, size, note, public_key, proof_from, proof, chain)
+        return Published(seq, self.box, size, note, public_key, proof_from, tuple(proof), chain)
 
     async def witness(self) -> list[tuple[Published, str | None]]:
         """Check (and cosign) what the other boxes published since the last pass: (checkpoint, refusal)."""
@@ -142,9 +160,9 @@ class Witness:
         try:
             for cp in await self.board.since(self.box, cursors):
                 seen = self.seen.setdefault(cp.box, Seen())
-                parsed, problem = judge(seen, cp)
+                parsed, problem, key = judge(seen, cp)
                 if problem is None and parsed is not None:
-                    await self._cosign(cp, parsed, seen)
+                    await self._cosign(cp, parsed, key, seen)
                     seen.flagged = None
                 elif seen.flagged is None:
                     await self.on_fork(cp.box, f"box {cp.box!r}: {problem}", {
@@ -160,11 +178,11 @@ class Witness:
                 await asyncio.to_thread(self._save)
         return verdicts
 
-    async def _cosign(self, cp: Published, parsed: cpmod.Checkpoint, seen: Seen) -> None:
+    async def _cosign(self, cp: Published, parsed: cpmod.Checkpoint, verified_by: bytes, seen: Seen) -> None:
         key = self.signing_key()
         line = cosignature.cosign(self.name, key, parsed.text, int(self.clock()))
         await self.board.cosign(cp.seq, self.box, self.name, key.public_key().public_bytes_raw(), line)
-        seen.key = seen.key or base64.b64encode(cp.public_key).decode()
+        seen.key = base64.b64encode(verified_by).decode()  # first sight, or the key its rotation proved
         seen.origin = parsed.origin
         seen.size, seen.root = parsed.size, base64.b64encode(parsed.root).decode()
 

@@ -20,6 +20,7 @@ from daemon.alarms import ALARM
 from daemon.audit import checkpoint as cpmod
 from daemon.audit.log import AuditLog
 from daemon.events import EventBus
+from daemon.fleet import rotation
 from daemon.fleet.checkpoints import CheckpointBoard
 from daemon.fleet.connection import Database
 from daemon.fleet.witness import Witness, WitnessStateError, fork_alarm, witnessed_notes
@@ -222,3 +223,40 @@ def test_a_cosignature_made_here_reads_as_the_spec_lays_it_out() -> None:
     with pytest.raises(cosignature.CosignatureError, match="key ID"):
         cosignature.verify(line, "witness.example.com/w1",
                            Ed25519PrivateKey.generate().public_key().public_bytes_raw(), body)
+
+
+async def test_a_key_rotation_is_followed_through_the_rotation_entry_the_old_key_signed(
+        fleet: dict[str, Box]) -> None:
+    b = fleet["b"]
+    await b.add(3)
+    await beat_all(fleet)
+    new_key = Ed25519PrivateKey.generate()
+    await b.audit.rotate_signing_key(new_key, ACTOR)  # as keys.rotate does; the log announces the new key
+    b.key = new_key
+    b.witness.signing_key = lambda: new_key
+    await b.add(4)
+    await beat_all(fleet)
+    board = b.witness.board
+    published = await board.last_published("b")
+    assert published is not None and published.rotation and published.public_key == new_key.public_key().public_bytes_raw()
+    assert fleet["a"].forks == [] and fleet["c"].forks == []
+    cosigned = await board.cosigned("b")
+    assert sorted(c.witness for c in cosigned[-1][1]) == ["a", "c"]  # the new key's checkpoint is cosigned
+    await b.add(2)  # the next one needs no rotation: the witnesses pinned the new key
+    await beat_all(fleet)
+    latest = await board.last_published("b")
+    assert latest is not None and latest.rotation is None and fleet["a"].forks == []
+    assert [len(c) for _, c in await board.cosigned("b")][-1] == 2
+
+    chain, root = published.rotation, cpmod.parse(published.note).root
+    old = fleet["a"].witness.seen["b"]  # pinned the new key by now; the chain starts at the old one
+    assert old.key == base64.b64encode(new_key.public_key().public_bytes_raw()).decode()
+    first = cosigned[0][0].public_key
+    assert rotation.follow(chain, first, published.tree_size, root) == new_key.public_key().public_bytes_raw()
+    forged = [{**chain[0], "signature": "00" * 64}]
+    with pytest.raises(ValueError, match="not signed by the key it replaces"):
+        rotation.follow(forged, first, published.tree_size, root)
+    with pytest.raises(ValueError, match="not in the checkpoint's tree"):
+        rotation.follow(chain, first, published.tree_size, bytes(32))
+    with pytest.raises(ValueError, match="not signed by the key it replaces"):
+        rotation.follow(chain, Ed25519PrivateKey.generate().public_key().public_bytes_raw(), published.tree_size, root)
