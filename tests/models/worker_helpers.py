@@ -3,6 +3,7 @@ a network namespace with no network at all, so every load here is proven offline
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -86,7 +87,8 @@ class OfflineWorker:
                 self.process.wait()
         for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
             if stream is not None:
-                stream.close()
+                with contextlib.suppress(BrokenPipeError):  # a killed worker leaves unsent commands behind
+                    stream.close()
 
 
 def batch(model: dict[str, Any] | None, prompts: list[str], steps: int = 2, size: int = 64,
