@@ -35,7 +35,6 @@ class Held:
     dtype: str
     bytes: int
     guidance: str  # "cfg", "embedded", or "none" (a distilled model without a guidance embedding)
-    max_tokens: int
     plan: Plan
     tuning: dict[str, Any]
     """What daemon.worker.speed.prepare did, plus the warm-up's seconds: reported in the load event."""
@@ -101,10 +100,8 @@ class Models:
         if self._wrapper:
             module, _, name = self._wrapper.partition(":")
             pipe = getattr(importlib.import_module(module), name)(pipe)
-        tokenizer = getattr(pipe, "tokenizer", None)
         held = Held(spec, family, pipe, path, digest, self.device, chosen.dtype,
-                    parameter_bytes(pipe), guidance_mode(family, pipe),
-                    int(getattr(tokenizer, "model_max_length", 77)), chosen, tuning,
+                    parameter_bytes(pipe), guidance_mode(family, pipe), chosen, tuning,
                     ShapeCompiles(spec.name, self.settings.compile_max_shapes) if chosen.compile else None)
         loaded = time.monotonic() - started
         if chosen.warmup:

@@ -140,7 +140,6 @@ class Worker:
         self.address_cap = headroom * 2**20 if headroom > 0 else None
         self.out.send({"ev": "ready", "model_id": self.default.model_id, "weights_sha256": held.weights_sha256,
                        "path": str(held.path), "device": self.device, "dtype": held.dtype, "family": held.family,
-                       "max_tokens": held.max_tokens,
                        "load_seconds": round(time.monotonic() - started, 3), "pid": os.getpid(),
                        "memory": self.memory()})
 
