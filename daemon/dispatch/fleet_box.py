@@ -3,9 +3,10 @@
 Chosen at assembly instead of Box when `[fleet] database` is set. Each idle lane claims the most
 urgent batch it can run (daemon.fleet.jobs.FleetQueue.claim_batch: priority, aging and the
 models this lane can load, evaluated in the claim query; its held models first) and runs it as
-on a single box. Leases of every job this box holds are renewed each heartbeat; the outcome is
-written fenced by the claim's attempt (daemon.fleet.manager). An idle box waits on the fleet's
-NOTIFY wake-up, with a poll each heartbeat as the fallback.
+on a single box. Leases of every job this box holds are renewed each heartbeat, and the renewal
+brings the cancels other boxes asked for them; the outcome is written fenced by the claim's
+attempt (daemon.fleet.manager). An idle box waits on the fleet's NOTIFY wake-up, with a poll each
+heartbeat as the fallback.
 
 A lane claims only when idle, not the batch behind its running one: a claimed job holds a lease,
 and one waiting in a busy box's worker would keep it from an idle box.
@@ -37,6 +38,8 @@ class FleetBox(Box):
         self.max_images = max_images
         self.heartbeat_seconds = heartbeat_seconds
         self._faulty = False
+        self._asked: set[str] = set()
+        """Jobs held here whose cancel, asked on another box, was passed to their lane."""
 
     async def run(self) -> None:
         relay = asyncio.create_task(self._relay_wakeups(), name="sai-fleet-relay")
@@ -99,12 +102,25 @@ class FleetBox(Box):
             if not held:
                 continue
             try:
-                lost = await self.fleet.renew_many(held)
+                lost, cancels = await self.fleet.renew_held(held)
             except FleetUnavailable as exc:
                 log.warning("fleet: leases not renewed: %s", exc)
                 continue
             for job_id in lost:
                 log.warning("fleet: the lease of job %s was lost (another box may run it now)", job_id)
+            await self._cancel_asked(cancels)
+
+    async def _cancel_asked(self, cancels: dict[str, str]) -> None:
+        """Cancels asked on other boxes (job id -> who asked) for jobs this box runs: each as a local
+        job.cancel of a job held here does, once (the request is read again at every renewal)."""
+        self._asked &= set(self.fleet_manager.held)
+        for job_id, by in cancels.items():
+            job = self.fleet_manager.active.get(job_id)
+            if job is None or job_id in self._asked:
+                continue
+            self._asked.add(job_id)
+            log.info("fleet: job %s cancelled by %s", job_id, by)
+            await self.cancel_running(job, by)
 
     async def _fail_unrunnable(self) -> None:
         """Not on a fleet member: a job that fits no device here may fit another box."""

@@ -274,15 +274,30 @@ class FleetQueue:
     async def renew_many(self, held: Sequence[tuple[str, int]]) -> list[str]:
         """Extend the leases of every (job_id, attempt) held, in one statement; returns the job ids
         whose attempt is no longer current (the caller stops their work: another box has them)."""
+        return (await self.renew_held(held))[0]
+
+    async def renew_held(self, held: Sequence[tuple[str, int]]) -> tuple[list[str], dict[str, str]]:
+        """renew_many's renewal, and the cancels other boxes asked for the attempts held (job id ->
+        who asked, request_cancel); a request made for an earlier attempt of a job is not returned."""
         if not held:
-            return []
+            return [], {}
         ids, attempts = [job_id for job_id, _ in held], [attempt for _, attempt in held]
         rows = await self.db.run(lambda conn: conn.fetch(
             "UPDATE jobs SET lease_until = sai_now() + $3 FROM unnest($1::text[], $2::int[]) AS h(job_id, attempt) "
             "WHERE jobs.job_id = h.job_id AND jobs.attempt = h.attempt AND jobs.state = 'running' "
-            "RETURNING jobs.job_id", ids, attempts, self.lease_seconds))
+            "RETURNING jobs.job_id, CASE WHEN jobs.cancel_attempt = h.attempt THEN jobs.cancel_by END AS cancel_by",
+            ids, attempts, self.lease_seconds))
         renewed = {row["job_id"] for row in rows}
-        return [job_id for job_id in ids if job_id not in renewed]
+        cancels = {row["job_id"]: row["cancel_by"] for row in rows if row["cancel_by"] is not None}
+        return [job_id for job_id in ids if job_id not in renewed], cancels
+
+    async def request_cancel(self, job_id: str, attempt: int, by: str) -> bool:
+        """Ask the box running `attempt` of the job to cancel it (it reads the request when it next
+        renews its leases: renew_held); False when that attempt is no longer running."""
+        status = await self.db.run(lambda conn: conn.execute(
+            "UPDATE jobs SET cancel_by = $3, cancel_attempt = attempt WHERE job_id = $1 AND attempt = $2 "
+            "AND state = 'running'", job_id, attempt, by), retry=True)
+        return status.endswith(" 1")
 
     async def progress(self, job_id: str, attempt: int, progress: float) -> None:
         await self._fenced(job_id, attempt, "UPDATE jobs SET progress = $3 WHERE job_id = $1 AND attempt = $2 "

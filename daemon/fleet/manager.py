@@ -160,8 +160,7 @@ class FleetManager(QueueManager):
             await on_running(job)
             return {"job_id": job_id, "state": "cancelling"}
         if job.state == RUNNING:
-            raise RpcError(CONFLICT, f"job {job_id} runs on box {job.box!r}; cancel it there (sai fleet shows "
-                                     "how to reach that box)", {"state": job.state, "box": job.box})
+            return await self._cancel_elsewhere(peer, job_id)
         try:
             done = await self.fleet.cancel_queued(job_id, f"cancelled by {peer.user}")
         except FleetUnavailable as exc:
@@ -173,6 +172,24 @@ class FleetManager(QueueManager):
         job.state, job.error = CANCELLED, f"cancelled by {peer.user}"
         self._publish_state(job)
         return {"job_id": job_id, "state": CANCELLED}
+
+    async def _cancel_elsewhere(self, peer: Peer, job_id: str) -> dict[str, Any]:
+        """Ask the box running the job to cancel it. That box reads the request when it next renews
+        its leases (daemon.dispatch.fleet_box) and cancels the job as a local job.cancel does; the
+        request names the attempt running now, so a later run of the job (reaped and claimed again)
+        is not stopped by it."""
+        try:
+            held = await self.fleet.get(job_id)
+            asked = (held is not None and held.job.state == RUNNING
+                     and await self.fleet.request_cancel(job_id, held.attempt, f"{peer.user} on box {self.box}"))
+        except FleetUnavailable as exc:
+            raise unavailable(exc) from None
+        if held is None or not asked:
+            state = held.job.state if held is not None else None
+            raise RpcError(CONFLICT, f"job {job_id} changed meanwhile (now {state}); cancel it again",
+                           {"state": state})
+        await self.audit(peer, "job.cancel", job_id, {"state": RUNNING, "box": held.box, "attempt": held.attempt})
+        return {"job_id": job_id, "state": "cancelling"}
 
     async def set_priority(self, peer: Peer, job_id: str, priority: int) -> dict[str, Any]:
         job = await self.get(job_id)

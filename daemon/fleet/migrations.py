@@ -105,6 +105,12 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         # a checkpoint signed by a new key carries the rotation entries that authorise it (daemon/fleet/rotation.py)
         "ALTER TABLE audit_checkpoints ADD COLUMN rotation jsonb",
     ),
+    5: (
+        # a cancel asked on one box for a job another box runs (daemon/fleet/jobs.py request_cancel): who
+        # asked, and the attempt it was asked for, so that only that run stops (a box role's UPDATE on jobs covers them)
+        "ALTER TABLE jobs ADD COLUMN cancel_by text",
+        "ALTER TABLE jobs ADD COLUMN cancel_attempt integer",
+    ),
 }
 """Statements that bring the database from the version before the key up to it."""
 SCHEMA_VERSION = max(MIGRATIONS)

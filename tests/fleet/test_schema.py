@@ -82,6 +82,8 @@ async def test_a_box_role_with_only_its_grants_works_but_cannot_migrate(
     held = await queue.claim("cpu0")
     assert held is not None
     await queue.renew(held.job_id, held.attempt)
+    assert await queue.request_cancel(held.job_id, held.attempt, "alice on box b")  # a cancel asked elsewhere
+    assert await queue.renew_held([(held.job_id, held.attempt)]) == ([], {held.job_id: "alice on box b"})
     await queue.finish(held.job_id, held.attempt, "succeeded")
     registry = BoxRegistry(queue.db)
     await registry.register(BoxInfo("a"))
