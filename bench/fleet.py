@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import statistics
 import sys
 import tempfile
@@ -185,14 +184,8 @@ async def killed_box(daemons: dict[str, DaemonProcess], clients: dict[str, Daemo
     while not all(row["state"] == "running" and row["box"] == "box-c" for row in await rows(db, ids)):
         await asyncio.sleep(0.02)
     await asyncio.sleep(0.5)  # inside the 3 s slow call
-    children = daemons["box-c"].worker_pids()
     killed = time.time()
-    daemons["box-c"].kill9()
-    for pid in children:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    daemons["box-c"].kill9(workers=True)
     await b.call("queue.resume")
     done = await until_done(db, ids)
     await b.call("queue.pause")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -106,14 +107,20 @@ class DaemonProcess:
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout)
 
-    def kill9(self) -> None:
+    def kill9(self, workers: bool = False) -> None:
+        """SIGKILL the daemon; with `workers`, its worker processes too (the whole box gone at
+        once, as a power loss would; alone, a worker outlives its daemon until it sees the pipe close)."""
         assert self.proc is not None
+        children = self.worker_pids() if workers else []
         self.proc.kill()
         self.proc.wait(10)
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
     def worker_pids(self) -> list[int]:
-        assert self.proc is not None
         """The daemon's worker processes (not its other children: output or audit pools)."""
+        assert self.proc is not None
         out = subprocess.run(["pgrep", "-P", str(self.proc.pid), "-f", "daemon.worker.main"],
                              capture_output=True, text=True).stdout
         return [int(pid) for pid in out.split()]

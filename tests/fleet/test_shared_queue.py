@@ -5,7 +5,6 @@ stopped past its lease is fenced off when it wakes (its late result dropped, a c
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -91,13 +90,7 @@ async def test_killed_box_jobs_rerun_elsewhere(make_daemon: DaemonFactory, clien
                 if row["state"] == "running" and row["box"] == "box-a"]
 
     held = await _until("box-a runs a batch", running_on_a)
-    children = a.worker_pids()
-    a.kill9()
-    for pid in children:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    a.kill9(workers=True)
     await client_b.call("queue.resume")
     jobs = [await wait_job(client_b, job_id, timeout=300) for job_id in ids]
     assert [job["state"] for job in jobs] == ["succeeded"] * 4, [job["error"] for job in jobs]
