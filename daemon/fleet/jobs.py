@@ -168,6 +168,12 @@ class FleetQueue:
             "SELECT * FROM jobs WHERE state IN ('queued', 'running') ORDER BY seq"), retry=True)
         return [self._job(row) for row in rows]
 
+    async def queued_of(self, user: str) -> int:
+        """The user's queued jobs over the fleet, by name: a user's uid may differ between boxes.
+        (The jobs_queued partial index bounds the scan to the fleet's queued rows.)"""
+        return int(await self.db.run(lambda conn: conn.fetchval(
+            "SELECT count(*) FROM jobs WHERE state = 'queued' AND \"user\" = $1", user), retry=True))
+
     async def counts(self) -> dict[str, int]:
         """Jobs by state, over the fleet."""
         rows = await self.db.run(lambda conn: conn.fetch("SELECT state, count(*) AS n FROM jobs GROUP BY state"),

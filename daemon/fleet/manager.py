@@ -117,6 +117,16 @@ class FleetManager(QueueManager):
         except FleetUnavailable as exc:
             raise unavailable(exc) from None
 
+    async def queued_of(self, peer: Peer) -> int:
+        """The user's queued jobs on every box, so that `max_queued_per_user` holds fleet-wide. Two
+        boxes' submits at the same moment may each miss the other's and pass the cap by one; this
+        box's own submits still being committed count as on a single box (`_submitting`), one that
+        commits while this count runs twice (refused one early at the cap: docs/fleet.md)."""
+        try:
+            return await self.fleet.queued_of(peer.user)
+        except FleetUnavailable as exc:
+            raise unavailable(exc) from None
+
     def oldest_wait(self) -> float | None:
         return None
 

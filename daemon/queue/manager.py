@@ -201,13 +201,17 @@ class QueueManager:
             del self._tokens[key]
             claim.set_result(job_id)
 
+    async def queued_of(self, peer: Peer) -> int:
+        """The user's queued jobs, for the queue cap (a fleet member counts the fleet's)."""
+        return self.index.count_for(peer.uid)
+
     async def _submit_new(self, peer: Peer, client_token: str | None, params: dict[str, Any]) -> Job:
         # Submits still being committed count against the user's queue cap too, else a burst of
         # concurrent submits would all pass the check before any of them is queued.
         in_flight = self._submitting.get(peer.uid, 0)
-        self.admission.rate_limit(peer.uid, peer.user, self.index.count_for(peer.uid) + in_flight)
         self._submitting[peer.uid] = in_flight + 1
         try:
+            self.admission.rate_limit(peer.uid, peer.user, await self.queued_of(peer) + in_flight)
             return await self._admit_and_queue(peer, client_token, params)
         finally:
             if (left := self._submitting[peer.uid] - 1) > 0:
