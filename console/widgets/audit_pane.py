@@ -20,6 +20,8 @@ from console.widgets.table import Table
 
 KEEP = 1000
 PAGE = 200
+CHECKPOINT_REFRESH = 10.0
+"""Seconds between reads of the log's latest checkpoint (the daemon signs one a minute by default)."""
 SEARCH_PAGE = 1000
 
 
@@ -99,6 +101,21 @@ class AuditPane(Pane):
         self.matches: list[dict[str, Any]] | None = None
         """The filter's matches in the whole log, once searched (None: the filter covers `entries` only)."""
         self.search_note = ""
+
+    def on_mount(self) -> None:
+        self.set_interval(CHECKPOINT_REFRESH, self._refresh_checkpoint)
+
+    @work(group="audit-checkpoint", exclusive=True, exit_on_error=False)
+    async def _refresh_checkpoint(self) -> None:
+        """The checkpoint line follows the log: a new signed checkpoint shows within CHECKPOINT_REFRESH."""
+        if not self.checkpoint:  # not loaded yet, or the daemon is away: reload() reads it
+            return
+        try:
+            note = (await console_of(self).rpc("audit.checkpoint", fresh=False)).get("checkpoint", "")
+        except Exception:
+            return  # the connection's own handling says the daemon is away
+        if note:
+            self.show_checkpoint(checkpoint_summary(note))
 
     def compose(self) -> Any:
         yield Static("waiting for the daemon…", id="audit-note", classes="note")

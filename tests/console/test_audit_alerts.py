@@ -8,6 +8,7 @@ import signal
 from typing import Any
 
 from console.app import SaiConsole
+from console.widgets import audit_pane
 from console.widgets.alerts_pane import AlertsTable
 from tests.configs import NO_WORKER
 from tests.console.console_helpers import connected, screen_text, until
@@ -54,7 +55,7 @@ async def test_a_worker_crash_alert_that_cleared_itself_stays_dimmed_and_counted
         table = late.main.alerts.query_one(AlertsTable)
         mark, message, *_ = table.get_row(str(alert["alert_id"]))
         assert mark.plain == "○ WARN" and message.plain.startswith(f"{alert['message']} (cleared ")
-        assert "○ WARN  crashed" in screen_text(late)
+        await until(pilot, lambda: "○ WARN  crashed" in screen_text(late), 10, "the cleared alert's row on screen")
         assert table.get_component_rich_style("alerts-table--cleared").dim
 
 
@@ -86,3 +87,25 @@ async def test_the_audit_filter_searches_the_whole_log_not_the_last_page(make_da
         await client.call("queue.resume")
         await client.call("queue.pause")  # a new match, live
         await until(pilot, lambda: table.row_count == 3, 10, "the live match added")
+
+
+async def test_the_audit_pane_shows_each_new_checkpoint(make_daemon: Any, client_of: Any,
+                                                        monkeypatch: Any) -> None:
+    """Found by hand: the pane kept the checkpoint it read when it loaded (size 1) while the daemon
+    signed newer ones every minute."""
+    monkeypatch.setattr(audit_pane, "CHECKPOINT_REFRESH", 0.5)
+    daemon = make_daemon({**NO_WORKER, "audit": {"checkpoint_every_seconds": 1.0}})
+    client = await client_of(daemon)
+    app = SaiConsole(str(daemon.socket))
+    async with app.run_test(size=SIZE) as pilot:
+        await connected(pilot, app)
+        audit = app.main.audit
+        await until(pilot, lambda: audit.checkpoint.startswith("size "), 10, "the first checkpoint shown")
+        first = audit.checkpoint
+        for _ in range(3):
+            await client.call("queue.resume")
+            await client.call("queue.pause")
+        size = (await client.call("audit.tail", limit=1))["size"]
+        await until(pilot, lambda: audit.checkpoint.startswith(f"size {size},"), 20,
+                    f"a checkpoint of all {size} entries shown (was: {first})")
+        assert f"checkpoint: size {size}," in screen_text(app)
