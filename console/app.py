@@ -29,20 +29,21 @@ from console.connection import (
     MetricsSample,
     QueueChanged,
 )
+from console.fleetlinks import FleetLinks
 from console.fleetroute import where_held
 from console.formatting import clock_time, duration, parse_moment
+from console.helpgroups import help_groups
 from console.jobview import SORTS
 from console.screens.confirm import ConfirmScreen
-from console.screens.help import HelpScreen, binding_rows, key_label
+from console.screens.help import HelpScreen, key_label
 from console.screens.identify import IdentifyScreen
 from console.screens.job_detail import JobDetailScreen
-from console.screens.main import COMMANDS, TYPED_COMMANDS, Command, MainScreen
+from console.screens.main import COMMANDS, Command, MainScreen
 from console.screens.new_job import NewJobScreen
 from console.screens.stopping import StoppingScreen
 from console.widgets.audit_pane import AuditPane
 from console.widgets.prompt_line import PromptLine
 from console.widgets.queue_table import QueueTable
-from console.widgets.table import Table
 from daemon.client import DaemonUnavailable
 from daemon.protocol import RpcError
 
@@ -117,9 +118,16 @@ class SaiConsole(App[int]):
             raise DaemonUnavailable("this console is not attached to a daemon")
         return await self.link.call(method, **params)
 
+    @property
+    def links(self) -> FleetLinks:
+        return self.main.fleet.links
+
     async def rpc_where_held(self, method: str, /, **params: Any) -> Any:
-        """A call for a job's outputs, made again on the fleet box that holds them (console.fleetroute)."""
-        return await where_held(lambda call: call(method, **params), self.rpc, lambda: self.fleet_sockets)
+        """A call for a job's outputs: straight to the fleet box that ran it when attached to that box
+        (console.fleetlinks), else here, then again on the box that holds them (console.fleetroute)."""
+        links = self.links
+        here = links.call_of(self.main.table.jobs.get(str(params.get("job_id")), {}).get("box")) or self.rpc
+        return await where_held(lambda call: call(method, **params), here, lambda: self.fleet_sockets, links.call_of)
 
     def report(self, what: str, exc: BaseException) -> None:
         """Show the daemon's own message for a refused or failed action (role, rate limit, policy…)."""
@@ -292,29 +300,11 @@ class SaiConsole(App[int]):
     def action_help(self) -> None:
         if isinstance(self.screen, HelpScreen):
             return
-        allowed = [c for c in COMMANDS if c.keys and self.check_action(action_name(c.action), ())]
-        groups = [
-            ("Main screen", [(" ".join(self.get_key_display(Binding(k, "")) for k in c.keys.split(",")), c.help)
-                             for c in allowed]),
-            ("Queue", binding_rows(self, QueueTable.BINDINGS) + [("click header", "Sort by that column")]),
-            ("Alerts and audit tables", binding_rows(self, Table.BINDINGS) + [("↑ ↓ pgup pgdn", "Move")]),
-            ("Job detail", binding_rows(self, [b for b in JobDetailScreen.BINDINGS
-                                                if isinstance(b, Binding) and self.check_action(b.action, ())])),
-            ("New-job form", binding_rows(self, NewJobScreen.BINDINGS) + [("tab shift+tab", "Next/previous field")]),
-            ("Everywhere", [("ctrl+p", "Command palette: every action by name"), ("ctrl+c", "Quit"),
-                            ("f1", "Help")]),
-            ("Command line (type : then a command, enter)", self._command_line_rows()),
-        ]
-        self.push_screen(HelpScreen(groups))
-
-    def _command_line_rows(self) -> list[tuple[str, str]]:
-        named = [(f":{c.name}", c.help) for c in COMMANDS
-                 if c.name and self.check_action(action_name(c.action), ())]
-        typed = [(f":{usage}", text) for usage, text, changes in TYPED_COMMANDS
-                 if not (changes and self.readonly)]
-        return sorted(named + typed)
+        self.push_screen(HelpScreen(help_groups(self, lambda action: bool(self.check_action(action_name(action), ())),
+                                                self.readonly)))
 
     def action_refresh_all(self) -> None:
+        self.links.retry_now()
         if self.link is not None and not self.link.connected:
             self.link.retry_now()
         elif self.link is not None:

@@ -11,7 +11,7 @@ from typing import Any
 from console.fleetroute import held_elsewhere
 from daemon.client import DaemonUnavailable
 from daemon.exitcodes import ExitCode
-from daemon.protocol import NOT_PERMITTED, RpcError
+from daemon.protocol import NOT_PERMITTED, UNAVAILABLE, RpcError
 
 
 class _Mode:
@@ -48,11 +48,18 @@ def fail(message: str, code: int = ExitCode.FAILURE, data: dict[str, Any] | None
     return code
 
 
+TRANSIENT = ("fleet_database", "connections")
+"""-32010 reasons that pass: the fleet database does not answer, no connection to spare."""
+
+
 def rpc_failure(exc: RpcError) -> int:
     """A daemon's refusal: DENIED when the caller's role does not allow the method, UNAVAILABLE when
-    the outputs asked for are on another box of the fleet (that no client socket reaches), else FAILURE."""
+    the outputs asked for are on another box of the fleet (that no client socket reaches) or the
+    refusal passes (a script tries again), else FAILURE."""
+    reason = exc.data.get("reason") if isinstance(exc.data, dict) else None
+    try_later = held_elsewhere(exc) is not None or (exc.code == UNAVAILABLE and reason in TRANSIENT)
     code = (ExitCode.DENIED if exc.code == NOT_PERMITTED else
-            ExitCode.UNAVAILABLE if held_elsewhere(exc) is not None else ExitCode.FAILURE)
+            ExitCode.UNAVAILABLE if try_later else ExitCode.FAILURE)
     return fail(exc.message, code, {"rpc_code": exc.code, **({"data": exc.data} if exc.data is not None else {})})
 
 

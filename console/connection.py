@@ -1,11 +1,14 @@
-"""The console's link to the daemon: connect, subscribe, turn events into Textual messages,
-and reconnect with backoff when the daemon goes away. Also starts an embedded daemon."""
+"""The console's links to daemons: connect, subscribe, turn events into Textual messages, and
+reconnect with backoff when the daemon goes away. The primary link (the daemon the console is
+attached to) posts to the app; a fleet member's console has one more per box its client config maps
+(console.fleetlinks), whose messages carry that box's name. Also starts an embedded daemon."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,7 +20,7 @@ from daemon.logs import plain_formatter
 from daemon.protocol import RpcError
 
 if TYPE_CHECKING:
-    from textual.app import App
+    from textual.dom import DOMNode
 
     from daemon.config import Config
     from daemon.service import Daemon
@@ -25,26 +28,33 @@ if TYPE_CHECKING:
 TOPICS = ["job", "queue", "metrics", "alert", "audit"]
 
 
-class LinkUp(Message):
+class LinkMessage(Message):
+    """A message from a link: `box` is the box of an extra link (console.fleetlinks), None from the
+    primary link, so that a handler can tell which daemon it came from."""
+
+    box: str | None = None
+
+
+class LinkUp(LinkMessage):
     """Connected and subscribed: time to (re)load everything."""
 
 
 @dataclass
-class LinkDown(Message):
+class LinkDown(LinkMessage):
     reason: str
     retry_in: float
     attempt: int
 
 
 @dataclass
-class JobChanged(Message):
+class JobChanged(LinkMessage):
     """A job changed state (or priority): `job` is the job object without its prompt."""
 
     job: dict[str, Any]
 
 
 @dataclass
-class JobProgress(Message):
+class JobProgress(LinkMessage):
     job_id: str
     progress: float
     step: int
@@ -55,12 +65,12 @@ class JobProgress(Message):
 
 
 @dataclass
-class QueueChanged(Message):
+class QueueChanged(LinkMessage):
     data: dict[str, Any]
 
 
 @dataclass
-class MetricsSample(Message):
+class MetricsSample(LinkMessage):
     data: dict[str, Any]
 
     def can_replace(self, message: Message) -> bool:
@@ -68,16 +78,16 @@ class MetricsSample(Message):
 
 
 @dataclass
-class AlertChanged(Message):
+class AlertChanged(LinkMessage):
     data: dict[str, Any]
 
 
 @dataclass
-class AuditAppended(Message):
+class AuditAppended(LinkMessage):
     entry: dict[str, Any]
 
 
-def event_message(event: dict[str, Any]) -> Message | None:
+def event_message(event: dict[str, Any]) -> LinkMessage | None:
     topic, data = event.get("topic"), event.get("data") or {}
     if topic == "job":
         if data.get("kind") == "progress":
@@ -98,23 +108,35 @@ def event_message(event: dict[str, Any]) -> Message | None:
     return None
 
 
-class DaemonLink:
-    """Owns the client. `start()` runs the pump as an app worker; `call()` goes to the daemon."""
+class WrongBox(Exception):
+    """An extra link's socket reaches another box than the one the client config maps it to."""
 
-    def __init__(self, app: App[Any], socket_path: str, first_delay: float = 0.5, max_delay: float = 10.0) -> None:
-        self.app = app
+
+class DaemonLink:
+    """Owns one client. `start()` runs the pump as a worker of `target`, which gets its messages;
+    `call()` goes to the daemon. With `box` set (an extra link of a fleet member's console), the
+    daemon must say it is that box (`daemon.status` `installation`) before the link subscribes, and
+    every message carries the box."""
+
+    def __init__(self, target: DOMNode, socket_path: str, first_delay: float = 0.5, max_delay: float = 10.0, *,
+                 box: str | None = None, topics: Sequence[str] = TOPICS) -> None:
+        self.target = target
         self.socket_path = socket_path
         self.first_delay = first_delay
         self.max_delay = max_delay
+        self.box = box
+        self.topics = topics
         self.client: DaemonClient | None = None
         self.wake = asyncio.Event()
+        self._dropped: str | None = None
 
     @property
     def connected(self) -> bool:
         return self.client is not None and not self.client.closed
 
     def start(self) -> None:
-        self.app.run_worker(self._pump(), name="daemon-link", group="link", exclusive=True, exit_on_error=False)
+        name = "daemon-link" if self.box is None else f"fleet-link-{self.box}"
+        self.target.run_worker(self._pump(), name=name, group=name, exclusive=True, exit_on_error=False)
 
     def retry_now(self) -> None:
         """Skip the rest of the backoff wait (the operator asked to refresh)."""
@@ -126,38 +148,59 @@ class DaemonLink:
             raise DaemonUnavailable(f"not connected to the daemon on {self.socket_path}")
         return await client.call(method, **params)
 
+    async def drop(self, reason: str) -> None:
+        """Close the connection (its daemon stopped answering on it): the pump reports `reason` and
+        reconnects with its backoff."""
+        if (client := self.client) is not None:
+            self._dropped = reason
+            await client.close()
+
+    def _post(self, message: LinkMessage) -> None:
+        message.box = self.box
+        self.target.post_message(message)
+
     async def _connect(self) -> DaemonClient:
         client = await DaemonClient.connect(self.socket_path, timeout=3.0)
         try:
-            await asyncio.wait_for(client.call("events.subscribe", topics=TOPICS), 5.0)
+            if self.box is not None:
+                await self._check_box(client)
+            await asyncio.wait_for(client.call("events.subscribe", topics=list(self.topics)), 5.0)
         except BaseException:
             await client.close()
             raise
         return client
+
+    async def _check_box(self, client: DaemonClient) -> None:
+        status = await asyncio.wait_for(client.call("daemon.status"), 5.0)
+        found = status.get("installation") if isinstance(status, dict) else None
+        if found != self.box:
+            raise WrongBox(f"{self.socket_path} reaches box {found!r}, not {self.box!r}: fix the socket this "
+                           "client's [fleet] sockets gives for it")
 
     async def _pump(self) -> None:
         delay, attempt = self.first_delay, 0
         while True:
             try:
                 client = await self._connect()
-            except (TimeoutError, DaemonUnavailable, RpcError, OSError) as exc:
+            except (TimeoutError, DaemonUnavailable, RpcError, OSError, WrongBox) as exc:
                 attempt += 1
                 reason = str(exc) or "the daemon did not answer"
-                self.app.post_message(LinkDown(reason, delay, attempt))
+                self._post(LinkDown(reason, delay, attempt))
                 await self._sleep(delay)
                 delay = min(delay * 2, self.max_delay)
                 continue
             self.client, delay, attempt = client, self.first_delay, 0
-            self.app.post_message(LinkUp())
+            self._post(LinkUp())
             try:
                 async for event in client.events():
                     message = event_message(event)
                     if message is not None:
-                        self.app.post_message(message)
+                        self._post(message)
             finally:
                 self.client = None
                 await client.close()
-            self.app.post_message(LinkDown("the daemon closed the connection", delay, 1))
+            reason, self._dropped = self._dropped or "the daemon closed the connection", None
+            self._post(LinkDown(reason, delay, 1))
             await self._sleep(delay)
 
     async def _sleep(self, delay: float) -> None:

@@ -3,8 +3,9 @@
 A job's outputs stay encrypted on the box that ran it. Another box asked for them answers -32010
 with `data` = `{reason: "elsewhere", box, reach, socket}`. The operator's client config maps box
 names to sockets that reach those boxes (`[fleet] sockets`, typically forwarded over SSH);
-`where_held` does the work again through the socket of the box named, once. Without a mapping
-the refusal stands: its message says how to reach the box and how to map it.
+`where_held` does the work again through the socket of the box named, once (through the console's
+attached link to that box when it has one). Without a mapping the refusal stands: its message
+says how to reach the box and how to map it.
 """
 
 from __future__ import annotations
@@ -32,17 +33,25 @@ def held_elsewhere(exc: RpcError) -> str | None:
 
 
 async def where_held(work: Callable[[Call], Awaitable[T]], here: Call,
-                     sockets: Callable[[], Mapping[str, str]]) -> T:
-    """`work(here)`; when that is refused because the outputs are on another box that `sockets()`
-    (read only then) maps to a socket, `work` again through that socket. Raises the refusal when the
+                     sockets: Callable[[], Mapping[str, str]],
+                     attached: Callable[[str], Call | None] = lambda box: None) -> T:
+    """`work(here)`; when that is refused because the outputs are on another box, `work` again
+    through that box's link when the console is attached to it (`attached(box)`, console.fleetlinks),
+    else through the socket `sockets()` (read only then) maps it to, once. Raises the refusal when the
     box has no socket here, DaemonUnavailable naming the box and socket when that socket does not answer."""
     try:
         return await work(here)
     except RpcError as exc:
         box = held_elsewhere(exc)
-        path = None if box is None else sockets().get(box)
-        if box is None or path is None:
+        if box is None:
             raise
+        linked = attached(box)
+        path = sockets().get(box) if linked is None else None
+        if linked is None and path is None:
+            raise
+    if linked is not None:  # that link checked, when it attached, that its socket reaches the box
+        return await work(linked)
+    assert path is not None
     try:
         client = await DaemonClient.connect(path)
     except DaemonUnavailable as exc:

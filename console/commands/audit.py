@@ -121,9 +121,9 @@ async def tail(args: argparse.Namespace, client: DaemonClient) -> int:
     return fail("the daemon closed the connection")
 
 
-def _print_verdict(result: dict[str, Any], what: str) -> int:
+def _print_verdict(result: dict[str, Any], what: str, also: str = "") -> int:
     if result["ok"]:
-        print(f"ok: {what} verified, {result['size']} entries")
+        print(f"ok: {what} verified, {result['size']} entries{also}")
         return 0
     where = f" (first bad entry: {result['first_bad']})" if result.get("first_bad") is not None else ""
     print(f"sai: {what} FAILED verification{where}: {result['reason']}", file=sys.stderr)
@@ -168,8 +168,9 @@ async def verify(args: argparse.Namespace, client: DaemonClient) -> int:
     if args.json:
         print_json(result)
         return ExitCode.OK if result["ok"] else ExitCode.VERIFY_FAILED
-    witnessed = f", against {result['witnessed_checked']} witnessed checkpoints" if args.witnessed else ""
-    return _print_verdict(result, "the audit log" + (" (deep)" if args.deep else "") + witnessed)
+    witnessed = (f", consistent with the {result['witnessed_checked']} of its checkpoints the fleet's other boxes "
+                 "witnessed" if args.witnessed else "")
+    return _print_verdict(result, "the audit log" + (" (deep)" if args.deep else ""), witnessed)
 
 
 async def checkpoint(args: argparse.Namespace, client: DaemonClient) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+from collections.abc import Awaitable
 from typing import Any, ClassVar
 
 from PIL import Image as PILImage
@@ -126,8 +127,22 @@ class JobDetailScreen(Screen[None]):
             self._preview()
 
     async def _audit_entries(self) -> list[dict[str, Any]]:
-        """This job's entries, by subject."""
-        return (await console_of(self).rpc("audit.tail", limit=200, subject=self.job_id)).get("entries", [])
+        """This job's entries, by subject: this box's and, when the console is attached to the fleet
+        box that ran it (console.fleetlinks), that box's too, marked with its box, in time order."""
+        console = console_of(self)
+        box = self.job.get("box")
+        there = console.links.call_of(box)
+        asked: list[Awaitable[Any]] = [console.rpc("audit.tail", limit=200, subject=self.job_id)]
+        if there is not None:
+            asked.append(there("audit.tail", limit=200, subject=self.job_id))
+        here, *others = await asyncio.gather(*asked, return_exceptions=True)
+        if isinstance(here, BaseException):
+            raise here
+        entries = list(here.get("entries", []))
+        for other in others:  # the other box's trouble is the fleet pane's to show
+            if not isinstance(other, BaseException):
+                entries += [{**entry, "box": box} for entry in other.get("entries", [])]
+        return sorted(entries, key=lambda entry: parse_time(entry.get("time")) or 0.0) if others else entries
 
     @work(group="verify", exclusive=True)
     async def _verify(self) -> None:
@@ -227,8 +242,8 @@ class JobDetailScreen(Screen[None]):
         audit = grid()
         for entry in self.audit_entries:
             actor = (entry.get("actor") or {}).get("user", "")
-            audit.add_row(f"#{entry.get('seq')}", Text(f"{clock_time(parse_time(entry.get('time')))} "
-                                                       f"{entry.get('action')} by {actor}"))
+            seq = f"{entry['box']} #{entry.get('seq')}" if entry.get("box") else f"#{entry.get('seq')}"
+            audit.add_row(seq, Text(f"{clock_time(parse_time(entry.get('time')))} {entry.get('action')} by {actor}"))
         return audit
 
     def _timeline(self) -> Table:

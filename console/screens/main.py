@@ -19,7 +19,7 @@ from console.screens.confirm import ConfirmScreen, cancel_jobs
 from console.widgets.alerts_pane import AlertsPane, alert_id
 from console.widgets.audit_pane import AuditPane
 from console.widgets.banner import Banner
-from console.widgets.fleet_pane import FleetPane, merge_listed
+from console.widgets.fleet_pane import FleetPane, merge_listed, unlisted
 from console.widgets.header import StatusHeader
 from console.widgets.key_bar import KeyBar
 from console.widgets.memory_pane import MemoryPane
@@ -246,6 +246,8 @@ class MainScreen(Screen[None]):
 
     def on_fleet_pane_jobs(self, message: FleetPane.Jobs) -> None:
         merge_listed(self.table, message.jobs)
+        if message.limit is not None and (gone := unlisted(self.table, message.jobs, message.limit)):
+            self.fleet.read_jobs(gone)
         counts = self.table.counts()  # the fleet's, as the queue pane now holds them
         self.header.queue = {**self.header.queue, "queued": counts["queued"], "running": counts["running"]}
 
@@ -367,7 +369,8 @@ class MainScreen(Screen[None]):
             self.notify("Select an alert in the Alerts pane (3) first.", severity="warning")
             return
         try:
-            await console_of(self).rpc("alerts.ack", alert_id=alert.get("alert_id", alert_id(alert)))
+            await console_of(self).links.call(alert.get("box"), "alerts.ack",  # to the box that raised it
+                                              alert_id=alert.get("alert_id", alert_id(alert)))
         except Exception as exc:
             self._report("Acknowledge alert", exc)
             return

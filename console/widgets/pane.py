@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from textual.containers import Vertical
 from textual.widget import Widget
+
+if TYPE_CHECKING:
+    from console.fleetlinks import FleetLinks
 
 
 class Console(Protocol):
     """What the panes and screens need from the app."""
 
     readonly: bool
+    lookback_at: float | None
+    fleet_sockets: dict[str, str]
+
+    @property
+    def links(self) -> FleetLinks: ...
 
     async def rpc(self, method: str, /, **params: Any) -> Any: ...
 

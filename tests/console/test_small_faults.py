@@ -169,18 +169,18 @@ def _words(text: str) -> str:
 
 async def test_the_restart_dialog_and_sai_worker_restart_say_what_the_daemon_does(make_daemon: Any, client_of: Any,
                                                                                  wait_for: Any) -> None:
+    promise = "The batch it is running finishes first and no new one starts on it meanwhile; then the worker restarts"
+    cli_help = run_sai("worker", "restart", "--help")  # before the job: the batch must outlast the dialog
+    assert promise in _words(cli_help.stdout), cli_help.stdout
     daemon = make_daemon()
     client = await client_of(daemon)
     await client.call("events.subscribe", topics=["job"])
-    job_id = (await client.call("job.submit", prompt="finish first", width=256, height=256, steps=30))["job_id"]
+    job_id = (await client.call("job.submit", prompt="finish first", width=256, height=256, steps=120))["job_id"]
     while True:
         data = (await client.next_event(timeout=120))["data"]
         if data.get("job_id") == job_id and data.get("kind") == "progress":
             break
     before = (await client.call("daemon.status"))["worker"]["pid"]
-    promise = "The batch it is running finishes first and no new one starts on it meanwhile; then the worker restarts"
-    cli_help = run_sai("worker", "restart", "--help")
-    assert promise in _words(cli_help.stdout), cli_help.stdout
     app = SaiConsole(str(daemon.socket))
     async with app.run_test(size=SIZE) as pilot:
         await connected(pilot, app)

@@ -103,6 +103,31 @@ async def test_a_members_console_sees_every_box_and_the_fleets_queue(
         await until(pilot, lambda: "ago" in box_row(app, "box-b"), 30, "box-b fresh again")
 
 
+async def test_every_job_another_box_finished_is_shown_finished_however_many_were_queued(
+        make_daemon: DaemonFactory, client_of: Any, fleet_url: str, prompt_key_file: str) -> None:
+    paused = {"queue": {"start_paused": True, "burst": 1000}}  # 130 submits at once: no rate limit
+    a = make_daemon(merged(member_config(fleet_url, "box-a", prompt_key_file, heartbeat_seconds=1.0), paused))
+    b = make_daemon(merged(member_config(fleet_url, "box-b", prompt_key_file, heartbeat_seconds=1.0), paused))
+    client_a, client_b = await client_of(a), await client_of(b)
+    ids = [(await client_a.call("job.submit", prompt=f"gull {i}", width=64, height=64, steps=2))["job_id"]
+           for i in range(130)]  # more than the 100 jobs the pane lists at a refresh
+
+    app = SaiConsole(str(a.socket))
+    async with app.run_test(size=SIZE) as pilot:
+        await connected(pilot, app)
+        table = app.main.table
+        await until(pilot, lambda: app.main.in_fleet and all(job_id in table.jobs for job_id in ids), 30,
+                    "the 130 queued jobs in the queue pane")
+        await client_b.call("queue.resume")  # box-b runs them all; box-a's console hears none of its events
+
+        def finished() -> int:
+            return sum(1 for job_id in ids if table.jobs[job_id].get("state") == "succeeded")
+
+        await until(pilot, lambda: finished() == len(ids), 240, "every job shown succeeded")
+        await until(pilot, lambda: (app.main.header.queue.get("queued"), app.main.header.queue.get("running")) == (0, 0),
+                    10, "the header's counts at 0 queued, 0 running")
+
+
 async def test_a_single_boxs_console_has_no_fleet(make_daemon: DaemonFactory) -> None:
     daemon = make_daemon()
     app = SaiConsole(str(daemon.socket))
