@@ -7,6 +7,9 @@
 - Python children started by the standard library (the verify pool's "spawn") get
   PYTHONSAFEPATH=1 in `sai daemon`: the working directory never goes first on their `sys.path`.
   The worker is started isolated in every mode (daemon.worker.launch).
+- Those pool processes exit when the daemon is gone, even killed without closing its pools
+  (`exit_when_orphaned`): their task queue cannot tell them (each process holds both ends of its
+  pipe), and `PR_SET_PDEATHSIG` follows the thread that started a process, not the daemon.
 
 `/proc/<pid>/environ` keeps showing the environment the process was started with, whatever is
 removed from `os.environ` later: see daemon.crypto.passphrase for why the passphrase should come
@@ -18,8 +21,12 @@ from __future__ import annotations
 import ctypes
 import os
 import resource
+import threading
+import time
 
 PR_SET_DUMPABLE = 4
+ORPHAN_CHECK_SECONDS = 0.5
+"""How often a pool process checks that the daemon that started it is still its parent."""
 
 
 def _prctl(option: int, value: int) -> None:
@@ -40,3 +47,14 @@ def safe_python_children() -> None:
     leaves the console's environment alone (setting it there leaks into every process the console's
     host starts afterwards, a test runner's included)."""
     os.environ["PYTHONSAFEPATH"] = "1"
+
+
+def exit_when_orphaned() -> None:
+    """In a pool process (as its initializer): exit as soon as the process that started it is gone."""
+    threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), name="orphan-check", daemon=True).start()
+
+
+def _exit_when_orphaned(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(ORPHAN_CHECK_SECONDS)
+    os._exit(0)

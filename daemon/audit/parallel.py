@@ -18,12 +18,13 @@ from typing import NamedTuple
 from daemon.audit import merkle
 from daemon.audit.entry import ROTATE_PREFIX
 from daemon.crypto.ed25519 import verify
+from daemon.hardening import exit_when_orphaned
 
 SIGNATURE_BATCH = 4096
 
 
 def make_pool(workers: int) -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=exit_when_orphaned)
 
 
 def verify_batch(start: int, public_raw: bytes, leaves: bytes, signatures: bytes) -> int | None:

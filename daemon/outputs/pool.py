@@ -11,6 +11,9 @@ Size: `[outputs] pixel_processes` (-1: the cores the workers leave free, see `au
 marks run in the daemon's own threads, as before). On a 2-core box a CPU worker with torch's
 default threads uses every core, so "auto" gives 0 there (docs/benchmarks.md has the measurements).
 
+A pool process does not outlive the daemon, even one killed without closing the pool
+(daemon.hardening.exit_when_orphaned).
+
 A pool process that dies (killed, out of memory) breaks the pool: the images in flight are marked
 again in a fresh pool, once; a second death fails the output with an error that says so.
 """
@@ -30,6 +33,7 @@ from datetime import datetime
 import numpy as np
 
 from daemon.crypto import OutputError
+from daemon.hardening import exit_when_orphaned
 from daemon.outputs.pipeline import Marked, OutputInfo, OutputSettings, mark_image
 
 log = logging.getLogger("sai.outputs")
@@ -83,6 +87,7 @@ def _start_process() -> None:
         os.nice(NICENESS)
     except OSError:
         pass
+    exit_when_orphaned()
 
 
 def mark_in_process(rgb: np.ndarray, info: OutputInfo, settings: OutputSettings, created: datetime) -> Marked:

@@ -175,3 +175,19 @@ async def test_a_pool_that_cannot_start_leaves_the_marks_in_the_daemon_s_threads
     assert report["ok"] and json.loads(Path(report["outputs"][0]["manifest"]).read_text())["watermark"]["invisible"]
     assert pool_processes(daemon) == []
     assert daemon.terminate() == 0
+
+
+@pytest.mark.timeout(300)
+async def test_a_killed_daemon_leaves_no_pool_process_behind(make_daemon, client_of, wait_for):
+    """SIGKILL gives the daemon no chance to close its pool; its processes must still go, not sit
+    orphaned with their memory (found after the crash suite: one left per kill)."""
+    daemon = make_daemon({"outputs": {"pixel_processes": 1}})
+    client = await client_of(daemon)
+    job_id = (await client.call("job.submit", prompt="pooled", width=256, height=256, steps=2))["job_id"]
+    assert (await wait_for(client, job_id, timeout=240))["state"] == "succeeded"
+    left = pool_processes(daemon) + [child for child in psutil.Process(daemon.proc.pid).children(recursive=True)
+                                     if "resource_tracker" in " ".join(child.cmdline())]
+    assert len(left) == 2
+    daemon.kill9()
+    _, alive = psutil.wait_procs(left, timeout=10)
+    assert not alive, [p.cmdline() for p in alive]
