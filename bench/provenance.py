@@ -173,8 +173,9 @@ def coded_bit_accuracy(rgb: np.ndarray, fp: bytes) -> float:
             continue
         scaled = luma if factor == 1.0 else cv2.resize(luma, size, interpolation=cv2.INTER_CUBIC)
         folded = robust._fold(robust._highpass(scaled))
-        for shift, _ in robust._sync_peaks(folded, robust.PEAKS):
-            best = max(best, float(np.mean((robust._soft_bits(folded, shift) > 0) == want)))
+        for shifts in robust._candidates(folded):
+            for shift, _ in shifts:
+                best = max(best, float(np.mean((robust._soft_bits(folded, shift) > 0) == want)))
     return best
 
 
@@ -236,12 +237,13 @@ def bench_false_positives(count: int, tiny: list[np.ndarray], workers: int) -> N
                 print(f"  new mark false positive: {line}")
             print(f"  {min(done, count)} images: old {old_fp}, new {new_fp} "
                   f"({time.perf_counter() - start:.0f} s)", flush=True)
-    attempts = robust.MAX_SCALES * robust.PEAKS
+    attempts = robust.MAX_SCALES * robust.PEAKS * robust.NEIGHBOURHOOD
     print(f"old (dwtdct `present` heuristic): {old_fp} of {count}")
     print(f"new (any Reed-Solomon decode):    {new_fp} of {count}")
     print(f"analytic bound, new: {robust.false_positive_bound(1):.2e} per decode attempt, "
           f"<= {robust.false_positive_bound():.2e} per image (at most {attempts} attempts: {robust.MAX_SCALES} "
-          f"scales x {robust.PEAKS} peaks, at most {robust.MAX_CORRECTIONS} corrected symbols); "
+          f"scales x {robust.PEAKS} peaks x {robust.NEIGHBOURHOOD} shifts, "
+          f"at most {robust.MAX_CORRECTIONS} corrected symbols); "
           f"{time.perf_counter() - start:.0f} s")
 
 

@@ -17,16 +17,24 @@ just the energy they need, and bits the host already helps give some back: on no
 this reaches a higher margin than multiplying weak bits' gains (which overshot to the maximum for
 any bit the host opposed) for ~1.3 dB less pattern energy (docs/provenance.md "Visual cost"). The
 statistic is measured on the whole image and on its centre without 10% of each edge (the cropped
-copy most often made); a bit's margin is the weaker of the two.
+copy most often made); a bit's margin is the weaker of the two. If after `EMBED_PASSES` the mark
+does not read back through `detect`'s own path with no symbol corrected, in both views, up to
+`RESCUE_PASSES` more let gains go to `RESCUE_BOOST`, only up (lowering some bits while raising
+others see-sawed): the few bits a busy host opposes hardest get what they need, and the code's
+whole correcting power is left for what happens to the image later.
 
 Detection (`detect`): luma → high-pass → clipped to ±3σ → folded into one 128×128 tile (a crop
-only shifts the fold cyclically) → FFT cross-correlation with the sync pattern gives the shift →
-soft bit values → hard bits → Reed-Solomon decode. It tries a list of scale factors (the image as
-it is, then the factors that map it back to the usual output sizes and common resizes), the best
-`PEAKS` sync peaks at each, and stops at the first decode. A decode counts only if it needed at
-most `MAX_CORRECTIONS` of the code's 4 correctable symbols. A random 128-bit word decodes so with
+only shifts the fold cyclically) less the fold's 8-periodic part (diffusion VAEs decode in 8×8
+blocks whose grid folds coherently onto the tile; the mark has ~0.3% of its energy there) → FFT
+cross-correlation with the sync pattern gives the shift → soft bits → hard bits → Reed-Solomon
+decode. It tries a list of scale factors (the image as it is, then the factors that map it back to
+the usual output sizes and common resizes), the best `PEAKS` distinct sync peaks at each and the
+8 shifts around each peak (the correlation is broad, and the host's slope across it often moves
+the peak by a pixel); of the decodes around a peak, the one with fewest corrections wins, and the
+first peak with one ends the search. A decode counts only if it needed at most
+`MAX_CORRECTIONS` of the code's 4 correctable symbols. A random 128-bit word decodes so with
 probability `false_positive_bound(1)` ≈ 5.0e-10; over all the attempts on one image
-`false_positive_bound()` ≈ 1.3e-8.
+`false_positive_bound()` ≈ 1.1e-7.
 
 Everything here is pure (arrays in, arrays out) so it can run in a process pool.
 """
@@ -34,7 +42,7 @@ Everything here is pure (arrays in, arrays out) so it can run in a process pool.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
 
@@ -57,15 +65,19 @@ TARGET = 1.0  # per-bit statistic, in units of AMPLITUDE, that informed embeddin
 MAX_BOOST = 2.5
 MIN_GAIN = 0.8  # a bit the host already carries past TARGET keeps at least this gain
 EMBED_PASSES = 4
+RESCUE_PASSES = 4  # more passes, up to RESCUE_BOOST, for an image the detector cannot read yet
+RESCUE_BOOST = 6.0
 MASK_MAX = 1.5  # the activity mask's most (busy texture); PSNR on noise-like images depends on it
 SYNC_Z = 6.5  # z-score the sync peak is boosted to at embedding (the highest of 16,384 noise shifts is ~4.5)
 MIN_SIDE = 512  # below, busy images cannot hold 16 tiles' worth of signal (daemon.outputs.watermark falls back)
 PEAKS = 2
+NEIGHBOURHOOD = 9  # shifts decoded per sync peak: it and its 8 neighbours
 SMOOTH_SIGMA = 1.2
 HIGHPASS_SIGMA = 3.0
 USUAL_SIDES = (512, 576, 640, 704, 768, 832, 896, 960, 1024, 1152, 1280, 1536, 2048)
 COMMON_FACTORS = (2.0, 0.8, 1.25, 1.5, 4 / 3, 0.75)
 MAX_SCALES = 12
+GRID_PERIOD = 8
 
 
 @dataclass(frozen=True)
@@ -161,21 +173,28 @@ def embed(rgb: np.ndarray, fp: bytes, amplitude: float = AMPLITUDE) -> np.ndarra
     out = rgb
     h, w = luma.shape
     dy, dx = h // 10, w // 10
-    for _ in range(EMBED_PASSES):
+    for step in range(EMBED_PASSES + RESCUE_PASSES):
         delta = _tiled(_chip_pattern(bits, gains, sync_gain), luma.shape) * mask
         out = np.clip(np.rint(src + delta[..., None]), 0, 255).astype(np.uint8)
         marked = _luma(out.astype(np.float32))
         centre = marked[dy:h - dy, dx:w - dx]
         folds = ((_fold(_highpass(marked)), (0, 0), marked.shape),
                  (_fold(_highpass(centre)), (-dy % TILE, -dx % TILE), centre.shape))
-        margin = np.min([_soft_bits(f, at) * bits / _unit_gain(shape) for f, at, shape in folds], axis=0) / amplitude
+        soft = [_soft_bits(f, at) for f, at, _ in folds]
+        rescue = step >= EMBED_PASSES - 1
+        if rescue and all(_reads_clean(fp, f, at, read) for (f, at, _), read in zip(folds, soft, strict=True)):
+            break
+        cap = RESCUE_BOOST if rescue else MAX_BOOST
+        margin = np.min([s * bits / _unit_gain(shape) for s, (_, _, shape) in zip(soft, folds, strict=True)],
+                        axis=0) / amplitude
         sync_z = min(float(_sync_map(f)[at]) for f, at, _ in folds)
-        if sync_z < SYNC_Z and sync_gain < MAX_BOOST:
-            sync_gain = min(sync_gain * float(np.clip(SYNC_Z / max(sync_z, 1.0), 1.2, 2.0)), MAX_BOOST)
+        if sync_z < SYNC_Z and sync_gain < cap:
+            sync_gain = min(sync_gain * float(np.clip(SYNC_Z / max(sync_z, 1.0), 1.2, 2.0)), cap)
         elif not (margin < TARGET).any():
             break
         per_gain = max(float(np.median(margin / gains)), 0.2)
-        gains = np.clip(gains + (TARGET - margin) / per_gain, MIN_GAIN, MAX_BOOST)
+        moved = np.clip(gains + (TARGET - margin) / per_gain, MIN_GAIN, cap)
+        gains = np.maximum(gains, moved) if rescue else moved  # rescue passes only add: no see-saw between bits
     return out
 
 
@@ -184,6 +203,15 @@ def _unit_gain_tile() -> float:
     """The statistic one bit reads per tile for a unit pattern, after the detector's high-pass."""
     _, data = _templates()
     return float(np.sum(_highpass(data.astype(np.float32)) * data)) / CODED_BITS
+
+
+def _reads_clean(fp: bytes, folded: np.ndarray, shift: tuple[int, int], soft: np.ndarray) -> bool:
+    """Whether `detect` finds `fp` in this fold with no symbol to correct (the code's whole
+    correcting power is then left for what a re-encode or resize does to the image): the first sync
+    peak is within a pixel of the mark's `shift`, where the bits (`soft`) decode with none corrected.
+    One decode, where `detect` makes nine."""
+    (peak, _), = _sync_peaks(folded, 1)
+    return _cyclic_distance(peak, shift) <= 1 and _decode(soft) == (fp, 0)
 
 
 def _unit_gain(shape: tuple[int, ...]) -> float:
@@ -200,7 +228,14 @@ def _fold(hp: np.ndarray) -> np.ndarray:
     h, w = hp.shape
     padded = np.zeros((-(-h // TILE) * TILE, -(-w // TILE) * TILE), np.float64)
     padded[:h, :w] = hp
-    return padded.reshape(padded.shape[0] // TILE, TILE, padded.shape[1] // TILE, TILE).sum(axis=(0, 2))
+    folded = padded.reshape(padded.shape[0] // TILE, TILE, padded.shape[1] // TILE, TILE).sum(axis=(0, 2))
+    return folded - _periodic(folded, GRID_PERIOD)
+
+
+def _periodic(folded: np.ndarray, period: int) -> np.ndarray:
+    """The part of a fold that repeats every `period` pixels both ways (its mean period × period cell, tiled)."""
+    cell = folded.reshape(TILE // period, period, TILE // period, period).mean(axis=(0, 2))
+    return np.tile(cell, (TILE // period, TILE // period))
 
 
 def _soft_bits(folded: np.ndarray, shift: tuple[int, int]) -> np.ndarray:
@@ -220,9 +255,46 @@ def _sync_map(folded: np.ndarray) -> np.ndarray:
 
 
 def _sync_peaks(folded: np.ndarray, count: int) -> list[tuple[tuple[int, int], float]]:
+    """The `count` best shifts by sync z-score, each at least 2 pixels (cyclically) from the others:
+    the correlation is smooth, so a peak's neighbours score nearly as high and are not other candidates."""
     z = _sync_map(folded)
-    flat = np.argsort(z.ravel())[::-1][:count]
-    return [((int(i // TILE), int(i % TILE)), float(z.flat[i])) for i in flat]
+    peaks: list[tuple[tuple[int, int], float]] = []
+    for i in np.argsort(z.ravel())[::-1][:64]:
+        at = (int(i // TILE), int(i % TILE))
+        if all(_cyclic_distance(at, other) >= 2 for other, _ in peaks):
+            peaks.append((at, float(z.flat[i])))
+            if len(peaks) == count:
+                break
+    return peaks
+
+
+def _cyclic_distance(a: tuple[int, int], b: tuple[int, int]) -> int:
+    return max(min((a[k] - b[k]) % TILE, (b[k] - a[k]) % TILE) for k in (0, 1))
+
+
+def _candidates(folded: np.ndarray) -> Iterator[list[tuple[tuple[int, int], float]]]:
+    """For each of the `PEAKS` sync peaks, best first: the peak and its 8 neighbours, by z-score.
+    The sync correlation is broad (a neighbour scores ~0.93 of the peak), so the host's own slope
+    across it moves the peak a pixel off the mark about as often as not."""
+    z = _sync_map(folded)
+    for (y, x), _ in _sync_peaks(folded, PEAKS):
+        near = [((y + dy) % TILE, (x + dx) % TILE) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+        yield [(at, float(z[at])) for at in sorted(near, key=lambda at: (at != (y, x), -z[at]))]
+
+
+def _read_fold(folded: np.ndarray) -> tuple[bytes, int, tuple[int, int], float, int] | None:
+    """The best decode around the first sync peak that has one: (fingerprint, corrections, shift, z,
+    attempts). Every shift around the peak is decoded and the one needing fewest corrections wins: a
+    pixel off, the bits mostly still read, and the first decode may have spent corrections the mark's
+    own shift does not need."""
+    attempts = 0
+    for shifts in _candidates(folded):
+        decodes = [(decoded, shift, z) for shift, z in shifts if (decoded := _decode(_soft_bits(folded, shift)))]
+        attempts += len(shifts)
+        if decodes:
+            (fingerprint, corrected), shift, z = min(decodes, key=lambda found: found[0][1])
+            return fingerprint, corrected, shift, z, attempts
+    return None
 
 
 @dataclass(frozen=True)
@@ -254,7 +326,7 @@ def false_positive_bound(attempts: int | None = None, corrections: int = MAX_COR
     """Probability that random words decode within `corrections` symbols in `attempts` tries."""
     n = DATA_BYTES + PARITY_BYTES
     ball = sum(math.comb(n, i) * 255 ** i for i in range(corrections + 1))
-    tries = attempts if attempts is not None else MAX_SCALES * PEAKS
+    tries = attempts if attempts is not None else MAX_SCALES * PEAKS * NEIGHBOURHOOD
     return min(1.0, tries * ball / 256.0 ** PARITY_BYTES)
 
 
@@ -291,10 +363,9 @@ def detect(rgb: np.ndarray) -> Detection | None:
             continue
         scaled = luma if factor == 1.0 else cv2.resize(
             luma, size, interpolation=cv2.INTER_CUBIC if factor > 1 else cv2.INTER_AREA)
-        folded = _fold(_highpass(scaled))
-        for shift, z in _sync_peaks(folded, PEAKS):
-            attempts += 1
-            decoded = _decode(_soft_bits(folded, shift))
-            if decoded is not None:
-                return Detection(decoded[0], decoded[1], factor, shift, z, attempts)
+        read = _read_fold(_fold(_highpass(scaled)))
+        if read is not None:
+            fingerprint, corrected, shift, z, tries = read
+            return Detection(fingerprint, corrected, factor, shift, z, attempts + tries)
+        attempts += PEAKS * NEIGHBOURHOOD
     return None
