@@ -214,7 +214,7 @@ async def assemble(config: Config, site: Site, *, bus: EventBus, background: Bac
                 task, name, duty, essential=holds_jobs, lasts=False),
             only_lane=lambda: not any(lane.can_take_work for lane in lanes)))
     if isinstance(queue, FleetManager) and fleet_queue is not None:
-        wakeup = Wakeup(cfg.fleet.database)
+        wakeup = Wakeup(cfg.fleet.database, box=fleet_queue.box)
         await wakeup.start()
         opened.push_async_callback(wakeup.close)
         dispatcher: Box = FleetBox(queue, lanes, worker_events=reactions, fleet=fleet_queue, wakeup=wakeup,
@@ -267,7 +267,8 @@ async def _join_fleet(cfg: Config, site: Site, fleet_queue: FleetQueue | None, m
         return BoxInfo(site.installation, socket=str(site.socket_path), reach=cfg.fleet.reach, version=__version__,
                        models=models.names(),
                        devices=[{"worker": lane.worker.name, "device": lane.worker.device} for lane in lanes],
-                       workers=len(lanes), free_workers=sum(1 for lane in lanes if lane.can_take_work),
+                       workers=len(lanes),
+                       free_workers=sum(1 for lane in lanes if lane.can_take_work and not lane.inflight),
                        health=box_health(monitor.latest(), monitor.alerts.counts))
 
     member = await FleetMember.enter(fleet_queue, describe, heartbeat_seconds=cfg.fleet.heartbeat_seconds,

@@ -41,8 +41,9 @@ MEANINGS: dict[ExitCode, str] = {
     ExitCode.FAILURE: "the command failed: the daemon refused the request (no such job, bad value, conflict) "
                       "or a file could not be read or written",
     ExitCode.USAGE: "the command line is wrong (unknown option, bad value, missing argument)",
-    ExitCode.UNAVAILABLE: "no daemon answers on the socket, or the connection to it was lost, or a job's outputs are "
-                          "on another box of the fleet that no [fleet] sockets entry reaches",
+    ExitCode.UNAVAILABLE: "no daemon answers on the socket, or the connection to it was lost, or the daemon has no "
+                          "connection to spare, or its fleet database does not answer (try again), or a job's "
+                          "outputs are on another box of the fleet that no [fleet] sockets entry reaches",
     ExitCode.DENIED: "not permitted: your role does not allow it, or the socket refuses you",
     ExitCode.JOB_FAILED: "a job waited for (sai wait, submit --wait) failed or was cancelled",
     ExitCode.TIMEOUT: "sai wait --timeout ran out before every job finished",

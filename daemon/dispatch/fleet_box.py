@@ -51,6 +51,7 @@ class FleetBox(Box):
                     lane.maintain(True)
                 if not self.manager.paused:
                     await self._claim()
+                await self._recount()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(work.wait(), self.heartbeat_seconds)
                 work.clear()
@@ -74,7 +75,6 @@ class FleetBox(Box):
             try:
                 claimed = await self.fleet.claim_batch(lane.name, self.max_images, models=models,
                                                        held=list(lane.residency.order), device=lane.worker.device)
-                await self.fleet_manager.recount()
             except FleetUnavailable as exc:
                 if not self._faulty:
                     log.error("fleet: cannot claim work: %s", exc)
@@ -93,19 +93,35 @@ class FleetBox(Box):
             if batch:
                 lane.launch(batch)
 
+    async def _recount(self) -> None:
+        """The fleet's queued count (daemon.status) after each pass: claims here, and submits on any
+        box (their NOTIFY wakes this loop), paused or busy alike."""
+        with contextlib.suppress(FleetUnavailable):  # told by the claim and the heartbeat
+            await self.fleet_manager.recount()
+
     async def _renew_leases(self) -> None:
-        """Each heartbeat, extend the lease of every job this box holds; a job whose lease was lost
-        is logged here, and its finish will be refused (and alerted) by fencing."""
+        """Each heartbeat, extend the lease of every job this box holds, reading the cancels asked of
+        them (at once when one is notified); a job whose lease was lost is logged here, and its finish
+        will be refused (and alerted) by fencing."""
+        unrenewed = False
+        asked = self.wakeup.cancel_asked
         while True:
-            await asyncio.sleep(self.heartbeat_seconds)
+            with contextlib.suppress(TimeoutError):  # a cancel asked of a job here: read it now
+                await asyncio.wait_for(asked.wait(), self.heartbeat_seconds)
+            asked.clear()
             held = self.fleet_manager.leases()
             if not held:
                 continue
             try:
                 lost, cancels = await self.fleet.renew_held(held)
             except FleetUnavailable as exc:
-                log.warning("fleet: leases not renewed: %s", exc)
+                if not unrenewed:
+                    log.warning("fleet: leases not renewed: %s; trying each heartbeat", exc)
+                unrenewed = True
                 continue
+            if unrenewed:
+                log.info("fleet: leases renewed again")
+            unrenewed = False
             for job_id in lost:
                 log.warning("fleet: the lease of job %s was lost (another box may run it now)", job_id)
             await self._cancel_asked(cancels)

@@ -1,7 +1,9 @@
 """The fleet database's connection pool: opened, migrated, and its faults told as FleetUnavailable.
 
 A pool (asyncpg) replaces a connection the server closed at the next acquire, so after a
-PostgreSQL restart or failover the next call simply connects again; the call that met the
+PostgreSQL restart or failover the next call simply connects again (the pool keeps no floor of
+idle connections: asyncpg would restore one in the background, logging a traceback each second of
+an outage; the heartbeat's calls keep a connection warm anyway); the call that met the
 broken connection fails with FleetUnavailable (nothing of it was acknowledged), and callers
 marked `retry` (reads, idempotent writes) are tried once more on a fresh connection.
 """
@@ -50,13 +52,20 @@ class Database:
     async def open(cls, url: str, *, max_size: int = 8, connect_timeout: float = 10.0) -> Database:
         """Connect and migrate; FleetUnavailable when the server cannot be reached, SchemaTooNew
         when a newer daemon migrated it."""
+        pool: asyncpg.Pool[asyncpg.Record] | None = None
         try:
-            pool = await asyncpg.create_pool(url, min_size=1, max_size=max_size, timeout=connect_timeout,
+            pool = await asyncpg.create_pool(url, min_size=0, max_size=max_size, timeout=connect_timeout,
                                              command_timeout=60)
+            async with pool.acquire():
+                pass
         except CONNECTION_FAULTS as exc:
+            if pool is not None:
+                pool.terminate()
             raise FleetUnavailable(f"cannot reach the fleet database {redact(url)}: {exc or type(exc).__name__}") \
                 from exc
         except (ValueError, asyncpg.PostgresError) as exc:  # a malformed URL, a missing database or role
+            if pool is not None:
+                pool.terminate()
             raise FleetUnavailable(f"the fleet database {redact(url)} refused this daemon: {exc}") from exc
         database = cls(pool, url)
         try:
@@ -82,7 +91,7 @@ class Database:
                     return await work(conn)
             except CONNECTION_FAULTS as exc:
                 if left:
-                    log.info("fleet database: %s; trying again on a new connection", exc or type(exc).__name__)
+                    log.debug("fleet database: %s; trying again on a new connection", exc or type(exc).__name__)
                     continue
                 raise FleetUnavailable(f"the fleet database {self.where} is unreachable: "
                                        f"{exc or type(exc).__name__}") from exc

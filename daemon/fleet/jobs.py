@@ -24,6 +24,8 @@ from daemon.queue.store import TextSealer
 
 NOTIFY_CHANNEL = "sai_jobs"
 """Told the model id of every job submitted or put back in the queue (daemon.fleet.wakeup listens)."""
+CANCEL_CHANNEL = "sai_cancel"
+"""Told the name of the box running a job whose cancel another box asked for (request_cancel)."""
 TOP_RANK = len(PRIORITIES) - 1
 JOB_COLUMNS = ("seq", "job_id", "state", "priority", "params", "prompt", "negative_prompt", "user", "uid",
                "client_token", "created_at", "enqueued_at", "started_at", "finished_at", "progress", "error",
@@ -33,7 +35,7 @@ INSERTED = JOB_COLUMNS[1:]  # seq is the database's
 _insert_names = ", ".join(f'"{c}"' for c in INSERTED)
 _insert_marks = ", ".join(f"${i}" for i in range(1, len(INSERTED) + 1))
 INSERT_SQL = (f"INSERT INTO jobs ({_insert_names}) VALUES ({_insert_marks}) "
-              "ON CONFLICT (uid, client_token) WHERE client_token IS NOT NULL DO NOTHING RETURNING *")
+              "ON CONFLICT (\"user\", client_token) WHERE client_token IS NOT NULL DO NOTHING RETURNING *")
 RANK_SQL = (f"LEAST({TOP_RANK}, priority + CASE WHEN $6::float8 > 0 "
             "THEN floor(GREATEST(0, sai_now() - enqueued_at) / $6::float8)::int ELSE 0 END)")
 CLAIM_SQL = f"""
@@ -62,13 +64,17 @@ REAP_SQL = """
 WITH expired AS (
     SELECT job_id FROM jobs WHERE state = 'running' AND lease_until < sai_now() FOR UPDATE SKIP LOCKED)
 UPDATE jobs SET attempt = attempt + 1, lease_until = NULL, progress = 0,
-    state = CASE WHEN attempts >= $1 THEN 'failed' ELSE 'queued' END,
-    started_at = CASE WHEN attempts >= $1 THEN started_at END,
-    finished_at = CASE WHEN attempts >= $1 THEN sai_now() END,
-    error = CASE WHEN attempts >= $1 THEN format('its lease expired on box %s, attempt %s of %s; not retried again',
-                                                   box, attempts, $1) ELSE error END
+    state = CASE WHEN cancel_attempt = attempt THEN 'cancelled' WHEN attempts >= $1 THEN 'failed' ELSE 'queued' END,
+    started_at = CASE WHEN cancel_attempt = attempt OR attempts >= $1 THEN started_at END,
+    finished_at = CASE WHEN cancel_attempt = attempt OR attempts >= $1 THEN sai_now() END,
+    error = CASE WHEN cancel_attempt = attempt
+                 THEN format('cancelled by %s while running (box %s stopped before it did: its lease expired)',
+                             cancel_by, box)
+                 WHEN attempts >= $1 THEN format('its lease expired on box %s, attempt %s of %s; not retried again',
+                                                 box, attempts, $1) ELSE error END
 FROM expired WHERE jobs.job_id = expired.job_id
 RETURNING jobs.job_id, jobs.state, jobs.box, jobs.attempt"""
+"""A job whose run was asked to stop (request_cancel) ends cancelled instead of running again."""
 
 
 @dataclass
@@ -127,7 +133,7 @@ class FleetQueue:
     async def submit(self, job: Job) -> tuple[FleetJob, bool]:
         """Insert a queued job and wake idle boxes; durable (committed) before it returns.
 
-        With a `client_token`, a job of the same uid and token already in the fleet (from any box)
+        With a `client_token`, a job of the same user (by name) and token already in the fleet (from any box)
         is returned instead, with True: the submit is idempotent fleet-wide. `job.seq` is set."""
         values = (job.job_id, job.state, job.priority, _json(job.params),
                   self.sealer.seal(job.prompt, job.job_id), self.sealer.seal(job.negative_prompt, job.job_id),
@@ -139,8 +145,8 @@ class FleetQueue:
             async with conn.transaction():
                 row = await conn.fetchrow(INSERT_SQL, *values)
                 if row is None:
-                    first = await conn.fetchrow("SELECT * FROM jobs WHERE uid = $1 AND client_token = $2",
-                                                job.uid, job.client_token)
+                    first = await conn.fetchrow('SELECT * FROM jobs WHERE "user" = $1 AND client_token = $2',
+                                                job.user, job.client_token)
                     if first is None:  # cannot be: the conflict was with this row, and jobs are never deleted
                         raise RuntimeError(f"job with client_token {job.client_token!r} conflicted but is gone")
                     return self._job(first), True
@@ -157,15 +163,18 @@ class FleetQueue:
                                 retry=True)
         return None if row is None else self._job(row)
 
-    async def by_token(self, uid: int, token: str) -> FleetJob | None:
+    async def by_token(self, user: str, token: str) -> FleetJob | None:
+        """The job `user` (a login name: the fleet's identity) submitted with `token`, from any box."""
         row = await self.db.run(lambda conn: conn.fetchrow(
-            "SELECT * FROM jobs WHERE uid = $1 AND client_token = $2", uid, token), retry=True)
+            'SELECT * FROM jobs WHERE "user" = $1 AND client_token = $2', user, token), retry=True)
         return None if row is None else self._job(row)
 
-    async def unfinished(self) -> list[FleetJob]:
-        """Queued and running jobs of the whole fleet, in submission order."""
+    async def unfinished(self, state: str | None = None, limit: int | None = None, offset: int = 0) -> list[FleetJob]:
+        """Queued and running jobs of the whole fleet (of `state`, None: both), in submission order;
+        only the page asked for is read and its prompts opened."""
         rows = await self.db.run(lambda conn: conn.fetch(
-            "SELECT * FROM jobs WHERE state IN ('queued', 'running') ORDER BY seq"), retry=True)
+            "SELECT * FROM jobs WHERE state IN ('queued', 'running') AND ($1::text IS NULL OR state = $1) "
+            "ORDER BY seq LIMIT $2 OFFSET $3", state, limit, offset), retry=True)
         return [self._job(row) for row in rows]
 
     async def queued_of(self, user: str) -> int:
@@ -299,11 +308,13 @@ class FleetQueue:
 
     async def request_cancel(self, job_id: str, attempt: int, by: str) -> bool:
         """Ask the box running `attempt` of the job to cancel it (it reads the request when it next
-        renews its leases: renew_held); False when that attempt is no longer running."""
-        status = await self.db.run(lambda conn: conn.execute(
-            "UPDATE jobs SET cancel_by = $3, cancel_attempt = attempt WHERE job_id = $1 AND attempt = $2 "
-            "AND state = 'running'", job_id, attempt, by), retry=True)
-        return status.endswith(" 1")
+        renews its leases, renew_held, at once when it hears CANCEL_CHANNEL); False when that attempt
+        is no longer running."""
+        asked = await self.db.run(lambda conn: conn.fetchval(
+            "WITH asked AS (UPDATE jobs SET cancel_by = $3, cancel_attempt = attempt WHERE job_id = $1 "
+            "AND attempt = $2 AND state = 'running' RETURNING box) "
+            "SELECT count(pg_notify($4, box)) FROM asked", job_id, attempt, by, CANCEL_CHANNEL), retry=True)
+        return bool(asked)
 
     async def progress(self, job_id: str, attempt: int, progress: float) -> None:
         await self._fenced(job_id, attempt, "UPDATE jobs SET progress = $3 WHERE job_id = $1 AND attempt = $2 "
@@ -324,13 +335,17 @@ class FleetQueue:
 
     async def requeue(self, job_id: str, attempt: int, *, error: str | None = None) -> FleetJob:
         """Give the job back to the queue (this box stops, its batch crashed): a new attempt, so
-        nothing this holder writes afterwards lands; failed instead once `max_attempts` runs began."""
+        nothing this holder writes afterwards lands; failed instead once `max_attempts` runs began,
+        cancelled instead when a cancel was asked for this attempt (request_cancel) and not yet acted on."""
         row = await self._fenced(
             job_id, attempt,
             "UPDATE jobs SET attempt = attempt + 1, lease_until = NULL, progress = 0, "
-            "state = CASE WHEN attempts >= $3 THEN 'failed' ELSE 'queued' END, "
-            "started_at = CASE WHEN attempts >= $3 THEN started_at END, "
-            "finished_at = CASE WHEN attempts >= $3 THEN sai_now() END, error = $4 "
+            "state = CASE WHEN cancel_attempt = attempt THEN 'cancelled' WHEN attempts >= $3 THEN 'failed' "
+            "ELSE 'queued' END, "
+            "started_at = CASE WHEN cancel_attempt = attempt OR attempts >= $3 THEN started_at END, "
+            "finished_at = CASE WHEN cancel_attempt = attempt OR attempts >= $3 THEN sai_now() END, "
+            "error = CASE WHEN cancel_attempt = attempt THEN format('cancelled by %s while running', cancel_by) "
+            "ELSE $4 END "
             "WHERE job_id = $1 AND attempt = $2 AND state = 'running' RETURNING *",
             self.max_attempts, error)
         if row["state"] == QUEUED:
@@ -346,7 +361,8 @@ class FleetQueue:
 
     async def reap(self) -> list[Reaped]:
         """Put every job whose lease has expired back in the queue under a new attempt (failed once
-        `max_attempts` runs began). Any box may run it at any time, concurrently with others: a job
+        `max_attempts` runs began, cancelled when a cancel was asked for the attempt that expired).
+        Any box may run it at any time, concurrently with others: a job
         is reaped once (rows are locked, and a second reaper skips or no longer sees them)."""
         rows = await self.db.run(lambda conn: conn.fetch(REAP_SQL, self.max_attempts))
         reaped = [Reaped(row["job_id"], row["state"], row["box"], row["attempt"]) for row in rows]
@@ -355,4 +371,4 @@ class FleetQueue:
         return reaped
 
 
-__all__ = ["FAILED", "NOTIFY_CHANNEL", "QUEUED", "RUNNING", "FleetJob", "FleetQueue", "Reaped"]
+__all__ = ["CANCEL_CHANNEL", "FAILED", "NOTIFY_CHANNEL", "QUEUED", "RUNNING", "FleetJob", "FleetQueue", "Reaped"]

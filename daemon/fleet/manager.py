@@ -11,17 +11,19 @@ and a critical alert names the job and that box.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from daemon.auth import Peer
 from daemon.fleet.errors import FleetUnavailable, StaleAttempt
 from daemon.fleet.jobs import FleetJob, FleetQueue
 from daemon.protocol import CONFLICT, NOT_FOUND, UNAVAILABLE, RpcError, echo
-from daemon.queue.jobs import CANCELLED, FINISHED, QUEUED, RUNNING, Job
+from daemon.queue.jobs import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, SUCCEEDED, Job
 from daemon.queue.manager import Jobs, QueueManager
 
 log = logging.getLogger("sai.fleet")
@@ -33,9 +35,13 @@ StaleHook = Callable[[StaleAttempt, str], None]
 """Told of a refused (stale) write for one of this box's jobs, and what the write was."""
 
 
+OUTAGE_RETRY_FIRST, OUTAGE_RETRY_MAX = 0.25, 2.0
+"""Seconds between tries of a job's outcome while the fleet database does not answer."""
+
+
 def unavailable(exc: FleetUnavailable) -> RpcError:
     return RpcError(UNAVAILABLE, f"{exc}; nothing was changed, try again once the fleet database answers",
-                    {"reason": "fleet"})
+                    {"reason": "fleet_database"})
 
 
 class FleetManager(QueueManager):
@@ -51,6 +57,11 @@ class FleetManager(QueueManager):
     @property
     def box(self) -> str:
         return self.fleet.box
+
+    def owns(self, peer: Peer, job: Job) -> bool:
+        """A user is one person fleet-wide by login name: a job submitted through any box is theirs
+        on every box, whatever uid they have on each machine (the boxes share one user directory)."""
+        return peer.user == job.user
 
     async def recover(self) -> Jobs:
         """Jobs the fleet still has running on this box were held by its previous run, which died:
@@ -95,16 +106,19 @@ class FleetManager(QueueManager):
     async def page(self, state: str | None, limit: int, offset: int) -> tuple[Jobs, int]:
         """The fleet's jobs: running and queued (submission order), then finished (newest first)."""
         try:
-            live = [held.job for held in await self.fleet.unfinished() if state in (None, held.job.state)]
             counts = await self.fleet.counts()
+            unfinished = sum(n for s, n in counts.items() if s in (QUEUED, RUNNING) and state in (None, s))
+            live: Jobs = []
+            if offset < unfinished:
+                live = [held.job for held in await self.fleet.unfinished(state, limit, offset)]
             finished: Jobs = []
-            if state in (None, *FINISHED) and offset + limit > len(live):
-                skip = max(0, offset - len(live))
-                finished = [held.job for held in await self.fleet.finished_page(state, limit, skip)]
+            if state in (None, *FINISHED) and offset + limit > unfinished:
+                skip = max(0, offset - unfinished)
+                finished = [held.job for held in await self.fleet.finished_page(state, limit - len(live), skip)]
         except FleetUnavailable as exc:
             raise unavailable(exc) from None
         local = {job.job_id: job for job in self.active.values()}  # this box's fresher copies (progress)
-        jobs = [local.get(job.job_id, job) for job in live][offset:offset + limit] + finished
+        jobs = [local.get(job.job_id, job) for job in live] + finished
         total = sum(n for s, n in counts.items() if state in (None, s))
         return jobs[:limit], total
 
@@ -145,7 +159,7 @@ class FleetManager(QueueManager):
         """Queue a job in the fleet; a `client_token` retried on any box returns the first job."""
         if client_token is not None:
             try:
-                existing = await self.fleet.by_token(peer.uid, client_token)
+                existing = await self.fleet.by_token(peer.user, client_token)
             except FleetUnavailable as exc:
                 raise unavailable(exc) from None
             if existing is not None:
@@ -257,6 +271,30 @@ class FleetManager(QueueManager):
         job.handed = False
         return self.held.pop(job.job_id, None)
 
+    async def _through_outage(self, write: Callable[[], Awaitable[FleetJob]], what: str) -> FleetJob:
+        """A fenced write for a job held here, tried again while the fleet database does not answer
+        (a restart, a failover) for as long as the job's lease could still hold: a result made during
+        an outage is recorded when the database is back instead of the job running again elsewhere.
+        Safe to repeat: fencing refuses it once another box owns the job. Raises the last
+        FleetUnavailable after `lease_seconds`."""
+        deadline = time.monotonic() + self.fleet.lease_seconds
+        delay = OUTAGE_RETRY_FIRST
+        while True:
+            try:
+                written = await write()
+            except FleetUnavailable as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                if delay == OUTAGE_RETRY_FIRST:
+                    log.warning("fleet: %s waits for the fleet database (%s); trying again for up to %.0f s",
+                                what, exc, self.fleet.lease_seconds)
+            else:
+                if delay > OUTAGE_RETRY_FIRST:
+                    log.info("fleet: %s is recorded, the fleet database answers again", what)
+                return written
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, OUTAGE_RETRY_MAX)
+
     async def finish(self, jobs: Jobs, state: str, error: str | None = None) -> None:
         """Record each job's outcome in the fleet, fenced by its attempt; a stale one is not recorded."""
         for job in jobs:
@@ -264,23 +302,33 @@ class FleetManager(QueueManager):
             if attempt is None:
                 continue
             try:
-                held = await self.fleet.finish(job.job_id, attempt, state, outputs=job.outputs, error=error,
-                                               model_family=job.model_family, weights_sha256=job.weights_sha256)
+                held = await self._through_outage(
+                    partial(self.fleet.finish, job.job_id, attempt, state, outputs=job.outputs, error=error,
+                            model_family=job.model_family, weights_sha256=job.weights_sha256),
+                    f"the {state} result of job {job.job_id}")
             except StaleAttempt as exc:
+                if (exc.current, exc.state, exc.box) == (attempt, state, self.box):
+                    # a try the outage cut off after its commit: recorded already, not stale
+                    log.info("fleet: job %s: the %s result was recorded by a try the outage cut off", job.job_id, state)
+                    await self._finished(job, state, time.time(), error, 1.0 if state == SUCCEEDED else job.progress)
+                    continue
                 await self.audit(None, "job.stale", job.job_id, {"write": f"finish {state}", "attempt": attempt,
                                                                   "current": exc.current, "box": exc.box})
                 self._stale(exc, f"this box's {state} result for job {job.job_id} (attempt {attempt}) is dropped")
                 continue
             except FleetUnavailable as exc:
-                log.error("fleet: job %s %s here, but the fleet database did not record it (%s); its lease "
-                          "will expire and another box runs it again", job.job_id, state, exc)
+                log.error("fleet: job %s %s here, but the fleet database did not record it within its lease (%s); "
+                          "another box runs it again", job.job_id, state, exc)
                 continue
-            await self.audit(None, "job.finish", job.job_id, {"state": state, "error": error,
-                                                             "outputs": len(job.outputs), "box": self.box})
-            job.state, job.finished_at, job.error = held.job.state, held.job.finished_at, held.job.error
-            job.progress = held.job.progress
-            self._publish_state(job)
+            await self._finished(job, held.job.state, held.job.finished_at, held.job.error, held.job.progress)
         self.work.set()
+
+    async def _finished(self, job: Job, state: str, finished_at: float | None, error: str | None,
+                        progress: float) -> None:
+        await self.audit(None, "job.finish", job.job_id, {"state": state, "error": error,
+                                                         "outputs": len(job.outputs), "box": self.box})
+        job.state, job.finished_at, job.error, job.progress = state, finished_at, error, progress
+        self._publish_state(job)
 
     async def requeue(self, jobs: Jobs, reason: str, count_attempt: bool = True) -> Jobs:
         """Give the jobs back to the fleet (each under a new attempt); those past `max_attempts` fail."""
@@ -290,7 +338,8 @@ class FleetManager(QueueManager):
             if attempt is None:
                 continue
             try:
-                held = await self.fleet.requeue(job.job_id, attempt, error=reason)
+                held = await self._through_outage(partial(self.fleet.requeue, job.job_id, attempt, error=reason),
+                                                  f"job {job.job_id} going back to the queue")
             except StaleAttempt as exc:
                 self._stale(exc, f"putting job {job.job_id} (attempt {attempt}) back in the queue")
                 continue
@@ -298,7 +347,7 @@ class FleetManager(QueueManager):
                 log.error("fleet: job %s could not go back to the queue (%s); its lease will expire", job.job_id, exc)
                 continue
             job.state, job.error = held.job.state, held.job.error
-            if held.job.state != QUEUED:
+            if held.job.state == FAILED:
                 failed.append(job)
             self._publish_state(job)
         self.work.set()

@@ -115,4 +115,4 @@ class FleetMember:
 def _log_reaped(reaped: list[Reaped]) -> None:
     for job in reaped:
         log.warning("fleet: job %s's lease on box %r expired; %s (attempt %d)", job.job_id, job.box,
-                    "back in the queue" if job.state == "queued" else "failed", job.attempt)
+                    "back in the queue" if job.state == "queued" else job.state, job.attempt)

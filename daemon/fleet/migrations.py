@@ -111,6 +111,12 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE jobs ADD COLUMN cancel_by text",
         "ALTER TABLE jobs ADD COLUMN cancel_attempt integer",
     ),
+    6: (
+        # a user is one person fleet-wide by login name (their uid may differ between machines): a
+        # client_token retried through any box finds the first job by the user's name, not uid
+        "DROP INDEX jobs_client_token",
+        'CREATE UNIQUE INDEX jobs_client_token ON jobs ("user", client_token) WHERE client_token IS NOT NULL',
+    ),
 }
 """Statements that bring the database from the version before the key up to it."""
 SCHEMA_VERSION = max(MIGRATIONS)

@@ -1,4 +1,5 @@
-"""LISTEN for submits: idle workers wait on an event that a NOTIFY sets, instead of polling.
+"""LISTEN for submits: idle workers wait on an event that a NOTIFY sets, instead of polling; and
+for cancels other boxes ask of this box's jobs, so that they are read at once, not at the next renewal.
 
 One dedicated connection (LISTEN cannot share a pooled one). When it is lost (the server restarted,
 a failover), it is opened again in the background and the event is set once, so waiters look at
@@ -14,16 +15,19 @@ import time
 import asyncpg
 
 from daemon.fleet.connection import CLOSE_FAULTS, CONNECTION_FAULTS, redact
-from daemon.fleet.jobs import NOTIFY_CHANNEL
+from daemon.fleet.jobs import CANCEL_CHANNEL, NOTIFY_CHANNEL
 
 log = logging.getLogger("sai.fleet")
 
 
 class Wakeup:
-    def __init__(self, url: str, *, retry_seconds: float = 1.0) -> None:
+    def __init__(self, url: str, *, box: str = "", retry_seconds: float = 1.0) -> None:
         self.url = url
+        self.box = box
         self.retry_seconds = retry_seconds
         self._event = asyncio.Event()
+        self.cancel_asked = asyncio.Event()
+        """Set when another box asks to cancel a job `box` runs (CANCEL_CHANNEL): renew leases now."""
         self._conn: asyncpg.Connection | None = None
         self._task: asyncio.Task[None] | None = None
         self._lost = asyncio.Event()
@@ -42,12 +46,17 @@ class Wakeup:
     async def _listen(self) -> None:
         conn = await asyncpg.connect(self.url, timeout=10)
         await conn.add_listener(NOTIFY_CHANNEL, self._notified)
+        await conn.add_listener(CANCEL_CHANNEL, self._cancel_notified)
         conn.add_termination_listener(lambda _conn: self._lost.set())
         self._conn = conn
 
     def _notified(self, _conn: object, _pid: int, _channel: str, _payload: object) -> None:
         self.notified_at = time.perf_counter()
         self._event.set()
+
+    def _cancel_notified(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        if payload == self.box:
+            self.cancel_asked.set()
 
     async def _keep_listening(self) -> None:
         while True:

@@ -114,9 +114,12 @@ class QueueManager:
             return 1 + list(self._handed).index(job)
         return len(self._handed) + self.index.position(job, time.time(), self.policy.aging_seconds)
 
-    @staticmethod
-    def may_see_prompt(peer: Peer, job: Job) -> bool:
-        return peer.role >= Role.ADMIN or peer.uid == job.uid
+    def owns(self, peer: Peer, job: Job) -> bool:
+        """`peer` submitted `job` (on a single box: the same uid)."""
+        return peer.uid == job.uid
+
+    def may_see_prompt(self, peer: Peer, job: Job) -> bool:
+        return peer.role >= Role.ADMIN or self.owns(peer, job)
 
     def view(self, peer: Peer, job: Job, position: int | None = None) -> dict[str, Any]:
         data = job.to_api(self.may_see_prompt(peer, job))
@@ -283,7 +286,7 @@ class QueueManager:
 
     def check_owner(self, peer: Peer, job: Job, action: str) -> None:
         """Refuse unless `peer` owns `job` or is an admin (-32001, naming the role needed)."""
-        if peer.uid != job.uid and peer.role < Role.ADMIN:
+        if not self.owns(peer, job) and peer.role < Role.ADMIN:
             raise RpcError(NOT_PERMITTED, f"{action} of {job.user}'s job {job.job_id} needs the admin role; "
                            f"{peer.user} is {peer.role.label}", {"needed": "admin", "have": peer.role.label})
 

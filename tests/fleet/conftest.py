@@ -57,13 +57,13 @@ async def open_queue(fleet_url: str) -> AsyncIterator[QueueFactory]:
 
 
 def make_job(prompt: str = "a lighthouse", *, priority: str = "normal", model: str = "tiny",
-             token: str | None = None, uid: int = 1000, waited: float = 0.0) -> Job:
+             token: str | None = None, uid: int = 1000, user: str = "alice", waited: float = 0.0) -> Job:
     """A queued job as the queue manager makes one (`waited`: seconds since it was enqueued)."""
     now = time.time()
     return Job(job_id=new_job_id(), seq=0, state=QUEUED, priority=PRIORITY_RANK[priority],
                params={"width": 64, "height": 64, "steps": 4, "guidance": 7.5, "count": 1, "seed": 1,
                        "model": model},
-               prompt=prompt, negative_prompt="", user="alice", uid=uid, created_at=now - waited,
+               prompt=prompt, negative_prompt="", user=user, uid=uid, created_at=now - waited,
                enqueued_at=now - waited, client_token=token, model_id=model)
 
 

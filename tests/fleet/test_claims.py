@@ -82,8 +82,10 @@ async def test_client_token_is_idempotent_across_boxes(open_queue: QueueFactory)
     results = await asyncio.gather(*(queue.submit(make_job(token="t-1")) for queue in (a, b, a, b)))
     ids = {held.job_id for held, _ in results}
     assert len(ids) == 1 and sorted(duplicate for _, duplicate in results) == [False, True, True, True]
-    other_user, duplicate = await a.submit(make_job(token="t-1", uid=1001))  # tokens are per user
+    other_user, duplicate = await a.submit(make_job(token="t-1", user="bob", uid=1001))  # tokens are per user
     assert not duplicate and other_user.job_id not in ids
+    same_user, duplicate = await b.submit(make_job(token="t-1", uid=2042))  # alice, another uid on another machine
+    assert duplicate and same_user.job_id in ids
     assert (await a.counts()) == {"queued": 2}
 
 

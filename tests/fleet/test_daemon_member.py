@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import DaemonFactory
+from tests.conftest import DaemonFactory, wait_job
 from tests.fleet.conftest import member_config
 from tests.harness import run_sai
 
@@ -75,3 +75,41 @@ def test_bad_database_setting_is_named() -> None:
     with pytest.raises(ConfigError, match=r"fleet\.lease_seconds: must be between 1 and 86400"):
         load(None, environ={"SAI_FLEET_LEASE_SECONDS": "0"}, system_file=None)
 
+
+
+async def test_job_list_pages_the_fleets_queue_then_its_finished_jobs(make_daemon: DaemonFactory, client_of: Any,
+                                                                     fleet_url: str, prompt_key_file: str) -> None:
+    client = await client_of(make_daemon(member_config(fleet_url, "box-a", prompt_key_file)))
+    done = [(await client.call("job.submit", prompt=f"done {i}"))["job_id"] for i in range(3)]
+    for job_id in done:
+        await wait_job(client, job_id)
+    await client.call("queue.pause")
+    queued = [(await client.call("job.submit", prompt=f"waiting {i}"))["job_id"] for i in range(4)]
+
+    async def page(**params: Any) -> tuple[list[str], int]:
+        listed = await client.call("job.list", **params)
+        return [job["job_id"] for job in listed["jobs"]], listed["total"]
+
+    newest_first = done[::-1]
+    assert await page(limit=3) == (queued[:3], 7)  # queued in submission order, then finished, newest first
+    assert await page(limit=3, offset=3) == ([queued[3], *newest_first[:2]], 7)
+    assert await page(limit=3, offset=6) == (newest_first[2:], 7)
+    assert await page(limit=3, offset=9) == ([], 7)
+    assert await page(state="queued", limit=5, offset=2) == (queued[2:], 4)
+    assert await page(state="succeeded", limit=2, offset=1) == (newest_first[1:3], 3)
+
+
+async def test_a_paused_or_busy_box_counts_the_jobs_queued_on_other_boxes(
+        make_daemon: DaemonFactory, client_of: Any, fleet_url: str, prompt_key_file: str) -> None:
+    paused = {"queue": {"start_paused": True}}
+    a = make_daemon({**member_config(fleet_url, "box-a", prompt_key_file), **paused})
+    b = make_daemon({**member_config(fleet_url, "box-b", prompt_key_file), **paused})
+    client_a, client_b = await client_of(a), await client_of(b)
+    for i in range(3):
+        await client_b.call("job.submit", prompt=f"elsewhere {i}")
+    for _ in range(100):  # the submit's NOTIFY wakes box-a, which counts again
+        status = await client_a.call("daemon.status")
+        if status["queue"]["queued"] == 3:
+            break
+        await asyncio.sleep(0.1)
+    assert status["queue"]["queued"] == 3 and status["queue"]["paused"], status["queue"]

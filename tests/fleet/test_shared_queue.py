@@ -14,7 +14,7 @@ import asyncpg
 
 from tests.conftest import DaemonFactory, wait_job
 from tests.fleet.conftest import member_config
-from tests.harness import merged
+from tests.harness import merged, run_sai
 
 SLOW = "tests.pipeline_doubles:SlowPipelineForTests"
 """Makes a call whose prompt says "slow" take 3 s more, so a box can be stopped or killed while it runs."""
@@ -153,6 +153,8 @@ async def test_submit_while_the_database_is_down_fails_clearly(make_daemon: Daem
             assert "try again" in exc.message
         else:
             raise AssertionError("a submit was acknowledged while the database was down")
+        done = run_sai("submit", "from a script", socket_path=daemon.socket)  # exit 3: a script tries again
+        assert done.returncode == 3 and "try again once the fleet database answers" in done.stderr, done.stderr
     finally:
         pg_cluster.start()
     async def submit_after() -> dict[str, Any] | None:
@@ -167,3 +169,27 @@ async def test_submit_while_the_database_is_down_fails_clearly(make_daemon: Daem
     ids = {first, later["job_id"]}
     assert ids <= set(await _rows(fleet_url))
     assert [(await wait_job(client, job_id, timeout=120))["state"] for job_id in sorted(ids)] == ["succeeded"] * 2
+
+
+async def test_a_database_restart_under_load_loses_and_repeats_nothing(
+        make_daemon: DaemonFactory, client_of: Any, fleet_url: str, prompt_key_file: str, pg_cluster: Any) -> None:
+    boxes = [make_daemon(_box(fleet_url, f"box-{n}", prompt_key_file, lease=20.0, max_batch=2)) for n in "ab"]
+    clients = [await client_of(d) for d in boxes]
+    ids = [(await clients[i % 2].call("job.submit", prompt=f"slow tide {i}"))["job_id"] for i in range(8)]
+
+    async def both_running() -> bool:
+        return {row["box"] for row in (await _rows(fleet_url)).values() if row["state"] == "running"} == {"box-a", "box-b"}
+
+    await _until("both boxes run a batch", both_running)
+    pg_cluster.stop("fast")  # the running batches finish while the database is down
+    await asyncio.sleep(4.5)
+    pg_cluster.start()
+    jobs = [await wait_job(clients[i % 2], job_id, timeout=300) for i, job_id in enumerate(ids)]
+    assert [job["state"] for job in jobs] == ["succeeded"] * 8, [job["error"] for job in jobs]
+    rows = await _rows(fleet_url)
+    assert all(row["state"] == "succeeded" for row in rows.values())
+    # a result made during the outage is recorded once the database is back, not run again elsewhere
+    assert [(row["attempt"], row["attempts"]) for row in rows.values()] == [(1, 1)] * 8, \
+        [dict(row) for row in rows.values()]
+    for daemon in boxes:
+        assert "Traceback" not in daemon.read_log()

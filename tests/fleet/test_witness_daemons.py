@@ -90,7 +90,7 @@ async def test_daemons_cosign_and_name_a_box_whose_log_was_rolled_back(
         done = run_sai("audit", "verify", "--witnessed", socket_path=b.socket)
         assert done.returncode == ExitCode.VERIFY_FAILED and "witnessed by box-a" in done.stderr, done.stderr
         done = run_sai("audit", "verify", "--witnessed", socket_path=a.socket)
-        assert done.returncode == 0 and "witnessed checkpoints" in done.stdout, done.stdout
+        assert done.returncode == 0 and "checkpoints the fleet's other boxes witnessed" in done.stdout, done.stdout
     finally:
         await db.close()
 
