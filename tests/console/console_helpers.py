@@ -87,6 +87,12 @@ def screen_text(app: SaiConsole) -> str:
     return "\n".join("".join(segment.text for segment in strip) for strip in strips)
 
 
+def fleet_row(app: SaiConsole, name: str) -> str:
+    """The screen line of box `name`'s row in the fleet pane: its workers cell ("1/1 free") tells
+    it from an alert or a job row that names the same box on the same line of the screen."""
+    return next((line for line in screen_text(app).splitlines() if name in line and "/1 free" in line), "")
+
+
 def notifications(app: SaiConsole) -> list[str]:
     return [n.message for n in app._notifications]
 

@@ -1,10 +1,14 @@
-"""One offline bundle per test session (`make bundle`, signed with a throw-away release key): the
-bundle and container tests both start from it, as an air-gapped site does."""
+"""One offline bundle for the deploy tests (`make bundle`, signed with a throw-away release key): the
+bundle and container tests both start from it, as an air-gapped site does. It is removed when they
+are done: with its unpacked copy it holds about twice the wheelhouse, and the tests after these
+need the disk."""
 
 from __future__ import annotations
 
+import shutil
 import sys
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,8 +16,8 @@ import pytest
 from tests.deploy.deploy_helpers import ROOT, make_key, run
 
 
-@pytest.fixture(scope="session")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+@pytest.fixture(scope="package")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
     """{"tarball", "dir" (unpacked), "pub" (the release public key), "work"}."""
     work = tmp_path_factory.mktemp("bundle")
     key = work / "release.pem"
@@ -26,4 +30,5 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     with tarfile.open(tarballs[0]) as tar:
         tar.extractall(work / "unpacked", filter="data")
     (top,) = (work / "unpacked").iterdir()
-    return {"tarball": tarballs[0], "dir": top, "pub": pub, "work": work}
+    yield {"tarball": tarballs[0], "dir": top, "pub": pub, "work": work}
+    shutil.rmtree(work, ignore_errors=True)

@@ -111,3 +111,4 @@ def test_offline_install_then_a_job_runs_with_no_network(bundle: dict[str, Path]
         daemon.terminate()
         daemon.wait(60)
         sock.unlink(missing_ok=True)
+        shutil.rmtree(prefix, ignore_errors=True)  # a whole venv: the tests after this one need the disk

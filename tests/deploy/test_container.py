@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -44,8 +45,20 @@ def base_image(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="module")
-def image(bundle: dict[str, Path], base_image: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def image(bundle: dict[str, Path], base_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """The smoke and runtime images, removed with their build layers afterwards (several GiB that
+    the rest of the suite needs: a CI machine once ran out of disk building them). The locally
+    made base stays, for the next run."""
     context = tmp_path_factory.mktemp("context")
+    try:
+        yield _build(bundle, base_image, context)
+    finally:
+        run(["podman", "rmi", "--force", "--ignore", f"{IMAGE}-smoke", IMAGE])
+        run(["podman", "image", "prune", "--force"])
+        shutil.rmtree(context, ignore_errors=True)
+
+
+def _build(bundle: dict[str, Path], base_image: str, context: Path) -> dict[str, str]:
     os.link(bundle["tarball"], context / bundle["tarball"].name)
     name = bundle["tarball"].name.removesuffix(".tar.gz")
     common = ["podman", "build", "--isolation=chroot", "--format", "docker", "-f", str(ROOT / "Containerfile"),

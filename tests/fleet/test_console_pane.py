@@ -14,7 +14,7 @@ from console.screens.help import HelpScreen
 from console.screens.main import SINGLE_BOX
 from console.widgets.fleet_pane import FleetPane, FleetTable
 from tests.conftest import DaemonFactory
-from tests.console.console_helpers import connected, notifications, screen_text, until
+from tests.console.console_helpers import connected, fleet_row, notifications, screen_text, until
 from tests.fleet.conftest import member_config
 from tests.harness import merged
 
@@ -22,7 +22,7 @@ SIZE = (160, 50)
 
 
 def row_of(app: SaiConsole, *keys: str) -> str:
-    """The line of the screen that holds every one of `keys` (a box name and "free", a job id)."""
+    """The line of the screen that holds every one of `keys` (a job id, a header)."""
     return next((line for line in screen_text(app).splitlines() if all(key in line for key in keys)), "")
 
 
@@ -53,10 +53,10 @@ async def test_a_members_console_sees_every_box_and_the_fleets_queue(
                     30, "both heartbeats fresh, with memory")  # stale after 3 s: this machine may be loaded
         await pilot.pause(0.3)
         for name in ("box-a", "box-b"):
-            line = row_of(app, name, " free")
+            line = fleet_row(app, name)
             assert name in line and " ago" in line and "stale" not in line, line
             assert "cpu0 (cpu)" in line and "1 free" in line and "host" in line and "GiB" in line, line
-        assert "box-a (this)" in row_of(app, "box-a", " free") and "(this)" not in row_of(app, "box-b", " free")
+        assert "box-a (this)" in fleet_row(app, "box-a") and "(this)" not in fleet_row(app, "box-b")
         assert "2 boxes" in str(main.fleet.border_title)
         await until(pilot, lambda: "1 warn" in box_row(app, "box-b"), 30, "box-b's open alert")
         assert "none" in box_row(app, "box-a")
@@ -95,7 +95,7 @@ async def test_a_members_console_sees_every_box_and_the_fleets_queue(
         try:
             await until(pilot, lambda: "stale" in box_row(app, "box-b"), 30, "box-b marked stale")
             await pilot.pause(0.3)
-            assert "‼" in row_of(app, "box-b", " free") and "stale" in row_of(app, "box-b", " free")
+            assert "‼" in fleet_row(app, "box-b") and "stale" in fleet_row(app, "box-b")
             assert "stale" not in box_row(app, "box-a")
             assert "1 stale" in str(main.fleet.border_title)
         finally:

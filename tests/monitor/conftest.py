@@ -10,7 +10,7 @@ import pytest
 
 from daemon.events import EventBus
 from daemon.monitor.service import Monitor
-from tests.monitor.mon_helpers import AuditLog, monitor_config
+from tests.monitor.mon_helpers import AuditLog, sampling_config
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ async def open_monitor(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
         kwargs.setdefault("worker_pid", lambda: None)
         kwargs.setdefault("worker_memory", lambda: None)
         kwargs.setdefault("queue_wait", lambda: None)
-        monitor = await Monitor.open(config or monitor_config(), state, outputs, bus, audit=audit, **kwargs)
+        monitor = await Monitor.open(config or sampling_config(), state, outputs, bus, audit=audit, **kwargs)
         opened.append(monitor)
         return monitor, bus, audit
 

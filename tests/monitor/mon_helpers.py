@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from daemon import config
+from tests.conftest import HOST_DISK_FLOORS_OFF
 
 GIB = 1024 ** 3
 
@@ -13,6 +14,12 @@ GIB = 1024 ** 3
 def monitor_config(**overrides: Any) -> config.Config:
     """Shipped defaults (no system or user files) with `section__key=value` overrides."""
     return config.load(system_file=None, environ={}).replace(**overrides)
+
+
+def sampling_config(**overrides: Any) -> config.Config:
+    """For a monitor that samples this machine: the shipped defaults with the free-disk floors off
+    (tests.conftest.HOST_DISK_FLOORS_OFF), then `overrides`."""
+    return monitor_config(**{f"alerts__{key}": value for key, value in HOST_DISK_FLOORS_OFF.items()}, **overrides)
 
 
 class AuditLog:

@@ -10,7 +10,7 @@ import pytest
 from daemon.events import EventBus
 from daemon.monitor.alerts import AlertNotFound
 from daemon.timefmt import rfc3339
-from tests.monitor.mon_helpers import AuditLog, Clock, monitor_config, sample
+from tests.monitor.mon_helpers import AuditLog, Clock, sample, sampling_config
 
 ALICE = {"uid": 1000, "user": "alice", "pid": 4242}
 
@@ -24,7 +24,7 @@ def drain(sub) -> list[tuple[str, dict]]:  # type: ignore[no-untyped-def]
 
 async def test_a_value_oscillating_at_a_threshold_raises_exactly_one_alert_then_clears(open_monitor) -> None:
     clock = Clock()
-    monitor, bus, audit = await open_monitor(monitor_config(alerts__clear_after_samples=2), clock=clock)
+    monitor, bus, audit = await open_monitor(sampling_config(alerts__clear_after_samples=2), clock=clock)
     sub = bus.subscribe({"alert"})
     for i in range(120):
         clock.advance(1)
@@ -54,7 +54,7 @@ async def test_a_value_oscillating_at_a_threshold_raises_exactly_one_alert_then_
 
 async def test_escalation_is_one_alert_whose_severity_changes(open_monitor) -> None:
     clock = Clock()
-    monitor, bus, audit = await open_monitor(monitor_config(alerts__clear_after_samples=1), clock=clock)
+    monitor, bus, audit = await open_monitor(sampling_config(alerts__clear_after_samples=1), clock=clock)
     sub = bus.subscribe({"alert"})
     for value in (92.0, 98.0, 91.0):
         clock.advance(1)
@@ -112,7 +112,7 @@ async def test_ack_records_who_is_audited_streamed_and_survives_reopen(open_moni
 
 async def test_a_rule_alert_open_at_shutdown_is_not_raised_again_after_reopen(open_monitor, tmp_path: Path) -> None:
     clock = Clock()
-    cfg = monitor_config(alerts__clear_after_samples=1)
+    cfg = sampling_config(alerts__clear_after_samples=1)
     monitor, _, audit = await open_monitor(cfg, state_dir=tmp_path / "s", clock=clock)
     await monitor.evaluate(sample(clock.now, host_percent=95.0))
     await monitor.close()
@@ -126,7 +126,7 @@ async def test_a_rule_alert_open_at_shutdown_is_not_raised_again_after_reopen(op
     # A rule turned off in the configuration clears its alert at the next open.
     await reopened.evaluate(sample(clock.now, host_percent=95.0))
     await reopened.close()
-    off = monitor_config(alerts__host_memory_warning_percent=0.0, alerts__host_memory_critical_percent=0.0)
+    off = sampling_config(alerts__host_memory_warning_percent=0.0, alerts__host_memory_critical_percent=0.0)
     third, _, audit3 = await open_monitor(off, state_dir=tmp_path / "s", clock=clock)
     assert audit3.actions() == ["alert.clear"] and await third.alerts.list() == []
 
@@ -173,7 +173,7 @@ async def test_an_audit_callback_that_fails_does_not_stop_alerts(open_monitor) -
 
 async def test_cleared_alerts_past_retention_are_pruned(open_monitor, tmp_path: Path) -> None:
     clock = Clock()
-    cfg = monitor_config(alerts__retain_days=30.0)
+    cfg = sampling_config(alerts__retain_days=30.0)
     monitor, _, _ = await open_monitor(cfg, state_dir=tmp_path / "s", clock=clock)
     await monitor.alerts.raise_alert("old", "warning", "cleared long ago")
     await monitor.alerts.clear("old")

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.client import DaemonClient
 from daemon.protocol import INVALID_PARAMS, NOT_FOUND, RpcError
-from tests.monitor.mon_helpers import monitor_config
+from tests.monitor.mon_helpers import sampling_config
 from tests.monitor.mon_server import ServedMonitor
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,7 +28,7 @@ async def sai(*args: str) -> tuple[int, str, str]:
 
 
 async def test_methods_over_the_socket(open_monitor) -> None:
-    cfg = monitor_config()
+    cfg = sampling_config()
     monitor, bus, _ = await open_monitor(cfg)
     for _ in range(3):
         await monitor.tick()
@@ -72,7 +72,7 @@ async def test_methods_over_the_socket(open_monitor) -> None:
 
 
 async def test_cli_commands(open_monitor) -> None:
-    cfg = monitor_config()
+    cfg = sampling_config()
     monitor, bus, _ = await open_monitor(cfg)
     await monitor.tick()
     raised = await monitor.alerts.raise_alert("worker.leak", "warning", "worker memory grows 40 MiB per job")

@@ -10,7 +10,7 @@ import pytest
 
 from daemon.monitor.history import History, flatten, nest, parse_time
 from daemon.timefmt import rfc3339
-from tests.monitor.mon_helpers import Clock, monitor_config, sample
+from tests.monitor.mon_helpers import Clock, sample, sampling_config
 
 T0 = 1_800_000_000.0  # a multiple of 60: minute boundaries are T0 + 60k
 
@@ -108,5 +108,5 @@ def test_flatten_and_nest_round_trip_the_numeric_figures() -> None:
 
 
 async def test_history_days_comes_from_config(open_monitor) -> None:
-    monitor, _, _ = await open_monitor(monitor_config(monitor__history_days=2.0))
+    monitor, _, _ = await open_monitor(sampling_config(monitor__history_days=2.0))
     assert monitor.history_store.days == 2.0

@@ -8,7 +8,7 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.monitor.mon_helpers import monitor_config
+from tests.monitor.mon_helpers import sampling_config
 
 
 def free_port() -> int:
@@ -44,7 +44,7 @@ async def test_text_parses_with_host_memory_and_daemon_rss(open_monitor) -> None
 
 async def test_loopback_exporter_serves_the_same_figures(open_monitor) -> None:
     port = free_port()
-    monitor, _, _ = await open_monitor(monitor_config(monitor__listen=f"127.0.0.1:{port}",
+    monitor, _, _ = await open_monitor(sampling_config(monitor__listen=f"127.0.0.1:{port}",
                                                       monitor__interval=0.05))
     monitor.start()
     assert monitor.exporter is not None and monitor.exporter.bound_port == port
@@ -69,7 +69,7 @@ async def test_a_busy_port_is_an_alert_not_a_crash(open_monitor) -> None:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        monitor, _, _ = await open_monitor(monitor_config(monitor__listen=f"127.0.0.1:{port}"))
+        monitor, _, _ = await open_monitor(sampling_config(monitor__listen=f"127.0.0.1:{port}"))
         monitor.start()
         await asyncio.sleep(0.05)
         (alert,) = await monitor.alerts.list()

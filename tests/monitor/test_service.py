@@ -8,11 +8,11 @@ import subprocess
 import sys
 import time
 
-from tests.monitor.mon_helpers import Clock, monitor_config
+from tests.monitor.mon_helpers import Clock, sampling_config
 
 
 async def test_samples_on_its_timer_into_a_bounded_ring(open_monitor) -> None:
-    cfg = monitor_config(monitor__interval=0.02, monitor__ring_seconds=0.2)
+    cfg = sampling_config(monitor__interval=0.02, monitor__ring_seconds=0.2)
     monitor, bus, _ = await open_monitor(cfg)
     assert monitor.ring.capacity == 10
     monitor.start()
@@ -31,7 +31,7 @@ async def test_samples_on_its_timer_into_a_bounded_ring(open_monitor) -> None:
 
 
 async def test_disabled_monitor_takes_no_samples_but_answers_a_snapshot(open_monitor) -> None:
-    monitor, _, _ = await open_monitor(monitor_config(monitor__enabled=False, monitor__interval=0.01))
+    monitor, _, _ = await open_monitor(sampling_config(monitor__enabled=False, monitor__interval=0.01))
     monitor.start()
     await asyncio.sleep(0.1)
     assert len(monitor.ring) == 0
@@ -67,7 +67,7 @@ async def test_queue_wait_rule_with_an_async_source(open_monitor) -> None:
     async def queue_wait() -> float | None:
         return next(waits)
 
-    monitor, _, audit = await open_monitor(monitor_config(alerts__clear_after_samples=1), queue_wait=queue_wait)
+    monitor, _, audit = await open_monitor(sampling_config(alerts__clear_after_samples=1), queue_wait=queue_wait)
     severities = []
     for _ in range(4):
         sample = await monitor.tick()
@@ -79,7 +79,7 @@ async def test_queue_wait_rule_with_an_async_source(open_monitor) -> None:
 
 async def test_failure_rate_needs_enough_jobs_in_the_window(open_monitor) -> None:
     clock = Clock()
-    monitor, _, _ = await open_monitor(monitor_config(alerts__failure_rate_min_jobs=4), clock=clock)
+    monitor, _, _ = await open_monitor(sampling_config(alerts__failure_rate_min_jobs=4), clock=clock)
     for ok in (False, False, True):
         monitor.record_job_outcome(ok)
     assert monitor.job_summary()["failure_rate_percent"] is None  # 3 < 4 jobs
@@ -119,7 +119,7 @@ async def test_a_broken_source_is_logged_and_sampling_goes_on(open_monitor, capl
             raise RuntimeError("supervisor in an odd state")
         return None
 
-    monitor, _, _ = await open_monitor(monitor_config(monitor__interval=0.02), worker_pid=flaky)
+    monitor, _, _ = await open_monitor(sampling_config(monitor__interval=0.02), worker_pid=flaky)
     monitor.start()
     await asyncio.sleep(0.3)
     assert monitor.errors == 1 and len(monitor.ring) >= 5
