@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from textual.app import App
 from textual.binding import Binding
 
 from console.screens.help import Group, binding_rows, key_label
@@ -16,7 +17,7 @@ from console.widgets.queue_table import QueueTable
 from console.widgets.table import Table
 
 
-def help_groups(app: Any, allowed: Callable[[str], bool], readonly: bool) -> list[Group]:
+def help_groups(app: App[Any], allowed: Callable[[str], bool], readonly: bool) -> list[Group]:
     return [
         ("Main screen", [(key_label(app, c.keys), c.help) for c in COMMANDS if c.keys and allowed(c.action)]),
         ("Queue", binding_rows(app, QueueTable.BINDINGS) + [("click header", "Sort by that column")]),

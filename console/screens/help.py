@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 
 from rich.table import Table
 from rich.text import Text
+from textual.app import App
 from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
@@ -15,11 +16,11 @@ from textual.widgets import Label, Static
 Group = tuple[str, list[tuple[str, str]]]
 
 
-def key_label(app: Any, keys: str) -> str:
+def key_label(app: App[Any], keys: str) -> str:
     return " ".join(app.get_key_display(Binding(key, "")) for key in keys.split(","))
 
 
-def binding_rows(app: Any, bindings: Iterable[BindingType]) -> list[tuple[str, str]]:
+def binding_rows(app: App[Any], bindings: Iterable[BindingType]) -> list[tuple[str, str]]:
     rows = []
     for item in bindings:
         binding = item if isinstance(item, Binding) else Binding(*item)
