@@ -71,7 +71,9 @@ MASK_MAX = 1.5  # the activity mask's most (busy texture); PSNR on noise-like im
 SYNC_Z = 6.5  # z-score the sync peak is boosted to at embedding (the highest of 16,384 noise shifts is ~4.5)
 MIN_SIDE = 512  # below, busy images cannot hold 16 tiles' worth of signal (daemon.outputs.watermark falls back)
 PEAKS = 2
-NEIGHBOURHOOD = 9  # shifts decoded per sync peak: it and its 8 neighbours
+NEAR = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+"""The shifts decoded around a sync peak: it and its 8 neighbours."""
+NEIGHBOURHOOD = len(NEAR)
 SMOOTH_SIGMA = 1.2
 HIGHPASS_SIGMA = 3.0
 USUAL_SIDES = (512, 576, 640, 704, 768, 832, 896, 960, 1024, 1152, 1280, 1536, 2048)
@@ -181,13 +183,14 @@ def embed(rgb: np.ndarray, fp: bytes, amplitude: float = AMPLITUDE) -> np.ndarra
         folds = ((_fold(_highpass(marked)), (0, 0), marked.shape),
                  (_fold(_highpass(centre)), (-dy % TILE, -dx % TILE), centre.shape))
         soft = [_soft_bits(f, at) for f, at, _ in folds]
+        maps = [_sync_map(f) for f, _, _ in folds]
         rescue = step >= EMBED_PASSES - 1
-        if rescue and all(_reads_clean(fp, f, at, read) for (f, at, _), read in zip(folds, soft, strict=True)):
+        if rescue and all(_reads_clean(fp, z, at, read) for z, (_, at, _), read in zip(maps, folds, soft, strict=True)):
             break
         cap = RESCUE_BOOST if rescue else MAX_BOOST
         margin = np.min([s * bits / _unit_gain(shape) for s, (_, _, shape) in zip(soft, folds, strict=True)],
                         axis=0) / amplitude
-        sync_z = min(float(_sync_map(f)[at]) for f, at, _ in folds)
+        sync_z = min(float(z[at]) for z, (_, at, _) in zip(maps, folds, strict=True))
         if sync_z < SYNC_Z and sync_gain < cap:
             sync_gain = min(sync_gain * float(np.clip(SYNC_Z / max(sync_z, 1.0), 1.2, 2.0)), cap)
         elif not (margin < TARGET).any():
@@ -205,12 +208,12 @@ def _unit_gain_tile() -> float:
     return float(np.sum(_highpass(data.astype(np.float32)) * data)) / CODED_BITS
 
 
-def _reads_clean(fp: bytes, folded: np.ndarray, shift: tuple[int, int], soft: np.ndarray) -> bool:
-    """Whether `detect` finds `fp` in this fold with no symbol to correct (the code's whole
-    correcting power is then left for what a re-encode or resize does to the image): the first sync
-    peak is within a pixel of the mark's `shift`, where the bits (`soft`) decode with none corrected.
-    One decode, where `detect` makes nine."""
-    (peak, _), = _sync_peaks(folded, 1)
+def _reads_clean(fp: bytes, z: np.ndarray, shift: tuple[int, int], soft: np.ndarray) -> bool:
+    """Whether `detect` finds `fp` in a fold with no symbol to correct (the code's whole correcting
+    power is then left for what a re-encode or resize does to the image): the first peak of the
+    fold's sync map `z` is within a pixel of the mark's `shift`, where the bits (`soft`) decode with
+    none corrected. One decode, where `detect` makes nine."""
+    (peak, _), = _sync_peaks(z, 1)
     return _cyclic_distance(peak, shift) <= 1 and _decode(soft) == (fp, 0)
 
 
@@ -254,10 +257,10 @@ def _sync_map(folded: np.ndarray) -> np.ndarray:
     return (corr - corr.mean()) / (corr.std() + 1e-12)
 
 
-def _sync_peaks(folded: np.ndarray, count: int) -> list[tuple[tuple[int, int], float]]:
-    """The `count` best shifts by sync z-score, each at least 2 pixels (cyclically) from the others:
-    the correlation is smooth, so a peak's neighbours score nearly as high and are not other candidates."""
-    z = _sync_map(folded)
+def _sync_peaks(z: np.ndarray, count: int) -> list[tuple[tuple[int, int], float]]:
+    """The `count` best shifts of the sync map `z`, each at least 2 pixels (cyclically) from the
+    others: the correlation is smooth, so a peak's neighbours score nearly as high and are not other
+    candidates."""
     peaks: list[tuple[tuple[int, int], float]] = []
     for i in np.argsort(z.ravel())[::-1][:64]:
         at = (int(i // TILE), int(i % TILE))
@@ -277,8 +280,8 @@ def _candidates(folded: np.ndarray) -> Iterator[list[tuple[tuple[int, int], floa
     The sync correlation is broad (a neighbour scores ~0.93 of the peak), so the host's own slope
     across it moves the peak a pixel off the mark about as often as not."""
     z = _sync_map(folded)
-    for (y, x), _ in _sync_peaks(folded, PEAKS):
-        near = [((y + dy) % TILE, (x + dx) % TILE) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+    for (y, x), _ in _sync_peaks(z, PEAKS):
+        near = [((y + dy) % TILE, (x + dx) % TILE) for dy, dx in NEAR]
         yield [(at, float(z[at])) for at in sorted(near, key=lambda at: (at != (y, x), -z[at]))]
 
 
