@@ -31,9 +31,12 @@ Work = Callable[[Conn], Awaitable[T]]
 
 CONNECTION_FAULTS: tuple[type[BaseException], ...] = (
     OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.InterfaceError,
+    asyncpg.InterfaceError, asyncpg.InternalClientError,
 )
-"""What a lost, refused or restarting server raises (the statement's own errors are not among them)."""
+"""What a lost, refused or restarting server raises (the statement's own errors are not among them).
+InternalClientError: a connection the server dropped while shutting down can be handed out before
+asyncpg has seen it close, its protocol still waiting for the end of the server's error ("cannot
+switch to state 12; another operation (2) is in progress"); it once stopped a box's dispatcher."""
 CLOSE_FAULTS: tuple[type[BaseException], ...] = (TimeoutError, *CONNECTION_FAULTS)
 
 
@@ -88,7 +91,11 @@ class Database:
         for left in range(tries - 1, -1, -1):
             try:
                 async with self.pool.acquire() as conn:
-                    return await work(conn)
+                    try:
+                        return await work(conn)
+                    except asyncpg.InternalClientError:
+                        conn.terminate()  # left mid-operation: the pool must not hand it out again
+                        raise
             except CONNECTION_FAULTS as exc:
                 if left:
                     log.debug("fleet database: %s; trying again on a new connection", exc or type(exc).__name__)

@@ -154,7 +154,8 @@ async def test_submit_while_the_database_is_down_fails_clearly(make_daemon: Daem
         else:
             raise AssertionError("a submit was acknowledged while the database was down")
         done = run_sai("submit", "from a script", socket_path=daemon.socket)  # exit 3: a script tries again
-        assert done.returncode == 3 and "try again once the fleet database answers" in done.stderr, done.stderr
+        assert done.returncode == 3 and "try again once the fleet database answers" in done.stderr, \
+            done.stderr + daemon.read_log()[-4000:]
     finally:
         pg_cluster.start()
     async def submit_after() -> dict[str, Any] | None:
