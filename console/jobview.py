@@ -28,7 +28,7 @@ def job_fields(job: dict[str, Any]) -> dict[str, str]:
 def queue_columns(wide: bool, boxes: bool) -> list[tuple[str, str, int]]:
     """The queue's columns (key, label, width; 0 takes the room left); `boxes`: a fleet member's
     console, with the box that runs or ran each job."""
-    spec = [("tag", " ", 1), ("job_id", "job", 13), ("priority", "pri", 4), ("state", "state", 24 if wide else 11),
+    spec = [("tag", " ", 1), ("job_id", "job", 13), ("priority", "pri", 4), ("state", "state", 25 if wide else 11),
             ("prompt", "prompt", 0), ("user", "user", 10 if wide else 8), ("age", "age", 6)]
     return spec[:4] + [("box", "box", 12 if wide else 8)] + spec[4:] if boxes else spec
 

@@ -18,7 +18,7 @@ from console.screens.help import HelpScreen
 from console.screens.job_detail import JobDetailScreen
 from console.screens.new_job import NewJobScreen
 from tests.configs import NO_WORKER
-from tests.console.console_helpers import NOW, connected, fixed_job, notifications, screen_text, until
+from tests.console.console_helpers import NOW, connected, fixed_job, notifications, offline_app, screen_text, until
 from tests.harness import run_sai
 
 SIZE = (120, 40)
@@ -198,3 +198,17 @@ async def test_the_restart_dialog_and_sai_worker_restart_say_what_the_daemon_doe
             break
         await asyncio.sleep(0.1)
     assert status["worker"]["pid"] != before
+
+
+async def test_a_finished_batch_reads_100_percent_not_10() -> None:
+    """A job at 100% (its outputs being written) showed `10…` in the wide queue: the state column was
+    one character short of its own text. Found watching 200 jobs on two fleet boxes."""
+    for size in ((160, 50), (80, 24)):
+        app = offline_app()
+        async with app.run_test(size=size) as pilot:
+            await pilot.pause()
+            app.main.table.load([fixed_job(1, "running", progress=1.0), fixed_job(2, "running", progress=0.5)])
+            await pilot.pause()
+            rows = [line for line in screen_text(app).splitlines() if "j000000000001" in line]
+            assert rows and "100%" in rows[0], (size, rows)
+            assert "50%" in next(line for line in screen_text(app).splitlines() if "j000000000002" in line)
