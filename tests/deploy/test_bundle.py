@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,16 @@ pytestmark = pytest.mark.slow
 needs_unshare = pytest.mark.skipif(
     shutil.which("unshare") is None or os.geteuid() != 0,
     reason="proving 'offline' needs `unshare -n`, which needs root here")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def unpacked_removed_after(bundle: dict[str, Path]) -> Iterator[None]:
+    """The unpacked bundle and its tampered copies go when these tests are done: the container
+    tests after them need only the tarball, and the disk."""
+    yield
+    for path in bundle["work"].iterdir():
+        if path.name == "unpacked" or path.name.startswith("tampered-"):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def test_bundle_holds_every_locked_wheel_and_checksums_every_member(bundle: dict[str, Path]) -> None:

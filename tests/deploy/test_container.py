@@ -29,6 +29,7 @@ pytestmark = [
 
 BASE = "localhost/debian:bookworm-local"
 IMAGE = "localhost/secure-ai-studio:test"
+SHM_ROOM = 8 * 2**30
 
 
 @pytest.fixture(scope="module")
@@ -63,11 +64,23 @@ def _build(bundle: dict[str, Path], base_image: str, context: Path) -> dict[str,
     name = bundle["tarball"].name.removesuffix(".tar.gz")
     common = ["podman", "build", "--isolation=chroot", "--format", "docker", "-f", str(ROOT / "Containerfile"),
               "--build-arg", f"BASE={base_image}", "--build-arg", f"BUNDLE={name}"]
-    smoke = run([*common, "--target", "smoke", "-t", f"{IMAGE}-smoke", str(context)])
+    env = build_env()
+    smoke = run([*common, "--target", "smoke", "-t", f"{IMAGE}-smoke", str(context)], env=env)
     assert smoke.returncode == 0, smoke.stdout[-4000:] + smoke.stderr[-4000:]
-    runtime = run([*common, "--target", "runtime", "-t", IMAGE, str(context)])
+    runtime = run([*common, "--target", "runtime", "-t", IMAGE, str(context)], env=env)
     assert runtime.returncode == 0, runtime.stdout[-2000:] + runtime.stderr[-2000:]
     return {"smoke": smoke.stdout + smoke.stderr, "image": IMAGE}
+
+
+def build_env() -> dict[str, str]:
+    """podman's environment for the builds. While it commits a layer, podman keeps a temporary copy
+    of it (about 2 GiB for the venv layers, under /var/tmp by default), and a CI machine once ran
+    out of disk right there. The copies go to /dev/shm instead when it has room for them (TMPDIR, as
+    containers.conf documents)."""
+    env = dict(os.environ)
+    if os.path.isdir("/dev/shm") and shutil.disk_usage("/dev/shm").free > SHM_ROOM:
+        env["TMPDIR"] = "/dev/shm"
+    return env
 
 
 def inspect(image: str) -> dict[str, object]:
