@@ -23,5 +23,8 @@ async def test_a_dead_monitor_shows_as_a_daemon_fault_banner(make_daemon: Any) -
         assert "DAEMON FAULT" not in screen_text(app)
         assert daemon.proc is not None
         daemon.proc.send_signal(signal.SIGUSR1)
-        await until(pilot, lambda: "DAEMON FAULT: monitor died: InjectedFault" in screen_text(app), 15,
-                    "the fault banner")
+        try:
+            await until(pilot, lambda: "DAEMON FAULT: monitor died: InjectedFault" in screen_text(app), 15,
+                        "the fault banner")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{screen_text(app)}\n{daemon.read_log()[-3000:]}") from None
