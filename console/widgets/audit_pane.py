@@ -168,9 +168,14 @@ class AuditPane(Pane):
         self._note()
 
     def apply(self, entry: dict[str, Any]) -> None:
-        self.log_size = max(self.log_size, int(entry.get("seq", -1)) + 1)
+        """A new entry from the audit events. One the last audit.tail answer already held is skipped:
+        the console subscribes before it loads, so an entry appended in between comes both ways (it
+        was added twice, and the table's duplicate row key stopped the console)."""
+        seq = int(entry.get("seq", -1))
+        loaded = seq < self.log_size
+        self.log_size = max(self.log_size, seq + 1)
         self._head()
-        if self.looking_back:
+        if loaded or self.looking_back:
             return
         self.entries.append(entry)
         del self.entries[:-KEEP]

@@ -212,3 +212,22 @@ async def test_a_finished_batch_reads_100_percent_not_10() -> None:
             rows = [line for line in screen_text(app).splitlines() if "j000000000001" in line]
             assert rows and "100%" in rows[0], (size, rows)
             assert "50%" in next(line for line in screen_text(app).splitlines() if "j000000000002" in line)
+
+
+async def test_an_audit_entry_both_loaded_and_sent_as_an_event_is_shown_once() -> None:
+    """The console subscribes, then loads the audit tail: an entry appended in between comes both in
+    the answer and as an event. The second copy stopped the console (DataTable DuplicateKey); seen
+    as a missing daemon-fault banner in tests/console/test_daemon_fault.py."""
+    app = offline_app()
+    async with app.run_test(size=(160, 50)) as pilot:
+        await pilot.pause()
+        entries = [{"seq": i, "time": "2026-12-04T10:00:0%dZ" % i, "actor": {"user": "alice"}, "action": "job.submit",
+                    "subject": f"j{i:012x}"} for i in range(4)]
+        audit = app.main.audit
+        audit.load({"entries": entries, "size": 4})
+        audit.apply(entries[3])
+        audit.apply({**entries[3], "seq": 4, "subject": "j00000000000f"})
+        await pilot.pause()
+        text = screen_text(app)
+        assert text.count("j000000000003") == 1 and "j00000000000f" in text
+        assert app.is_running
