@@ -94,8 +94,7 @@ def check_model(name: str, path: str, config_dir: str, state_dir: Path) -> Check
             return fail(label, f"{target}: the safetensors header does not read ({reason})",
                         "copy the file again from its source and compare its SHA-256")
         if not config_dir:
-            return fail(label, f"{target} is a single file ({count} tensors) but model.config_dir is not set",
-                        "set model.config_dir to a local diffusers directory with the matching component configs")
+            return _shipped_tree_check(label, target, count)
         configs = Path(config_dir).expanduser()
         if not (configs / "model_index.json").is_file():
             return fail(label, f"model.config_dir {configs} has no model_index.json",
@@ -108,6 +107,22 @@ def check_model(name: str, path: str, config_dir: str, state_dir: Path) -> Check
     if not read:
         return warn(label, f"{target}: no .safetensors weights found", "check the model directory is complete")
     return ok(label, f"{target}: every component present, {read} weight files read")
+
+
+def _shipped_tree_check(label: str, target: Path, count: int) -> Check:
+    """A single file without config_dir loads with the shipped tree its shapes fit, if one does."""
+    from daemon.models.detect import detect
+    from daemon.models.errors import ModelError
+    from daemon.models.shipped import choose, header_shapes
+
+    try:
+        tree = choose(target, family := detect(target), header_shapes(target))
+    except ModelError as exc:
+        return fail(label, str(exc), "set model.config_dir to a local diffusers directory with this model's "
+                    "component configs and tokenizers")
+    variant = "" if tree.default_denoiser else f", {tree.denoiser}"
+    return ok(label, f"{target}: {count} tensors, a {family} file; configs from the shipped tree "
+              f"{tree.path.name}{variant}")
 
 
 def main() -> int:

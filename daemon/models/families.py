@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 FAMILY_NAMES = ("sd15", "sd2", "sdxl", "sd3", "flux", "pixart")
@@ -87,16 +86,6 @@ family, and so its limits, before the model is first built."""
 
 SIZE_STEP = min(f.size_multiple for f in FAMILIES.values())
 """Every family's width and height are multiples of this; a model's own family may ask more."""
-
-
-CONFIGS = Path(__file__).resolve().parent / "configs"
-"""The config trees the package ships (JSON/TXT, no weights): daemon/models/make_configs.py wrote them."""
-
-
-def shipped_config(family: str) -> Path | None:
-    """The config tree the package ships for `family`'s single files, or None."""
-    tree = CONFIGS / family
-    return tree if (tree / "model_index.json").is_file() else None
 
 
 def family(name: str) -> Family:

@@ -1,8 +1,8 @@
 """Resolve a configured model to local files and load it with its family's pipeline (worker side).
 
 Nothing is fetched: directories load with `local_files_only=True`, single files always get a
-local `config=` tree (the model's `config_dir`, else the one the package ships for the family under
-daemon/models/configs/), and the worker runs with the hub offline. Pickled weights are refused
+local `config=` tree (the model's `config_dir`, else the shipped one the file's shapes fit:
+daemon.models.shipped), and the worker runs with the hub offline. Pickled weights are refused
 because unpickling runs code; a symlink leading out of a model's directory is refused because the
 admin configured that directory, not wherever the link points.
 """
@@ -18,13 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 from daemon.models.builders import BUILT_IN, build
 from daemon.models.errors import ModelError
-from daemon.models.families import CONFIGS, FAMILIES, Family, shipped_config
+from daemon.models.families import FAMILIES, Family
 from daemon.models.performance import choose_dtype
+from daemon.models.shipped import ShippedTree, absent_components, choose, header_shapes
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
-__all__ = ["CONFIGS", "ModelError", "ModelSpec", "load_pipeline", "resolve", "shipped_config", "weights_sha256"]
+__all__ = ["ModelError", "ModelSpec", "load_pipeline", "resolve", "weights_sha256"]
 
 PICKLED_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")
 SCHEDULER_CLASSES = {"euler": "EulerDiscreteScheduler", "ddim": "DDIMScheduler", "dpm": "DPMSolverMultistepScheduler"}
@@ -124,19 +125,15 @@ def weights_sha256(path: Path) -> str:
     return outer.hexdigest()
 
 
-def single_file_config(path: Path, spec: ModelSpec, family: Family) -> Path:
+def single_file_config(path: Path, spec: ModelSpec, family: Family) -> ShippedTree:
+    """The config tree a single file loads with: the model's config_dir, else the shipped one it fits."""
     if spec.config_dir:
         tree = Path(spec.config_dir).expanduser()
         if not (tree / "model_index.json").is_file():
             raise ModelError(f"{path}: config_dir {tree} is not a diffusers config tree (no model_index.json)")
         refuse_outside_links(tree)
-        return tree
-    shipped = shipped_config(family.name)
-    if shipped is None:
-        raise ModelError(f"{path}: a single-file {family.label} model needs a config tree, and the package ships "
-                         f"none for {family.name}; set the model's config_dir to a local diffusers directory "
-                         "of the same family (nothing is fetched: the network is off)")
-    return shipped
+        return ShippedTree(tree, "unet" if (tree / "unet").is_dir() else "transformer")
+    return choose(path, family.name, header_shapes(path))
 
 
 def torch_dtype(name: str, family: Family, device: str) -> Any:
@@ -159,8 +156,11 @@ def load_pipeline(path: Path, family_name: str, spec: ModelSpec, device: str) ->
         extra = {"add_watermarker": False}  # outputs are marked by the daemon's own pipeline
     try:
         if path.is_file():
-            config = single_file_config(path, spec, family)
-            pipe = pipeline_class.from_single_file(str(path), config=str(config), local_files_only=True,
+            tree = single_file_config(path, spec, family)
+            extra.update(dict.fromkeys(absent_components(tree.path)))
+            if not tree.default_denoiser:
+                extra[tree.denoiser.split("-")[0]] = _denoiser_variant(path, tree, dtype)
+            pipe = pipeline_class.from_single_file(str(path), config=str(tree.path), local_files_only=True,
                                                    torch_dtype=dtype, **extra)
             _refuse_missing_weights(path, pipe)
             _inference_mode(pipe)
@@ -175,6 +175,16 @@ def load_pipeline(path: Path, family_name: str, spec: ModelSpec, device: str) ->
     _set_scheduler(pipe, family, spec.scheduler, path)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def _denoiser_variant(path: Path, tree: ShippedTree, dtype: Any) -> Any:
+    """The file's UNet or transformer, built with the variant's config (SD 3.5 Large, Medium)."""
+    import diffusers
+
+    config = json.loads((tree.path / tree.denoiser / "config.json").read_text())
+    denoiser_class = getattr(diffusers, str(config["_class_name"]))
+    return denoiser_class.from_single_file(str(path), config=str(tree.path), subfolder=tree.denoiser,
+                                           local_files_only=True, torch_dtype=dtype)
 
 
 def _set_scheduler(pipe: DiffusionPipeline, family: Family, name: str, path: Path) -> None:

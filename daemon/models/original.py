@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 StateDict = dict[str, "torch.Tensor"]
 
-WRITABLE = ("sd15", "sdxl", "sd3", "flux")
+WRITABLE = ("sd15", "sd2", "sdxl", "sd3", "flux")
 
 RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
           "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
@@ -188,7 +188,9 @@ def open_clip(encoder: Any) -> StateDict:
                       "positional_embedding": sd.pop("embeddings.position_embedding.weight"),
                       "ln_final.weight": sd.pop("final_layer_norm.weight"),
                       "ln_final.bias": sd.pop("final_layer_norm.bias"),
-                      "text_projection": sd.pop("text_projection.weight").T}
+                      # SD 2.x's encoder has no projection in diffusers; its files hold a square one, unused
+                      "text_projection": sd.pop("text_projection.weight").T if "text_projection.weight" in sd
+                      else torch.eye(encoder.config.hidden_size)}
     for i in range(encoder.config.num_hidden_layers):
         src, dst = f"encoder.layers.{i}", f"transformer.resblocks.{i}"
         for suffix in ("weight", "bias"):
@@ -270,17 +272,22 @@ def original_state_dict(family: str, pipe: Any) -> StateDict:
         return {**_prefixed("model.diffusion_model.", ldm_unet(pipe.unet)),
                 **_prefixed("first_stage_model.", ldm_vae(pipe.vae)),
                 **_prefixed("cond_stage_model.transformer.", hf_clip(pipe.text_encoder))}
+    if family == "sd2":
+        return {**_prefixed("model.diffusion_model.", ldm_unet(pipe.unet)),
+                **_prefixed("first_stage_model.", ldm_vae(pipe.vae)),
+                **_prefixed("cond_stage_model.model.", open_clip(pipe.text_encoder))}
     if family == "sdxl":
         return {**_prefixed("model.diffusion_model.", ldm_unet(pipe.unet)),
                 **_prefixed("first_stage_model.", ldm_vae(pipe.vae)),
                 **_prefixed("conditioner.embedders.0.transformer.", hf_clip(pipe.text_encoder)),
                 **_prefixed("conditioner.embedders.1.model.", open_clip(pipe.text_encoder_2))}
     if family == "sd3":
+        t5 = getattr(pipe, "text_encoder_3", None)  # SD3 runs without T5; files without it are published too
         return {**_prefixed("model.diffusion_model.", mmdit(pipe.transformer)),
                 **_prefixed("first_stage_model.", ldm_vae(pipe.vae)),
                 **_prefixed("text_encoders.clip_l.transformer.", hf_clip(pipe.text_encoder)),
                 **_prefixed("text_encoders.clip_g.transformer.", hf_clip(pipe.text_encoder_2)),
-                **_prefixed("text_encoders.t5xxl.transformer.", pipe.text_encoder_3.state_dict())}
+                **(_prefixed("text_encoders.t5xxl.transformer.", t5.state_dict()) if t5 is not None else {})}
     if family == "flux":
         return {**_prefixed("model.diffusion_model.", flux_transformer(pipe.transformer)),
                 **_prefixed("vae.", ldm_vae(pipe.vae)),

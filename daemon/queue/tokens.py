@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from daemon.catalog import ModelCatalog, ModelEntry
-from daemon.models.families import FAMILIES, Encoder, shipped_config, token_warnings
+from daemon.models.families import FAMILIES, Encoder, token_warnings
+from daemon.models.shipped import absent_components, built_in_tree, tokenizer_tree
 
 log = logging.getLogger("sai.queue")
 
@@ -79,26 +80,29 @@ class TokenizerCache:
         self.models = models
         self._loaded: dict[tuple[str, str, str], asyncio.Task[PromptTokens]] = {}
 
-    def tree(self, entry: ModelEntry) -> Path | None:
-        """Where the model's tokenizer folders are (None: nowhere known)."""
+    def tree(self, entry: ModelEntry, family: str) -> Path | None:
+        """Where the model's tokenizer folders are (None: nowhere known). Blocking: it may read a
+        single file's header, to find the shipped tree that file loads with."""
         files = self.models.files_of(entry)
         if files is not None and (files / "model_index.json").is_file():
             return files
         if entry.config_dir:
             return Path(entry.config_dir).expanduser()
-        return shipped_config(entry.family_now)
+        if files is None:
+            return built_in_tree(family)  # a built-in not built yet: its tokenizers are the shipped tiny ones
+        return tokenizer_tree(files, family) if files.is_file() else None
 
     async def of(self, entry: ModelEntry) -> PromptTokens:
         """The tokenizers `entry`'s jobs are counted with; concurrent first submits share one load."""
         family = entry.family_now
         if family not in FAMILIES:
             return NOT_JUDGED
-        tree = self.tree(entry)
-        key = (entry.name, family, str(tree))
+        built = self.models.files_of(entry) is not None
+        key = (entry.name, family, str(built))
         task = self._loaded.get(key)
         if task is None:
             task = self._loaded[key] = asyncio.get_running_loop().create_task(
-                asyncio.to_thread(prompt_tokens, entry.name, family, tree))
+                asyncio.to_thread(lambda: prompt_tokens(entry.name, family, self.tree(entry, family))))
         return await asyncio.shield(task)
 
 
@@ -109,7 +113,10 @@ def prompt_tokens(name: str, family: str, tree: Path | None) -> PromptTokens:
     for encoder in FAMILIES[family].encoders:
         encoders.setdefault(encoder.kind, encoder)
     tokens = PromptTokens(family, shortest=min(e.max_tokens for e in FAMILIES[family].encoders))
+    absent = absent_components(tree) if tree is not None and (tree / "model_index.json").is_file() else []
     for kind, encoder in encoders.items():
+        if encoder.tokenizer in absent:
+            continue  # the model runs without that encoder (SD3 without T5): nothing of the prompt is cut there
         if tree is None:
             tokens.counts[kind] = None
             continue

@@ -21,6 +21,7 @@ from daemon.audit.entry import check_details
 from daemon.audit.writer import Writer, own_actor
 from daemon.crypto.keys import KeyStore
 from tests.harness import DaemonProcess, merged, run_sai, to_toml
+from tests.models.worker_helpers import write_single_in_subprocess
 
 NOBODY = 65534
 CONFIG: dict[str, dict[str, Any]] = {"model": {"threads": 1}}
@@ -160,6 +161,23 @@ def test_single_file_model_header_reads_then_corrupt_header_fails(state: Path, t
     code, checks = doctor(state, config)
     assert code == 11 and failed(checks) == ["model single"], checks
     assert f"{weights}: the safetensors header does not read" in checks["model single"]["detail"]
+
+
+def test_single_file_without_config_dir_is_checked_against_the_shipped_trees(state: Path, tmp_path: Path,
+                                                                             tiny_model: Path) -> None:
+    single = write_single_in_subprocess("sd15", tiny_model, tmp_path / "tiny-original.safetensors")
+    config = config_with(tmp_path, {"model": {"name": "single", "path": str(single)}})
+    code, checks = doctor(state, config)
+    assert checks["model single"]["status"] == "OK", checks
+    assert "a sd15 file; configs from the shipped tree tiny-sd15" in checks["model single"]["detail"]
+
+    unet_only = tmp_path / "unet.safetensors"
+    shutil.copyfile(tiny_model / "unet" / "diffusion_pytorch_model.safetensors", unet_only)  # diffusers keys
+    config = config_with(tmp_path, {"model": {"name": "single", "path": str(unet_only)}})
+    code, checks = doctor(state, config)
+    assert code == 11 and failed(checks) == ["model single"], checks
+    assert "no known model family" in checks["model single"]["detail"]
+    assert "config_dir" in checks["model single"]["fix"]
 
 
 def test_audit_entry_dated_in_the_future_fails_the_clock(state: Path, healthy: DaemonProcess) -> None:

@@ -1,0 +1,210 @@
+"""The config trees the package ships for single-file loads, and which one fits a given file.
+
+A single `.safetensors` file carries weights only. daemon/models/configs/ holds, per family, the
+tree of the real published model (`sd15`, `sd2`, `sdxl`, `sd3`: daemon.models.published) and the
+tree of the built-in tiny model (`tiny-<family>`). The file's own tensor shapes (read from its
+header, no tensor loaded) pick the tree, and for SD3 the denoiser variant (3 Medium, 3.5 Large,
+3.5 Medium). A file no shipped tree fits, or one carrying parts no shipped tree can serve (T5-XXL),
+or lacking parts a shipped tree holds no weights for (text encoders, VAE), is refused here with
+what was found: diffusers would otherwise fail far from the cause, or reach for the hub.
+No torch: the daemon uses this to count tokens with the tree a file will load with.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from daemon.models.errors import ModelError
+
+CONFIGS = Path(__file__).resolve().parent / "configs"
+CLIP_LICENSE = CONFIGS / "CLIP-VOCABULARY-LICENSE.txt"
+DENOISER_PREFIXES = ("model.diffusion_model.", "")
+"""Where a file's denoiser weights sit: under the LDM prefix, or bare (Flux's own transformer-only files)."""
+
+Shapes = Mapping[str, tuple[int, ...]]
+
+ENCODER_KEYS: dict[str, dict[str, tuple[str, ...]]] = {
+    "sd15": {"text_encoder": ("cond_stage_model.transformer.text_model.embeddings.token_embedding.weight",
+                              "cond_stage_model.transformer.embeddings.token_embedding.weight")},
+    "sd2": {"text_encoder": ("cond_stage_model.model.token_embedding.weight",)},
+    "sdxl": {"text_encoder": ("conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight",),
+             "text_encoder_2": ("conditioner.embedders.1.model.token_embedding.weight",)},
+    "sd3": {"text_encoder": ("text_encoders.clip_l.transformer.text_model.embeddings.token_embedding.weight",),
+            "text_encoder_2": ("text_encoders.clip_g.transformer.text_model.embeddings.token_embedding.weight",)},
+    "flux": {"text_encoder": ("text_encoders.clip_l.transformer.text_model.embeddings.token_embedding.weight",)},
+}
+"""Family → each CLIP text encoder's token embedding in the original layout (its presence and shape)."""
+T5_PREFIX = "text_encoders.t5xxl."
+T5_COMPONENT = {"sd3": "text_encoder_3", "flux": "text_encoder_2"}
+VAE_PREFIX = {"flux": "vae."}
+"""Where a file's VAE sits (default `first_stage_model.`)."""
+
+
+@dataclass(frozen=True)
+class ShippedTree:
+    path: Path
+    denoiser: str
+    """The folder of the denoiser config that fits (`unet`, `transformer`, `transformer-sd3.5-large`)."""
+
+    @property
+    def default_denoiser(self) -> bool:
+        return self.denoiser in ("unet", "transformer")
+
+
+def trees(family: str) -> list[Path]:
+    """The trees shipped for `family`'s single files: the real model's first, then the tiny one's."""
+    return [tree for tree in (CONFIGS / family, CONFIGS / f"tiny-{family}") if (tree / "model_index.json").is_file()]
+
+
+def built_in_tree(family: str) -> Path | None:
+    """The tree of `family`'s built-in tiny model (its tokenizers are the built model's)."""
+    tree = CONFIGS / f"tiny-{family}"
+    return tree if (tree / "model_index.json").is_file() else None
+
+
+def absent_components(tree: Path) -> list[str]:
+    """Components a tree's model_index.json leaves out (SD3's T5 in the shipped tree): the pipeline
+    gets None for them, as diffusers asks, instead of looking for them."""
+    index = json.loads((tree / "model_index.json").read_text())
+    return [name for name, value in index.items()
+            if not name.startswith("_") and isinstance(value, list) and value[:1] == [None]]
+
+
+def header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Each tensor's shape from a .safetensors file's header (no tensor is read)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118 (a handle, not a dict)
+    except Exception as exc:  # safetensors raises its own error types for a bad header
+        raise ModelError(f"{path}: not a readable .safetensors file ({exc})") from exc
+
+
+def choose(path: Path, family: str, shapes: Shapes) -> ShippedTree:
+    """The shipped tree (and denoiser folder) a single file of `family` loads with, or a ModelError."""
+    candidates = trees(family)
+    if not candidates:
+        raise ModelError(f"{path}: a single-file {family} model needs a config tree, and the package ships none "
+                         f"for {family}; set the model's config_dir to a local diffusers directory of the same "
+                         "family (nothing is fetched: the network is off)")
+    misfits: list[str] = []
+    for tree in candidates:
+        for denoiser in _denoisers(tree):
+            problem = _misfit(family, tree, denoiser, shapes)
+            if problem is None:
+                _refuse_missing_parts(path, family, tree, shapes)
+                return ShippedTree(tree, denoiser)
+            misfits.append(f"{tree.name}/{denoiser}: {problem}")
+    raise ModelError(f"{path}: none of the config trees shipped for {family} fits this file ({'; '.join(misfits)}); "
+                     "set the model's config_dir to the config tree of this model")
+
+
+def tokenizer_tree(path: Path, family: str) -> Path | None:
+    """The shipped tree whose tokenizers a single file's jobs are counted with (None: none fits)."""
+    try:
+        return choose(path, family, header_shapes(path)).path
+    except ModelError:
+        return None
+
+
+def _denoisers(tree: Path) -> Iterator[str]:
+    base = "unet" if (tree / "unet").is_dir() else "transformer"
+    yield base
+    yield from sorted(p.name for p in tree.glob(f"{base}-*") if (p / "config.json").is_file())
+
+
+def _config(tree: Path, folder: str) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads((tree / folder / "config.json").read_text())
+    return loaded
+
+
+def _shape_of(shapes: Shapes, key: str) -> tuple[int, ...] | None:
+    for prefix in DENOISER_PREFIXES:
+        if prefix + key in shapes:
+            return shapes[prefix + key]
+    return None
+
+
+def _expected(family: str, config: dict[str, Any]) -> tuple[dict[str, tuple[int, ...]], list[str]]:
+    """Denoiser keys (original layout, without prefix) → shape the config gives; keys it rules out."""
+    expected: dict[str, tuple[int, ...]] = {}
+    ruled_out: list[str] = []
+    if family in ("sd15", "sd2", "sdxl"):
+        width = int(config["block_out_channels"][0])
+        expected["input_blocks.0.0.weight"] = (width, int(config["in_channels"]), 3, 3)
+        expected["out.2.weight"] = (int(config["out_channels"]), width, 3, 3)
+        if config.get("addition_embed_type") == "text_time":
+            expected["label_emb.0.0.weight"] = (4 * width, int(config["projection_class_embeddings_input_dim"]))
+        return expected, ruled_out
+    width = int(config["num_attention_heads"]) * int(config["attention_head_dim"])
+    last = int(config["num_layers"]) - 1
+    if family == "sd3":
+        patch = int(config["patch_size"])
+        expected["x_embedder.proj.weight"] = (width, int(config["in_channels"]), patch, patch)
+        expected[f"joint_blocks.{last}.x_block.attn.qkv.weight"] = (3 * width, width)
+        ruled_out.append(f"joint_blocks.{last + 1}.x_block.attn.qkv.weight")
+        if config.get("qk_norm"):
+            expected["joint_blocks.0.x_block.attn.ln_q.weight"] = (int(config["attention_head_dim"]),)
+        else:
+            ruled_out.append("joint_blocks.0.x_block.attn.ln_q.weight")
+        if 0 in (config.get("dual_attention_layers") or ()):
+            expected["joint_blocks.0.x_block.attn2.qkv.weight"] = (3 * width, width)
+        else:
+            ruled_out.append("joint_blocks.0.x_block.attn2.qkv.weight")
+    elif family == "flux":
+        expected["img_in.weight"] = (width, int(config["in_channels"]))
+        expected[f"double_blocks.{last}.img_attn.qkv.weight"] = (3 * width, width)
+        ruled_out.append(f"double_blocks.{last + 1}.img_attn.qkv.weight")
+    return expected, ruled_out
+
+
+def _misfit(family: str, tree: Path, denoiser: str, shapes: Shapes) -> str | None:
+    """Why the file's weights do not fit `tree` with `denoiser`, or None when they do."""
+    expected, ruled_out = _expected(family, _config(tree, denoiser))
+    for key, shape in expected.items():
+        found = _shape_of(shapes, key)
+        if found != shape:
+            return f"{key} is {_shape_text(found)}, the config gives {_shape_text(shape)}"
+    for key in ruled_out:
+        if _shape_of(shapes, key) is not None:
+            return f"the file has {key}, which this config has not"
+    for component, keys in ENCODER_KEYS.get(family, {}).items():
+        found = next((shapes[k] for k in keys if k in shapes), None)
+        if found is None:
+            continue
+        text = _config(tree, component)
+        shape = (int(text["vocab_size"]), int(text["hidden_size"]))
+        if found != shape:
+            return f"{component}'s token embedding is {_shape_text(found)}, the config gives {_shape_text(shape)}"
+    return None
+
+
+def _refuse_missing_parts(path: Path, family: str, tree: Path, shapes: Shapes) -> None:
+    """A shipped tree holds configs, no weights: every part the pipeline needs must be in the file."""
+    absent = absent_components(tree)
+    t5 = T5_COMPONENT.get(family)
+    carries_t5 = any(key.startswith(T5_PREFIX) for key in shapes)
+    if t5 and carries_t5 and t5 in absent:
+        raise ModelError(f"{path}: the file carries T5-XXL weights ({T5_PREFIX}*), and the shipped {family} config "
+                         "tree has no T5 tokenizer (its vocabulary cannot be made offline); set config_dir to a "
+                         f"local diffusers directory of this model that has {t5.replace('text_encoder', 'tokenizer')}/")
+    missing = [component for component, keys in ENCODER_KEYS.get(family, {}).items()
+               if not any(k in shapes for k in keys)]
+    if t5 and not carries_t5 and t5 not in absent:
+        missing.append(f"{t5} (T5-XXL)")
+    vae = VAE_PREFIX.get(family, "first_stage_model.")
+    if not any(key.startswith(vae) for key in shapes):
+        missing.append("vae")
+    if missing:
+        raise ModelError(f"{path}: the file has no weights for {', '.join(missing)}, and the shipped config tree "
+                         "holds configs only; set config_dir to a local diffusers directory of this model that "
+                         "holds them (its own weights are used for what the file lacks)")
+
+
+def _shape_text(shape: tuple[int, ...] | None) -> str:
+    return "missing" if shape is None else "×".join(str(n) for n in shape)

@@ -1,0 +1,137 @@
+"""The config trees the package ships for REAL single files (issue 15 point 3): published models'
+checkpoints load offline with no config_dir.
+
+No published checkpoint can be downloaded here, so each stands in as a file of the same layout
+and the same tensor shapes, all zeros and sparse on disk (tests.models.sparse_checkpoint). Its
+sizes are checked against the parameter counts the models' authors published, so a wrong number in
+daemon/models/published.py fails here, not on an operator's box. Loads run in the real worker
+under `unshare -n`.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from daemon.models.errors import ModelError
+from daemon.models.shipped import CONFIGS, choose, header_shapes, trees
+from daemon.queue.tokens import prompt_tokens
+from tests.models.sparse_checkpoint import PUBLISHED, write_shapes
+from tests.models.worker_helpers import OfflineWorker, batch, model_fields
+
+CAT = "a photo of a cat"
+CAT_IDS = [49406, 320, 1125, 539, 320, 2368, 49407]
+"""CLIP's own token ids for this prompt (start, a, photo, of, a, cat, end)."""
+
+PUBLISHED_SIZES = {
+    ("sd15", "model.diffusion_model."): 860e6, ("sd15", "cond_stage_model."): 123e6,
+    ("sdxl", "model.diffusion_model."): 2.6e9, ("sdxl", "conditioner."): 817e6,
+    ("sd3-medium", "model.diffusion_model."): 2.0e9, ("sd3.5-large", "model.diffusion_model."): 8.1e9,
+    ("sd3.5-medium", "model.diffusion_model."): 2.5e9,
+}
+"""Parameters as the authors published them, rounded: SD 1.5's model card (860M UNet, 123M text
+encoder), the SDXL paper (2.6B UNet, 817M text encoders), Stability's SD3 Medium (2B), SD3.5 Large
+(8.1B) and SD3.5 Medium (2.5B) announcements."""
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("published")
+    subprocess.run([sys.executable, "-m", "tests.models.sparse_checkpoint", str(out)], check=True,
+                   capture_output=True, timeout=300)
+    return {name: out / f"{name}.safetensors" for name in PUBLISHED}
+
+
+def test_the_shipped_clip_tokenizers_are_clips_own_vocabulary() -> None:
+    from tokenizers import Tokenizer
+
+    folders = sorted(p for family in ("sd15", "sd2", "sdxl", "sd3") for p in (CONFIGS / family).glob("tokenizer*"))
+    assert len(folders) == 6
+    for folder in folders:
+        tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        assert tokenizer.get_vocab_size() == 49408, folder
+        assert tokenizer.encode(CAT).ids == CAT_IDS, folder
+    notice = (CONFIGS / "CLIP-VOCABULARY-LICENSE.txt").read_text()
+    assert "bpe_simple_vocab_16e6" in notice and "Permission is hereby granted" in notice
+
+
+def test_the_stand_ins_have_the_published_sizes(published: dict[str, Path]) -> None:
+    for (name, prefix), size in PUBLISHED_SIZES.items():
+        shapes = header_shapes(published[name])
+        count = sum(_numel(shape) for key, shape in shapes.items() if key.startswith(prefix))
+        assert abs(count - size) <= 0.05 * size, f"{name} {prefix}: {count:,} parameters, published {size:,.0f}"
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    count = 1
+    for n in shape:
+        count *= n
+    return count
+
+
+@pytest.mark.parametrize(("name", "tree", "denoiser"), [
+    ("sd15", "sd15", "unet"), ("sd2", "sd2", "unet"), ("sdxl", "sdxl", "unet"), ("sd3-medium", "sd3", "transformer"),
+    ("sd3.5-large", "sd3", "transformer-sd3.5-large"), ("sd3.5-medium", "sd3", "transformer-sd3.5-medium")])
+def test_each_published_file_picks_its_tree_and_variant(published: dict[str, Path], name: str, tree: str,
+                                                        denoiser: str) -> None:
+    family = PUBLISHED[name][0]
+    chosen = choose(published[name], family, header_shapes(published[name]))
+    assert (chosen.path, chosen.denoiser) == (CONFIGS / tree, denoiser)
+
+
+def test_a_file_no_shipped_tree_fits_is_refused_naming_the_shapes(published: dict[str, Path], tmp_path: Path) -> None:
+    shapes = header_shapes(published["sd15"])
+    shapes["model.diffusion_model.input_blocks.0.0.weight"] = (448, 4, 3, 3)
+    odd = write_shapes(tmp_path / "wider.safetensors", shapes)
+    with pytest.raises(ModelError) as refused:
+        choose(odd, "sd15", header_shapes(odd))
+    message = str(refused.value)
+    assert str(odd) in message and "config_dir" in message
+    assert "input_blocks.0.0.weight is 448×4×3×3, the config gives 320×4×3×3" in message
+    assert [p.name for p in trees("sd15")] == ["sd15", "tiny-sd15"]
+
+
+def test_a_file_with_parts_the_shipped_tree_cannot_serve_is_refused(published: dict[str, Path],
+                                                                    tmp_path: Path) -> None:
+    with_t5 = dict(header_shapes(published["sd3-medium"]))
+    with_t5["text_encoders.t5xxl.transformer.shared.weight"] = (32128, 4096)
+    file = write_shapes(tmp_path / "sd3-t5.safetensors", with_t5)
+    with pytest.raises(ModelError, match="carries T5-XXL weights .* set config_dir"):
+        choose(file, "sd3", header_shapes(file))
+    bare = {k: v for k, v in header_shapes(published["sdxl"]).items() if not k.startswith("conditioner.")}
+    file = write_shapes(tmp_path / "sdxl-unet-vae.safetensors", bare)
+    with pytest.raises(ModelError, match="no weights for text_encoder, text_encoder_2, and the shipped config tree"):
+        choose(file, "sdxl", header_shapes(file))
+
+
+def test_sd3_without_t5_counts_clip_tokens_exactly_and_warns_of_no_t5() -> None:
+    tokens = prompt_tokens("sd3.5", "sd3", CONFIGS / "sd3")
+    assert set(tokens.counts) == {"clip"}
+    long_prompt = " ".join(["a red fox in the snow"] * 20)
+    [warning] = tokens.warnings(long_prompt)
+    assert warning.startswith("prompt is 122 CLIP tokens") and "about" not in warning
+
+
+@pytest.fixture
+def worker(models_state: Path, built: dict[str, Path]):
+    started = OfflineWorker({"model": "tiny", "state_dir": str(models_state)})
+    started.until("ready")
+    yield started
+    started.close()
+
+
+@pytest.mark.parametrize(("name", "dtype"), [("sd15", "auto"), ("sd3.5-medium", "bfloat16")])
+def test_a_published_single_file_loads_offline_without_config_dir(worker: OfflineWorker, published: dict[str, Path],
+                                                                   name: str, dtype: str) -> None:
+    """SD 1.5 at the CPU's float32; SD3.5 Medium (its variant transformer, no T5) in bfloat16 to
+    halve the memory (about 12 GB at peak)."""
+    worker.send(batch({**model_fields(name, str(published[name])), "dtype": dtype}, [CAT], steps=1))
+    events = worker.until("done", "failed", timeout=600)
+    assert events[-1][0]["ev"] == "done", events[-1][0]
+    [load] = [m for m, _ in events if m["ev"] == "model"]
+    assert load["family"] == PUBLISHED[name][0] and load["path"] == str(published[name])
+    [image] = [p for m, p in events if m["ev"] == "image"]
+    assert image is not None and len(image) == 64 * 64 * 3
