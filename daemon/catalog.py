@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from daemon.config import MODELS, Config, ConfigError
+from daemon.models.detect import family_from_keys, file_keys
+from daemon.models.errors import ModelError
 from daemon.models.families import BUILT_IN, FAMILY_NAMES, PIPELINE_FAMILIES, check_params
 
 log = logging.getLogger("sai.models")
@@ -177,8 +179,8 @@ class ModelCatalog:
 
     def _look_at_files(self, entry: ModelEntry) -> None:
         """Its weights' size on disk and its family before a load tells: a built-in's from the family
-        table, an `auto` directory's from its model_index.json `_class_name` (PIPELINE_FAMILIES); the
-        worker's detection at load replaces it."""
+        table, an `auto` directory's from its model_index.json `_class_name` (PIPELINE_FAMILIES), an `auto`
+        single file's from its header's tensor names; the worker's detection at load replaces it."""
         if entry.name in BUILT_IN and not entry.path:
             entry.found_family = entry.found_family or BUILT_IN[entry.name]
         files = self.files_of(entry)
@@ -191,7 +193,9 @@ class ModelCatalog:
             if entry.found_family is None and index.is_file():
                 class_name = json.loads(index.read_text(encoding="utf-8")).get("_class_name", "")
                 entry.found_family = PIPELINE_FAMILIES.get(str(class_name))
-        except (OSError, ValueError) as exc:
+            elif entry.found_family is None and files.is_file():
+                entry.found_family = family_from_keys(files, file_keys(files))
+        except (OSError, ValueError, ModelError) as exc:
             log.warning("model %s: cannot read %s: %s", entry.name, files, exc)
 
     # -- what the worker holds ----------------------------------------------------------------------

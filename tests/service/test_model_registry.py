@@ -277,3 +277,18 @@ async def test_built_ins_have_their_family_and_limits_from_the_one_table_before_
     refused = await _refusal(client, prompt="a fox", model="tiny-pixart", width=72)
     assert refused["field"] == "width" and "multiple of 16" in refused["reason"]
     assert (await _refusal(client, prompt="a fox", width=68))["reason"] == "68 is not a multiple of 8"
+
+
+async def test_a_single_files_family_is_read_from_its_header_before_any_load(make_daemon: Any, client_of: Any,
+                                                                           tmp_path: Path) -> None:
+    """An `auto` single file's family comes from its tensor names at start, so its family's limits
+    hold from the first submit, not only after a worker has loaded it."""
+    from tests.models.test_worker_families import write_keys
+
+    sd3 = write_keys(tmp_path / "sd3.5.safetensors",
+                     ["model.diffusion_model.joint_blocks.0.context_block.adaLN_modulation.1.bias"])
+    client = await client_of(make_daemon({**NO_WORKER, "models": {"sd35": {"path": str(sd3)}}}))
+    listed = {m["name"]: m for m in (await client.call("model.list"))["models"]}
+    assert listed["sd35"]["family"] == "sd3" and not listed["sd35"]["loaded"]
+    refused = await _refusal(client, prompt="a fox", model="sd35", width=72)
+    assert refused["field"] == "width" and "multiple of 16" in refused["reason"]
