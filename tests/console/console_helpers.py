@@ -87,10 +87,15 @@ def screen_text(app: SaiConsole) -> str:
     return "\n".join("".join(segment.text for segment in strip) for strip in strips)
 
 
+def screen_line(app: SaiConsole, *keys: str) -> str:
+    """The first line of the screen that holds every one of `keys` (a job id, a header), or ""."""
+    return next((line for line in screen_text(app).splitlines() if all(key in line for key in keys)), "")
+
+
 def fleet_row(app: SaiConsole, name: str) -> str:
     """The screen line of box `name`'s row in the fleet pane: its workers cell ("1/1 free") tells
     it from an alert or a job row that names the same box on the same line of the screen."""
-    return next((line for line in screen_text(app).splitlines() if name in line and "/1 free" in line), "")
+    return screen_line(app, name, "/1 free")
 
 
 def notifications(app: SaiConsole) -> list[str]:

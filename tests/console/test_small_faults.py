@@ -18,7 +18,16 @@ from console.screens.help import HelpScreen
 from console.screens.job_detail import JobDetailScreen
 from console.screens.new_job import NewJobScreen
 from tests.configs import NO_WORKER
-from tests.console.console_helpers import NOW, connected, fixed_job, notifications, offline_app, screen_text, until
+from tests.console.console_helpers import (
+    NOW,
+    connected,
+    fixed_job,
+    notifications,
+    offline_app,
+    screen_line,
+    screen_text,
+    until,
+)
 from tests.harness import run_sai
 
 SIZE = (120, 40)
@@ -52,7 +61,7 @@ async def test_row_ages_move_on_for_rows_scrolled_into_view_later() -> None:
         await pilot.pause(6)  # the table's age refresh runs (every 5 s)
         await pilot.press("G")
         await pilot.pause(0.3)
-        oldest = next(line for line in screen_text(app).splitlines() if "j000000000001" in line)
+        oldest = screen_line(app, "j000000000001")
         assert oldest.rstrip(" │").endswith("1h01m"), oldest  # not the 1m30s it showed when last drawn
 
 
@@ -209,9 +218,8 @@ async def test_a_finished_batch_reads_100_percent_not_10() -> None:
             await pilot.pause()
             app.main.table.load([fixed_job(1, "running", progress=1.0), fixed_job(2, "running", progress=0.5)])
             await pilot.pause()
-            rows = [line for line in screen_text(app).splitlines() if "j000000000001" in line]
-            assert rows and "100%" in rows[0], (size, rows)
-            assert "50%" in next(line for line in screen_text(app).splitlines() if "j000000000002" in line)
+            assert "100%" in screen_line(app, "j000000000001"), (size, screen_text(app))
+            assert "50%" in screen_line(app, "j000000000002")
 
 
 async def test_an_audit_entry_both_loaded_and_sent_as_an_event_is_shown_once() -> None:

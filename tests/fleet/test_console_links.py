@@ -18,7 +18,7 @@ from console.screens.job_detail import JobDetailScreen
 from console.widgets.alerts_pane import AlertsTable
 from console.widgets.fleet_pane import FleetTable
 from tests.conftest import DaemonFactory
-from tests.console.console_helpers import connected, fleet_row, screen_text, until
+from tests.console.console_helpers import connected, fleet_row, screen_line, screen_text, until
 from tests.fleet.conftest import member_config
 from tests.harness import merged
 
@@ -31,10 +31,6 @@ def link_of(app: SaiConsole, name: str) -> str:
     if name not in {str(box["name"]) for box in table.boxes} or "link" not in table.columns:
         return ""
     return str(table.get_cell(name, "link"))
-
-
-def line_of(app: SaiConsole, *keys: str) -> str:
-    return next((line for line in screen_text(app).splitlines() if all(key in line for key in keys)), "")
 
 
 async def test_another_boxs_jobs_and_alerts_come_through_its_link(
@@ -91,7 +87,7 @@ async def test_another_boxs_jobs_and_alerts_come_through_its_link(
         alerts_table = alerts.query_one(AlertsTable)
         alerts_table.select_key(key)
         await pilot.pause(0.3)
-        assert "box-b" in line_of(app, "WARN", "host memory")
+        assert "box-b" in screen_line(app, "WARN", "host memory")
         await pilot.press("a")
         await until(pilot, lambda: alerts.alerts[key].get("acked") or alerts.alerts[key].get("state") == "acked",
                     10, "the alert shown acked")

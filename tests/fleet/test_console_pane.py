@@ -14,16 +14,11 @@ from console.screens.help import HelpScreen
 from console.screens.main import SINGLE_BOX
 from console.widgets.fleet_pane import FleetPane, FleetTable
 from tests.conftest import DaemonFactory
-from tests.console.console_helpers import connected, fleet_row, notifications, screen_text, until
+from tests.console.console_helpers import connected, fleet_row, notifications, screen_line, screen_text, until
 from tests.fleet.conftest import member_config
 from tests.harness import merged
 
 SIZE = (160, 50)
-
-
-def row_of(app: SaiConsole, *keys: str) -> str:
-    """The line of the screen that holds every one of `keys` (a job id, a header)."""
-    return next((line for line in screen_text(app).splitlines() if all(key in line for key in keys)), "")
 
 
 def box_row(app: SaiConsole, name: str) -> str:
@@ -67,9 +62,9 @@ async def test_a_members_console_sees_every_box_and_the_fleets_queue(
                     "the job to succeed on box-b")
         assert table.jobs[job_id]["box"] == "box-b"
         await pilot.pause(0.3)
-        line = row_of(app, job_id)
+        line = screen_line(app, job_id)
         assert "box-b" in line and "succeeded" in line, line
-        assert "box" in row_of(app, "prompt · row").split()  # the column's header
+        assert "box" in screen_line(app, "prompt · row").split()  # the column's header
 
         # the fifth pane: its key, tab, and the help
         await pilot.press("5")
@@ -137,7 +132,7 @@ async def test_a_single_boxs_console_has_no_fleet(make_daemon: DaemonFactory) ->
         await pilot.pause(1.0)
         pane = main.query_one(FleetPane)
         assert not main.in_fleet and not pane.joined and pane.region.height == 0
-        assert main.table.boxes is False and "box" not in row_of(app, "prompt · row").split()
+        assert main.table.boxes is False and "box" not in screen_line(app, "prompt · row").split()
         await pilot.press("5")
         assert main.active == 1
         await pilot.press("tab", "tab", "tab", "tab")
