@@ -79,3 +79,25 @@ async def test_a_model_without_a_tokenizer_json_is_warned_with_an_estimate(make_
     assert "model slow: no CLIP tokenizer in" in daemon.read_log()
     exact = await client.call("job.submit", prompt=prompt)  # the default model keeps its own, exact
     assert limits(exact["warnings"]) == {"CLIP": (count(other_model, "tokenizer", prompt), 77)}
+
+
+async def test_a_single_file_is_counted_with_the_shipped_tree_it_loads_with(make_daemon: Any, client_of: Any,
+                                                                          tmp_path: Path) -> None:
+    """An SD3 Medium file with its CLIPs and no T5 (shapes as published, sparse zeros): counted with
+    the shipped `sd3` tree's CLIP tokenizer, exactly, and never warned about T5, which it runs without."""
+    from daemon.models.shipped import CONFIGS
+    from tests.models.sparse_checkpoint import write_shapes
+
+    width = 1536
+    sd3 = write_shapes(tmp_path / "sd3_medium_incl_clips.safetensors", {
+        "model.diffusion_model.x_embedder.proj.weight": (width, 16, 2, 2),
+        "model.diffusion_model.joint_blocks.0.context_block.adaLN_modulation.1.bias": (6 * width,),
+        "model.diffusion_model.joint_blocks.23.x_block.attn.qkv.weight": (3 * width, width),
+        "first_stage_model.encoder.conv_in.weight": (128, 3, 3, 3),
+        "text_encoders.clip_l.transformer.text_model.embeddings.token_embedding.weight": (49408, 768),
+        "text_encoders.clip_g.transformer.text_model.embeddings.token_embedding.weight": (49408, 1280)})
+    client = await client_of(make_daemon({**NO_WORKER, "models": {"sd3": {"path": str(sd3)}}}))
+    prompt = " ".join(["a red fox in the snow"] * 50)  # 300 words: over CLIP's 77 and T5's 256
+    reply = await client.call("job.submit", prompt=prompt, model="sd3")
+    assert limits(reply["warnings"]) == {"CLIP": (count(CONFIGS / "sd3", "tokenizer", prompt), 77)}
+    assert not any("about" in warning for warning in reply["warnings"]), reply["warnings"]
