@@ -20,7 +20,7 @@ from daemon.models.builders import BUILT_IN, build
 from daemon.models.errors import ModelError
 from daemon.models.families import FAMILIES, Family
 from daemon.models.performance import choose_dtype
-from daemon.models.shipped import ShippedTree, absent_components, choose, header_shapes
+from daemon.models.shipped import ShippedTree, absent_components, choose, denoiser_folder, header_shapes
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -132,7 +132,7 @@ def single_file_config(path: Path, spec: ModelSpec, family: Family) -> ShippedTr
         if not (tree / "model_index.json").is_file():
             raise ModelError(f"{path}: config_dir {tree} is not a diffusers config tree (no model_index.json)")
         refuse_outside_links(tree)
-        return ShippedTree(tree, "unet" if (tree / "unet").is_dir() else "transformer")
+        return ShippedTree(tree, denoiser_folder(tree))
     return choose(path, family.name, header_shapes(path))
 
 
@@ -159,7 +159,7 @@ def load_pipeline(path: Path, family_name: str, spec: ModelSpec, device: str) ->
             tree = single_file_config(path, spec, family)
             extra.update(dict.fromkeys(absent_components(tree.path)))
             if not tree.default_denoiser:
-                extra[tree.denoiser.split("-")[0]] = _denoiser_variant(path, tree, dtype)
+                extra[tree.component] = _denoiser_variant(path, tree, dtype)
             pipe = pipeline_class.from_single_file(str(path), config=str(tree.path), local_files_only=True,
                                                    torch_dtype=dtype, **extra)
             _refuse_missing_weights(path, pipe)

@@ -28,6 +28,7 @@ from typing import Any
 from daemon.models.builders import build
 from daemon.models.published import TREES, Component, Tokenizer, Tree
 from daemon.models.shipped import CLIP_LICENSE, CONFIGS
+from daemon.models.tiny import byte_symbols
 
 TINY = {"sd15": "tiny", "sdxl": "tiny-sdxl", "sd3": "tiny-sd3", "flux": "tiny-flux"}
 """Family → the built-in model whose tree is shipped as `tiny-<family>` (PixArt: no single-file loader)."""
@@ -60,15 +61,8 @@ def clip_merges(wheel: Path) -> list[str]:
     return lines[1:CLIP_MERGES + 1]  # line 0 is a version header
 
 
-def clip_byte_symbols() -> list[str]:
-    """GPT-2's printable stand-in for each byte, in CLIP's order: printable bytes first, then the rest."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    rest = [b for b in range(256) if b not in printable]
-    return [chr(b) for b in printable] + [chr(256 + i) for i in range(len(rest))]
-
-
 def clip_vocab(merges: list[str]) -> dict[str, int]:
-    symbols = clip_byte_symbols()
+    symbols = list(byte_symbols().values())  # in CLIP's order
     tokens = symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in merges]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
     return {token: index for index, token in enumerate(tokens)}

@@ -86,6 +86,9 @@ def _clip(kwargs: Kwargs, projection: bool = False) -> Component:
     return Component("transformers", "CLIPTextModelWithProjection" if projection else "CLIPTextModel", kwargs)
 
 
+SD_INDEX: Kwargs = {"requires_safety_checker": False, "safety_checker": [None, None],
+                    "feature_extractor": [None, None], "image_encoder": [None, None]}
+"""SD 1.x/2.x pipelines' model_index entries beyond their components: no safety checker."""
 EULER = Component("diffusers", "EulerDiscreteScheduler", {**SD_BETAS, "prediction_type": "epsilon"})
 FLOW = Component("diffusers", "FlowMatchEulerDiscreteScheduler", {"num_train_timesteps": 1000, "shift": 3.0})
 
@@ -94,8 +97,7 @@ TREES: dict[str, Tree] = {
         "unet": Component("diffusers", "UNet2DConditionModel", SD_UNET),
         "vae": Component("diffusers", "AutoencoderKL", LDM_VAE),
         "text_encoder": _clip(CLIP_L), "tokenizer": Tokenizer("<|endoftext|>"), "scheduler": EULER,
-    }, extra_index={"requires_safety_checker": False, "safety_checker": [None, None],
-                    "feature_extractor": [None, None], "image_encoder": [None, None]}),
+    }, extra_index=SD_INDEX),
     "sd2": Tree("StableDiffusionPipeline", {
         "unet": Component("diffusers", "UNet2DConditionModel", {
             **SD_UNET, "sample_size": 96, "attention_head_dim": [5, 10, 20, 20], "cross_attention_dim": 1024,
@@ -103,8 +105,7 @@ TREES: dict[str, Tree] = {
         "vae": Component("diffusers", "AutoencoderKL", {**LDM_VAE, "sample_size": 768}),
         "text_encoder": _clip(OPEN_CLIP_H), "tokenizer": Tokenizer("!"),
         "scheduler": Component("diffusers", "EulerDiscreteScheduler", {**SD_BETAS, "prediction_type": "v_prediction"}),
-    }, extra_index={"requires_safety_checker": False, "safety_checker": [None, None],
-                    "feature_extractor": [None, None], "image_encoder": [None, None]}),
+    }, extra_index=SD_INDEX),
     "sdxl": Tree("StableDiffusionXLPipeline", {
         "unet": Component("diffusers", "UNet2DConditionModel", SDXL_UNET),
         "vae": Component("diffusers", "AutoencoderKL", {**LDM_VAE, "sample_size": 1024, "scaling_factor": 0.13025,

@@ -51,8 +51,18 @@ class ShippedTree:
     """The folder of the denoiser config that fits (`unet`, `transformer`, `transformer-sd3.5-large`)."""
 
     @property
+    def component(self) -> str:
+        """The pipeline component the denoiser folder configures (`unet` or `transformer`)."""
+        return self.denoiser.split("-")[0]
+
+    @property
     def default_denoiser(self) -> bool:
-        return self.denoiser in ("unet", "transformer")
+        return self.denoiser == self.component
+
+
+def denoiser_folder(tree: Path) -> str:
+    """A tree's denoiser component: a UNet, else a transformer."""
+    return "unet" if (tree / "unet").is_dir() else "transformer"
 
 
 def trees(family: str) -> list[Path]:
@@ -113,7 +123,7 @@ def tokenizer_tree(path: Path, family: str) -> Path | None:
 
 
 def _denoisers(tree: Path) -> Iterator[str]:
-    base = "unet" if (tree / "unet").is_dir() else "transformer"
+    base = denoiser_folder(tree)
     yield base
     yield from sorted(p.name for p in tree.glob(f"{base}-*") if (p / "config.json").is_file())
 

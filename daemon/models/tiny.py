@@ -28,18 +28,22 @@ CLIP_G_WIDTH = 48
 single-file loader tells them apart in a checkpoint by that width alone."""
 
 
+PRINTABLE_BYTES = (*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1))
+
+
+def byte_symbols() -> dict[int, str]:
+    """GPT-2's byte-to-symbol table: a printable byte stands for itself, the others for chr(256 + n).
+    Ordered as CLIP's vocabulary lists them: the printable bytes first."""
+    table = {byte: chr(byte) for byte in PRINTABLE_BYTES}
+    others = (byte for byte in range(256) if byte not in table)
+    table.update({byte: chr(256 + n) for n, byte in enumerate(others)})
+    return table
+
+
 def byte_level_vocab() -> dict[str, int]:
-    """The GPT-2 byte-to-symbol table, each symbol also with `</w>`, plus CLIP's two specials."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) \
-        + list(range(ord("®"), ord("ÿ") + 1))
-    symbols: list[str] = []
-    extra = 0
-    for byte in range(256):
-        if byte in printable:
-            symbols.append(chr(byte))
-        else:
-            symbols.append(chr(256 + extra))
-            extra += 1
+    """The byte symbols in byte order, each also with `</w>`, plus CLIP's two specials (no merges)."""
+    table = byte_symbols()
+    symbols = [table[byte] for byte in range(256)]
     vocab = {s: i for i, s in enumerate(symbols)}
     vocab.update({s + "</w>": 256 + i for i, s in enumerate(symbols)})
     vocab["<|startoftext|>"] = len(vocab)

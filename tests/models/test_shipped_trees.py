@@ -10,6 +10,7 @@ under `unshare -n`.
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -61,15 +62,8 @@ def test_the_shipped_clip_tokenizers_are_clips_own_vocabulary() -> None:
 def test_the_stand_ins_have_the_published_sizes(published: dict[str, Path]) -> None:
     for (name, prefix), size in PUBLISHED_SIZES.items():
         shapes = header_shapes(published[name])
-        count = sum(_numel(shape) for key, shape in shapes.items() if key.startswith(prefix))
+        count = sum(math.prod(shape) for key, shape in shapes.items() if key.startswith(prefix))
         assert abs(count - size) <= 0.05 * size, f"{name} {prefix}: {count:,} parameters, published {size:,.0f}"
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    count = 1
-    for n in shape:
-        count *= n
-    return count
 
 
 @pytest.mark.parametrize(("name", "tree", "denoiser"), [
