@@ -12,9 +12,12 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemon.doctor import Check, fail, ok, warn
+
+if TYPE_CHECKING:
+    from daemon.models.loading import ModelSpec
 
 
 def torch_facts() -> dict[str, Any]:
@@ -99,7 +102,7 @@ def check_model(name: str, path: str, config_dir: str, state_dir: Path) -> Check
         if not (configs / "model_index.json").is_file():
             return fail(label, f"model.config_dir {configs} has no model_index.json",
                         "point model.config_dir at a diffusers directory (model_index.json and component configs)")
-        return ok(label, f"{target}: {count} tensors, configs from {configs}")
+        return _borrowing_check(label, target, count, ModelSpec(name, path, config_dir))
     problems, read = _component_problems(target)
     if problems:
         more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
@@ -107,6 +110,20 @@ def check_model(name: str, path: str, config_dir: str, state_dir: Path) -> Check
     if not read:
         return warn(label, f"{target}: no .safetensors weights found", "check the model directory is complete")
     return ok(label, f"{target}: every component present, {read} weight files read")
+
+
+def _borrowing_check(label: str, target: Path, count: int, spec: ModelSpec) -> Check:
+    """A single file with config_dir: what the file lacks (encoders, VAE) must have weights there."""
+    from daemon.models.detect import detect
+    from daemon.models.errors import ModelError
+    from daemon.models.loading import borrowed_parts
+
+    try:
+        borrowed = borrowed_parts(target, spec, detect(target, spec.family))
+    except ModelError as exc:
+        return fail(label, str(exc), "copy the missing components' .safetensors into the config_dir")
+    parts = f"; {', '.join(borrowed)} from its weights" if borrowed else ""
+    return ok(label, f"{target}: {count} tensors, configs from {spec.config_dir}{parts}")
 
 
 def _shipped_tree_check(label: str, target: Path, count: int) -> Check:

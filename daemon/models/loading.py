@@ -10,6 +10,7 @@ admin configured that directory, not wherever the link points.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 from dataclasses import dataclass
@@ -20,12 +21,19 @@ from daemon.models.builders import BUILT_IN, build
 from daemon.models.errors import ModelError
 from daemon.models.families import FAMILIES, Family
 from daemon.models.performance import choose_dtype
-from daemon.models.shipped import ShippedTree, absent_components, choose, denoiser_folder, header_shapes
+from daemon.models.shipped import (
+    ShippedTree,
+    absent_components,
+    choose,
+    denoiser_folder,
+    header_shapes,
+    parts_not_in_file,
+)
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
-__all__ = ["ModelError", "ModelSpec", "load_pipeline", "resolve", "weights_sha256"]
+__all__ = ["ModelError", "ModelSpec", "borrowed_parts", "load_pipeline", "resolve", "weights_sha256"]
 
 PICKLED_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")
 SCHEDULER_CLASSES = {"euler": "EulerDiscreteScheduler", "ddim": "DDIMScheduler", "dpm": "DPMSolverMultistepScheduler"}
@@ -111,16 +119,21 @@ def resolve(spec: ModelSpec, state_dir: Path) -> Path:
     return path
 
 
-def weights_sha256(path: Path) -> str:
-    """SHA-256 over every safetensors file (relative name and content), in a stable order."""
-    files = [path] if path.is_file() else sorted(path.rglob("*.safetensors"))
+def weights_sha256(path: Path, borrowed: dict[str, Path] | None = None) -> str:
+    """SHA-256 over every safetensors file (relative name and content), in a stable order; for a
+    single file, also over the config_dir folders whose weights it borrows (`borrowed_parts`)."""
+    if path.is_file():
+        files = [(path.name, path)] + [(f"{name}/{file.name}", file)
+                                       for name, folder in sorted((borrowed or {}).items())
+                                       for file in sorted(folder.glob("*.safetensors"))]
+    else:
+        files = [(str(file.relative_to(path)), file) for file in sorted(path.rglob("*.safetensors"))]
     outer = hashlib.sha256()
-    for file in files:
+    for name, file in files:
         inner = hashlib.sha256()
         with file.open("rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 inner.update(block)
-        name = file.name if path.is_file() else str(file.relative_to(path))
         outer.update(name.encode() + b"\0" + inner.digest())
     return outer.hexdigest()
 
@@ -132,6 +145,7 @@ def single_file_config(path: Path, spec: ModelSpec, family: Family) -> ShippedTr
         if not (tree / "model_index.json").is_file():
             raise ModelError(f"{path}: config_dir {tree} is not a diffusers config tree (no model_index.json)")
         refuse_outside_links(tree)
+        _refuse_pickles(tree)
         return ShippedTree(tree, denoiser_folder(tree))
     return choose(path, family.name, header_shapes(path))
 
@@ -158,6 +172,7 @@ def load_pipeline(path: Path, family_name: str, spec: ModelSpec, device: str) ->
         if path.is_file():
             tree = single_file_config(path, spec, family)
             extra.update(dict.fromkeys(absent_components(tree.path)))
+            extra.update(_load_parts(borrowed_parts(path, spec, family.name), dtype))
             if not tree.default_denoiser:
                 extra[tree.component] = _denoiser_variant(path, tree, dtype)
             pipe = pipeline_class.from_single_file(str(path), config=str(tree.path), local_files_only=True,
@@ -175,6 +190,34 @@ def load_pipeline(path: Path, family_name: str, spec: ModelSpec, device: str) ->
     _set_scheduler(pipe, family, spec.scheduler, path)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def borrowed_parts(path: Path, spec: ModelSpec, family: str) -> dict[str, Path]:
+    """The components a single file lacks (text encoders, VAE) that its config_dir's own weights
+    supply, by name. diffusers' single-file loader refuses a file without them, and Flux's and SD
+    3.5's published files are often the denoiser alone, the encoders and VAE shared separately."""
+    if not path.is_file() or not spec.config_dir:
+        return {}
+    tree = Path(spec.config_dir).expanduser()
+    index = json.loads((tree / "model_index.json").read_text())
+    wanted = [name for name in parts_not_in_file(family, tree, header_shapes(path))
+              if isinstance(index.get(name), list) and index[name][0] is not None]
+    empty = [name for name in wanted if not any((tree / name).glob("*.safetensors"))]
+    if empty:
+        raise ModelError(f"{path}: the file has no weights for {', '.join(empty)}, and config_dir {tree} has no "
+                         f".safetensors in {', '.join(empty)}/ either; put those components' weights there")
+    return {name: tree / name for name in wanted}
+
+
+def _load_parts(parts: dict[str, Path], dtype: Any) -> dict[str, Any]:
+    index = json.loads((next(iter(parts.values())).parent / "model_index.json").read_text()) if parts else {}
+    loaded: dict[str, Any] = {}
+    for name, folder in parts.items():
+        library, class_name = index[name]
+        dtype_argument = "dtype" if library == "transformers" else "torch_dtype"
+        loaded[name] = getattr(importlib.import_module(library), class_name).from_pretrained(
+            str(folder), local_files_only=True, use_safetensors=True, **{dtype_argument: dtype})
+    return loaded
 
 
 def _denoiser_variant(path: Path, tree: ShippedTree, dtype: Any) -> Any:

@@ -194,22 +194,28 @@ def _misfit(family: str, tree: Path, denoiser: str, shapes: Shapes) -> str | Non
     return None
 
 
-def _refuse_missing_parts(path: Path, family: str, tree: Path, shapes: Shapes) -> None:
-    """A shipped tree holds configs, no weights: every part the pipeline needs must be in the file."""
-    absent = absent_components(tree)
-    t5 = T5_COMPONENT.get(family)
-    carries_t5 = any(key.startswith(T5_PREFIX) for key in shapes)
-    if t5 and carries_t5 and t5 in absent:
-        raise ModelError(f"{path}: the file carries T5-XXL weights ({T5_PREFIX}*), and the shipped {family} config "
-                         "tree has no T5 tokenizer (its vocabulary cannot be made offline); set config_dir to a "
-                         f"local diffusers directory of this model that has {t5.replace('text_encoder', 'tokenizer')}/")
+def parts_not_in_file(family: str, tree: Path, shapes: Shapes) -> list[str]:
+    """The components of `tree`'s pipeline besides the denoiser (CLIP and T5 text encoders, VAE)
+    whose weights a file with these tensors lacks: a Flux or SD3 file is often the denoiser alone."""
     missing = [component for component, keys in ENCODER_KEYS.get(family, {}).items()
                if not any(k in shapes for k in keys)]
-    if t5 and not carries_t5 and t5 not in absent:
-        missing.append(f"{t5} (T5-XXL)")
+    t5 = T5_COMPONENT.get(family)
+    if t5 and t5 not in absent_components(tree) and not any(key.startswith(T5_PREFIX) for key in shapes):
+        missing.append(t5)
     vae = VAE_PREFIX.get(family, "first_stage_model.")
     if not any(key.startswith(vae) for key in shapes):
         missing.append("vae")
+    return missing
+
+
+def _refuse_missing_parts(path: Path, family: str, tree: Path, shapes: Shapes) -> None:
+    """A shipped tree holds configs, no weights: every part the pipeline needs must be in the file."""
+    t5 = T5_COMPONENT.get(family)
+    if t5 and t5 in absent_components(tree) and any(key.startswith(T5_PREFIX) for key in shapes):
+        raise ModelError(f"{path}: the file carries T5-XXL weights ({T5_PREFIX}*), and the shipped {family} config "
+                         "tree has no T5 tokenizer (its vocabulary cannot be made offline); set config_dir to a "
+                         f"local diffusers directory of this model that has {t5.replace('text_encoder', 'tokenizer')}/")
+    missing = [f"{part} (T5-XXL)" if part == t5 else part for part in parts_not_in_file(family, tree, shapes)]
     if missing:
         raise ModelError(f"{path}: the file has no weights for {', '.join(missing)}, and the shipped config tree "
                          "holds configs only; set config_dir to a local diffusers directory of this model that "

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from safetensors.numpy import load_file, save_file
 
 from daemon import lockfile
 from daemon.audit.entry import check_details
@@ -149,11 +150,11 @@ def test_diffusers_dir_missing_a_component_config_fails(state: Path, tmp_path: P
 
 def test_single_file_model_header_reads_then_corrupt_header_fails(state: Path, tmp_path: Path,
                                                                   tiny_model: Path) -> None:
-    weights = tmp_path / "unet.safetensors"
-    shutil.copyfile(tiny_model / "unet" / "diffusion_pytorch_model.safetensors", weights)
+    weights = write_single_in_subprocess("sd15", tiny_model, tmp_path / "tiny-original.safetensors")
     config = config_with(tmp_path, {"model": {"name": "single", "path": str(weights), "config_dir": str(tiny_model)}})
     code, checks = doctor(state, config)
     assert checks["model single"]["status"] == "OK" and "tensors" in checks["model single"]["detail"], checks
+    assert "from its weights" not in checks["model single"]["detail"]  # the file carries every part
 
     data = bytearray(weights.read_bytes())
     data[8:12] = b"#!x\x00"  # the JSON header after its 8-byte length: no longer JSON
@@ -161,6 +162,27 @@ def test_single_file_model_header_reads_then_corrupt_header_fails(state: Path, t
     code, checks = doctor(state, config)
     assert code == 11 and failed(checks) == ["model single"], checks
     assert f"{weights}: the safetensors header does not read" in checks["model single"]["detail"]
+
+
+def test_a_unet_only_file_borrows_from_config_dir_and_its_missing_weights_fail(state: Path, tmp_path: Path,
+                                                                               tiny_model: Path) -> None:
+    whole = load_file(write_single_in_subprocess("sd15", tiny_model, tmp_path / "whole.safetensors"))
+    unet_only = tmp_path / "unet-only.safetensors"
+    save_file({k: v for k, v in whole.items() if k.startswith("model.diffusion_model.")}, str(unet_only))
+    config = config_with(tmp_path, {"model": {"name": "single", "path": str(unet_only),
+                                              "config_dir": str(tiny_model)}})
+    code, checks = doctor(state, config)
+    assert checks["model single"]["status"] == "OK", checks
+    assert checks["model single"]["detail"].endswith("; text_encoder, vae from its weights")
+
+    configs = shutil.copytree(tiny_model, tmp_path / "configs")
+    for file in (configs / "vae").glob("*.safetensors"):
+        file.unlink()
+    config = config_with(tmp_path, {"model": {"name": "single", "path": str(unet_only), "config_dir": str(configs)}})
+    code, checks = doctor(state, config)
+    assert code == 11 and failed(checks) == ["model single"], checks
+    assert f"the file has no weights for vae, and config_dir {configs} has no .safetensors" in \
+        checks["model single"]["detail"]
 
 
 def test_single_file_without_config_dir_is_checked_against_the_shipped_trees(state: Path, tmp_path: Path,

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.models.worker_helpers import build_in_subprocess
+from tests.models.worker_helpers import OfflineWorker, build_in_subprocess
 
 
 @pytest.fixture(scope="session")
@@ -19,3 +20,12 @@ def models_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def built(models_state: Path) -> dict[str, Path]:
     names = ("tiny", "tiny-sdxl", "tiny-sd3", "tiny-flux", "tiny-pixart")
     return {name: build_in_subprocess(name, models_state / "models" / name) for name in names}
+
+
+@pytest.fixture
+def worker(models_state: Path, built: dict[str, Path]) -> Iterator[OfflineWorker]:
+    """The real worker under `unshare -n`, ready with the default tiny model."""
+    started = OfflineWorker({"model": "tiny", "state_dir": str(models_state)})
+    started.until("ready")
+    yield started
+    started.close()

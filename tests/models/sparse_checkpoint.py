@@ -1,5 +1,6 @@
 """A real-sized single-file checkpoint of zeros, written as a sparse file (run in a child process:
-`python -m tests.models.sparse_checkpoint OUTDIR` writes one of each published model).
+`python -m tests.models.sparse_checkpoint OUTDIR` writes one of each published model;
+`... flux-width TINY_FLUX CONFIG_DIR FILE` a Flux transformer at FLUX.1's width: write_flux_width).
 
 The tensor names and shapes are what daemon.models.original writes for a pipeline built (on the
 meta device, no memory) from config tree TREE; the data is float16 zeros the file system never
@@ -63,6 +64,28 @@ def write_shapes(target: Path, shapes: dict[str, tuple[int, ...]]) -> Path:
     return target
 
 
+FLUX_WIDTH = {"num_attention_heads": 24, "attention_head_dim": 128, "axes_dims_rope": [16, 56, 56]}
+"""FLUX.1's transformer width: 24 heads of 128, the 3072 that diffusers' converter of BFL's layout assumes."""
+
+
+def write_flux_width(tiny: Path, config_dir: Path, target: Path) -> Path:
+    """A Flux file as Black Forest Labs publish it, the transformer alone in their layout, at FLUX.1's
+    width with one double and one single block; and `config_dir`, the built tiny-flux model (`tiny`)
+    with that transformer's config and no transformer weights: its encoders and VAE are what the
+    file borrows."""
+    import shutil
+
+    from daemon.models.original import flux_transformer
+
+    shutil.copytree(tiny, config_dir, ignore=shutil.ignore_patterns("*.lock"))
+    for weights in (config_dir / "transformer").glob("*.safetensors"):
+        weights.unlink()
+    config_file = config_dir / "transformer" / "config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), **FLUX_WIDTH}, indent=2))
+    transformer = meta_component(config_dir, "transformer")
+    return write_shapes(target, {key: tuple(tensor.shape) for key, tensor in flux_transformer(transformer).items()})
+
+
 def write_published(configs: Path, out: Path) -> dict[str, Path]:
     """Every published model of PUBLISHED, as `out/NAME.safetensors`."""
     return {name: write(family, configs / family, out / f"{name}.safetensors", denoiser)
@@ -72,5 +95,8 @@ def write_published(configs: Path, out: Path) -> dict[str, Path]:
 if __name__ == "__main__":
     from daemon.models.shipped import CONFIGS
 
+    if sys.argv[1] == "flux-width":
+        print(write_flux_width(*(Path(arg) for arg in sys.argv[2:5])))
+        raise SystemExit(0)
     for name, path in write_published(CONFIGS, Path(sys.argv[1])).items():
         print(name, path)

@@ -109,14 +109,6 @@ def test_sd3_without_t5_counts_clip_tokens_exactly_and_warns_of_no_t5() -> None:
     assert warning.startswith("prompt is 122 CLIP tokens") and "about" not in warning
 
 
-@pytest.fixture
-def worker(models_state: Path, built: dict[str, Path]):
-    started = OfflineWorker({"model": "tiny", "state_dir": str(models_state)})
-    started.until("ready")
-    yield started
-    started.close()
-
-
 @pytest.mark.parametrize(("name", "dtype"), [("sd15", "auto"), ("sd3.5-medium", "bfloat16")])
 def test_a_published_single_file_loads_offline_without_config_dir(worker: OfflineWorker, published: dict[str, Path],
                                                                    name: str, dtype: str) -> None:

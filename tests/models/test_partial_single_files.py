@@ -1,0 +1,77 @@
+"""Single files that carry the denoiser alone load offline with a config_dir whose own weights
+supply what the file lacks: text encoders, VAE (issue 15 point 3).
+
+A Flux checkpoint as Black Forest Labs publish it is the transformer alone. Its stand-in is FLUX.1's width (3072: diffusers' converter of BFL's layout assumes it, so a tiny
+Flux cannot stand in) with one block of each kind, zeros, sparse on disk
+(tests.models.sparse_checkpoint.write_flux_width); the config_dir is the built tiny-flux with that
+transformer's config. Loads run in the real worker under `unshare -n`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from daemon.models.loading import weights_sha256
+from tests.models.worker_helpers import OfflineWorker, batch, model_fields, write_single_in_subprocess
+
+BORROWED = ("text_encoder", "text_encoder_2", "vae")
+
+
+@pytest.fixture(scope="module")
+def flux_width(tmp_path_factory: pytest.TempPathFactory, built: dict[str, Path]) -> tuple[Path, Path]:
+    """(the transformer-only file, its config_dir)."""
+    out = tmp_path_factory.mktemp("flux-width")
+    file, config_dir = out / "flux1-width.safetensors", out / "config"
+    subprocess.run([sys.executable, "-m", "tests.models.sparse_checkpoint", "flux-width", str(built["tiny-flux"]),
+                    str(config_dir), str(file)], check=True, capture_output=True, timeout=300)
+    return file, config_dir
+
+
+def flux_model(file: Path, config_dir: Path) -> dict[str, str]:
+    return {**model_fields("flux-dev", str(file), config_dir=str(config_dir)), "dtype": "bfloat16"}
+
+
+def test_a_transformer_only_flux_file_borrows_encoders_and_vae_and_hashes_them(
+        worker: OfflineWorker, flux_width: tuple[Path, Path]) -> None:
+    file, config_dir = flux_width
+    worker.send(batch(flux_model(file, config_dir), ["a lighthouse at dusk"], steps=1))
+    events = worker.until("done", "failed", timeout=600)
+    assert events[-1][0]["ev"] == "done", events[-1][0]
+    [load] = [m for m, _ in events if m["ev"] == "model"]
+    assert load["family"] == "flux" and load["path"] == str(file)
+    assert load["weights_sha256"] == weights_sha256(file, {name: config_dir / name for name in BORROWED})
+    assert load["weights_sha256"] != weights_sha256(file)  # the borrowed weights are part of what made the image
+    [image] = [p for m, p in events if m["ev"] == "image"]
+    assert image is not None and len(image) == 64 * 64 * 3
+
+
+def test_a_config_dir_without_the_missing_weights_is_named(worker: OfflineWorker, flux_width: tuple[Path, Path],
+                                                           tmp_path: Path) -> None:
+    file, config_dir = flux_width
+    bare = shutil.copytree(config_dir, tmp_path / "config")
+    for weights in (bare / "text_encoder_2").glob("*.safetensors"):
+        weights.unlink()
+    worker.send(batch(flux_model(file, bare), ["a lighthouse at dusk"], steps=1))
+    [(failed, _)] = [event for event in worker.until("done", "failed") if event[0]["ev"] == "failed"]
+    assert failed["kind"] == "load"
+    assert f"{file}: the file has no weights for text_encoder_2, and config_dir {bare} has no" in failed["error"]
+
+
+def test_a_unet_only_file_makes_the_images_of_the_whole_file(worker: OfflineWorker, built: dict[str, Path],
+                                                               tmp_path: Path) -> None:
+    whole = write_single_in_subprocess("sd15", built["tiny"], tmp_path / "whole.safetensors")
+    unet_only = tmp_path / "unet-only.safetensors"
+    save_file({k: v for k, v in load_file(whole).items() if k.startswith("model.diffusion_model.")}, str(unet_only))
+    images = []
+    for name, path, config_dir in (("whole", whole, ""), ("unet-only", unet_only, str(built["tiny"]))):
+        worker.send(batch(model_fields(name, str(path), config_dir=config_dir), ["a red fox"], steps=2))
+        events = worker.until("done", "failed")
+        assert events[-1][0]["ev"] == "done", events[-1][0]
+        images += [p for m, p in events if m["ev"] == "image"]
+    assert len(images) == 2 and images[0] == images[1]
