@@ -71,23 +71,34 @@ class Box:
                 return
 
     async def _fail_unrunnable(self) -> None:
-        """Fail the queued jobs no lane that can still work could ever run, naming each device's reason."""
+        """Fail the queued jobs no lane that can still work could ever run, naming each device's reason.
+        It runs at every wake-up, so lanes are asked once per model and size, not once per queued job."""
         lanes = [lane for lane in self.lanes if lane.can_take_work]
         if not lanes:
             return
+        verdicts: dict[tuple[str, int, int], tuple[str, bool] | None] = {}
         doomed: list[tuple[Job, str, bool]] = []
         for job in self.manager.queued():
-            reasons = [(lane.name, lane.misfit(job)) for lane in lanes]
-            if all(reason for _, reason in reasons):
-                why = "; ".join(f"{name}: {reason}" for name, reason in reasons)
-                model_too_large = all(lane.model_misfit(job) for lane in lanes)
-                doomed.append((job, f"fits no device: {why}" if len(lanes) > 1 else str(reasons[0][1]),
-                               model_too_large))
+            key = (job.model_id, int(job.params["width"]), int(job.params["height"]))
+            if key not in verdicts:
+                verdicts[key] = self._unrunnable(job, lanes)
+            if (verdict := verdicts[key]) is not None:
+                doomed.append((job, *verdict))
         for job, why, model_too_large in doomed:
             log.error("job %s: %s", job.job_id, why)
             await self.manager.finish([job], FAILED, why)
             if model_too_large:  # the model, not the job: operators must hear of it
                 self._worker_events.worker_event("model_fit", {"error": why, "model": job.model_id}, {})
+
+    @staticmethod
+    def _unrunnable(job: Job, lanes: list[Lane]) -> tuple[str, bool] | None:
+        """(why no lane can run `job`, whether its model is what fits nowhere), or None if one can."""
+        reasons = [(lane.name, lane.misfit(job)) for lane in lanes]
+        if not all(reason for _, reason in reasons):
+            return None
+        why = "; ".join(f"{name}: {reason}" for name, reason in reasons)
+        return (f"fits no device: {why}" if len(lanes) > 1 else str(reasons[0][1]),
+                all(lane.model_misfit(job) for lane in lanes))
 
     async def warm_up(self) -> None:
         """Start every worker (each loads the default model) so the first jobs do not wait for it."""
