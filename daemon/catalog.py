@@ -23,6 +23,7 @@ from daemon.config import MODELS, Config, ConfigError
 from daemon.models.detect import family_from_keys, file_keys
 from daemon.models.errors import ModelError
 from daemon.models.families import BUILT_IN, FAMILY_NAMES, PIPELINE_FAMILIES, check_params
+from daemon.models.shipped import borrowed_parts
 
 log = logging.getLogger("sai.models")
 
@@ -178,7 +179,8 @@ class ModelCatalog:
                 raise ConfigError(source, key, f"{entry.path} is neither a directory nor a .safetensors file")
 
     def _look_at_files(self, entry: ModelEntry) -> None:
-        """Its weights' size on disk and its family before a load tells: a built-in's from the family
+        """Its weights' size on disk (a single file's with the config_dir weights it borrows) and its
+        family before a load tells: a built-in's from the family
         table, an `auto` directory's from its model_index.json `_class_name` (PIPELINE_FAMILIES), an `auto`
         single file's from its header's tensor names; the worker's detection at load replaces it."""
         if entry.name in BUILT_IN and not entry.path:
@@ -195,6 +197,10 @@ class ModelCatalog:
                 entry.found_family = PIPELINE_FAMILIES.get(str(class_name))
             elif entry.found_family is None and files.is_file():
                 entry.found_family = family_from_keys(files, file_keys(files))
+            if files.is_file() and entry.config_dir and entry.family_now != "auto":
+                borrowed = borrowed_parts(files, entry.config_dir, entry.family_now).values()
+                entry.size_bytes = (entry.size_bytes or 0) + sum(f.stat().st_size for folder in borrowed
+                                                                 for f in folder.glob("*.safetensors"))
         except (OSError, ValueError, ModelError) as exc:
             log.warning("model %s: cannot read %s: %s", entry.name, files, exc)
 

@@ -116,10 +116,10 @@ def _borrowing_check(label: str, target: Path, count: int, spec: ModelSpec) -> C
     """A single file with config_dir: what the file lacks (encoders, VAE) must have weights there."""
     from daemon.models.detect import detect
     from daemon.models.errors import ModelError
-    from daemon.models.loading import borrowed_parts
+    from daemon.models.shipped import borrowed_parts
 
     try:
-        borrowed = borrowed_parts(target, spec, detect(target, spec.family))
+        borrowed = borrowed_parts(target, spec.config_dir, detect(target, spec.family))
     except ModelError as exc:
         return fail(label, str(exc), "copy the missing components' .safetensors into the config_dir")
     parts = f"; {', '.join(borrowed)} from its weights" if borrowed else ""

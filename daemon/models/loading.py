@@ -24,16 +24,16 @@ from daemon.models.performance import choose_dtype
 from daemon.models.shipped import (
     ShippedTree,
     absent_components,
+    borrowed_parts,
     choose,
     denoiser_folder,
     header_shapes,
-    parts_not_in_file,
 )
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
-__all__ = ["ModelError", "ModelSpec", "borrowed_parts", "load_pipeline", "resolve", "weights_sha256"]
+__all__ = ["ModelError", "ModelSpec", "load_pipeline", "resolve", "weights_sha256"]
 
 PICKLED_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")
 SCHEDULER_CLASSES = {"euler": "EulerDiscreteScheduler", "ddim": "DDIMScheduler", "dpm": "DPMSolverMultistepScheduler"}
@@ -121,7 +121,7 @@ def resolve(spec: ModelSpec, state_dir: Path) -> Path:
 
 def weights_sha256(path: Path, borrowed: dict[str, Path] | None = None) -> str:
     """SHA-256 over every safetensors file (relative name and content), in a stable order; for a
-    single file, also over the config_dir folders whose weights it borrows (`borrowed_parts`)."""
+    single file, also over the config_dir folders whose weights it borrows (shipped.borrowed_parts)."""
     if path.is_file():
         files = [(path.name, path)] + [(f"{name}/{file.name}", file)
                                        for name, folder in sorted((borrowed or {}).items())
@@ -172,7 +172,7 @@ def load_pipeline(path: Path, family_name: str, spec: ModelSpec, device: str) ->
         if path.is_file():
             tree = single_file_config(path, spec, family)
             extra.update(dict.fromkeys(absent_components(tree.path)))
-            extra.update(_load_parts(borrowed_parts(path, spec, family.name), dtype))
+            extra.update(_load_parts(borrowed_parts(path, spec.config_dir, family.name), dtype))
             if not tree.default_denoiser:
                 extra[tree.component] = _denoiser_variant(path, tree, dtype)
             pipe = pipeline_class.from_single_file(str(path), config=str(tree.path), local_files_only=True,
@@ -190,23 +190,6 @@ def load_pipeline(path: Path, family_name: str, spec: ModelSpec, device: str) ->
     _set_scheduler(pipe, family, spec.scheduler, path)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
-
-
-def borrowed_parts(path: Path, spec: ModelSpec, family: str) -> dict[str, Path]:
-    """The components a single file lacks (text encoders, VAE) that its config_dir's own weights
-    supply, by name. diffusers' single-file loader refuses a file without them, and Flux's and SD
-    3.5's published files are often the denoiser alone, the encoders and VAE shared separately."""
-    if not path.is_file() or not spec.config_dir:
-        return {}
-    tree = Path(spec.config_dir).expanduser()
-    index = json.loads((tree / "model_index.json").read_text())
-    wanted = [name for name in parts_not_in_file(family, tree, header_shapes(path))
-              if isinstance(index.get(name), list) and index[name][0] is not None]
-    empty = [name for name in wanted if not any((tree / name).glob("*.safetensors"))]
-    if empty:
-        raise ModelError(f"{path}: the file has no weights for {', '.join(empty)}, and config_dir {tree} has no "
-                         f".safetensors in {', '.join(empty)}/ either; put those components' weights there")
-    return {name: tree / name for name in wanted}
 
 
 def _load_parts(parts: dict[str, Path], dtype: Any) -> dict[str, Any]:

@@ -208,6 +208,23 @@ def parts_not_in_file(family: str, tree: Path, shapes: Shapes) -> list[str]:
     return missing
 
 
+def borrowed_parts(path: Path, config_dir: str, family: str) -> dict[str, Path]:
+    """The components a single file lacks (text encoders, VAE) that its config_dir's own weights
+    supply, by name. diffusers' single-file loader refuses a file without them, and Flux's and SD
+    3.5's published files are often the denoiser alone, the encoders and VAE shared separately."""
+    if not path.is_file() or not config_dir:
+        return {}
+    tree = Path(config_dir).expanduser()
+    index = json.loads((tree / "model_index.json").read_text())
+    wanted = [name for name in parts_not_in_file(family, tree, header_shapes(path))
+              if isinstance(index.get(name), list) and index[name][0] is not None]
+    empty = [name for name in wanted if not any((tree / name).glob("*.safetensors"))]
+    if empty:
+        raise ModelError(f"{path}: the file has no weights for {', '.join(empty)}, and config_dir {tree} has no "
+                         f".safetensors in {', '.join(empty)}/ either; put those components' weights there")
+    return {name: tree / name for name in wanted}
+
+
 def _refuse_missing_parts(path: Path, family: str, tree: Path, shapes: Shapes) -> None:
     """A shipped tree holds configs, no weights: every part the pipeline needs must be in the file."""
     t5 = T5_COMPONENT.get(family)

@@ -19,8 +19,9 @@ from typing import Any
 
 from daemon.models.detect import detect
 from daemon.models.families import FAMILIES
-from daemon.models.loading import ModelSpec, borrowed_parts, load_pipeline, resolve, weights_sha256
+from daemon.models.loading import ModelSpec, load_pipeline, resolve, weights_sha256
 from daemon.models.performance import Plan, Settings, plan
+from daemon.models.shipped import borrowed_parts
 from daemon.worker.speed import ShapeCompiles, prepare
 
 
@@ -93,7 +94,7 @@ class Models:
         started = time.monotonic()
         path = resolve(spec, self.state_dir)
         family = detect(path, spec.family)
-        digest = weights_sha256(path, borrowed_parts(path, spec, family))
+        digest = weights_sha256(path, borrowed_parts(path, spec.config_dir, family))
         pipe = load_pipeline(path, family, spec, self.device)
         chosen = plan(self.settings, spec.name, family, self.device, spec.dtype)
         tuning = prepare(pipe, family, chosen, self.settings)

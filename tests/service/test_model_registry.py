@@ -292,3 +292,21 @@ async def test_a_single_files_family_is_read_from_its_header_before_any_load(mak
     assert listed["sd35"]["family"] == "sd3" and not listed["sd35"]["loaded"]
     refused = await _refusal(client, prompt="a fox", model="sd35", width=72)
     assert refused["field"] == "width" and "multiple of 16" in refused["reason"]
+
+
+async def test_a_single_files_size_counts_the_config_dir_weights_it_borrows(make_daemon: Any, client_of: Any,
+                                                                            tmp_path: Path, tiny_model: Path) -> None:
+    """The memory plan's first estimate of a model (before any load) is its size on disk: a UNet-only
+    file loads the config_dir's text encoder and VAE too, so they are counted."""
+    from tests.models.test_worker_families import write_keys
+
+    unet_only = write_keys(tmp_path / "unet-only.safetensors", ["model.diffusion_model.input_blocks.0.0.weight"])
+    alone = unet_only.stat().st_size
+    borrowed = sum(f.stat().st_size for name in ("text_encoder", "vae")
+                   for f in (tiny_model / name).glob("*.safetensors"))
+    client = await client_of(make_daemon({**NO_WORKER, "models": {
+        "unet": {"path": str(unet_only), "config_dir": str(tiny_model)},
+        "bare": {"path": str(unet_only)}}}))
+    listed = {m["name"]: m for m in (await client.call("model.list"))["models"]}
+    assert listed["unet"]["family"] == "sd15" and listed["unet"]["size_bytes"] == alone + borrowed
+    assert listed["bare"]["size_bytes"] == alone
