@@ -41,6 +41,9 @@ ENCODER_KEYS: dict[str, dict[str, tuple[str, ...]]] = {
 T5_PREFIX = "text_encoders.t5xxl."
 T5_COMPONENT = {"sd3": "text_encoder_3", "flux": "text_encoder_2"}
 VAE_PREFIX = {"flux": "vae."}
+FLUX_CONVERTIBLE_WIDTH = 3072
+"""diffusers 0.42 splits Black Forest Labs' fused single-block weights at FLUX.1's width whatever
+the config says (`convert_flux_transformer_checkpoint_to_diffusers`), so only that width converts."""
 """Where a file's VAE sits (default `first_stage_model.`)."""
 
 
@@ -97,6 +100,7 @@ def header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
 
 def choose(path: Path, family: str, shapes: Shapes) -> ShippedTree:
     """The shipped tree (and denoiser folder) a single file of `family` loads with, or a ModelError."""
+    refuse_unconvertible(path, family, shapes)
     candidates = trees(family)
     if not candidates:
         raise ModelError(f"{path}: a single-file {family} model needs a config tree, and the package ships none "
@@ -112,6 +116,16 @@ def choose(path: Path, family: str, shapes: Shapes) -> ShippedTree:
             misfits.append(f"{tree.name}/{denoiser}: {problem}")
     raise ModelError(f"{path}: none of the config trees shipped for {family} fits this file ({'; '.join(misfits)}); "
                      "set the model's config_dir to the config tree of this model")
+
+
+def refuse_unconvertible(path: Path, family: str, shapes: Shapes) -> None:
+    """A Flux file in Black Forest Labs' layout at another width than FLUX.1's: diffusers' converter
+    would fail deep inside with a tensor split error, so it is refused here, saying why."""
+    found = _shape_of(shapes, "img_in.weight") if family == "flux" else None
+    if found is not None and found[0] != FLUX_CONVERTIBLE_WIDTH:
+        raise ModelError(f"{path}: this Flux transformer is {found[0]} wide (img_in.weight is {_shape_text(found)}), "
+                         f"and diffusers converts Black Forest Labs' single-file layout only at FLUX.1's width "
+                         f"{FLUX_CONVERTIBLE_WIDTH}; bring this model as a diffusers directory instead")
 
 
 def tokenizer_tree(path: Path, family: str) -> Path | None:
@@ -216,7 +230,9 @@ def borrowed_parts(path: Path, config_dir: str, family: str) -> dict[str, Path]:
         return {}
     tree = Path(config_dir).expanduser()
     index = json.loads((tree / "model_index.json").read_text())
-    wanted = [name for name in parts_not_in_file(family, tree, header_shapes(path))
+    shapes = header_shapes(path)
+    refuse_unconvertible(path, family, shapes)
+    wanted = [name for name in parts_not_in_file(family, tree, shapes)
               if isinstance(index.get(name), list) and index[name][0] is not None]
     empty = [name for name in wanted if not any((tree / name).glob("*.safetensors"))]
     if empty:

@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 from safetensors.numpy import load_file, save_file
 
+from daemon.models.errors import ModelError
 from daemon.models.loading import weights_sha256
+from daemon.models.shipped import borrowed_parts, choose, header_shapes
 from tests.models.worker_helpers import OfflineWorker, batch, model_fields, write_single_in_subprocess
 
 BORROWED = ("text_encoder", "text_encoder_2", "vae")
@@ -75,3 +77,17 @@ def test_a_unet_only_file_makes_the_images_of_the_whole_file(worker: OfflineWork
         assert events[-1][0]["ev"] == "done", events[-1][0]
         images += [p for m, p in events if m["ev"] == "image"]
     assert len(images) == 2 and images[0] == images[1]
+
+
+def test_a_flux_file_of_another_width_is_refused_saying_why(built: dict[str, Path], flux_width: tuple[Path, Path],
+                                                            tmp_path: Path) -> None:
+    """The tiny Flux written in BFL's layout is 32 wide: refused with the width, with or without a
+    config_dir, instead of diffusers' `split_with_sizes expects split_sizes to sum exactly to 224`."""
+    tiny = write_single_in_subprocess("flux", built["tiny-flux"], tmp_path / "tiny-flux.safetensors")
+    why = r"this Flux transformer is 32 wide \(img_in.weight is 32×64\), .* only at FLUX.1's width 3072"
+    with pytest.raises(ModelError, match=why):
+        choose(tiny, "flux", header_shapes(tiny))
+    with pytest.raises(ModelError, match=why):
+        borrowed_parts(tiny, str(built["tiny-flux"]), "flux")
+    file, config_dir = flux_width
+    assert sorted(borrowed_parts(file, str(config_dir), "flux")) == sorted(BORROWED)
