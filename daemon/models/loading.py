@@ -172,7 +172,7 @@ def load_pipeline(path: Path, family_name: str, spec: ModelSpec, device: str) ->
         if path.is_file():
             tree = single_file_config(path, spec, family)
             extra.update(dict.fromkeys(absent_components(tree.path)))
-            extra.update(_load_parts(borrowed_parts(path, spec.config_dir, family.name), dtype))
+            extra.update(_load_borrowed(path, spec.config_dir, family.name, dtype))
             if not tree.default_denoiser:
                 extra[tree.component] = _denoiser_variant(path, tree, dtype)
             pipe = pipeline_class.from_single_file(str(path), config=str(tree.path), local_files_only=True,
@@ -192,11 +192,19 @@ def load_pipeline(path: Path, family_name: str, spec: ModelSpec, device: str) ->
     return pipe.to(device)
 
 
-def _load_parts(parts: dict[str, Path], dtype: Any) -> dict[str, Any]:
-    index = json.loads((next(iter(parts.values())).parent / "model_index.json").read_text()) if parts else {}
+def _load_borrowed(path: Path, config_dir: str, family: str, dtype: Any) -> dict[str, Any]:
+    """The components the file lacks, from the config_dir's own weights (shipped.borrowed_parts),
+    each with the class its model_index.json names (diffusers' or transformers' only)."""
+    parts = borrowed_parts(path, config_dir, family)
+    if not parts:
+        return {}
+    index = json.loads((Path(config_dir).expanduser() / "model_index.json").read_text())
     loaded: dict[str, Any] = {}
     for name, folder in parts.items():
         library, class_name = index[name]
+        if library not in ("diffusers", "transformers"):
+            raise ModelError(f"{path}: config_dir's model_index.json gives {name} the library {library!r}; "
+                             "only diffusers and transformers components are loaded")
         dtype_argument = "dtype" if library == "transformers" else "torch_dtype"
         loaded[name] = getattr(importlib.import_module(library), class_name).from_pretrained(
             str(folder), local_files_only=True, use_safetensors=True, **{dtype_argument: dtype})

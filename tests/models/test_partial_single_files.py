@@ -9,6 +9,7 @@ transformer's config. Loads run in the real worker under `unshare -n`.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -77,6 +78,20 @@ def test_a_unet_only_file_makes_the_images_of_the_whole_file(worker: OfflineWork
         assert events[-1][0]["ev"] == "done", events[-1][0]
         images += [p for m, p in events if m["ev"] == "image"]
     assert len(images) == 2 and images[0] == images[1]
+
+
+def test_a_borrowed_part_loads_only_as_a_diffusers_or_transformers_class(
+        worker: OfflineWorker, flux_width: tuple[Path, Path], tmp_path: Path) -> None:
+    """model_index.json names each part's library; a config_dir's file cannot make the worker
+    import some other module."""
+    file, config_dir = flux_width
+    odd = shutil.copytree(config_dir, tmp_path / "config")
+    index = json.loads((odd / "model_index.json").read_text())
+    (odd / "model_index.json").write_text(json.dumps({**index, "vae": ["subprocess", "Popen"]}))
+    worker.send(batch(flux_model(file, odd), ["a lighthouse at dusk"], steps=1))
+    [(failed, _)] = [event for event in worker.until("done", "failed") if event[0]["ev"] == "failed"]
+    assert "gives vae the library 'subprocess'; only diffusers and transformers components are loaded" in \
+        failed["error"]
 
 
 def test_a_flux_file_of_another_width_is_refused_saying_why(built: dict[str, Path], flux_width: tuple[Path, Path],
