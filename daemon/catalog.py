@@ -271,7 +271,8 @@ class ModelCatalog:
             entry.found_family = family
         if isinstance(size, int) and size > 0:
             entry.loaded_bytes = size
-        self._look_at_files(entry)
+        if entry.size_bytes is None:  # a built-in built by this load; the others were looked at once, at start
+            self._look_at_files(entry)
 
     def _publish_change(self, entry: ModelEntry, action: str) -> None:
         self._publish("queue", {"kind": f"model.{action}", "model": entry.view()})

@@ -24,7 +24,6 @@ from daemon.models.performance import choose_dtype
 from daemon.models.shipped import (
     ShippedTree,
     absent_components,
-    borrowed_parts,
     choose,
     denoiser_folder,
     header_shapes,
@@ -156,8 +155,11 @@ def torch_dtype(name: str, family: Family, device: str) -> Any:
     return getattr(torch, choose_dtype(name, family.name, device))
 
 
-def load_pipeline(path: Path, family_name: str, spec: ModelSpec, device: str) -> DiffusionPipeline:
-    """Load `path` (resolved) as a `family_name` pipeline on `device`, with the spec's dtype and scheduler."""
+def load_pipeline(path: Path, family_name: str, spec: ModelSpec, device: str,
+                  borrowed: dict[str, Path] | None = None) -> DiffusionPipeline:
+    """Load `path` (resolved) as a `family_name` pipeline on `device`, with the spec's dtype and scheduler.
+    `borrowed`: what a single file takes from its config_dir (shipped.borrowed_parts), found once by
+    the caller, who also hashes it."""
     import diffusers
 
     family = FAMILIES[family_name]
@@ -172,7 +174,7 @@ def load_pipeline(path: Path, family_name: str, spec: ModelSpec, device: str) ->
         if path.is_file():
             tree = single_file_config(path, spec, family)
             extra.update(dict.fromkeys(absent_components(tree.path)))
-            extra.update(_load_borrowed(path, spec.config_dir, family.name, dtype))
+            extra.update(_load_borrowed(path, spec.config_dir, borrowed or {}, dtype))
             if not tree.default_denoiser:
                 extra[tree.component] = _denoiser_variant(path, tree, dtype)
             pipe = pipeline_class.from_single_file(str(path), config=str(tree.path), local_files_only=True,
@@ -192,10 +194,9 @@ def load_pipeline(path: Path, family_name: str, spec: ModelSpec, device: str) ->
     return pipe.to(device)
 
 
-def _load_borrowed(path: Path, config_dir: str, family: str, dtype: Any) -> dict[str, Any]:
-    """The components the file lacks, from the config_dir's own weights (shipped.borrowed_parts),
-    each with the class its model_index.json names (diffusers' or transformers' only)."""
-    parts = borrowed_parts(path, config_dir, family)
+def _load_borrowed(path: Path, config_dir: str, parts: dict[str, Path], dtype: Any) -> dict[str, Any]:
+    """The components the file lacks, from the config_dir's own weights, each with the class its
+    model_index.json names (diffusers' or transformers' only)."""
     if not parts:
         return {}
     index = json.loads((Path(config_dir).expanduser() / "model_index.json").read_text())

@@ -94,8 +94,9 @@ class Models:
         started = time.monotonic()
         path = resolve(spec, self.state_dir)
         family = detect(path, spec.family)
-        digest = weights_sha256(path, borrowed_parts(path, spec.config_dir, family))
-        pipe = load_pipeline(path, family, spec, self.device)
+        borrowed = borrowed_parts(path, spec.config_dir, family)
+        digest = weights_sha256(path, borrowed)
+        pipe = load_pipeline(path, family, spec, self.device, borrowed)
         chosen = plan(self.settings, spec.name, family, self.device, spec.dtype)
         tuning = prepare(pipe, family, chosen, self.settings)
         if self._wrapper:
