@@ -78,12 +78,16 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[written:]
 
 
-def atomic_write(path: Path, data: bytes | memoryview, mode: int = 0o600, *, overwrite: bool = True) -> Path:
+def atomic_write(path: Path, data: bytes | memoryview, mode: int = 0o600, *, overwrite: bool = True,
+                 sync_dir: bool = True) -> Path:
     """Write `data` to `path` atomically with permission bits `mode`.
 
     `overwrite=False` refuses to replace an existing file (FileExistsError) — used for outputs,
     which are written once. The check-then-rename is race-free for a single writer, which is the
     daemon's case (one process, one file per job/index).
+
+    `sync_dir=False` leaves the directory's fsync (which makes the rename durable) to the caller's
+    last write into the same directory: one fsync of a directory covers every rename before it.
     """
     path = Path(path)
     directory = path.parent
@@ -107,7 +111,8 @@ def atomic_write(path: Path, data: bytes | memoryview, mode: int = 0o600, *, ove
         except FileNotFoundError:
             pass
         raise
-    fsync_dir(directory)
+    if sync_dir:
+        fsync_dir(directory)
     return path
 
 

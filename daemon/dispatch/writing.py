@@ -1,8 +1,8 @@
 """The output path's side of dispatch: a finished batch's images become stored outputs.
 
-Shared by every worker's lane: images go through the output sink in the thread pool (overlapping
-the next generation), each output is audited, and the jobs finish. A full outputs filesystem puts
-the jobs back and pauses the queue until an operator makes room.
+Shared by every worker's lane: a batch's images go through the output sink in the thread pool
+(overlapping the next generation), each output is audited, and the batch's jobs finish together.
+A full outputs filesystem puts the jobs back and pauses the queue until an operator makes room.
 """
 
 from __future__ import annotations
@@ -45,7 +45,32 @@ class OutputWriter:
         self._outputs_blocked = False
 
     async def write(self, jobs: list[Job], result: BatchResult) -> None:
-        loop = asyncio.get_running_loop()
+        """Write the batch's outputs in one hand-off to the thread pool, then audit them and finish
+        the jobs that have all theirs together: a batch costs two group commits, not two per image."""
+        written, failed, unwritten = await asyncio.get_running_loop().run_in_executor(
+            self.executor, self._write_all, jobs, result)
+        for job, outputs in written:
+            job.outputs = outputs
+        await asyncio.gather(*(self._audit(None, "output.write", job.job_id, {
+            k: record[k] for k in ("index", "png_sha256", "sai_sha256", "fingerprint", "kid", "signing_kid")
+            if k in record}) for job, outputs in written for record in outputs))
+        if written:
+            await self.manager.finish([job for job, _ in written], SUCCEEDED)
+        for job, exc in failed:
+            log.error("writing outputs of %s failed", job.job_id, exc_info=exc)
+            await self.manager.finish([job], FAILED, f"writing outputs failed: {exc}")
+        if unwritten is not None:
+            await self._no_space(*unwritten)
+        elif written and self._outputs_blocked:
+            self._outputs_blocked = False
+            self._outputs_blocked_hook(None)
+
+    def _write_all(self, jobs: list[Job], result: BatchResult) -> tuple[
+            list[tuple[Job, list[dict[str, Any]]]], list[tuple[Job, Exception]], tuple[list[Job], OSError] | None]:
+        """In the pool: each job's images, in order. A job whose outputs cannot all be written loses
+        what was written of them; a full filesystem stops the batch there (those jobs go back)."""
+        written: list[tuple[Job, list[dict[str, Any]]]] = []
+        failed: list[tuple[Job, Exception]] = []
         for position, job in enumerate(jobs):
             try:
                 outputs = []
@@ -53,24 +78,15 @@ class OutputWriter:
                     if (job.job_id, index) not in result.images:
                         raise RuntimeError(f"the worker returned no image {index}")
                     shape, pixels = result.images[(job.job_id, index)]
-                    record = await loop.run_in_executor(self.executor, self.sink.write, job, index, shape, pixels)
-                    outputs.append(record)
-                    await self._audit(None, "output.write", job.job_id, {
-                        k: record[k] for k in ("index", "png_sha256", "sai_sha256", "fingerprint", "kid",
-                                               "signing_kid") if k in record})
+                    outputs.append(self.sink.write(job, index, shape, pixels))
             except Exception as exc:
-                await loop.run_in_executor(self.executor, self.sink.discard, job.job_id, job.count)
+                self.sink.discard(job.job_id, job.count)
                 if isinstance(exc, OSError) and exc.errno in NO_SPACE:
-                    await self._no_space(jobs[position:], exc)
-                    return
-                log.exception("writing outputs of %s failed", job.job_id)
-                await self.manager.finish([job], FAILED, f"writing outputs failed: {exc}")
+                    return written, failed, (jobs[position:], exc)
+                failed.append((job, exc))
                 continue
-            job.outputs = outputs
-            await self.manager.finish([job], SUCCEEDED)
-            if self._outputs_blocked:
-                self._outputs_blocked = False
-                self._outputs_blocked_hook(None)
+            written.append((job, outputs))
+        return written, failed, None
 
     async def _no_space(self, jobs: list[Job], exc: OSError) -> None:
         """The outputs filesystem is full: the jobs go back to the queue (no attempt charged; what

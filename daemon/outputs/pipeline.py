@@ -209,7 +209,7 @@ def protect_image(rgb: np.ndarray, info: OutputInfo, keystore: KeyStore, setting
     blob = envelope.encrypt(png, info.job_id, envelope.PNG, keystore)
     env = envelope.parse(blob)
     lap("encrypt")
-    atomic_write(sai_path, blob)
+    atomic_write(sai_path, blob, sync_dir=False)  # the manifest's write below syncs the directory
     lap("write_image")
     signing_kid, signing_key = keystore.signer()
     sai_sha256 = sha256_hex(blob)
@@ -227,7 +227,7 @@ def protect_image(rgb: np.ndarray, info: OutputInfo, keystore: KeyStore, setting
     data = manifest_bytes(manifest)
     signature = sign(data, signing_key)
     lap("manifest")
-    atomic_write(sig_path, signature)
+    atomic_write(sig_path, signature, sync_dir=False)
     atomic_write(manifest_path, data)
     lap("write_manifest")
     return ProtectedOutput(sai_path, manifest_path, sig_path, png_sha256, sai_sha256, env.kid,
