@@ -80,7 +80,10 @@ class OutputWriter:
                     shape, pixels = result.images[(job.job_id, index)]
                     outputs.append(self.sink.write(job, index, shape, pixels))
             except Exception as exc:
-                self.sink.discard(job.job_id, job.count)
+                try:
+                    self.sink.discard(job.job_id, job.count)
+                except OSError as left:  # the job fails all the same; an operator removes what is left
+                    log.error("job %s: could not remove what was written of its outputs: %s", job.job_id, left)
                 if isinstance(exc, OSError) and exc.errno in NO_SPACE:
                     return written, failed, (jobs[position:], exc)
                 failed.append((job, exc))

@@ -231,6 +231,37 @@ async def test_outputs_file_size_limit_pauses_and_loses_nothing(make_daemon, cli
     assert await open_alert(client, "outputs.no_space") is None
 
 
+async def test_an_output_path_taken_by_a_directory_fails_that_job_alone_and_its_batch_mates_finish(
+        make_daemon, client_of, wait_for):
+    """A writer of the state dir puts a directory where one job's manifest goes: that job fails
+    naming the path, the three jobs it shared a batch with get their outputs, audited, and the
+    daemon goes on serving."""
+    daemon = make_daemon({"queue": {"max_batch": 4, "start_paused": True}})
+    client = await client_of(daemon)
+    ids = [await submit(client, seed=i) for i in range(4)]
+    blocked = daemon.state_dir / "outputs" / f"{ids[1]}-0.manifest.json"
+    (blocked / "inside").mkdir(parents=True)
+    await client.call("queue.resume")
+    jobs = [await wait_for(client, job_id, timeout=240) for job_id in ids]
+    assert len({job["started_at"] for job in jobs}) == 1, "the four jobs ran as one batch"
+    assert [job["state"] for job in jobs] == ["succeeded", "failed", "succeeded", "succeeded"]
+    assert jobs[1]["error"].startswith("writing outputs failed") and str(blocked) in jobs[1]["error"]
+    on_disk = output_files(daemon.state_dir / "outputs")
+    for job in (jobs[0], *jobs[2:]):
+        assert (await client.call("output.verify", job_id=job["job_id"]))["ok"]
+        assert on_disk[job["job_id"]] == {0: set(OUTPUT_SUFFIXES)}
+    assert not any(path.name.startswith(ids[1]) and path != blocked
+                   for path in (daemon.state_dir / "outputs").iterdir())
+    entries = (await client.call("audit.tail", limit=200))["entries"]
+    written = [e["subject"] for e in entries if e["action"] == "output.write"]
+    assert sorted(written) == sorted([ids[0], *ids[2:]])
+    assert not temp_files(daemon.state_dir / "outputs")
+    assert "could not remove what was written of its outputs" in daemon.read_log()
+    blocked.joinpath("inside").rmdir()
+    blocked.rmdir()
+    await ended_once_with_outputs(client, wait_for, daemon, [await submit(client, seed=9)])
+
+
 # -- the jobs database -----------------------------------------------------------------------------
 
 
