@@ -6,16 +6,18 @@ the worker can hold only one.
     .venv/bin/python bench/models.py [--families tiny tiny-sdxl ...] [--jobs 32] [--rounds 3]
                                      [--size 128] [--steps 8] [--switches 6] [--pair tiny tiny-sdxl]
 
-Each round (`--rounds`, alternated; medians compared) runs:
-- the bare side: one child process (torch's default threads) that, family by family, times the
-  family's pipeline class `from_pretrained(local_files_only=True)` + `.to("cpu")`, then generates
-  `--jobs` images in calls of the daemon's default `queue.max_batch`; then loads the `--pair` in
-  turn (the previous one dropped first) `--switches` times;
-- a `sai daemon` with every family configured (`[models.NAME]`) at default settings (torch's
-  default threads, max_batch, outputs, watermarks and signing all on; only the submit rate limit is
-  lifted): per family one warm-up job (the load) then `--jobs` jobs submitted to a paused queue and
-  timed from resume to the last `succeeded`; the load's seconds come from the worker's `model`
-  event as audited (`model.load` details);
+Each round (`--rounds`) runs, family by family, the two sides back to back, in an order that
+alternates between rounds (this VM's speed drifts by tens of per cent within a minute, so a ratio is
+taken between two measurements seconds apart, and the figure is the median of the rounds' ratios):
+- the bare side: one child process per round (torch's default threads) that times the family's
+  pipeline class `from_pretrained(local_files_only=True)` + `.to("cpu")`, then generates `--jobs`
+  images in calls of the daemon's default `queue.max_batch`; at the end of the round it loads the
+  `--pair` in turn (the previous one dropped first) `--switches` times;
+- a `sai daemon` per round with every family configured (`[models.NAME]`) at default settings
+  (torch's default threads, max_batch, outputs, watermarks and signing all on; only the submit rate
+  limit is lifted): per family one warm-up job (the load) then `--jobs` jobs submitted to a paused
+  queue and timed from resume to the last `succeeded`; the load's seconds come from the worker's
+  `model` event as audited (`model.load` details);
 - a `sai daemon` with the pair configured and `worker.models_memory_mb` that holds one but not
   both, so each switch unloads the other (least recently used): jobs run one at a time, first on
   one model, then alternating; the extra time per alternating job is the switch's cost.
@@ -24,7 +26,6 @@ Each round (`--rounds`, alternated; medians compared) runs:
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import json
 import math
@@ -36,6 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -93,35 +96,62 @@ def bare_generate(name: str, pipe: Any, size: int, jobs: int, steps: int, batch:
     return jobs / (time.perf_counter() - started)
 
 
-def bare_child(spec: dict[str, Any]) -> dict[str, Any]:
+def bare_child(spec: dict[str, Any]) -> None:
+    """Serve the parent's commands, one JSON line each: `{"load": NAME}` (drops the model held),
+    `{"run": NAME}`, `{"switch": true}`; each answered with one JSON line."""
     os.environ["HF_HUB_OFFLINE"] = "1"
-    import diffusers  # noqa: F401  (imported before the clock starts, as in the worker)
+    import diffusers  # noqa: F401  (imported before any clock starts, as in the worker)
 
-    results: dict[str, Any] = {"families": {}}
-    for name, path in spec["models"].items():
-        pipe, load = bare_load(name, path)
-        rate = bare_generate(name, pipe, spec["size"], spec["jobs"], spec["steps"], spec["batch"], spec["guidance"])
-        results["families"][name] = {"load_s": load, "img_s": rate}
-        del pipe
-        gc.collect()
-    holding: list[Any] = []
+    held: dict[str, Any] = {}
+    for line in sys.stdin:
+        command = json.loads(line)
+        if "load" in command:
+            held.clear()
+            gc.collect()
+            pipe, seconds = bare_load(command["load"], spec["models"][command["load"]])
+            held[command["load"]] = pipe
+            answer: dict[str, Any] = {"load_s": seconds}
+        elif "run" in command:
+            answer = {"img_s": bare_generate(command["run"], held[command["run"]], spec["size"], spec["jobs"],
+                                             spec["steps"], spec["batch"], spec["guidance"])}
+        else:
+            answer = {"switch_s": bare_switches(spec, held)}
+        print(json.dumps(answer), flush=True)
+
+
+def bare_switches(spec: dict[str, Any], holding: dict[str, Any]) -> float:
     switches = []
     for i in range(spec["switches"] + 1):
         name = spec["pair"][i % 2]
         started = time.perf_counter()
         holding.clear()  # the other model goes first, as in the worker's unload
         gc.collect()
-        holding.append(bare_load(name, spec["models"][name])[0])
+        holding[name] = bare_load(name, spec["models"][name])[0]
         if i:
             switches.append(time.perf_counter() - started)
-    results["switch_s"] = statistics.median(switches)
-    return results
+    return statistics.median(switches)
 
 
-def measure_bare(spec: dict[str, Any]) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, __file__, "--bare", json.dumps(spec)], capture_output=True, text=True,
-                         check=True)
-    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+class BareSide:
+    """The bare child process of one round."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.process = subprocess.Popen([sys.executable, __file__, "--bare", json.dumps(spec)], text=True,
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+    def ask(self, **command: Any) -> dict[str, Any]:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(json.dumps(command) + "\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            raise SystemExit(f"the bare side exited with {self.process.wait()} on {command}")
+        return dict(json.loads(line))
+
+    def close(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        self.process.wait(60)
 
 
 # -- through the daemon ----------------------------------------------------------------------------------
@@ -146,26 +176,41 @@ async def model_loads(client: DaemonClient) -> list[dict[str, Any]]:
     return [e for e in entries if e["action"] in ("model.load", "model.unload")]
 
 
-async def families_served(daemon: DaemonProcess, names: list[str], size: int, jobs: int,
-                          steps: int) -> dict[str, dict[str, float]]:
+async def served_rate(client: DaemonClient, name: str, params: dict[str, int], jobs: int) -> float:
+    await client.call("queue.pause")
+    ids = {(await client.call("job.submit", prompt=f"bench {i}", seed=i, model=name, **params))["job_id"]
+           for i in range(jobs)}
+    started = time.perf_counter()
+    await client.call("queue.resume")
+    await _wait_all(client, ids, events=True)
+    return jobs / (time.perf_counter() - started)
+
+
+Figures = dict[str, dict[str, float]]
+"""Per model name: `img_s`, `load_s`."""
+
+
+async def families_paired(daemon: DaemonProcess, bare: BareSide, names: list[str], size: int, jobs: int,
+                          steps: int, bare_first: bool) -> tuple[Figures, Figures]:
+    """Per family: both sides load it, then each generates `jobs` images, one right after the other."""
     client = await DaemonClient.connect(daemon.socket)
     await client.call("events.subscribe", topics=["job"])
     params = {"width": size, "height": size, "steps": steps}
-    results: dict[str, dict[str, float]] = {}
+    bare_results: Figures = {}
+    served: Figures = {}
     for name in names:
+        bare_results[name] = bare.ask(load=name)
         await one_job(client, name, params, 0)  # loads the model
-        await client.call("queue.pause")
-        ids = {(await client.call("job.submit", prompt=f"bench {i}", seed=i, model=name, **params))["job_id"]
-               for i in range(jobs)}
-        started = time.perf_counter()
-        await client.call("queue.resume")
-        await _wait_all(client, ids, events=True)
-        results[name] = {"img_s": jobs / (time.perf_counter() - started)}
+        for side in ("bare", "daemon") if bare_first else ("daemon", "bare"):
+            if side == "bare":
+                bare_results[name].update(bare.ask(run=name))
+            else:
+                served[name] = {"img_s": await served_rate(client, name, params, jobs)}
     for entry in await model_loads(client):
-        if entry["action"] == "model.load" and entry["subject"] in results:
-            results[entry["subject"]]["load_s"] = float(entry["details"].get("seconds") or math.nan)
+        if entry["action"] == "model.load" and entry["subject"] in served:
+            served[entry["subject"]]["load_s"] = float(entry["details"].get("seconds") or math.nan)
     await client.close()
-    return results
+    return bare_results, served
 
 
 async def switching_served(daemon: DaemonProcess, pair: tuple[str, str], size: int, steps: int,
@@ -221,7 +266,7 @@ def spread(values: list[float], fmt: str = "{:.2f}") -> str:
 
 def main() -> int:
     if len(sys.argv) > 2 and sys.argv[1] == "--bare":
-        print(json.dumps(bare_child(json.loads(sys.argv[2]))))
+        bare_child(json.loads(sys.argv[2]))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -231,7 +276,9 @@ def main() -> int:
                              "last writes are a small part of the time")
     parser.add_argument("--size", type=int, default=128, help="width and height")
     parser.add_argument("--steps", type=int, default=8, help="denoising steps per image")
-    parser.add_argument("--rounds", type=int, default=3, help="bare and daemon runs, alternated; medians shown")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="rounds; in each, the two sides of a family run back to back (the order alternates "
+                             "between rounds); medians shown")
     parser.add_argument("--switches", type=int, default=6, help="model switches timed per round")
     parser.add_argument("--pair", nargs=2, default=["tiny", "tiny-sdxl"], choices=TINY, metavar="MODEL",
                         help="the two models switched between")
@@ -257,19 +304,22 @@ def main() -> int:
         bare_rounds: list[dict[str, Any]] = []
         served_rounds: list[dict[str, dict[str, float]]] = []
         switch_rounds: list[dict[str, float]] = []
-        for _ in range(args.rounds):  # alternate the sides: the machine's speed drifts between runs
-            bare_rounds.append(measure_bare(spec))
+        for round_ in range(args.rounds):
+            bare = BareSide(spec)
             daemon = start_daemon(root, models, {"queue": LIFTED_RATE, "models": extra})
             try:
-                served_rounds.append(asyncio.run(families_served(daemon, args.families, args.size, args.jobs,
-                                                                 args.steps)))
+                bare_results, served = uvloop.run(families_paired(daemon, bare, args.families, args.size, args.jobs,
+                                                                   args.steps, bare_first=round_ % 2 == 0))
+                bare_rounds.append({"families": bare_results, "switch_s": bare.ask(switch=True)["switch_s"]})
+                served_rounds.append(served)
             finally:
                 daemon.stop()
+                bare.close()
             daemon = start_daemon(root, models, {"queue": LIFTED_RATE, "worker": {"models_memory_mb": budget},
                                                  "model": {"name": pair[0]},
                                                  "models": {pair[1]: {}}})
             try:
-                switch_rounds.append(asyncio.run(switching_served(daemon, pair, args.size, args.steps,
+                switch_rounds.append(uvloop.run(switching_served(daemon, pair, args.size, args.steps,
                                                                   args.switches)))
             finally:
                 daemon.stop()
@@ -281,6 +331,7 @@ def main() -> int:
 def report(families: list[str], bare_rounds: list[dict[str, Any]], served_rounds: list[dict[str, dict[str, float]]],
            switch_rounds: list[dict[str, float]], pair: tuple[str, str], budget: int) -> None:
     med = statistics.median
+    print("ratio: the median of the rounds' ratios (each round times the two sides of a family back to back)")
     print(f"{'model':<12} {'bare img/s':>10} {'daemon img/s':>13} {'ratio':>6} {'target':>7}   "
           f"{'bare load s':>11} {'daemon load s':>13} {'ratio':>6}   rounds: throughput ratios; load ratios")
     for name in families:
@@ -288,10 +339,11 @@ def report(families: list[str], bare_rounds: list[dict[str, Any]], served_rounds
         served = [r[name]["img_s"] for r in served_rounds]
         bare_load = [r["families"][name]["load_s"] for r in bare_rounds]
         served_load = [r[name].get("load_s", math.nan) for r in served_rounds]
-        print(f"{name:<12} {med(bare):>10.2f} {med(served):>13.2f} {med(served) / med(bare):>6.3f} "
+        ratios = [s / b for s, b in zip(served, bare)]
+        load_ratios = [s / b for s, b in zip(served_load, bare_load)]
+        print(f"{name:<12} {med(bare):>10.2f} {med(served):>13.2f} {med(ratios):>6.3f} "
               f"{'>=' + str(TARGET):>7}   {med(bare_load):>11.3f} {med(served_load):>13.3f} "
-              f"{med(served_load) / med(bare_load):>6.2f}   {spread([s / b for s, b in zip(served, bare)], '{:.3f}')}; "
-              f"{spread([s / b for s, b in zip(served_load, bare_load)])}")
+              f"{med(load_ratios):>6.2f}   {spread(ratios, '{:.3f}')}; {spread(load_ratios)}")
     bare_switch = [r["switch_s"] for r in bare_rounds]
     served_switch = [r["switch_s"] for r in switch_rounds]
     worker_switch = [r["worker_s"] for r in switch_rounds]
