@@ -16,7 +16,7 @@ import logging
 import math
 from typing import Any
 
-from daemon.dispatch.lane import Lane, WorkerEvents
+from daemon.dispatch.lane import FitKey, Lane, WorkerEvents, fit_key, once_per_fit
 from daemon.protocol import echo, invalid_params
 from daemon.queue.jobs import FAILED, Job
 from daemon.queue.manager import QueueManager
@@ -61,8 +61,8 @@ class Box:
                 share = max(1, math.ceil(images / len(idle)))
             took = False
             for lane in sorted(free, key=lambda lane: (len(lane.inflight), self.lanes.index(lane))):
-                batch = self.manager.next_batch(share if not lane.inflight else None, can_run=lane.can_run,
-                                                holds=lane.holds)
+                batch = self.manager.next_batch(share if not lane.inflight else None,
+                                                can_run=once_per_fit(lane.can_run), holds=lane.holds)
                 if batch:
                     lane.launch(batch)
                     took = True
@@ -76,10 +76,10 @@ class Box:
         lanes = [lane for lane in self.lanes if lane.can_take_work]
         if not lanes:
             return
-        verdicts: dict[tuple[str, int, int], tuple[str, bool] | None] = {}
+        verdicts: dict[FitKey, tuple[str, bool] | None] = {}
         doomed: list[tuple[Job, str, bool]] = []
         for job in self.manager.queued():
-            key = (job.model_id, int(job.params["width"]), int(job.params["height"]))
+            key = fit_key(job)
             if key not in verdicts:
                 verdicts[key] = self._unrunnable(job, lanes)
             if (verdict := verdicts[key]) is not None:

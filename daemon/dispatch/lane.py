@@ -39,6 +39,27 @@ stay `running` for good if it raises)."""
 BatchFigures = Callable[[list[Job], dict[str, Any]], Awaitable[None]]
 """Given each batch's jobs and figures (jobs, images, worker memory, worker name) for reports and metrics."""
 
+FitKey = tuple[str, int, int]
+"""What decides whether a lane can run a job (`Lane.misfit`): its model and its image size."""
+
+
+def fit_key(job: Job) -> FitKey:
+    return (job.model_id, int(job.params["width"]), int(job.params["height"]))
+
+
+def once_per_fit(verdict: Callable[[Job], bool]) -> Callable[[Job], bool]:
+    """`verdict` asked once per model and size: a pick over hundreds of queued jobs of a few
+    shapes asks a few times, not once per job."""
+    seen: dict[FitKey, bool] = {}
+
+    def ask(job: Job) -> bool:
+        key = fit_key(job)
+        if key not in seen:
+            seen[key] = verdict(job)
+        return seen[key]
+
+    return ask
+
 
 class WorkerEvents(Protocol):
     """Who hears the facts about a worker (`ready`, `start_failed`, `crashed`, `crash_loop`,
@@ -113,7 +134,8 @@ class Lane:
         return self.models.misfit(name, self.worker.capacity(), self.residency) if name in self.models.entries else None
 
     def misfit(self, job: Job) -> str | None:
-        """Why this device can never run `job` (its model or its image size does not fit), or None."""
+        """Why this device can never run `job` (its model or its image size does not fit), or None.
+        It depends on the job's `fit_key` alone."""
         return (self.model_misfit(job)
                 or self.memory.refusal(job.params["width"], job.params["height"], self.worker.capacity()))
 
