@@ -34,6 +34,9 @@ Jobs = list[Job]
 """(`QueueManager.list` hides the builtin inside the class body.)"""
 PromptDigest = Callable[[str, str], dict[str, str]]
 """(prompt, negative_prompt) -> the audit fields that stand for them (keyed digests, never text)."""
+PROGRESS_EVERY = 0.1
+"""Seconds between a running job's `progress` events: a console needs no more, and a batch of eight
+on a fast GPU would otherwise send hundreds a second to every subscriber."""
 
 
 class QueueManager:
@@ -65,6 +68,8 @@ class QueueManager:
         self._seq = 0
         self._tokens: dict[tuple[int, str], asyncio.Future[str | None]] = {}
         self._submitting: dict[int, int] = {}
+        self._progress_sent: dict[str, float] = {}
+        """job id -> monotonic time of its latest progress event, while it runs."""
         self.audit = audit
         self.memory = memory
         self.capacity = capacity
@@ -373,18 +378,26 @@ class QueueManager:
             self._publish_state(job)
 
     def progress(self, jobs: Jobs, step: int, steps: int) -> None:
+        """Each running job's progress is kept at every step; its `progress` event goes out at the
+        first and last step and otherwise at most every PROGRESS_EVERY seconds."""
         fraction = step / steps if steps else 0.0
+        now = time.monotonic()
+        announce = self.bus.wants("job")
         for job in jobs:
-            if job.state == RUNNING:
-                job.progress = fraction
-                if self.bus.wants("job"):
-                    self.bus.publish("job", {"kind": "progress", "job_id": job.job_id,
-                                             "progress": round(fraction, 4), "step": step, "steps": steps})
+            if job.state != RUNNING:
+                continue
+            job.progress = fraction
+            last = self._progress_sent.get(job.job_id)
+            if announce and (last is None or step >= steps or now - last >= PROGRESS_EVERY):
+                self._progress_sent[job.job_id] = now
+                self.bus.publish("job", {"kind": "progress", "job_id": job.job_id,
+                                         "progress": round(fraction, 4), "step": step, "steps": steps})
 
     def _finish(self, job: Job, state: str, error: str | None = None) -> None:
         if job.state == QUEUED:
             self.index.remove(job)
         self._handed.pop(job, None)
+        self._progress_sent.pop(job.job_id, None)
         job.handed = False
         job.state, job.finished_at, job.error = state, time.time(), error
         if state != "succeeded":
@@ -411,6 +424,7 @@ class QueueManager:
         failed = []
         for job in jobs:
             self._handed.pop(job, None)
+            self._progress_sent.pop(job.job_id, None)
             job.handed = False
             if job.started_at is None:
                 pass  # it never began: neither an attempt nor a suspect

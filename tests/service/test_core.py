@@ -6,6 +6,7 @@ real `sai daemon` in test_generation, test_next_batch and test_lifecycle."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from daemon.outputs.pipeline import OutputSettings
 from daemon.outputs.sink import ProtectedSink
 from daemon.queue.admission import Admission
 from daemon.queue.jobs import Job
-from daemon.queue.manager import QueueManager
+from daemon.queue.manager import PROGRESS_EVERY, QueueManager
 from daemon.queue.store import JobStore
 from daemon.worker.memory_model import MemoryModel
 from tests.service.fakes import FakeBatch, FakeWorkerSupervisor
@@ -202,3 +203,22 @@ async def test_shutdown_finishes_the_running_batch_and_withdraws_the_waiting_one
     withdrawn = await core.queue.get(waiting)
     assert (withdrawn.state, withdrawn.attempts, withdrawn.started_at) == ("queued", 0, None)
     assert not second.began.is_set()
+
+
+async def test_progress_events_come_at_the_first_and_last_step_and_at_most_every_tenth_of_a_second(
+        core: Core) -> None:
+    feed = core.queue.bus.subscribe({"job"})
+    job_id = await core.submit("many steps", steps=50)
+    (batch,) = await core.handed(1)
+    started = time.monotonic()
+    batch.go.set()
+    assert await core.finished(job_id) == ["succeeded"]
+    elapsed = time.monotonic() - started
+    steps = []
+    while not feed.queue.empty():
+        event = feed.queue.get_nowait()
+        if event is not None and event[1]["kind"] == "progress" and event[1]["job_id"] == job_id:
+            steps.append(event[1]["step"])
+    assert steps[0] == 1 and steps[-1] == 50 and steps == sorted(set(steps))
+    assert len(steps) <= 2 + elapsed / PROGRESS_EVERY, (steps, elapsed)
+    assert (await core.queue.get(job_id)).progress == 1.0

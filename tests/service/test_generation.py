@@ -64,7 +64,7 @@ async def test_progress_and_state_events_stream_to_subscribers(make_daemon, clie
         elif data["kind"] == "progress":
             steps.append(data["step"])
     assert states == ["queued", "running", "succeeded"]
-    assert steps == list(range(1, 7))
+    assert steps[0] == 1 and steps[-1] == 6 and steps == sorted(set(steps))  # the steps between at most 10/s
 
 
 async def test_start_order_is_priority_then_fifo(make_daemon, client_of, wait_for):
