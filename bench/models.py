@@ -48,6 +48,7 @@ from daemon.client import DaemonClient
 from daemon.config import defaults
 from daemon.models.builders import BUILT_IN
 from daemon.models.families import FAMILIES
+from daemon.worker.launch import FIXED
 from tests.harness import DaemonProcess
 
 TINY = ("tiny", "tiny-sdxl", "tiny-sd3", "tiny-flux", "tiny-pixart")
@@ -98,8 +99,8 @@ def bare_generate(name: str, pipe: Any, size: int, jobs: int, steps: int, batch:
 
 def bare_child(spec: dict[str, Any]) -> None:
     """Serve the parent's commands, one JSON line each: `{"load": NAME}` (drops the model held),
-    `{"run": NAME}`, `{"switch": true}`; each answered with one JSON line."""
-    os.environ["HF_HUB_OFFLINE"] = "1"
+    `{"run": NAME}`, `{"switch": true}`; each answered with one JSON line. It runs with the
+    worker's fixed environment (hub off, no progress bars, library logging at errors only)."""
     import diffusers  # noqa: F401  (imported before any clock starts, as in the worker)
 
     held: dict[str, Any] = {}
@@ -137,7 +138,7 @@ class BareSide:
 
     def __init__(self, spec: dict[str, Any]) -> None:
         self.process = subprocess.Popen([sys.executable, __file__, "--bare", json.dumps(spec)], text=True,
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={**os.environ, **FIXED})
 
     def ask(self, **command: Any) -> dict[str, Any]:
         assert self.process.stdin is not None and self.process.stdout is not None
@@ -201,14 +202,13 @@ async def families_paired(daemon: DaemonProcess, bare: BareSide, names: list[str
     for name in names:
         bare_results[name] = bare.ask(load=name)
         await one_job(client, name, params, 0)  # loads the model
+        loads = [e for e in await model_loads(client) if e["action"] == "model.load" and e["subject"] == name]
+        served[name] = {"load_s": float(loads[-1]["details"].get("seconds") or math.nan) if loads else math.nan}
         for side in ("bare", "daemon") if bare_first else ("daemon", "bare"):
             if side == "bare":
                 bare_results[name].update(bare.ask(run=name))
             else:
-                served[name] = {"img_s": await served_rate(client, name, params, jobs)}
-    for entry in await model_loads(client):
-        if entry["action"] == "model.load" and entry["subject"] in served:
-            served[entry["subject"]]["load_s"] = float(entry["details"].get("seconds") or math.nan)
+                served[name]["img_s"] = await served_rate(client, name, params, jobs)
     await client.close()
     return bare_results, served
 
@@ -271,7 +271,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--families", nargs="+", default=list(TINY), choices=TINY, help="the tiny models to run")
-    parser.add_argument("--jobs", type=int, default=32,
+    parser.add_argument("--jobs", type=int, default=64,
                         help="images per family per round, each side: enough that the first hand-off and the "
                              "last writes are a small part of the time")
     parser.add_argument("--size", type=int, default=128, help="width and height")
