@@ -101,8 +101,12 @@ def bare_child(spec: dict[str, Any]) -> None:
     """Serve the parent's commands, one JSON line each: `{"load": NAME}` (drops the model held),
     `{"run": NAME}`, `{"switch": true}`; each answered with one JSON line. It runs with the
     worker's fixed environment (hub off, no progress bars, library logging at errors only)."""
-    import diffusers  # noqa: F401  (imported before any clock starts, as in the worker)
+    import diffusers  # imported before any clock starts, as in the worker
+    import transformers
 
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    bare_load(spec["pair"][0], spec["models"][spec["pair"][0]])  # untimed, as the worker's start-up model
     held: dict[str, Any] = {}
     for line in sys.stdin:
         command = json.loads(line)
