@@ -6,6 +6,9 @@ Three durations per job, from its own timestamps:
 - run: first step to finished, outputs written (`finished_at - started_at`),
 - latency: submitted to finished (`finished_at - created_at`), what a client waits in all.
 Latency and run are of succeeded jobs; wait of every job that started.
+
+Jobs are grouped by size and steps, and by model as well when the rows hold more than one model
+(a box serving several models: their times and memory differ by far more than their sizes say).
 """
 
 from __future__ import annotations
@@ -43,24 +46,27 @@ class JobRecord:
     batch_images: int | None
     peak_bytes_per_image: int | None
     worker_rss: int | None
+    model: str | None
+    """The job's model where the report groups by model, else None."""
 
     @classmethod
-    def from_row(cls, row: dict[str, Any]) -> JobRecord:
+    def from_row(cls, row: dict[str, Any], by_model: bool = False) -> JobRecord:
         created, finished = parse_time(row.get("created_at")), parse_time(row.get("finished_at"))
         if created is None or finished is None:
             raise ValueError(f"job {row.get('job_id')!r} has no created_at or finished_at")
         return cls(str(row["job_id"]), str(row["state"]), int(row["width"]), int(row["height"]), int(row["steps"]),
                    int(row.get("count") or 1), created, parse_time(row.get("started_at")), finished,
                    row.get("error_kind"), row.get("batch_jobs"), row.get("batch_images"),
-                   row.get("peak_bytes_per_image"), row.get("worker_rss"))
+                   row.get("peak_bytes_per_image"), row.get("worker_rss"),
+                   str(row.get("model_id") or "") if by_model else None)
 
     @property
     def group(self) -> str:
-        return group_name(self.width, self.height, self.steps)
+        return group_name(self.width, self.height, self.steps, self.model)
 
     @property
-    def sort_key(self) -> tuple[int, int, int]:
-        return (self.width * self.height, self.width, self.steps)
+    def sort_key(self) -> tuple[str, int, int, int]:
+        return (self.model or "", self.width * self.height, self.width, self.steps)
 
     def value(self, metric: str) -> float | None:
         """The job's `metric` in seconds (see the module's docstring), or None where it does not apply."""
@@ -71,16 +77,19 @@ class JobRecord:
         return self.finished - (self.started if metric == "run" else self.created)
 
 
-def group_name(width: int, height: int, steps: int) -> str:
-    return f"{width}x{height} {steps} steps"
+def group_name(width: int, height: int, steps: int, model: str | None = None) -> str:
+    return f"{model + ' ' if model else ''}{width}x{height} {steps} steps"
 
 
 def records(rows: Iterable[dict[str, Any]]) -> list[JobRecord]:
-    return [JobRecord.from_row(row) for row in rows]
+    """Every row as a record, grouped by model too when the rows hold more than one."""
+    rows = list(rows)
+    by_model = len({str(row.get("model_id") or "") for row in rows}) > 1
+    return [JobRecord.from_row(row, by_model) for row in rows]
 
 
 def samples(jobs: list[JobRecord], metric: str) -> dict[str, list[float]]:
-    """`metric` values by group, groups ordered by pixels then steps."""
+    """`metric` values by group, groups ordered by model (when grouped by it), pixels, then steps."""
     out: dict[str, list[float]] = {}
     for job in sorted(jobs, key=lambda j: (j.sort_key, j.finished)):
         value = job.value(metric)
@@ -148,9 +157,10 @@ def durations(jobs: list[JobRecord]) -> list[dict[str, Any]]:
     rows = []
     for name in names:
         first = next(j for j in jobs if j.group == name)
-        rows.append({"group": name, "width": first.width, "height": first.height, "steps": first.steps,
-                     **{metric: describe(per_metric[metric].get(name, [])) for metric in METRICS}})
-    rows.append({"group": ALL, "width": None, "height": None, "steps": None,
+        figures = {metric: describe(per_metric[metric].get(name, [])) for metric in METRICS}
+        rows.append({"group": name, "model": first.model, "width": first.width, "height": first.height,
+                     "steps": first.steps, **figures})
+    rows.append({"group": ALL, "model": None, "width": None, "height": None, "steps": None,
                  **{metric: describe([v for vs in per_metric[metric].values() for v in vs]) for metric in METRICS}})
     return rows
 

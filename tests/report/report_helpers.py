@@ -73,9 +73,10 @@ T0 = 1_795_000_020.0  # a whole minute (a multiple of 60), so minute buckets sta
 
 def row(job_id: str, created: float, started: float | None, finished: float, state: str = "succeeded",
         size: int = 64, steps: int = 4, count: int = 1, error_kind: str | None = None,
-        peak: int | None = None, rss: int | None = None, batch_images: int | None = None) -> dict[str, Any]:
+        peak: int | None = None, rss: int | None = None, batch_images: int | None = None,
+        model: str = "tiny") -> dict[str, Any]:
     """A `report.jobs` row; times are seconds after T0."""
-    return {"job_id": job_id, "state": state, "priority": "normal", "user": "alice", "model_id": "tiny",
+    return {"job_id": job_id, "state": state, "priority": "normal", "user": "alice", "model_id": model,
             "width": size, "height": size, "steps": steps, "guidance": 7.5, "count": count,
             "created_at": rfc3339(T0 + created), "started_at": None if started is None else rfc3339(T0 + started),
             "finished_at": rfc3339(T0 + finished), "attempts": 1, "error_kind": error_kind,

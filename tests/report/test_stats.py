@@ -88,6 +88,22 @@ def synthetic_rows() -> list[dict]:
     ]
 
 
+
+def test_a_report_over_several_models_groups_by_model_as_well() -> None:
+    rows = [row("a1", 0, 1, 4, size=64, peak=100, rss=1000, batch_images=1),
+            row("a2", 0, 2, 6, size=64, peak=300, rss=1000, batch_images=1),
+            row("f1", 0, 1, 21, size=64, peak=5000, rss=9000, batch_images=1, model="tiny-flux"),
+            row("f2", 0, 1, 31, size=128, steps=8, peak=7000, rss=9000, batch_images=1, model="tiny-flux")]
+    report = summary.build(rows, T0, T0 + 600)
+    groups = {g["group"]: g for g in report["groups"]}
+    assert list(groups) == ["tiny 64x64 4 steps", "tiny-flux 64x64 4 steps", "tiny-flux 128x128 8 steps", "all"]
+    assert groups["tiny 64x64 4 steps"]["latency"]["n"] == 2 and groups["tiny 64x64 4 steps"]["model"] == "tiny"
+    assert groups["tiny-flux 64x64 4 steps"]["run"]["p50"] == pytest.approx(20.0)
+    memory = {m["group"]: m["peak_bytes_per_image_max"] for m in report["memory"]}
+    assert memory == {"tiny 64x64 4 steps": 300, "tiny-flux 64x64 4 steps": 5000, "tiny-flux 128x128 8 steps": 7000,
+                      "all": 7000}
+    assert "| tiny-flux 64x64 4 steps | 1 |" in render.markdown(report)
+
 def test_report_figures_by_group_from_job_timestamps() -> None:
     report = summary.build(synthetic_rows(), T0, T0 + 600)
     groups = {g["group"]: g for g in report["groups"]}
