@@ -11,26 +11,32 @@ from daemon.protocol import PRIORITIES
 FINISHED = ("succeeded", "failed", "cancelled")
 PRIORITY_LABEL = {"low": "low", "normal": "norm", "high": "HIGH", "critical": "CRIT"}
 STATE_MARK = {"queued": "●", "running": "▶", "succeeded": "✓", "failed": "✗", "cancelled": "–"}
-SORTS = ("queue", "id", "priority", "state", "user", "age", "prompt")
+SORTS = ("queue", "id", "priority", "state", "user", "age", "prompt", "model")
 STATE_ORDER = {"running": 0, "queued": 1, "succeeded": 2, "failed": 2, "cancelled": 2}
 COLUMN_SORT = {"job_id": "id", "priority": "priority", "state": "state", "prompt": "prompt", "user": "user",
-               "age": "age"}
+               "age": "age", "model": "model"}
 
 
 def job_fields(job: dict[str, Any]) -> dict[str, str]:
-    """What `/` matches against: `id:`, `state:`, `user:`, `priority:`/`pri:`, `prompt:`, `box:` (a fleet's)."""
+    """What `/` matches against: `id:`, `state:`, `user:`, `priority:`/`pri:`, `prompt:`, `model:`,
+    `box:` (a fleet's)."""
     params = job.get("params") or {}
     return {"id": job["job_id"].lower(), "state": str(job.get("state", "")), "user": str(job.get("user", "")).lower(),
             "priority": str(job.get("priority", "")), "pri": str(job.get("priority", "")),
-            "prompt": str(params.get("prompt") or "").lower(), "box": str(job.get("box") or "").lower()}
+            "prompt": str(params.get("prompt") or "").lower(), "model": str(job.get("model_id") or "").lower(),
+            "box": str(job.get("box") or "").lower()}
 
 
-def queue_columns(wide: bool, boxes: bool) -> list[tuple[str, str, int]]:
+def queue_columns(wide: bool, boxes: bool, models: bool = False) -> list[tuple[str, str, int]]:
     """The queue's columns (key, label, width; 0 takes the room left); `boxes`: a fleet member's
-    console, with the box that runs or ran each job."""
-    spec = [("tag", " ", 1), ("job_id", "job", 13), ("priority", "pri", 4), ("state", "state", 25 if wide else 11),
-            ("prompt", "prompt", 0), ("user", "user", 10 if wide else 8), ("age", "age", 6)]
-    return spec[:4] + [("box", "box", 12 if wide else 8)] + spec[4:] if boxes else spec
+    console, with the box that runs or ran each job; `models`: the jobs' model, once they name more
+    than one."""
+    spec = [("tag", " ", 1), ("job_id", "job", 13), ("priority", "pri", 4), ("state", "state", 25 if wide else 11)]
+    if boxes:
+        spec.append(("box", "box", 12 if wide else 8))
+    if models:
+        spec.append(("model", "model", 14 if wide else 10))
+    return spec + [("prompt", "prompt", 0), ("user", "user", 10 if wide else 8), ("age", "age", 6)]
 
 
 def queue_order(job: dict[str, Any]) -> tuple[Any, ...]:
@@ -54,4 +60,5 @@ SORT_KEYS: dict[str, Callable[[dict[str, Any]], Any]] = {
     "user": lambda job: str(job.get("user", "")),
     "age": lambda job: -(parse_time(job.get("created_at")) or 0.0),
     "prompt": lambda job: str((job.get("params") or {}).get("prompt") or ""),
+    "model": lambda job: str(job.get("model_id") or ""),
 }

@@ -10,7 +10,8 @@ from textual.message import Message
 from textual.widgets import Input
 
 PLACEHOLDERS = {
-    "filter": "filter: words match any column · field:value (state: user: pri: id: prompt:) · !negates · esc clears",
+    "filter": "filter: words match any column · field:value (state: user: pri: id: prompt: model:) · !negates · "
+              "esc clears",
     "command": "command: pause, resume, cancel, new, verify, at -30m, live, sort age, theme light, help…",
 }
 

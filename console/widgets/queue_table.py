@@ -85,6 +85,8 @@ class QueueTable(ScrollView, can_focus=True):
         self._rebuild_pending = False
         self.boxes = False
         """A fleet member's queue: a column names the box of each job (`show_boxes`)."""
+        self.models: set[str] = set()
+        """The models the jobs name: a column shows each job's once there are two or more."""
 
     def on_mount(self) -> None:
         self.set_interval(5.0, self._refresh_ages)
@@ -97,7 +99,7 @@ class QueueTable(ScrollView, can_focus=True):
         return self.size.width >= 110
 
     def on_resize(self) -> None:
-        spec = jobview.queue_columns(self.wide, self.boxes)
+        spec = jobview.queue_columns(self.wide, self.boxes, len(self.models) > 1)
         fixed = sum(width for _, _, width in spec) + 2 * len(spec)
         self._columns = [(key, label, width or max(8, self.size.width - fixed)) for key, label, width in spec]
         self._lines.clear()
@@ -160,6 +162,7 @@ class QueueTable(ScrollView, can_focus=True):
             "user": Text(str(job.get("user", ""))),
             "age": Text(duration(self.clock() - created) if created is not None else "-"),
             "box": Text(str(job.get("box") or "-"), style=self._style("dim") if not job.get("box") else ""),
+            "model": Text(str(job.get("model_id") or "-")),
         }
 
     def _join(self, cells: dict[str, Text], style: Style | None = None) -> Strip:
@@ -271,6 +274,14 @@ class QueueTable(ScrollView, can_focus=True):
         self.boxes = True
         self.on_resize()
 
+    def _note_model(self, job: dict[str, Any]) -> None:
+        """The model column appears with a second model (and stays: jobs come and go)."""
+        model = str(job.get("model_id") or "")
+        if model and model not in self.models:
+            self.models.add(model)
+            if len(self.models) == 2:
+                self.on_resize()
+
     # -- data in -----------------------------------------------------------------------------
 
     def load(self, jobs: list[dict[str, Any]]) -> None:
@@ -279,6 +290,8 @@ class QueueTable(ScrollView, can_focus=True):
         self.tagged &= set(self.jobs)
         for cache in (self._lines, self._fields, self._keys):
             cache.clear()
+        for job in jobs:
+            self._note_model(job)
         self._fill()
         missing = [job_id for job_id, job in self.jobs.items()
                    if "prompt" not in (job.get("params") or {}) and job.get("prompt_visible") is not False
@@ -300,6 +313,7 @@ class QueueTable(ScrollView, can_focus=True):
             merged["prompt_visible"] = old.get("prompt_visible", merged.get("prompt_visible"))
         old_key = self._sort_key(job_id) if old is not None else None
         self.jobs[job_id] = merged
+        self._note_model(merged)
         self._forget(job_id)
         if old is None:
             self.post_message(self.PromptsWanted([job_id]))

@@ -11,7 +11,7 @@ from textual.widgets import Select
 from console.app import SaiConsole
 from console.screens.new_job import NewJobScreen
 from tests.configs import NO_WORKER
-from tests.console.console_helpers import connected, until
+from tests.console.console_helpers import connected, screen_line, until
 
 
 async def test_the_form_offers_the_models_with_the_default_chosen(make_daemon: Any, client_of: Any,
@@ -34,3 +34,22 @@ async def test_the_form_offers_the_models_with_the_default_chosen(make_daemon: A
         await until(pilot, lambda: not isinstance(app.screen, NewJobScreen), 10, "the form to close")
     jobs = (await client.call("job.list"))["jobs"]
     assert [(job["model"], job["params"]["prompt"]) for job in jobs] == [("other", "a red fox")]
+
+
+async def test_the_queue_shows_each_jobs_model_once_it_holds_two_and_filters_by_it(
+        make_daemon: Any, client_of: Any, other_model: Path) -> None:
+    daemon = make_daemon({**NO_WORKER, "models": {"other": {"path": str(other_model)}}})
+    client = await client_of(daemon)
+    first = (await client.call("job.submit", prompt="on the default"))["job_id"]
+    app = SaiConsole(str(daemon.socket))
+    async with app.run_test(size=(140, 40)) as pilot:
+        await connected(pilot, app)
+        await until(pilot, lambda: screen_line(app, first) != "", 10, "the first job's row")
+        assert screen_line(app, "job", "pri", "state") and not screen_line(app, "job", "state", "model")
+        second = (await client.call("job.submit", prompt="on the other", model="other"))["job_id"]
+        await until(pilot, lambda: screen_line(app, second, "other") != "", 10, "the second job's row with its model")
+        assert screen_line(app, "job", "state", "model", "prompt")
+        assert "tiny" in screen_line(app, first, "on the default")
+        await pilot.press("slash", *"model:other", "enter")
+        await until(pilot, lambda: screen_line(app, first) == "", 10, "the filter to hide the default model's job")
+        assert screen_line(app, second, "other")
