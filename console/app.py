@@ -34,6 +34,7 @@ from console.fleetroute import where_held
 from console.formatting import clock_time, duration, parse_moment
 from console.helpgroups import help_groups
 from console.jobview import SORTS
+from console.listing import fetch_jobs
 from console.screens.confirm import ConfirmScreen
 from console.screens.help import HelpScreen, key_label
 from console.screens.identify import IdentifyScreen
@@ -50,6 +51,8 @@ from daemon.protocol import RpcError
 LOOK_STEP = 300.0
 LOOK_WINDOW = 900.0
 STATUS_REFRESH = 2.0
+LISTED_JOBS = 1000
+"""The jobs the queue pane loads (running, queued, then the latest finished): the rest stay a `sai jobs --all` away."""
 
 
 def action_name(action: str) -> str:
@@ -155,12 +158,12 @@ class SaiConsole(App[int]):
         main = self.main
         try:
             status = await self.rpc("daemon.status")
-            jobs = await self.rpc("job.list", limit=1000)
+            jobs, _ = await fetch_jobs(self.rpc, limit=LISTED_JOBS)
         except Exception as exc:
             self.report("Loading from the daemon", exc)
             return
         self._show_status(status)
-        main.table.load(jobs.get("jobs", []))
+        main.table.load(jobs)
         self._header_counts()
         await asyncio.gather(main.memory.reload(), main.alerts.reload(), main.audit.reload(), return_exceptions=True)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
@@ -91,6 +91,22 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 def encode(message: Any) -> bytes:
     """One message as a newline-terminated UTF-8 line."""
     return _ENCODER.encode(message).encode("utf-8") + b"\n"
+
+
+LIST_ROOM = MAX_LINE - 64 * 1024
+"""What the items of one reply's list may take of a line, leaving room for the envelope and the
+reply's other fields."""
+
+
+def items_that_fit(items: Sequence[Any], room: int = LIST_ROOM) -> int:
+    """How many of `items`, from the first, fit in `room` bytes as a JSON list: a page is cut there
+    so that its reply keeps to the line limit, which holds in both directions."""
+    used = 2
+    for count, item in enumerate(items):
+        used += len(_ENCODER.encode(item).encode("utf-8")) + 1
+        if used > room:
+            return count
+    return len(items)
 
 
 _ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")

@@ -36,6 +36,19 @@ REFUSAL_LOG_INTERVAL = 10.0
 BIND_NAME = "s"
 
 
+def oversized(reply: Any, size: int) -> dict[str, Any]:
+    """What is sent instead of a reply longer than a line may be (one method's, or a batch's
+    replies together): an error that says so, where the whole line would have made the client's
+    reader fail and drop its connection."""
+    what = "the batch's replies together" if isinstance(reply, list) else "the reply"
+    log.error("%s would take %d bytes, over the %d-byte line limit; an error was sent instead", what, size,
+              protocol.MAX_LINE)
+    return protocol.error(reply.get("id") if isinstance(reply, dict) else None, RpcError(
+        INTERNAL_ERROR, f"{what} would take {size} bytes, over the line limit of {protocol.MAX_LINE}; ask for less "
+                        "at a time (a smaller limit, or fewer requests in a batch)",
+        {"reason": "reply_too_large", "bytes": size}))
+
+
 class AlreadyRunning(Exception):
     """Another daemon holds the lock or answers on the socket."""
 
@@ -278,6 +291,8 @@ class SocketServer:
                 # Encoded now and the objects dropped: a task waiting in send holds bytes only,
                 # and those count against max_unread_bytes.
                 data = protocol.encode(reply)
+                if len(data) > protocol.MAX_LINE:  # a client's reader would fail on it and drop the connection
+                    data = protocol.encode(oversized(reply, len(data)))
                 del reply
                 await conn.send(data)
         except Exception:

@@ -159,3 +159,14 @@ def build_tiny(target: Path) -> Path:
                     "from daemon.models.builders import build; build('tiny', Path(sys.argv[1]))", str(target)],
                    check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True)
     return target
+
+
+LONG_PROMPT = ("a lighthouse at dusk, " * 91)[:2000]
+"""As long as a prompt may be (limits.max_prompt_chars)."""
+
+
+async def submit_long_prompts(client: DaemonClient, count: int) -> set[str]:
+    """`count` jobs whose prompts and negative prompts are as long as allowed: their listing takes
+    about 5 KB a job, so 300 of them are more than one reply line (1 MiB) holds."""
+    return {(await client.call("job.submit", prompt=f"{i} {LONG_PROMPT}"[:2000], negative_prompt=LONG_PROMPT))["job_id"]
+            for i in range(count)}

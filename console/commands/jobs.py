@@ -14,12 +14,12 @@ from typing import Any
 from console.cliargs import add_job_argument, add_json_flag, fleet_sockets, resolve_job
 from console.cliout import fail, print_fields, print_json
 from console.fleetroute import Call, where_held
+from console.listing import fetch_jobs
 from daemon.client import DaemonClient
 from daemon.exitcodes import ExitCode
 from daemon.protocol import PRIORITIES
 
 DEFAULT_LIMIT = 50
-PAGE = 1000
 """Jobs per job.list call under --all (the daemon's most)."""
 COLUMNS = ("JOB", "PRI", "STATE", "PROGRESS", "USER", "AGE", "SIZE", "PROMPT")
 
@@ -151,22 +151,6 @@ def _age(stamp: str | None) -> str:
     return f"{seconds}s"
 
 
-async def _fetch(client: DaemonClient, state: str | None, limit: int | None) -> tuple[list[dict[str, Any]], int]:
-    """The first `limit` jobs (None: all, a page at a time; a job that moves between pages is
-    listed once) and how many match in all."""
-    jobs: dict[str, dict[str, Any]] = {}
-    total = 0
-    while limit is None or len(jobs) < limit:
-        offset = len(jobs)
-        page = await client.call("job.list", state=state, offset=offset,
-                                 limit=PAGE if limit is None else min(PAGE, limit - offset))
-        total = page.get("total", total)
-        jobs.update((job["job_id"], job) for job in page["jobs"] if job["job_id"] not in jobs)
-        if len(jobs) == offset or len(jobs) >= total:
-            break
-    return list(jobs.values()), max(total, len(jobs))
-
-
 def _row(job: dict[str, Any]) -> tuple[str, ...]:
     p = job["params"]
     return (job["job_id"], job["priority"], job["state"],
@@ -181,7 +165,7 @@ def _prompt(job: dict[str, Any]) -> str:
 
 
 async def list_jobs(args: argparse.Namespace, client: DaemonClient) -> int:
-    jobs, total = await _fetch(client, args.state, None if args.all else args.limit)
+    jobs, total = await fetch_jobs(client.call, args.state, None if args.all else args.limit)
     if args.json:
         print_json({"jobs": jobs, "total": total})
     elif sys.stdout.isatty():

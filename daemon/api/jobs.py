@@ -6,7 +6,16 @@ import re
 from typing import Any
 
 from daemon.api.registry import CallContext, Role, method
-from daemon.protocol import INVALID_PARAMS, NOT_FOUND, PRIORITIES, UNAVAILABLE, RpcError, echo, invalid_params
+from daemon.protocol import (
+    INVALID_PARAMS,
+    NOT_FOUND,
+    PRIORITIES,
+    UNAVAILABLE,
+    RpcError,
+    echo,
+    invalid_params,
+    items_that_fit,
+)
 from daemon.queue.jobs import STATES
 
 MAX_LIST = 1000
@@ -46,7 +55,9 @@ async def get(ctx: CallContext, job_id: str) -> dict[str, Any]:
 @method("job.list", role=Role.VIEWER)
 async def list_jobs(ctx: CallContext, state: str | None = None, limit: int = 100, offset: int = 0) -> dict[str, Any]:
     """A page of the listing and `total`, how many jobs match `state` in all. Past the running and
-    queued jobs (at most the queue's cap, in memory) a page is read from the store at its offset."""
+    queued jobs (at most the queue's cap, in memory) a page is read from the store at its offset.
+    A page holds fewer than `limit` jobs where more would not fit in one reply line (1 MiB): ask
+    again from `offset + len(jobs)`."""
     if state is not None and state not in STATES:
         raise invalid_params("state", f"{echo(state)!r} is not one of {', '.join(STATES)}")
     if not 1 <= limit <= MAX_LIST:
@@ -55,7 +66,8 @@ async def list_jobs(ctx: CallContext, state: str | None = None, limit: int = 100
         raise invalid_params("offset", f"{offset} is negative")
     queue = ctx.daemon.queue
     jobs, total = await queue.page(state, limit, offset)
-    return {"jobs": [queue.view(ctx.peer, job) for job in jobs], "total": total, "offset": offset}
+    views = [queue.view(ctx.peer, job) for job in jobs]
+    return {"jobs": views[:items_that_fit(views)], "total": total, "offset": offset}
 
 
 @method("job.resolve", role=Role.VIEWER)

@@ -12,6 +12,7 @@ from console.app import SaiConsole
 from daemon.client import DaemonClient
 from tests.configs import NO_WORKER
 from tests.console.console_helpers import connected, screen_text, until
+from tests.harness import submit_long_prompts
 
 JOBS = 330
 MANY_QUEUED = {**NO_WORKER, "queue": {**NO_WORKER["queue"], "burst": JOBS, "rate_per_minute": 60_000.0}}
@@ -90,3 +91,18 @@ async def test_the_cursor_keeps_its_row_when_the_job_under_it_finishes(make_daem
         await pilot.pause()
         assert table.cursor == 0 and table.selected_key() != watched
         assert 0 in on_screen(app)
+
+
+async def test_a_history_longer_than_one_reply_line_loads_whole_and_the_console_stays_attached(
+        make_daemon: Any, client_of: Any) -> None:
+    """300 jobs with prompts as long as allowed list to more than one reply line holds: the console
+    reads them a page at a time (it used to ask for all at once, lose the connection on the reply,
+    reconnect and ask again, for ever)."""
+    daemon = make_daemon(MANY_QUEUED)
+    ids = await submit_long_prompts(await client_of(daemon), 300)
+    app = SaiConsole(str(daemon.socket))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await connected(pilot, app)
+        await until(pilot, lambda: set(app.main.table.jobs) == ids, 30, "every job in the queue pane")
+        await pilot.pause(1.0)
+        assert app.main.header.link == "up" and not app.main.banner.connection

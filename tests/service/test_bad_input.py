@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from daemon.protocol import MAX_LINE, RpcError
 from tests.configs import NO_WORKER
+from tests.harness import submit_long_prompts
 
 
 @pytest.fixture
@@ -252,6 +253,47 @@ async def test_oversized_line_closes_only_that_connection(idle):
     writer.close()
     await assert_serving(client)
 
+
+
+MANY_QUEUED = {**NO_WORKER, "queue": {**NO_WORKER["queue"], "burst": 1000, "rate_per_minute": 100000.0}}
+
+
+async def test_a_listing_longer_than_a_line_comes_in_pages_that_each_fit_one(make_daemon, client_of):
+    daemon = make_daemon(MANY_QUEUED)
+    client = await client_of(daemon)
+    ids = await submit_long_prompts(client, 300)
+    request = {"jsonrpc": "2.0", "id": 1, "method": "job.list", "params": {"limit": 1000}}
+    reader, writer = await asyncio.open_unix_connection(str(daemon.socket), limit=4 * MAX_LINE)
+    writer.write(json.dumps(request).encode() + b"\n")
+    line = await asyncio.wait_for(reader.readline(), 30)
+    writer.close()
+    first = json.loads(line)["result"]
+    assert len(line) <= MAX_LINE and first["total"] == 300 and 100 < len(first["jobs"]) < 300
+    seen = [job["job_id"] for job in first["jobs"]]
+    while len(seen) < first["total"]:
+        page = await client.call("job.list", limit=1000, offset=len(seen))
+        assert page["jobs"], "a page with room for none"
+        seen += [job["job_id"] for job in page["jobs"]]
+    assert sorted(seen) == sorted(ids)
+
+
+async def test_a_reply_over_the_line_limit_becomes_an_error_and_the_connection_serves_on(make_daemon, client_of):
+    """Three listings of about a line each in one batch: their replies together would be a line no
+    client reads, so the batch gets one error saying so, and the next request is answered."""
+    daemon = make_daemon(MANY_QUEUED)
+    client = await client_of(daemon)
+    await submit_long_prompts(client, 300)
+    batch = [{"jsonrpc": "2.0", "id": n, "method": "job.list", "params": {"limit": 1000}} for n in (1, 2, 3)]
+    reader, writer = await asyncio.open_unix_connection(str(daemon.socket), limit=4 * MAX_LINE)
+    writer.write(json.dumps(batch).encode() + b"\n" + b'{"jsonrpc":"2.0","id":4,"method":"daemon.status"}\n')
+    replies = [json.loads(await asyncio.wait_for(reader.readline(), 30)) for _ in range(2)]
+    writer.close()
+    by_id = {reply.get("id"): reply for reply in replies}
+    error = by_id[None]["error"]
+    assert error["code"] == -32603 and error["data"]["reason"] == "reply_too_large"
+    assert error["data"]["bytes"] > MAX_LINE and "ask for less" in error["message"]
+    assert by_id[4]["result"]["pid"] > 0
+    assert "over the 1048576-byte line limit" in daemon.read_log()
 
 async def test_client_disconnecting_mid_request(idle):
     daemon, client = idle
