@@ -20,7 +20,7 @@ from daemon.exitcodes import ExitCode
 from daemon.protocol import PRIORITIES
 
 DEFAULT_LIMIT = 50
-"""Jobs per job.list call under --all (the daemon's most)."""
+"""Jobs `sai jobs` shows without --limit or --all."""
 COLUMNS = ("JOB", "PRI", "STATE", "PROGRESS", "USER", "AGE", "SIZE", "PROMPT")
 
 
