@@ -12,7 +12,7 @@ import errno
 import logging
 from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from daemon.queue.jobs import FAILED, SUCCEEDED, Job
 from daemon.queue.manager import Auditor, QueueManager
@@ -30,6 +30,17 @@ class OutputSink(Protocol):
 
     def discard(self, job_id: str, count: int) -> None:
         """Remove what was written of a job's images when its outputs could not all be written."""
+
+
+class BatchWritten(NamedTuple):
+    """What became of a batch's outputs in the pool."""
+
+    written: list[tuple[Job, list[dict[str, Any]]]]
+    """Each job whose images were all written, with their records."""
+    failed: list[tuple[Job, Exception]]
+    """Each job whose outputs could not be written, and why (what was written of it is removed)."""
+    unwritten: tuple[list[Job], OSError] | None
+    """The outputs filesystem filled up: the jobs from there on, not written, and the error."""
 
 
 class OutputWriter:
@@ -65,8 +76,7 @@ class OutputWriter:
             self._outputs_blocked = False
             self._outputs_blocked_hook(None)
 
-    def _write_all(self, jobs: list[Job], result: BatchResult) -> tuple[
-            list[tuple[Job, list[dict[str, Any]]]], list[tuple[Job, Exception]], tuple[list[Job], OSError] | None]:
+    def _write_all(self, jobs: list[Job], result: BatchResult) -> BatchWritten:
         """In the pool: each job's images, in order. A job whose outputs cannot all be written loses
         what was written of them; a full filesystem stops the batch there (those jobs go back)."""
         written: list[tuple[Job, list[dict[str, Any]]]] = []
@@ -85,11 +95,11 @@ class OutputWriter:
                 except OSError as left:  # the job fails all the same; an operator removes what is left
                     log.error("job %s: could not remove what was written of its outputs: %s", job.job_id, left)
                 if isinstance(exc, OSError) and exc.errno in NO_SPACE:
-                    return written, failed, (jobs[position:], exc)
+                    return BatchWritten(written, failed, (jobs[position:], exc))
                 failed.append((job, exc))
                 continue
             written.append((job, outputs))
-        return written, failed, None
+        return BatchWritten(written, failed, None)
 
     async def _no_space(self, jobs: list[Job], exc: OSError) -> None:
         """The outputs filesystem is full: the jobs go back to the queue (no attempt charged; what
