@@ -177,6 +177,8 @@ def load_pipeline(path: Path, family_name: str, spec: ModelSpec, device: str,
             extra.update(_load_borrowed(path, spec.config_dir, borrowed or {}, dtype))
             if not tree.default_denoiser:
                 extra[tree.component] = _denoiser_variant(path, tree, dtype)
+            if tree.variant_scheduler:
+                extra["scheduler"] = _variant_scheduler(tree.path, tree.variant_scheduler)
             pipe = pipeline_class.from_single_file(str(path), config=str(tree.path), local_files_only=True,
                                                    torch_dtype=dtype, **extra)
             _refuse_missing_weights(path, pipe)
@@ -220,6 +222,13 @@ def _denoiser_variant(path: Path, tree: ShippedTree, dtype: Any) -> Any:
     denoiser_class = getattr(diffusers, str(config["_class_name"]))
     return denoiser_class.from_single_file(str(path), config=str(tree.path), subfolder=tree.denoiser,
                                            local_files_only=True, torch_dtype=dtype)
+
+
+def _variant_scheduler(tree: Path, folder: str) -> Any:
+    import diffusers
+
+    config = json.loads((tree / folder / "scheduler_config.json").read_text())
+    return getattr(diffusers, str(config["_class_name"])).from_pretrained(str(tree), subfolder=folder)
 
 
 def _set_scheduler(pipe: DiffusionPipeline, family: Family, name: str, path: Path) -> None:

@@ -2,15 +2,18 @@
 
 Run by a developer, not at run time, and nothing is downloaded:
 
-    python -m daemon.models.make_configs --clip-wheel open_clip_torch-3.3.0-py3-none-any.whl
+    python -m daemon.models.make_configs --clip-wheel open_clip_torch-3.3.0-py3-none-any.whl \
+        --t5-wheel diffsynth-1.1.7-py3-none-any.whl
 
-- `<family>/` for real checkpoints (sd15, sd2, sdxl, sd3): the published architectures
-  (daemon.models.published) as component configs, the scheduler config, and CLIP's tokenizer.
-  CLIP's byte-pair vocabulary is derived from the merge list OpenCLIP's wheel carries (the wheel
-  comes from the package registry; its file's SHA-256 is checked), as CLIP itself derives it.
+- `<family>/` for real checkpoints (sd15, sd2, sdxl, sd3, flux): the published architectures
+  (daemon.models.published) as component configs, the scheduler config, and the tokenizers.
+  CLIP's byte-pair vocabulary is derived from the merge list OpenCLIP's wheel carries, as CLIP
+  itself derives it. T5's is the `tokenizer.json` DiffSynth-Studio's 1.1 wheels carry for FLUX.1
+  (their spiece.model is T5's own, by its SHA-256), read and saved again by transformers. Both
+  wheels come from the package registry, and the files' SHA-256 are checked.
 - `tiny-<family>/`: each built-in tiny model's tree (built from code, saved, weights dropped).
 
-JSON/TXT only. T5's tokenizer is not shipped: no offline source of its vocabulary exists.
+JSON/TXT only.
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from daemon.models.builders import build
-from daemon.models.published import TREES, Component, Tokenizer, Tree
-from daemon.models.shipped import CLIP_LICENSE, CONFIGS
+from daemon.models.published import TREES, Component, T5Vocabulary, Tokenizer, Tree
+from daemon.models.shipped import CLIP_LICENSE, CONFIGS, T5_LICENSE
 from daemon.models.tiny import byte_symbols
 
 TINY = {"sd15": "tiny", "sdxl": "tiny-sdxl", "sd3": "tiny-sd3", "flux": "tiny-flux"}
@@ -37,6 +40,11 @@ CLIP_BPE_MEMBER = "open_clip/bpe_simple_vocab_16e6.txt.gz"
 CLIP_BPE_SHA256 = "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"
 CLIP_MERGES = 49152 - 256 - 2
 """CLIP's vocabulary is 49408 tokens: 256 bytes, the same with `</w>`, this many merges, two specials."""
+T5_FOLDER = "diffsynth/tokenizer_configs/flux/tokenizer_2/"
+T5_SHA256 = {"spiece.model": "d60acb128cf7b7f2536e8f38a5b18a05535c9e14c7a355904270e15b0945ea86",
+             "tokenizer.json": "f5dfec163765e18e270537fe896c49f5fad74db1525641d9b255a3008b999596"}
+"""T5's SentencePiece model as Google released it, and the tokenizer.json converted from it."""
+T5_SENTINELS = 100
 
 
 def write_tiny(family: str, target_root: Path = CONFIGS) -> Path:
@@ -81,6 +89,28 @@ def write_clip_tokenizer(target: Path, merges: list[str], pad_token: str) -> Non
     (target / "tokenizer.json").write_text(json.dumps(full, ensure_ascii=False, separators=(",", ":")))
 
 
+def t5_tokenizer_json(wheel: Path) -> bytes:
+    with zipfile.ZipFile(wheel) as archive:
+        members = {name: archive.read(T5_FOLDER + name) for name in T5_SHA256}
+    for name, known in T5_SHA256.items():
+        digest = hashlib.sha256(members[name]).hexdigest()
+        if digest != known:
+            raise SystemExit(f"{wheel}: {T5_FOLDER}{name} has SHA-256 {digest}, not the known {known}")
+    return members["tokenizer.json"]
+
+
+def write_t5_tokenizer(target: Path, tokenizer_json: bytes, max_length: int) -> None:
+    from transformers import T5TokenizerFast
+
+    with tempfile.TemporaryDirectory() as scratch:
+        source = Path(scratch) / "tokenizer.json"
+        source.write_bytes(tokenizer_json)
+        tokenizer = T5TokenizerFast(tokenizer_file=str(source), extra_ids=T5_SENTINELS, model_max_length=max_length)
+        tokenizer.save_pretrained(target)
+    full = json.loads((target / "tokenizer.json").read_text())
+    (target / "tokenizer.json").write_text(json.dumps(full, ensure_ascii=False, separators=(",", ":")))
+
+
 def _config(component: Component) -> dict[str, Any]:
     if component.library == "transformers":
         import transformers
@@ -95,7 +125,7 @@ def _config(component: Component) -> dict[str, Any]:
     return {"_class_name": component.class_name, "_diffusers_version": diffusers.__version__, **component.kwargs}
 
 
-def write_real(family: str, merges: list[str], target_root: Path = CONFIGS) -> Path:
+def write_real(family: str, merges: list[str], t5: bytes, target_root: Path = CONFIGS) -> Path:
     tree: Tree = TREES[family]
     target = _fresh(target_root / family)
     import diffusers
@@ -109,6 +139,10 @@ def write_real(family: str, merges: list[str], target_root: Path = CONFIGS) -> P
             write_clip_tokenizer(folder, merges, part.pad_token)
             index[name] = ["transformers", "CLIPTokenizer"]
             continue
+        if isinstance(part, T5Vocabulary):
+            write_t5_tokenizer(folder, t5, part.max_length)
+            index[name] = ["transformers", "T5Tokenizer"]
+            continue
         file = "scheduler_config.json" if name == "scheduler" else "config.json"
         _dump(folder / file, _config(part))
         index[name] = [part.library, part.class_name]
@@ -119,6 +153,10 @@ def write_real(family: str, merges: list[str], target_root: Path = CONFIGS) -> P
         folder = target / f"{denoiser}-{variant}"
         folder.mkdir()
         _dump(folder / "config.json", _config(Component(base.library, base.class_name, kwargs)))
+    for variant, scheduler in tree.schedulers.items():
+        folder = target / f"scheduler-{variant}"
+        folder.mkdir()
+        _dump(folder / "scheduler_config.json", _config(scheduler))
     _dump(target / "model_index.json", dict(sorted(index.items())))
     return target
 
@@ -138,17 +176,33 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clip-wheel", type=Path, required=True,
                         help="open_clip_torch's wheel (pip download --no-deps open_clip_torch==3.3.0)")
+    parser.add_argument("--t5-wheel", type=Path, required=True,
+                        help="DiffSynth-Studio's wheel (pip download --no-deps diffsynth==1.1.7)")
     parser.add_argument("trees", nargs="*", help="which trees (default: all)")
     args = parser.parse_args(argv)
     merges = clip_merges(args.clip_wheel)
+    t5 = t5_tokenizer_json(args.t5_wheel)
     for name in args.trees or [*TREES, *(f"tiny-{f}" for f in TINY)]:
-        print(write_tiny(name.removeprefix("tiny-")) if name.startswith("tiny-") else write_real(name, merges))
-    with zipfile.ZipFile(args.clip_wheel) as archive:
-        notice = next(n for n in archive.namelist() if n.endswith("licenses/LICENSE"))
-        origin = (f"The CLIP tokenizers' vocabulary in the trees {', '.join(TREES)} (tokenizer*/tokenizer.json) is "
-                  f"derived from {CLIP_BPE_MEMBER} in {args.clip_wheel.name}, under its licence:\n\n")
-        CLIP_LICENSE.write_text(origin + archive.read(notice).decode())
+        print(write_tiny(name.removeprefix("tiny-")) if name.startswith("tiny-") else write_real(name, merges, t5))
+    _write_notice(CLIP_LICENSE, args.clip_wheel, "licenses/LICENSE",
+                  f"The CLIP tokenizers' vocabulary in the trees {_trees_with(Tokenizer)} (tokenizer*/tokenizer.json) "
+                  f"is derived from {CLIP_BPE_MEMBER} in {args.clip_wheel.name}, under its licence:")
+    _write_notice(T5_LICENSE, args.t5_wheel, ".dist-info/LICENSE",
+                  f"The T5 tokenizer in the trees {_trees_with(T5Vocabulary)} (tokenizer_2/tokenizer.json) is "
+                  f"{T5_FOLDER}tokenizer.json in {args.t5_wheel.name} (T5's SentencePiece vocabulary, spiece.model "
+                  f"SHA-256 {T5_SHA256['spiece.model']}), saved again by transformers, under the wheel's licence "
+                  "(T5's vocabulary is Google's, also under the Apache License 2.0):")
     return 0
+
+
+def _trees_with(kind: type) -> str:
+    return ", ".join(name for name, tree in TREES.items() if any(isinstance(p, kind) for p in tree.components.values()))
+
+
+def _write_notice(notice: Path, wheel: Path, member_suffix: str, origin: str) -> None:
+    with zipfile.ZipFile(wheel) as archive:
+        member = next(n for n in archive.namelist() if n.endswith(member_suffix))
+        notice.write_text(origin + "\n\n" + archive.read(member).decode())
 
 
 if __name__ == "__main__":

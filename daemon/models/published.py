@@ -24,6 +24,8 @@ LDM_VAE: Kwargs = {
 }
 FLOW_VAE: Kwargs = {**LDM_VAE, "latent_channels": 16, "sample_size": 1024, "scaling_factor": 1.5305,
                     "shift_factor": 0.0609, "use_quant_conv": False, "use_post_quant_conv": False}
+FLUX_VAE: Kwargs = {**FLOW_VAE, "scaling_factor": 0.3611, "shift_factor": 0.1159, "force_upcast": True}
+"""FLUX.1's autoencoder: SD3's 16-channel layout with its own latent scale and shift."""
 
 CLIP_L: Kwargs = {"vocab_size": 49408, "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
                   "num_attention_heads": 12, "max_position_embeddings": 77, "hidden_act": "quick_gelu",
@@ -35,6 +37,13 @@ OPEN_CLIP_H: Kwargs = {**CLIP_L, "hidden_size": 1024, "intermediate_size": 4096,
 OPEN_CLIP_BIG_G: Kwargs = {**CLIP_L, "hidden_size": 1280, "intermediate_size": 5120, "num_attention_heads": 20,
                            "num_hidden_layers": 32, "hidden_act": "gelu", "projection_dim": 1280, "pad_token_id": 0}
 """OpenCLIP ViT-bigG/14's text tower: SDXL's second encoder and SD3's CLIP-G."""
+
+T5_XXL: Kwargs = {"vocab_size": 32128, "d_model": 4096, "d_ff": 10240, "d_kv": 64, "num_heads": 64, "num_layers": 24,
+                  "num_decoder_layers": 24, "feed_forward_proj": "gated-gelu", "relative_attention_num_buckets": 32,
+                  "relative_attention_max_distance": 128, "layer_norm_epsilon": 1e-6, "dropout_rate": 0.1,
+                  "is_encoder_decoder": True, "pad_token_id": 0, "eos_token_id": 1,
+                  "decoder_start_token_id": 0}
+"""Google's T5 v1.1 XXL; FLUX.1 and SD3 use its encoder."""
 
 SD_UNET: Kwargs = {
     "sample_size": 64, "in_channels": 4, "out_channels": 4, "block_out_channels": [320, 640, 1280, 1280],
@@ -57,6 +66,12 @@ SD35_LARGE: Kwargs = {**SD3_MEDIUM, "num_layers": 38, "num_attention_heads": 38,
                       "qk_norm": "rms_norm"}
 SD35_MEDIUM: Kwargs = {**SD3_MEDIUM, "qk_norm": "rms_norm", "pos_embed_max_size": 384,
                        "dual_attention_layers": list(range(13))}
+FLUX_DEV: Kwargs = {"patch_size": 1, "in_channels": 64, "num_layers": 19, "num_single_layers": 38,
+                    "attention_head_dim": 128, "num_attention_heads": 24, "joint_attention_dim": 4096,
+                    "pooled_projection_dim": 768, "guidance_embeds": True, "axes_dims_rope": [16, 56, 56]}
+FLUX_SCHNELL: Kwargs = {**FLUX_DEV, "guidance_embeds": False}
+"""FLUX.1 [schnell]: dev's transformer without the guidance embedding (timestep-distilled)."""
+FLOW_SHIFTS: Kwargs = {"base_image_seq_len": 256, "max_image_seq_len": 4096, "base_shift": 0.5, "max_shift": 1.15}
 
 
 @dataclass(frozen=True)
@@ -68,17 +83,28 @@ class Component:
 
 @dataclass(frozen=True)
 class Tokenizer:
+    """CLIP's byte-pair tokenizer."""
+
     pad_token: str
     """OpenAI's CLIP pads with its end token; OpenCLIP pads with id 0 ("!")."""
 
 
 @dataclass(frozen=True)
+class T5Vocabulary:
+    """T5's SentencePiece tokenizer (32,000 pieces and 100 sentinels), as FLUX.1 uses it."""
+
+    max_length: int = 512
+
+
+@dataclass(frozen=True)
 class Tree:
     pipeline_class: str
-    components: dict[str, Component | Tokenizer]
+    components: dict[str, Component | Tokenizer | T5Vocabulary]
     denoisers: dict[str, Kwargs] = field(default_factory=dict)
     """Other published denoisers the tree's weights may have (the variant → its config), kept in
     folders `<denoiser>-<variant>` beside the default one and chosen by the file's shapes."""
+    schedulers: dict[str, Component] = field(default_factory=dict)
+    """A variant's own scheduler where it differs (FLUX.1 schnell's), in `scheduler-<variant>`."""
     extra_index: Kwargs = field(default_factory=dict)
 
 
@@ -91,6 +117,11 @@ SD_INDEX: Kwargs = {"requires_safety_checker": False, "safety_checker": [None, N
 """SD 1.x/2.x pipelines' model_index entries beyond their components: no safety checker."""
 EULER = Component("diffusers", "EulerDiscreteScheduler", {**SD_BETAS, "prediction_type": "epsilon"})
 FLOW = Component("diffusers", "FlowMatchEulerDiscreteScheduler", {"num_train_timesteps": 1000, "shift": 3.0})
+FLUX_DEV_FLOW = Component("diffusers", "FlowMatchEulerDiscreteScheduler",
+                          {**FLOW.kwargs, **FLOW_SHIFTS, "use_dynamic_shifting": True})
+"""FLUX.1 [dev] shifts its schedule by the image's size; [schnell] runs the plain one (shift 1)."""
+FLUX_SCHNELL_FLOW = Component("diffusers", "FlowMatchEulerDiscreteScheduler",
+                              {**FLOW.kwargs, **FLOW_SHIFTS, "shift": 1.0, "use_dynamic_shifting": False})
 
 TREES: dict[str, Tree] = {
     "sd15": Tree("StableDiffusionPipeline", {
@@ -125,6 +156,15 @@ TREES: dict[str, Tree] = {
     }, denoisers={"sd3.5-large": SD35_LARGE, "sd3.5-medium": SD35_MEDIUM},
         extra_index={"text_encoder_3": [None, None], "tokenizer_3": [None, None],
                      "feature_extractor": [None, None], "image_encoder": [None, None]}),
+    "flux": Tree("FluxPipeline", {
+        "transformer": Component("diffusers", "FluxTransformer2DModel", FLUX_DEV),
+        "vae": Component("diffusers", "AutoencoderKL", FLUX_VAE),
+        "text_encoder": _clip(CLIP_L), "tokenizer": Tokenizer("<|endoftext|>"),
+        "text_encoder_2": Component("transformers", "T5EncoderModel", T5_XXL), "tokenizer_2": T5Vocabulary(512),
+        "scheduler": FLUX_DEV_FLOW,
+    }, denoisers={"schnell": FLUX_SCHNELL}, schedulers={"schnell": FLUX_SCHNELL_FLOW},
+        extra_index={"feature_extractor": [None, None], "image_encoder": [None, None]}),
 }
-"""Family → the tree shipped for its real single files. SD3's T5-XXL is left out: its tokenizer
-cannot be made offline, and SD3 runs without it (a file that carries T5 needs a config_dir)."""
+"""Family → the tree shipped for its real single files. SD3's tree leaves T5-XXL out: SD3 runs
+without it, and its published files are mostly without it (a file that carries T5 needs a
+config_dir). FLUX.1 cannot run without T5: its tree has it, for the all-in-one files that carry it."""

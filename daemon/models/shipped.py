@@ -1,10 +1,10 @@
 """The config trees the package ships for single-file loads, and which one fits a given file.
 
 A single `.safetensors` file carries weights only. daemon/models/configs/ holds, per family, the
-tree of the real published model (`sd15`, `sd2`, `sdxl`, `sd3`: daemon.models.published) and the
-tree of the built-in tiny model (`tiny-<family>`). The file's own tensor shapes (read from its
-header, no tensor loaded) pick the tree, and for SD3 the denoiser variant (3 Medium, 3.5 Large,
-3.5 Medium). A file no shipped tree fits, or one carrying parts no shipped tree can serve (T5-XXL),
+tree of the real published model (`sd15`, `sd2`, `sdxl`, `sd3`, `flux`: daemon.models.published) and
+the tree of the built-in tiny model (`tiny-<family>`). The file's own tensor shapes (read from its
+header, no tensor loaded) pick the tree, and the denoiser variant (SD3 Medium, 3.5 Large, 3.5 Medium;
+FLUX.1 dev, schnell). A file no shipped tree fits, or one carrying parts no shipped tree can serve (T5-XXL in SD3),
 or lacking parts a shipped tree holds no weights for (text encoders, VAE), is refused here with
 what was found: diffusers would otherwise fail far from the cause, or reach for the hub.
 No torch: the daemon uses this to count tokens with the tree a file will load with.
@@ -22,6 +22,7 @@ from daemon.models.errors import ModelError
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 CLIP_LICENSE = CONFIGS / "CLIP-VOCABULARY-LICENSE.txt"
+T5_LICENSE = CONFIGS / "T5-VOCABULARY-LICENSE.txt"
 DENOISER_PREFIXES = ("model.diffusion_model.", "")
 """Where a file's denoiser weights sit: under the LDM prefix, or bare (Flux's own transformer-only files)."""
 
@@ -61,6 +62,14 @@ class ShippedTree:
     @property
     def default_denoiser(self) -> bool:
         return self.denoiser == self.component
+
+    @property
+    def variant_scheduler(self) -> str | None:
+        """The folder of the variant's own scheduler config (FLUX.1 schnell's), if it has one."""
+        if self.default_denoiser:
+            return None
+        folder = "scheduler-" + self.denoiser.split("-", 1)[1]
+        return folder if (self.path / folder / "scheduler_config.json").is_file() else None
 
 
 def denoiser_folder(tree: Path) -> str:
@@ -184,6 +193,10 @@ def _expected(family: str, config: dict[str, Any]) -> tuple[dict[str, tuple[int,
         expected["img_in.weight"] = (width, int(config["in_channels"]))
         expected[f"double_blocks.{last}.img_attn.qkv.weight"] = (3 * width, width)
         ruled_out.append(f"double_blocks.{last + 1}.img_attn.qkv.weight")
+        if config.get("guidance_embeds"):
+            expected["guidance_in.in_layer.weight"] = (width, 256)
+        else:
+            ruled_out.append("guidance_in.in_layer.weight")
     return expected, ruled_out
 
 
@@ -246,7 +259,7 @@ def _refuse_missing_parts(path: Path, family: str, tree: Path, shapes: Shapes) -
     t5 = T5_COMPONENT.get(family)
     if t5 and t5 in absent_components(tree) and any(key.startswith(T5_PREFIX) for key in shapes):
         raise ModelError(f"{path}: the file carries T5-XXL weights ({T5_PREFIX}*), and the shipped {family} config "
-                         "tree has no T5 tokenizer (its vocabulary cannot be made offline); set config_dir to a "
+                         f"tree runs {family} without T5 (as most of its published files are); set config_dir to a "
                          f"local diffusers directory of this model that has {t5.replace('text_encoder', 'tokenizer')}/")
     missing = [f"{part} (T5-XXL)" if part == t5 else part for part in parts_not_in_file(family, tree, shapes)]
     if missing:

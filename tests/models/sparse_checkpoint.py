@@ -32,7 +32,8 @@ def meta_component(tree: Path, folder: str) -> Any:
 
 
 PUBLISHED = {"sd15": ("sd15", ""), "sd2": ("sd2", ""), "sdxl": ("sdxl", ""), "sd3-medium": ("sd3", ""),
-             "sd3.5-large": ("sd3", "transformer-sd3.5-large"), "sd3.5-medium": ("sd3", "transformer-sd3.5-medium")}
+             "sd3.5-large": ("sd3", "transformer-sd3.5-large"), "sd3.5-medium": ("sd3", "transformer-sd3.5-medium"),
+             "flux1-dev": ("flux", ""), "flux1-schnell": ("flux", "transformer-schnell")}
 """Name → (family, denoiser variant) of each published model whose tree the package ships."""
 
 

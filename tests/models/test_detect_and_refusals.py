@@ -99,11 +99,11 @@ def test_a_symlink_out_of_the_model_directory_is_refused_naming_it(built: dict[s
 
 
 def test_the_package_ships_json_only_config_trees_for_each_single_file_family() -> None:
-    """The published model's tree first (PixArt and Flux have none: Flux's T5 tokenizer cannot be
-    made offline, PixArt has no single-file loader), then the built-in tiny model's."""
+    """The published model's tree first (PixArt has none: diffusers has no single-file loader for
+    it), then the built-in tiny model's."""
     shipped = {family: [tree.name for tree in trees(family)] for family in ("sd15", "sd2", "sdxl", "sd3", "flux", "pixart")}
     assert shipped == {"sd15": ["sd15", "tiny-sd15"], "sd2": ["sd2"], "sdxl": ["sdxl", "tiny-sdxl"],
-                       "sd3": ["sd3", "tiny-sd3"], "flux": ["tiny-flux"], "pixart": []}
+                       "sd3": ["sd3", "tiny-sd3"], "flux": ["flux", "tiny-flux"], "pixart": []}
     for family in shipped:
         for tree in trees(family):
             files = [p for p in tree.rglob("*") if p.is_file()]

@@ -31,11 +31,15 @@ PUBLISHED_SIZES = {
     ("sd15", "model.diffusion_model."): 860e6, ("sd15", "cond_stage_model."): 123e6,
     ("sdxl", "model.diffusion_model."): 2.6e9, ("sdxl", "conditioner."): 817e6,
     ("sd3-medium", "model.diffusion_model."): 2.0e9, ("sd3.5-large", "model.diffusion_model."): 8.1e9,
-    ("sd3.5-medium", "model.diffusion_model."): 2.5e9,
+    ("sd3.5-medium", "model.diffusion_model."): 2.5e9, ("flux1-dev", "model.diffusion_model."): 12e9,
+    ("flux1-schnell", "model.diffusion_model."): 12e9, ("flux1-dev", "text_encoders.clip_l."): 123e6,
 }
 """Parameters as the authors published them, rounded: SD 1.5's model card (860M UNet, 123M text
 encoder), the SDXL paper (2.6B UNet, 817M text encoders), Stability's SD3 Medium (2B), SD3.5 Large
-(8.1B) and SD3.5 Medium (2.5B) announcements."""
+(8.1B) and SD3.5 Medium (2.5B) announcements, Black Forest Labs' FLUX.1 model cards (12B)."""
+T5_SENTINEL_IDS = {"The <extra_id_0> walks in <extra_id_1> park": [37, 32099, 10681, 16, 32098, 2447, 1],
+                   "<extra_id_0> cute dog <extra_id_1> the <extra_id_2>": [32099, 5295, 1782, 32098, 8, 32097, 1]}
+"""T5's own token ids for the span-corruption example of the T5 documentation (input and labels)."""
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +63,20 @@ def test_the_shipped_clip_tokenizers_are_clips_own_vocabulary() -> None:
     assert "bpe_simple_vocab_16e6" in notice and "Permission is hereby granted" in notice
 
 
+def test_the_shipped_t5_tokenizer_is_t5s_own_vocabulary() -> None:
+    from tokenizers import Tokenizer
+    from transformers import T5TokenizerFast
+
+    folder = CONFIGS / "flux" / "tokenizer_2"
+    assert Tokenizer.from_file(str(folder / "tokenizer.json")).get_vocab_size() == 32100
+    tokenizer = T5TokenizerFast.from_pretrained(str(folder), local_files_only=True)
+    assert tokenizer.model_max_length == 512
+    for text, ids in T5_SENTINEL_IDS.items():
+        assert tokenizer(text).input_ids == ids, text
+    notice = (CONFIGS / "T5-VOCABULARY-LICENSE.txt").read_text()
+    assert "spiece.model SHA-256 d60acb12" in notice and "Apache License" in notice
+
+
 def test_the_stand_ins_have_the_published_sizes(published: dict[str, Path]) -> None:
     for (name, prefix), size in PUBLISHED_SIZES.items():
         shapes = header_shapes(published[name])
@@ -68,12 +86,50 @@ def test_the_stand_ins_have_the_published_sizes(published: dict[str, Path]) -> N
 
 @pytest.mark.parametrize(("name", "tree", "denoiser"), [
     ("sd15", "sd15", "unet"), ("sd2", "sd2", "unet"), ("sdxl", "sdxl", "unet"), ("sd3-medium", "sd3", "transformer"),
-    ("sd3.5-large", "sd3", "transformer-sd3.5-large"), ("sd3.5-medium", "sd3", "transformer-sd3.5-medium")])
+    ("sd3.5-large", "sd3", "transformer-sd3.5-large"), ("sd3.5-medium", "sd3", "transformer-sd3.5-medium"),
+    ("flux1-dev", "flux", "transformer"), ("flux1-schnell", "flux", "transformer-schnell")])
 def test_each_published_file_picks_its_tree_and_variant(published: dict[str, Path], name: str, tree: str,
                                                         denoiser: str) -> None:
     family = PUBLISHED[name][0]
     chosen = choose(published[name], family, header_shapes(published[name]))
     assert (chosen.path, chosen.denoiser) == (CONFIGS / tree, denoiser)
+
+
+def test_flux_schnell_gets_its_own_schedule_and_dev_the_shifting_one(published: dict[str, Path]) -> None:
+    """FLUX.1 [schnell] is distilled to a few steps on the plain schedule; [dev] shifts it by size.
+    The variant's scheduler is what the worker loads (daemon.models.loading)."""
+    from daemon.models.loading import _variant_scheduler
+
+    dev = choose(published["flux1-dev"], "flux", header_shapes(published["flux1-dev"]))
+    schnell = choose(published["flux1-schnell"], "flux", header_shapes(published["flux1-schnell"]))
+    assert dev.variant_scheduler is None and schnell.variant_scheduler == "scheduler-schnell"
+    plain = _variant_scheduler(schnell.path, "scheduler-schnell")
+    assert type(plain).__name__ == "FlowMatchEulerDiscreteScheduler"
+    assert plain.config.shift == 1.0 and not plain.config.use_dynamic_shifting
+    shifting = _variant_scheduler(dev.path, "scheduler")
+    assert shifting.config.use_dynamic_shifting and shifting.config.max_shift == 1.15
+
+
+def test_a_flux_file_without_t5_or_vae_is_refused_naming_them(published: dict[str, Path], tmp_path: Path) -> None:
+    """Black Forest Labs publish the transformer alone; with no config_dir to borrow from, the
+    shipped tree (configs only) cannot serve it."""
+    shapes = header_shapes(published["flux1-dev"])
+    alone = write_shapes(tmp_path / "flux1-dev-transformer.safetensors",
+                         {k[len("model.diffusion_model."):]: v for k, v in shapes.items()
+                          if k.startswith("model.diffusion_model.")})
+    with pytest.raises(ModelError, match=r"no weights for text_encoder, text_encoder_2 \(T5-XXL\), vae, and the "
+                                         "shipped config tree holds configs only; set config_dir"):
+        choose(alone, "flux", header_shapes(alone))
+
+
+def test_flux_counts_clip_and_t5_tokens_exactly() -> None:
+    tokens = prompt_tokens("flux1-dev", "flux", CONFIGS / "flux")
+    assert set(tokens.counts) == {"clip", "t5"}
+    long_prompt = " ".join(["a red fox in the snow"] * 90)
+    warnings = tokens.warnings(long_prompt)
+    assert len(warnings) == 2 and not any("about" in w for w in warnings), warnings
+    assert warnings[0].startswith("prompt is 542 CLIP tokens")  # 6 a repeat, start and end
+    assert warnings[1].startswith("prompt is 721 T5 tokens"), warnings  # ▁ a ▁red ▁ fox ▁in ▁the ▁snow a repeat, end
 
 
 def test_a_file_no_shipped_tree_fits_is_refused_naming_the_shapes(published: dict[str, Path], tmp_path: Path) -> None:
