@@ -145,7 +145,7 @@ def single_file_config(path: Path, spec: ModelSpec, family: Family) -> ShippedTr
             raise ModelError(f"{path}: config_dir {tree} is not a diffusers config tree (no model_index.json)")
         refuse_outside_links(tree)
         _refuse_pickles(tree)
-        return ShippedTree(tree, denoiser_folder(tree))
+        return ShippedTree(tree, denoiser_folder(tree), tuple(absent_components(tree)))
     return choose(path, family.name, header_shapes(path))
 
 
@@ -173,7 +173,7 @@ def load_pipeline(path: Path, family_name: str, spec: ModelSpec, device: str,
     try:
         if path.is_file():
             tree = single_file_config(path, spec, family)
-            extra.update(dict.fromkeys(absent_components(tree.path)))
+            extra.update(dict.fromkeys(tree.left_out))
             extra.update(_load_borrowed(path, spec.config_dir, borrowed or {}, dtype))
             if not tree.default_denoiser:
                 extra[tree.component] = _denoiser_variant(path, tree, dtype)

@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"The CLIP tokenizers' vocabulary in the trees {_trees_with(Tokenizer)} (tokenizer*/tokenizer.json) "
                   f"is derived from {CLIP_BPE_MEMBER} in {args.clip_wheel.name}, under its licence:")
     _write_notice(T5_LICENSE, args.t5_wheel, ".dist-info/LICENSE",
-                  f"The T5 tokenizer in the trees {_trees_with(T5Vocabulary)} (tokenizer_2/tokenizer.json) is "
+                  f"The T5 tokenizer in the trees {_trees_with(T5Vocabulary)} (tokenizer_*/tokenizer.json) is "
                   f"{T5_FOLDER}tokenizer.json in {args.t5_wheel.name} (T5's SentencePiece vocabulary, spiece.model "
                   f"SHA-256 {T5_SHA256['spiece.model']}), saved again by transformers, under the wheel's licence "
                   "(T5's vocabulary is Google's, also under the Apache License 2.0):")

@@ -91,7 +91,7 @@ class Tokenizer:
 
 @dataclass(frozen=True)
 class T5Vocabulary:
-    """T5's SentencePiece tokenizer (32,000 pieces and 100 sentinels), as FLUX.1 uses it."""
+    """T5's SentencePiece tokenizer (32,000 pieces and 100 sentinels), as FLUX.1 and SD3 use it."""
 
     max_length: int = 512
 
@@ -152,10 +152,10 @@ TREES: dict[str, Tree] = {
         "vae": Component("diffusers", "AutoencoderKL", FLOW_VAE),
         "text_encoder": _clip(CLIP_L, projection=True), "tokenizer": Tokenizer("<|endoftext|>"),
         "text_encoder_2": _clip(OPEN_CLIP_BIG_G, projection=True), "tokenizer_2": Tokenizer("!"),
+        "text_encoder_3": Component("transformers", "T5EncoderModel", T5_XXL), "tokenizer_3": T5Vocabulary(512),
         "scheduler": FLOW,
     }, denoisers={"sd3.5-large": SD35_LARGE, "sd3.5-medium": SD35_MEDIUM},
-        extra_index={"text_encoder_3": [None, None], "tokenizer_3": [None, None],
-                     "feature_extractor": [None, None], "image_encoder": [None, None]}),
+        extra_index={"feature_extractor": [None, None], "image_encoder": [None, None]}),
     "flux": Tree("FluxPipeline", {
         "transformer": Component("diffusers", "FluxTransformer2DModel", FLUX_DEV),
         "vae": Component("diffusers", "AutoencoderKL", FLUX_VAE),
@@ -165,6 +165,5 @@ TREES: dict[str, Tree] = {
     }, denoisers={"schnell": FLUX_SCHNELL}, schedulers={"schnell": FLUX_SCHNELL_FLOW},
         extra_index={"feature_extractor": [None, None], "image_encoder": [None, None]}),
 }
-"""Family → the tree shipped for its real single files. SD3's tree leaves T5-XXL out: SD3 runs
-without it, and its published files are mostly without it (a file that carries T5 needs a
-config_dir). FLUX.1 cannot run without T5: its tree has it, for the all-in-one files that carry it."""
+"""Family → the tree shipped for its real single files. SD3 runs with or without T5-XXL (most of
+its published files are without it): a file that lacks it runs without it (shipped.OPTIONAL)."""

@@ -41,6 +41,9 @@ ENCODER_KEYS: dict[str, dict[str, tuple[str, ...]]] = {
 """Family → each CLIP text encoder's token embedding in the original layout (its presence and shape)."""
 T5_PREFIX = "text_encoders.t5xxl."
 T5_COMPONENT = {"sd3": "text_encoder_3", "flux": "text_encoder_2"}
+OPTIONAL = {"sd3": ("text_encoder_3", "tokenizer_3")}
+"""Family → the parts its pipeline runs without when a file lacks their weights: SD3's T5-XXL
+(most of SD3's published files leave it out; FLUX.1 cannot run without it)."""
 VAE_PREFIX = {"flux": "vae."}
 FLUX_CONVERTIBLE_WIDTH = 3072
 """diffusers 0.42 splits Black Forest Labs' fused single-block weights at FLUX.1's width whatever
@@ -53,6 +56,9 @@ class ShippedTree:
     path: Path
     denoiser: str
     """The folder of the denoiser config that fits (`unet`, `transformer`, `transformer-sd3.5-large`)."""
+    left_out: tuple[str, ...] = ()
+    """Components the pipeline gets as None: those the tree's index leaves out, and the optional
+    parts the file has no weights for (SD3 without T5)."""
 
     @property
     def component(self) -> str:
@@ -121,7 +127,7 @@ def choose(path: Path, family: str, shapes: Shapes) -> ShippedTree:
             problem = _misfit(family, tree, denoiser, shapes)
             if problem is None:
                 _refuse_missing_parts(path, family, tree, shapes)
-                return ShippedTree(tree, denoiser)
+                return ShippedTree(tree, denoiser, left_out(family, tree, shapes))
             misfits.append(f"{tree.name}/{denoiser}: {problem}")
     raise ModelError(f"{path}: none of the config trees shipped for {family} fits this file ({'; '.join(misfits)}); "
                      "set the model's config_dir to the config tree of this model")
@@ -137,12 +143,19 @@ def refuse_unconvertible(path: Path, family: str, shapes: Shapes) -> None:
                          f"{FLUX_CONVERTIBLE_WIDTH}; bring this model as a diffusers directory instead")
 
 
-def tokenizer_tree(path: Path, family: str) -> Path | None:
+def tokenizer_tree(path: Path, family: str) -> ShippedTree | None:
     """The shipped tree whose tokenizers a single file's jobs are counted with (None: none fits)."""
     try:
-        return choose(path, family, header_shapes(path)).path
+        return choose(path, family, header_shapes(path))
     except ModelError:
         return None
+
+
+def left_out(family: str, tree: Path, shapes: Shapes) -> tuple[str, ...]:
+    """What a pipeline built from `tree` and a file with these tensors runs without."""
+    optional = OPTIONAL.get(family, ())
+    lacking = optional if optional and not any(key.startswith(T5_PREFIX) for key in shapes) else ()
+    return tuple(dict.fromkeys([*absent_components(tree), *lacking]))
 
 
 def _denoisers(tree: Path) -> Iterator[str]:
@@ -261,7 +274,8 @@ def _refuse_missing_parts(path: Path, family: str, tree: Path, shapes: Shapes) -
         raise ModelError(f"{path}: the file carries T5-XXL weights ({T5_PREFIX}*), and the shipped {family} config "
                          f"tree runs {family} without T5 (as most of its published files are); set config_dir to a "
                          f"local diffusers directory of this model that has {t5.replace('text_encoder', 'tokenizer')}/")
-    missing = [f"{part} (T5-XXL)" if part == t5 else part for part in parts_not_in_file(family, tree, shapes)]
+    missing = [f"{part} (T5-XXL)" if part == t5 else part for part in parts_not_in_file(family, tree, shapes)
+               if part not in OPTIONAL.get(family, ())]
     if missing:
         raise ModelError(f"{path}: the file has no weights for {', '.join(missing)}, and the shipped config tree "
                          "holds configs only; set config_dir to a local diffusers directory of this model that "

@@ -80,17 +80,19 @@ class TokenizerCache:
         self.models = models
         self._loaded: dict[tuple[str, str, str], asyncio.Task[PromptTokens]] = {}
 
-    def tree(self, entry: ModelEntry, family: str) -> Path | None:
-        """Where the model's tokenizer folders are (None: nowhere known). Blocking: it may read a
-        single file's header, to find the shipped tree that file loads with."""
+    def tree(self, entry: ModelEntry, family: str) -> tuple[Path | None, tuple[str, ...]]:
+        """Where the model's tokenizer folders are (None: nowhere known), and the components a
+        single file runs without (SD3 without T5). Blocking: it may read a single file's header,
+        to find the shipped tree that file loads with."""
         files = self.models.files_of(entry)
         if files is not None and (files / "model_index.json").is_file():
-            return files
+            return files, ()
         if entry.config_dir:
-            return Path(entry.config_dir).expanduser()
+            return Path(entry.config_dir).expanduser(), ()
         if files is None:
-            return built_in_tree(family)  # a built-in not built yet: its tokenizers are the shipped tiny ones
-        return tokenizer_tree(files, family) if files.is_file() else None
+            return built_in_tree(family), ()  # a built-in not built yet: its tokenizers are the shipped tiny ones
+        shipped = tokenizer_tree(files, family) if files.is_file() else None
+        return (shipped.path, shipped.left_out) if shipped is not None else (None, ())
 
     async def of(self, entry: ModelEntry) -> PromptTokens:
         """The tokenizers `entry`'s jobs are counted with; concurrent first submits share one load."""
@@ -102,18 +104,20 @@ class TokenizerCache:
         task = self._loaded.get(key)
         if task is None:
             task = self._loaded[key] = asyncio.get_running_loop().create_task(
-                asyncio.to_thread(lambda: prompt_tokens(entry.name, family, self.tree(entry, family))))
+                asyncio.to_thread(lambda: prompt_tokens(entry.name, family, *self.tree(entry, family))))
         return await asyncio.shield(task)
 
 
-def prompt_tokens(name: str, family: str, tree: Path | None) -> PromptTokens:
+def prompt_tokens(name: str, family: str, tree: Path | None, left_out: tuple[str, ...] = ()) -> PromptTokens:
     """Model `name`'s tokenizers, one per kind of its family's text encoders, from `tree` (blocking:
-    file reads); one that is missing or unreadable is logged and its counts estimated."""
+    file reads); one that is missing or unreadable is logged and its counts estimated. `left_out`:
+    components the model runs without beyond those the tree leaves out (shipped.ShippedTree)."""
     encoders: dict[str, Encoder] = {}
     for encoder in FAMILIES[family].encoders:
         encoders.setdefault(encoder.kind, encoder)
     tokens = PromptTokens(family, shortest=min(e.max_tokens for e in FAMILIES[family].encoders))
-    absent = absent_components(tree) if tree is not None and (tree / "model_index.json").is_file() else []
+    absent = [*left_out, *(absent_components(tree) if tree is not None and (tree / "model_index.json").is_file()
+                           else [])]
     for kind, encoder in encoders.items():
         if encoder.tokenizer in absent:
             continue  # the model runs without that encoder (SD3 without T5): nothing of the prompt is cut there

@@ -33,15 +33,19 @@ def meta_component(tree: Path, folder: str) -> Any:
 
 PUBLISHED = {"sd15": ("sd15", ""), "sd2": ("sd2", ""), "sdxl": ("sdxl", ""), "sd3-medium": ("sd3", ""),
              "sd3.5-large": ("sd3", "transformer-sd3.5-large"), "sd3.5-medium": ("sd3", "transformer-sd3.5-medium"),
-             "flux1-dev": ("flux", ""), "flux1-schnell": ("flux", "transformer-schnell")}
+             "sd3-medium-t5": ("sd3", ""), "flux1-dev": ("flux", ""), "flux1-schnell": ("flux", "transformer-schnell")}
 """Name → (family, denoiser variant) of each published model whose tree the package ships."""
+WITHOUT_T5 = ("sd3-medium", "sd3.5-large", "sd3.5-medium")
+"""SD3 files as most are published: CLIP-L, CLIP-G and the VAE, no T5-XXL."""
 
 
-def write(family: str, tree: Path, target: Path, denoiser: str = "") -> Path:
-    """`denoiser`: a variant's folder in the tree (`transformer-sd3.5-large`) instead of the default."""
+def write(family: str, tree: Path, target: Path, denoiser: str = "", leave_out: tuple[str, ...] = ()) -> Path:
+    """`denoiser`: a variant's folder in the tree (`transformer-sd3.5-large`) instead of the default;
+    `leave_out`: components the file has no weights for."""
     from daemon.models.original import original_state_dict
 
-    folders = [p.name for p in tree.iterdir() if (p / "config.json").is_file() and "-" not in p.name]
+    folders = [p.name for p in tree.iterdir()
+               if (p / "config.json").is_file() and "-" not in p.name and p.name not in leave_out]
     pipe = SimpleNamespace(**{name: meta_component(tree, name) for name in folders})
     if denoiser:
         setattr(pipe, denoiser.split("-")[0], meta_component(tree, denoiser))
@@ -89,7 +93,8 @@ def write_flux_width(tiny: Path, config_dir: Path, target: Path) -> Path:
 
 def write_published(configs: Path, out: Path) -> dict[str, Path]:
     """Every published model of PUBLISHED, as `out/NAME.safetensors`."""
-    return {name: write(family, configs / family, out / f"{name}.safetensors", denoiser)
+    return {name: write(family, configs / family, out / f"{name}.safetensors", denoiser,
+                        ("text_encoder_3",) if name in WITHOUT_T5 else ())
             for name, (family, denoiser) in PUBLISHED.items()}
 
 

@@ -10,6 +10,7 @@ under `unshare -n`.
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from daemon.models.errors import ModelError
-from daemon.models.shipped import CONFIGS, choose, header_shapes, trees
+from daemon.models.shipped import CONFIGS, choose, header_shapes, tokenizer_tree, trees
 from daemon.queue.tokens import prompt_tokens
 from tests.models.sparse_checkpoint import PUBLISHED, write_shapes
 from tests.models.worker_helpers import OfflineWorker, batch, model_fields
@@ -53,8 +54,10 @@ def published(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def test_the_shipped_clip_tokenizers_are_clips_own_vocabulary() -> None:
     from tokenizers import Tokenizer
 
-    folders = sorted(p for family in ("sd15", "sd2", "sdxl", "sd3") for p in (CONFIGS / family).glob("tokenizer*"))
-    assert len(folders) == 6
+    folders = sorted(CONFIGS / family / name for family in ("sd15", "sd2", "sdxl", "sd3", "flux")
+                     for name, part in json.loads((CONFIGS / family / "model_index.json").read_text()).items()
+                     if part == ["transformers", "CLIPTokenizer"])
+    assert len(folders) == 7
     for folder in folders:
         tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         assert tokenizer.get_vocab_size() == 49408, folder
@@ -87,7 +90,8 @@ def test_the_stand_ins_have_the_published_sizes(published: dict[str, Path]) -> N
 @pytest.mark.parametrize(("name", "tree", "denoiser"), [
     ("sd15", "sd15", "unet"), ("sd2", "sd2", "unet"), ("sdxl", "sdxl", "unet"), ("sd3-medium", "sd3", "transformer"),
     ("sd3.5-large", "sd3", "transformer-sd3.5-large"), ("sd3.5-medium", "sd3", "transformer-sd3.5-medium"),
-    ("flux1-dev", "flux", "transformer"), ("flux1-schnell", "flux", "transformer-schnell")])
+    ("sd3-medium-t5", "sd3", "transformer"), ("flux1-dev", "flux", "transformer"),
+    ("flux1-schnell", "flux", "transformer-schnell")])
 def test_each_published_file_picks_its_tree_and_variant(published: dict[str, Path], name: str, tree: str,
                                                         denoiser: str) -> None:
     family = PUBLISHED[name][0]
@@ -144,25 +148,31 @@ def test_a_file_no_shipped_tree_fits_is_refused_naming_the_shapes(published: dic
     assert [p.name for p in trees("sd15")] == ["sd15", "tiny-sd15"]
 
 
-def test_a_file_with_parts_the_shipped_tree_cannot_serve_is_refused(published: dict[str, Path],
-                                                                    tmp_path: Path) -> None:
-    with_t5 = dict(header_shapes(published["sd3-medium"]))
-    with_t5["text_encoders.t5xxl.transformer.shared.weight"] = (32128, 4096)
-    file = write_shapes(tmp_path / "sd3-t5.safetensors", with_t5)
-    with pytest.raises(ModelError, match="carries T5-XXL weights .* set config_dir"):
-        choose(file, "sd3", header_shapes(file))
+def test_a_file_without_the_parts_the_shipped_tree_needs_is_refused(published: dict[str, Path],
+                                                                      tmp_path: Path) -> None:
     bare = {k: v for k, v in header_shapes(published["sdxl"]).items() if not k.startswith("conditioner.")}
     file = write_shapes(tmp_path / "sdxl-unet-vae.safetensors", bare)
     with pytest.raises(ModelError, match="no weights for text_encoder, text_encoder_2, and the shipped config tree"):
         choose(file, "sdxl", header_shapes(file))
 
 
-def test_sd3_without_t5_counts_clip_tokens_exactly_and_warns_of_no_t5() -> None:
-    tokens = prompt_tokens("sd3.5", "sd3", CONFIGS / "sd3")
+def test_sd3_runs_with_t5_when_its_file_has_it_and_without_when_not(published: dict[str, Path]) -> None:
+    """One shipped tree serves both: a file without T5-XXL gets no T5 (and no T5 warning: nothing
+    of the prompt is cut there); a file with it runs it, and its prompts' T5 tokens are counted."""
+    long_prompt = " ".join(["a red fox in the snow"] * 40)
+    without = tokenizer_tree(published["sd3.5-medium"], "sd3")
+    with_t5 = tokenizer_tree(published["sd3-medium-t5"], "sd3")
+    assert without is not None and with_t5 is not None and without.path == with_t5.path == CONFIGS / "sd3"
+    assert {"text_encoder_3", "tokenizer_3"} <= set(without.left_out)
+    assert not {"text_encoder_3", "tokenizer_3"} & set(with_t5.left_out)
+    tokens = prompt_tokens("sd3.5", "sd3", without.path, without.left_out)
     assert set(tokens.counts) == {"clip"}
-    long_prompt = " ".join(["a red fox in the snow"] * 20)
     [warning] = tokens.warnings(long_prompt)
-    assert warning.startswith("prompt is 122 CLIP tokens") and "about" not in warning
+    assert warning.startswith("prompt is 242 CLIP tokens") and "about" not in warning
+    tokens = prompt_tokens("sd3-t5", "sd3", with_t5.path, with_t5.left_out)
+    assert set(tokens.counts) == {"clip", "t5"}
+    clip, t5 = tokens.warnings(long_prompt)
+    assert clip.startswith("prompt is 242 CLIP tokens") and t5.startswith("prompt is 321 T5 tokens"), (clip, t5)
 
 
 @pytest.mark.parametrize(("name", "dtype"), [("sd15", "auto"), ("sd3.5-medium", "bfloat16")])
