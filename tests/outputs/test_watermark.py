@@ -65,6 +65,26 @@ def test_unmarked_images_are_not_detected(image) -> None:
         assert not reading.matches("job-x")
 
 
+def test_the_blocks_get_the_librarys_own_rule_bit_for_bit() -> None:
+    """`_embed_blocks` is `EmbedMaxDct.encode_frame` applied to all blocks at once: the same
+    coefficients, to the last bit, on bands of any size (partial blocks at the edges untouched),
+    rounded ones included (ties between coefficients)."""
+    library = wm._library()
+    rng = np.random.default_rng(7)
+    for trial in range(60):
+        rows, cols = (int(n) for n in rng.integers(8, 160, 2))
+        band = rng.normal(0, 40 + trial, (rows, cols))
+        if trial % 3 == 0:
+            band = np.rint(band / 8) * 8
+        fp = wm.fingerprint(f"job-{trial}")
+        bits = [int(b) for b in np.unpackbits(np.frombuffer(fp, np.uint8))]
+        theirs, ours = band.copy(), band.copy()
+        library.EmbedMaxDct(bits, wmLen=64, scales=[0, 36, 36], block=4).encode_frame(theirs, 36)
+        r, c = rows // 4, cols // 4
+        wm._embed_blocks(ours, np.array(bits, dtype=bool)[np.arange(r * c) % 64].reshape(r, c), 36)
+        assert np.array_equal(theirs, ours), (trial, rows, cols)
+
+
 def test_stock_library_decoder_reads_our_mark(image) -> None:
     """Compatibility with invisible-watermark's own decoder (this import pulls in torch: ~3 s)."""
     from imwatermark import WatermarkDecoder
