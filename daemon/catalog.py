@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from daemon.config import MODELS, Config, ConfigError
 from daemon.models.detect import family_from_keys, file_keys
 from daemon.models.errors import ModelError
 from daemon.models.families import BUILT_IN, FAMILY_NAMES, PIPELINE_FAMILIES, check_params
-from daemon.models.shipped import borrowed_parts
+from daemon.models.shipped import borrowed_parts, header_shapes
 
 log = logging.getLogger("sai.models")
 
@@ -59,6 +60,8 @@ class ModelEntry:
     """Parameter bytes the worker reported at its last load of this model."""
     size_bytes: int | None = None
     """Bytes of its weight files on disk (None until they exist: a built-in before its first build)."""
+    parameters: int | None = None
+    """Weights in its files, from their headers (EMA copies, which diffusers does not load, left out)."""
 
     @property
     def family_now(self) -> str:
@@ -70,9 +73,16 @@ class ModelEntry:
         return {"name": self.name, "path": self.path, "family": self.family, "config_dir": self.config_dir,
                 "dtype": self.dtype, "scheduler": self.scheduler}
 
-    def need_bytes(self) -> int | None:
-        """Memory it is expected to take once loaded: measured at an earlier load, else its files' size."""
-        return self.loaded_bytes or self.size_bytes
+    def need_bytes(self, device: str = "") -> int | None:
+        """Memory it is expected to take once loaded: measured at an earlier load, else its weights at
+        the dtype it loads in on `device` ("cpu", "cuda…"; "": not known), else its files' size. A
+        float16 file loads in float32 on a CPU: twice its size."""
+        if self.loaded_bytes:
+            return self.loaded_bytes
+        if self.parameters and device:
+            dtype = self.dtype if self.dtype != "auto" else ("float32" if device == "cpu" else "float16")
+            return self.parameters * DTYPE_BYTES.get(dtype, 4)
+        return self.size_bytes
 
     def view(self) -> dict[str, Any]:
         return {"name": self.name, "family": self.family_now, "path": self.path, "default": self.default,
@@ -88,6 +98,17 @@ def family_problems(family: str, params: dict[str, Any]) -> list[tuple[str, str]
     if family not in FAMILY_NAMES:
         return []
     return check_params(family, params)
+
+
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+EMA_PREFIX = "model_ema."
+"""An LDM checkpoint's EMA copy of its UNet, which diffusers' single-file loader leaves unread."""
+
+
+def _parameters(files: list[Path]) -> int:
+    """The weights in .safetensors `files`, counted from their headers (nothing is read beyond them)."""
+    return sum(math.prod(shape) for file in files for key, shape in header_shapes(file).items()
+               if not key.startswith(EMA_PREFIX))
 
 
 class DoesNotFit(Exception):
@@ -191,6 +212,7 @@ class ModelCatalog:
         try:
             weights = [files] if files.is_file() else list(files.rglob("*.safetensors"))
             entry.size_bytes = sum(f.stat().st_size for f in weights) or None
+            entry.parameters = _parameters(weights) or None
             index = files / "model_index.json"
             if entry.found_family is None and index.is_file():
                 class_name = json.loads(index.read_text(encoding="utf-8")).get("_class_name", "")
@@ -199,8 +221,9 @@ class ModelCatalog:
                 entry.found_family = family_from_keys(files, file_keys(files))
             if files.is_file() and entry.config_dir and entry.family_now != "auto":
                 borrowed = borrowed_parts(files, entry.config_dir, entry.family_now).values()
-                entry.size_bytes = (entry.size_bytes or 0) + sum(f.stat().st_size for folder in borrowed
-                                                                 for f in folder.glob("*.safetensors"))
+                lent = [f for folder in borrowed for f in folder.glob("*.safetensors")]
+                entry.size_bytes = (entry.size_bytes or 0) + sum(f.stat().st_size for f in lent)
+                entry.parameters = (entry.parameters or 0) + _parameters(lent) or None
         except (OSError, ValueError, ModelError) as exc:
             log.warning("model %s: cannot read %s: %s", entry.name, files, exc)
 
@@ -307,14 +330,14 @@ class ModelCatalog:
 
     # -- planning loads (the dispatcher) -----------------------------------------------------------
 
-    def misfit(self, name: str, free: int | None, residency: Residency | None = None) -> str | None:
-        """Why model `name` can never be loaded on a worker that last reported `free` bytes it can
-        still use while holding what `residency` plans, or None (also when not known)."""
+    def misfit(self, name: str, free: int | None, residency: Residency | None = None, device: str = "") -> str | None:
+        """Why model `name` can never be loaded on a worker of `device` that last reported `free`
+        bytes it can still use while holding what `residency` plans, or None (also when not known)."""
         residency = residency if residency is not None else self.residency
         if name in residency.order or name == self.default_name:  # held, or loaded by every worker at start
             return None
-        need = self.entries[name].need_bytes()
-        held = sum(self.entries[other].need_bytes() or 0 for other in residency.order)
+        need = self.entries[name].need_bytes(device)
+        held = sum(self.entries[other].need_bytes(device) or 0 for other in residency.order)
         total = self.budget if self.budget is not None else (None if free is None else free + held)
         if need is None or total is None or need <= total:
             return None
@@ -322,23 +345,25 @@ class ModelCatalog:
         return (f"model {name} needs about {need / MIB:.0f} MiB, more than the {total / MIB:.0f} MiB "
                 f"the worker can give models ({where}); it cannot be loaded")
 
-    def plan_load(self, name: str, free: int | None, residency: Residency | None = None) -> list[str]:
+    def plan_load(self, name: str, free: int | None, residency: Residency | None = None,
+                  device: str = "") -> list[str]:
         """The models to unload, least recently used first, before `name` runs; `free` is what the
         worker last reported it can still use (None: not known); `residency`: that worker's plan
-        (None: the catalog's own). DoesNotFit when `name` alone is larger than all the memory
-        models may take there."""
+        (None: the catalog's own); `device`: the worker's ("cpu", "cuda:1"), which sets the dtype
+        the weights load in. DoesNotFit when `name` alone is larger than all the memory models may
+        take there."""
         residency = residency if residency is not None else self.residency
         entry = self.entries[name]
         if name in residency.order:
             residency.use(name)
             return []
-        need = entry.need_bytes()
-        held = {other: self.entries[other].need_bytes() or 0 for other in residency.order}
+        need = entry.need_bytes(device)
+        held = {other: self.entries[other].need_bytes(device) or 0 for other in residency.order}
         total = self.budget if self.budget is not None else (None if free is None else free + sum(held.values()))
         if need is None or total is None:
             residency.use(name)
             return []
-        reason = self.misfit(name, free, residency)
+        reason = self.misfit(name, free, residency, device)
         if reason:
             raise DoesNotFit(reason)
         unload = []

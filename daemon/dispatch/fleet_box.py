@@ -71,7 +71,7 @@ class FleetBox(Box):
             if self.stopping or self.manager.paused or lane.inflight or lane.free_slots() == 0:
                 continue
             models = [name for name in lane.models.names()
-                      if lane.models.misfit(name, lane.worker.capacity(), lane.residency) is None]
+                      if lane.models.misfit(name, lane.worker.capacity(), lane.residency, lane.device) is None]
             try:
                 claimed = await self.fleet.claim_batch(lane.name, self.max_images, models=models,
                                                        held=list(lane.residency.order), device=lane.worker.device)

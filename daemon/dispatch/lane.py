@@ -128,10 +128,18 @@ class Lane:
         """Its worker holds (or will have loaded, by the batches already sent) the job's model."""
         return (job.model_id or self.models.default_name) in self.residency.order
 
+    @property
+    def device(self) -> str:
+        """The device its worker loads models on ("cpu", "cuda…"), "" while not known (auto, not started)."""
+        device = str(self.worker.info.get("device") or self.worker.device)
+        return "" if device == "auto" else device
+
     def model_misfit(self, job: Job) -> str | None:
         """Why this device can never load `job`'s model, or None (also when not known)."""
         name = job.model_id or self.models.default_name
-        return self.models.misfit(name, self.worker.capacity(), self.residency) if name in self.models.entries else None
+        if name not in self.models.entries:
+            return None
+        return self.models.misfit(name, self.worker.capacity(), self.residency, self.device)
 
     def misfit(self, job: Job) -> str | None:
         """Why this device can never run `job` (its model or its image size does not fit), or None.
@@ -307,7 +315,7 @@ class Lane:
         it in order, after the batches sent before). A model that can never fit fails the batch's
         jobs with the reason and an alert; the queue goes on. False when the batch cannot run."""
         try:
-            unload = self.models.plan_load(name, self.worker.capacity(), self.residency)
+            unload = self.models.plan_load(name, self.worker.capacity(), self.residency, self.device)
         except DoesNotFit as exc:
             log.error("worker %s: %s", self.name, exc)
             await self.manager.finish([job for job in batch if job.handed], FAILED, f"{exc} (worker {self.name})")

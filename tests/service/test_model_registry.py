@@ -13,6 +13,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from daemon import config as config_module
@@ -195,6 +196,30 @@ async def test_a_model_that_can_never_fit_fails_its_jobs_and_the_queue_goes_on(m
     assert (await wait_for(client, after["job_id"]))["state"] == "succeeded"
     alerts = (await client.call("alerts.list"))["alerts"]
     assert any(a["key"] == "model.fit" and "model other" in a["message"] for a in alerts), alerts
+
+
+async def test_a_float16_file_is_planned_at_the_float32_it_takes_on_a_cpu(make_daemon: Any, client_of: Any,
+                                                                          wait_for: Any, other_model: Path,
+                                                                          tmp_path: Path) -> None:
+    """Fit-before-load counts a model's weights at the dtype they load in, not its files' size: a
+    float16 copy of a model, whose files would fit the budget, loads in float32 on the CPU and
+    takes twice that, so it is refused before the worker tries (which on a real box is the kernel
+    killing the worker, or the box swapping)."""
+    from safetensors.numpy import load_file, save_file
+
+    half = shutil.copytree(other_model, tmp_path / "other-fp16")
+    for weights in half.rglob("*.safetensors"):
+        save_file({k: v.astype(np.float16) if v.dtype == np.float32 else v for k, v in load_file(weights).items()},
+                  str(weights))
+    size = sum(f.stat().st_size for f in half.rglob("*.safetensors"))
+    budget_mb = int(size * 1.5) // 2**20 + 1  # the files fit; their float32 weights do not
+    daemon = make_daemon({**with_other(half), "worker": {"models_memory_mb": budget_mb}})
+    client = await client_of(daemon)
+    failed = await wait_for(client, (await client.call("job.submit", prompt="a fox", model="other"))["job_id"])
+    assert failed["state"] == "failed", failed
+    needs = int(failed["error"].split("model other needs about ")[1].split(" MiB")[0])
+    assert abs(needs - 2 * size / 2**20) <= 0.1 * 2 * size / 2**20, (needs, size)
+    assert (await wait_for(client, (await client.call("job.submit", prompt="a fox"))["job_id"]))["state"] == "succeeded"
 
 
 async def test_a_model_that_fails_to_load_fails_its_job_with_an_alert_naming_it(make_daemon: Any, client_of: Any,
