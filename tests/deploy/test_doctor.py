@@ -185,6 +185,14 @@ def test_a_unet_only_file_borrows_from_config_dir_and_its_missing_weights_fail(s
         checks["model single"]["detail"]
 
 
+def test_every_configured_model_is_checked_not_only_the_default(state: Path, tmp_path: Path) -> None:
+    config = config_with(tmp_path, {"models": {"tiny-flux": {}, "gone": {"path": str(tmp_path / "no-such.safetensors")}}})
+    code, checks = doctor(state, config)
+    assert code == 11 and failed(checks) == ["model gone"], checks
+    assert f"{tmp_path / 'no-such.safetensors'} does not exist" in checks["model gone"]["detail"]
+    assert checks["model tiny-flux"]["status"] == "OK" and "built-in" in checks["model tiny-flux"]["detail"], checks
+
+
 def test_single_file_without_config_dir_is_checked_against_the_shipped_trees(state: Path, tmp_path: Path,
                                                                              tiny_model: Path) -> None:
     single = write_single_in_subprocess("sd15", tiny_model, tmp_path / "tiny-original.safetensors")
