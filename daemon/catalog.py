@@ -15,16 +15,17 @@ import asyncio
 import json
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from daemon.config import MODELS, Config, ConfigError
-from daemon.models.detect import family_from_keys, file_keys
+from daemon.models.detect import family_from_keys
 from daemon.models.errors import ModelError
 from daemon.models.families import BUILT_IN, FAMILY_NAMES, PIPELINE_FAMILIES, check_params
-from daemon.models.shipped import borrowed_parts, header_shapes
+from daemon.models.performance import choose_dtype
+from daemon.models.shipped import Shapes, borrowed_parts, header_shapes
 
 log = logging.getLogger("sai.models")
 
@@ -79,9 +80,8 @@ class ModelEntry:
         float16 file loads in float32 on a CPU: twice its size."""
         if self.loaded_bytes:
             return self.loaded_bytes
-        if self.parameters and device:
-            dtype = self.dtype if self.dtype != "auto" else ("float32" if device == "cpu" else "float16")
-            return self.parameters * DTYPE_BYTES.get(dtype, 4)
+        if self.parameters and device and self.family_now in FAMILY_NAMES:
+            return self.parameters * DTYPE_BYTES[choose_dtype(self.dtype, self.family_now, device)]
         return self.size_bytes
 
     def view(self) -> dict[str, Any]:
@@ -105,9 +105,9 @@ EMA_PREFIX = "model_ema."
 """An LDM checkpoint's EMA copy of its UNet, which diffusers' single-file loader leaves unread."""
 
 
-def _parameters(files: list[Path]) -> int:
-    """The weights in .safetensors `files`, counted from their headers (nothing is read beyond them)."""
-    return sum(math.prod(shape) for file in files for key, shape in header_shapes(file).items()
+def _parameters(headers: Sequence[Shapes]) -> int:
+    """The weights in .safetensors files, counted from their headers (shipped.header_shapes)."""
+    return sum(math.prod(shape) for shapes in headers for key, shape in shapes.items()
                if not key.startswith(EMA_PREFIX))
 
 
@@ -212,18 +212,19 @@ class ModelCatalog:
         try:
             weights = [files] if files.is_file() else list(files.rglob("*.safetensors"))
             entry.size_bytes = sum(f.stat().st_size for f in weights) or None
-            entry.parameters = _parameters(weights) or None
+            headers = [header_shapes(f) for f in weights]
+            entry.parameters = _parameters(headers) or None
             index = files / "model_index.json"
             if entry.found_family is None and index.is_file():
                 class_name = json.loads(index.read_text(encoding="utf-8")).get("_class_name", "")
                 entry.found_family = PIPELINE_FAMILIES.get(str(class_name))
             elif entry.found_family is None and files.is_file():
-                entry.found_family = family_from_keys(files, file_keys(files))
+                entry.found_family = family_from_keys(files, list(headers[0]))
             if files.is_file() and entry.config_dir and entry.family_now != "auto":
                 borrowed = borrowed_parts(files, entry.config_dir, entry.family_now).values()
                 lent = [f for folder in borrowed for f in folder.glob("*.safetensors")]
                 entry.size_bytes = (entry.size_bytes or 0) + sum(f.stat().st_size for f in lent)
-                entry.parameters = (entry.parameters or 0) + _parameters(lent) or None
+                entry.parameters = (entry.parameters or 0) + _parameters([header_shapes(f) for f in lent]) or None
         except (OSError, ValueError, ModelError) as exc:
             log.warning("model %s: cannot read %s: %s", entry.name, files, exc)
 
