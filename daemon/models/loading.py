@@ -21,6 +21,7 @@ from daemon.models.builders import BUILT_IN, build
 from daemon.models.errors import ModelError
 from daemon.models.families import FAMILIES, Family
 from daemon.models.performance import choose_dtype
+from daemon.models.pixart_layout import load_transformer
 from daemon.models.shipped import (
     ShippedTree,
     absent_components,
@@ -171,7 +172,9 @@ def load_pipeline(path: Path, family_name: str, spec: ModelSpec, device: str,
     elif family.name == "sdxl":
         extra = {"add_watermarker": False}  # outputs are marked by the daemon's own pipeline
     try:
-        if path.is_file():
+        if path.is_file() and family.name == "pixart":
+            pipe = _pixart_single_file(path, spec, pipeline_class, dtype, borrowed or {})
+        elif path.is_file():
             tree = single_file_config(path, spec, family)
             extra.update(dict.fromkeys(tree.left_out))
             extra.update(_load_borrowed(path, spec.config_dir, borrowed or {}, dtype))
@@ -194,6 +197,18 @@ def load_pipeline(path: Path, family_name: str, spec: ModelSpec, device: str,
     _set_scheduler(pipe, family, spec.scheduler, path)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def _pixart_single_file(path: Path, spec: ModelSpec, pipeline_class: Any, dtype: Any,
+                        borrowed: dict[str, Path]) -> DiffusionPipeline:
+    """A PixArt transformer file with its config_dir's T5, VAE, tokenizer and scheduler: diffusers
+    has no single-file loader for PixArt, so the transformer is read by daemon.models.pixart_layout."""
+    tree = single_file_config(path, spec, FAMILIES["pixart"])
+    parts = _load_borrowed(path, spec.config_dir, borrowed, dtype)
+    parts["transformer"] = load_transformer(path, tree.path / tree.denoiser, dtype)
+    pipe: DiffusionPipeline = pipeline_class.from_pretrained(str(tree.path), local_files_only=True,
+                                                             use_safetensors=True, torch_dtype=dtype, **parts)
+    return pipe
 
 
 def _load_borrowed(path: Path, config_dir: str, parts: dict[str, Path], dtype: Any) -> dict[str, Any]:

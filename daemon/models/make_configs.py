@@ -34,7 +34,8 @@ from daemon.models.shipped import CLIP_LICENSE, CONFIGS, T5_LICENSE
 from daemon.models.tiny import byte_symbols
 
 TINY = {"sd15": "tiny", "sdxl": "tiny-sdxl", "sd3": "tiny-sd3", "flux": "tiny-flux"}
-"""Family → the built-in model whose tree is shipped as `tiny-<family>` (PixArt: no single-file loader)."""
+"""Family → the built-in model whose tree is shipped as `tiny-<family>` (PixArt: none; its files
+are the transformer alone and load with a config_dir)."""
 KEPT_SUFFIXES = (".json", ".txt")
 CLIP_BPE_MEMBER = "open_clip/bpe_simple_vocab_16e6.txt.gz"
 CLIP_BPE_SHA256 = "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"

@@ -17,7 +17,10 @@ Written here from the layouts' structure (checked by round trips in tests/models
   BFL's layout (fused qkv, `double_blocks`/`single_blocks`), VAE → `vae.*`, CLIP-L →
   `text_encoders.clip_l.transformer.*`, T5 → `text_encoders.t5xxl.transformer.*`.
 
-PixArt has no single-file loader in diffusers. Each writer refuses a weight it has no original
+- pixart: the transformer alone, as PixArt-Σ files are, in the PixArt-sigma repository's layout
+  (daemon.models.pixart_layout, which also reads it: diffusers has no single-file loader for it).
+
+Each writer refuses a weight it has no original
 name for, so a model the mapping does not cover fails here rather than as a silently wrong file.
 """
 
@@ -26,12 +29,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from daemon.models import pixart_layout
+
 if TYPE_CHECKING:
     import torch
 
 StateDict = dict[str, "torch.Tensor"]
 
-WRITABLE = ("sd15", "sd2", "sdxl", "sd3", "flux")
+WRITABLE = ("sd15", "sd2", "sdxl", "sd3", "flux", "pixart")
 
 RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
           "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
@@ -293,6 +298,8 @@ def original_state_dict(family: str, pipe: Any) -> StateDict:
                 **_prefixed("vae.", ldm_vae(pipe.vae)),
                 **_prefixed("text_encoders.clip_l.transformer.", hf_clip(pipe.text_encoder)),
                 **_prefixed("text_encoders.t5xxl.transformer.", pipe.text_encoder_2.state_dict())}
+    if family == "pixart":
+        return pixart_layout.to_original(pipe.transformer.state_dict())
     raise ValueError(f"no original single-file layout is written for family {family} (only {', '.join(WRITABLE)})")
 
 

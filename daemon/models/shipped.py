@@ -40,7 +40,7 @@ ENCODER_KEYS: dict[str, dict[str, tuple[str, ...]]] = {
 }
 """Family → each CLIP text encoder's token embedding in the original layout (its presence and shape)."""
 T5_PREFIX = "text_encoders.t5xxl."
-T5_COMPONENT = {"sd3": "text_encoder_3", "flux": "text_encoder_2"}
+T5_COMPONENT = {"sd3": "text_encoder_3", "flux": "text_encoder_2", "pixart": "text_encoder"}
 OPTIONAL = {"sd3": ("text_encoder_3", "tokenizer_3")}
 """Family → the parts its pipeline runs without when a file lacks their weights: SD3's T5-XXL
 (most of SD3's published files leave it out; FLUX.1 cannot run without it)."""
@@ -118,9 +118,11 @@ def choose(path: Path, family: str, shapes: Shapes) -> ShippedTree:
     refuse_unconvertible(path, family, shapes)
     candidates = trees(family)
     if not candidates:
+        holds = " (a PixArt file holds the transformer alone: the T5-XXL and VAE weights come from that directory)" \
+            if family == "pixart" else ""
         raise ModelError(f"{path}: a single-file {family} model needs a config tree, and the package ships none "
                          f"for {family}; set the model's config_dir to a local diffusers directory of the same "
-                         "family (nothing is fetched: the network is off)")
+                         f"family{holds} (nothing is fetched: the network is off)")
     misfits: list[str] = []
     for tree in candidates:
         for denoiser in _denoisers(tree):

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from safetensors.numpy import load_file, save_file
 
+from daemon.models.detect import detect
 from daemon.models.errors import ModelError
 from daemon.models.loading import weights_sha256
 from daemon.models.shipped import borrowed_parts, choose, header_shapes
@@ -106,3 +107,74 @@ def test_a_flux_file_of_another_width_is_refused_saying_why(built: dict[str, Pat
         borrowed_parts(tiny, str(built["tiny-flux"]), "flux")
     file, config_dir = flux_width
     assert sorted(borrowed_parts(file, str(config_dir), "flux")) == sorted(BORROWED)
+
+
+@pytest.fixture(scope="module")
+def pixart_file(tmp_path_factory: pytest.TempPathFactory, built: dict[str, Path]) -> Path:
+    """The built tiny-pixart's transformer written alone in the PixArt-sigma repository's layout."""
+    out = tmp_path_factory.mktemp("pixart-file")
+    return write_single_in_subprocess("pixart", built["tiny-pixart"], out / "tiny-pixart-sigma.safetensors")
+
+
+def test_a_pixart_file_is_written_in_the_pixart_sigma_layout(pixart_file: Path, built: dict[str, Path]) -> None:
+    """The names and fused shapes of PixArt-Σ's published checkpoints (so the loader is tested on
+    that layout, not on one of ours): one qkv per self-attention, one kv per cross-attention."""
+    shapes = header_shapes(pixart_file)
+    config = json.loads((built["tiny-pixart"] / "transformer" / "config.json").read_text())
+    width = config["num_attention_heads"] * config["attention_head_dim"]
+    last = config["num_layers"] - 1
+    assert shapes[f"blocks.{last}.attn.qkv.weight"] == (3 * width, width)
+    assert shapes[f"blocks.{last}.cross_attn.kv_linear.weight"] == (2 * width, width)
+    assert shapes[f"blocks.{last}.cross_attn.q_linear.weight"] == (width, width)
+    assert shapes["final_layer.scale_shift_table"] == (2, width)
+    assert shapes["x_embedder.proj.weight"][:2] == (width, config["in_channels"])
+    for key in ("t_block.1.weight", "t_embedder.mlp.0.weight", "y_embedder.y_proj.fc1.weight",
+                "final_layer.linear.weight", f"blocks.{last}.scale_shift_table", f"blocks.{last}.mlp.fc2.weight"):
+        assert key in shapes, key
+    assert not [key for key in shapes if key.startswith(("transformer_blocks.", "text_encoder", "vae"))]
+    assert detect(pixart_file) == "pixart"
+    assert sorted(borrowed_parts(pixart_file, str(built["tiny-pixart"]), "pixart")) == ["text_encoder", "vae"]
+
+
+def test_a_pixart_file_paints_the_directorys_images_with_its_config_dirs_t5_and_vae(
+        worker: OfflineWorker, built: dict[str, Path], pixart_file: Path) -> None:
+    """diffusers has no single-file loader for PixArt: the transformer is renamed and split by
+    daemon.models.pixart_layout. Seed for seed it paints what the directory paints (a weight in the
+    wrong place, or q and k swapped in a split, would paint something else)."""
+    config_dir = built["tiny-pixart"]
+    prompts = ["a paper lantern", "a glass of water"]
+    worker.send(batch(model_fields("tiny-pixart"), prompts, steps=2))
+    from_directory = [p for m, p in worker.until("done", "failed") if m["ev"] == "image"]
+    worker.send(batch(model_fields("pixart-file", str(pixart_file), config_dir=str(config_dir)), prompts, steps=2))
+    events = worker.until("done", "failed")
+    assert events[-1][0]["ev"] == "done", events[-1][0]
+    [load] = [m for m, _ in events if m["ev"] == "model"]
+    assert load["family"] == "pixart" and load["path"] == str(pixart_file)
+    parts = {name: config_dir / name for name in ("text_encoder", "vae")}
+    assert load["weights_sha256"] == weights_sha256(pixart_file, parts)
+    from_file = [p for m, p in events if m["ev"] == "image"]
+    assert len(from_file) == len(from_directory) == 2
+    for ours, theirs in zip(from_file, from_directory, strict=True):
+        assert ours is not None and theirs is not None
+        assert max(abs(a - b) for a, b in zip(ours, theirs, strict=True)) <= 1
+
+
+def test_a_pixart_file_that_does_not_fit_fails_naming_the_weight_or_the_config(
+        worker: OfflineWorker, built: dict[str, Path], pixart_file: Path, tmp_path: Path) -> None:
+    extra = tmp_path / "extra.safetensors"
+    save_file({**load_file(pixart_file), "blocks.0.attn.rope.freqs": load_file(pixart_file)["t_block.1.bias"]},
+              str(extra))
+    deeper = shutil.copytree(built["tiny-pixart"], tmp_path / "deeper")
+    config = json.loads((deeper / "transformer" / "config.json").read_text())
+    (deeper / "transformer" / "config.json").write_text(json.dumps({**config, "num_layers": config["num_layers"] + 1}))
+    failures = []
+    for name, path, config_dir in (("extra", extra, built["tiny-pixart"]), ("deeper", pixart_file, deeper)):
+        worker.send(batch(model_fields(name, str(path), config_dir=str(config_dir)), ["x"], steps=1))
+        [(failed, _)] = [event for event in worker.until("done", "failed") if event[0]["ev"] == "failed"]
+        assert failed["kind"] == "load" and str(path) in failed["error"]
+        failures.append(failed["error"])
+    assert "have no place in a PixArt transformer (such as blocks.0.attn.rope.freqs)" in failures[0]
+    assert f"does not fit the config in {deeper / 'transformer'}" in failures[1]
+    assert f"transformer_blocks.{config['num_layers']}." in failures[1]  # the block the file lacks, named
+    worker.send(batch(None, ["the worker still serves"], steps=1))
+    assert worker.until("done", "failed")[-1][0]["ev"] == "done"
