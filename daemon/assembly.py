@@ -339,6 +339,7 @@ def _workers(cfg: Config, site: Site, background: BackgroundTasks, models: Model
     log.info("workers: %s", ", ".join(f"{slot.name} ({slot.label})" for slot in slots))
     base = {"model": cfg.model.name, "path": cfg.model.path, "config_dir": cfg.model.config_dir,
             "family": cfg.model.family, "dtype": cfg.model.dtype, "scheduler": cfg.model.scheduler,
+            "prediction": cfg.model.prediction,
             "memory_headroom_mb": cfg.model.memory_headroom_mb, "pipeline_wrapper": cfg.worker.pipeline_wrapper,
             "state_dir": str(site.state_dir), "heartbeat_seconds": cfg.worker.heartbeat_seconds,
             "performance": dict(cfg.performance),

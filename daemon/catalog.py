@@ -49,6 +49,7 @@ class ModelEntry:
     dtype: str
     defaults: dict[str, Any]
     default: bool
+    prediction: str = "auto"
     loaded: bool = False
     holders: set[str] = field(default_factory=set)
     """The workers (by name) that hold it now; `loaded` while any does."""
@@ -72,7 +73,7 @@ class ModelEntry:
     def command(self) -> dict[str, Any]:
         """What every batch command tells the worker about its model."""
         return {"name": self.name, "path": self.path, "family": self.family, "config_dir": self.config_dir,
-                "dtype": self.dtype, "scheduler": self.scheduler}
+                "dtype": self.dtype, "scheduler": self.scheduler, "prediction": self.prediction}
 
     def need_bytes(self, device: str = "") -> int | None:
         """Memory it is expected to take once loaded: measured at an earlier load, else its weights at
@@ -146,13 +147,14 @@ class ModelCatalog:
         self.default_name: str = main.name
         self.entries: dict[str, ModelEntry] = {
             main.name: ModelEntry(main.name, main.path, main.family, main.config_dir, main.scheduler, main.dtype,
-                                  {**base, "scheduler": main.scheduler}, default=True)}
+                                  {**base, "scheduler": main.scheduler}, default=True, prediction=main.prediction)}
         for name, table in config.values[MODELS].items():
             defaults = {**base, **{k: table[k] for k in DEFAULT_KEYS if k in table},
                         "scheduler": table.get("scheduler", main.scheduler)}
             self.entries[name] = ModelEntry(
                 name, table.get("path", ""), table.get("family", "auto"), table.get("config_dir", ""),
-                defaults["scheduler"], table.get("dtype", "auto"), defaults, default=False)
+                defaults["scheduler"], table.get("dtype", "auto"), defaults, default=False,
+                prediction=table.get("prediction", "auto"))
         self.origins = dict(config.origins)
         self.residency = Residency()
         for entry in self.entries.values():
@@ -269,6 +271,8 @@ class ModelCatalog:
         action = message.get("action")
         details = {k: message.get(k) for k in ("family", "weights_sha256", "device", "dtype", "bytes", "seconds")}
         details["worker"] = worker or None
+        if message.get("prediction"):  # a UNet model's: what its scheduler was told the UNet predicts
+            details["prediction"] = message["prediction"]
         if action == "load":
             again = worker in entry.holders and entry.weights_sha256 == message.get("weights_sha256")
             self._loaded(entry, message.get("weights_sha256"), message.get("device"), message.get("dtype"),

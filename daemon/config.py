@@ -27,6 +27,7 @@ SYSTEM_FILE = Path("/etc/secure-ai-studio/config.toml")
 ENV_PREFIX = "SAI_"
 MODELS = "models"
 MODEL_KEYS = {"path": "model", "family": "model", "config_dir": "model", "scheduler": "model", "dtype": "model",
+              "prediction": "model",
               "steps": "defaults", "guidance": "defaults", "width": "defaults", "height": "defaults"}
 """The keys a `[models.NAME]` table may set, each with the section whose key of that name states its
 type and rule."""

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from daemon.models.builders import BUILT_IN, build
+from daemon.models.detect import file_keys
 from daemon.models.errors import ModelError
 from daemon.models.families import FAMILIES, Family
 from daemon.models.performance import choose_dtype
@@ -38,6 +39,11 @@ __all__ = ["ModelError", "ModelSpec", "load_pipeline", "resolve", "weights_sha25
 PICKLED_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")
 SCHEDULER_CLASSES = {"euler": "EulerDiscreteScheduler", "ddim": "DDIMScheduler", "dpm": "DPMSolverMultistepScheduler"}
 FLOW_SCHEDULERS = {"euler": "FlowMatchEulerDiscreteScheduler"}
+PREDICTION_FAMILIES = ("sd15", "sd2", "sdxl")
+"""The UNet families, whose scheduler may be told what the UNet predicts (`prediction`)."""
+V_PREDICTION_MARK, ZERO_SNR_MARK = "v_pred", "ztsnr"
+"""Empty tensors some single files carry to say they were trained for v-prediction (SDXL
+v-prediction fine-tunes) and with zero terminal SNR, as ComfyUI reads them."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,7 @@ class ModelSpec:
     family: str = "auto"
     dtype: str = "auto"
     scheduler: str = "euler"
+    prediction: str = "auto"
 
     @property
     def model_id(self) -> str:
@@ -55,10 +62,10 @@ class ModelSpec:
 
     @classmethod
     def from_message(cls, fields: dict[str, Any]) -> ModelSpec:
-        """From a batch command's `model` object (daemon.worker.main)."""
+        """From a batch command's `model` object, or the worker's start-up spec (daemon.worker.main)."""
         return cls(str(fields["name"]), str(fields.get("path") or ""), str(fields.get("config_dir") or ""),
                    str(fields.get("family") or "auto"), str(fields.get("dtype") or "auto"),
-                   str(fields.get("scheduler") or "euler"))
+                   str(fields.get("scheduler") or "euler"), str(fields.get("prediction") or "auto"))
 
 
 def refuse_outside_links(root: Path) -> None:
@@ -195,6 +202,7 @@ def load_pipeline(path: Path, family_name: str, spec: ModelSpec, device: str,
         what = "single file" if path.is_file() else "directory"
         raise ModelError(f"{path}: loading this {family.label} {what} failed: {type(exc).__name__}: {exc}") from exc
     _set_scheduler(pipe, family, spec.scheduler, path)
+    _set_prediction(pipe, family, spec.prediction, path)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
@@ -258,6 +266,27 @@ def _set_scheduler(pipe: DiffusionPipeline, family: Family, name: str, path: Pat
     wanted = getattr(diffusers, classes[name])
     if not isinstance(pipe.scheduler, wanted):
         pipe.scheduler = wanted.from_config(pipe.scheduler.config)
+
+
+def _set_prediction(pipe: DiffusionPipeline, family: Family, wanted: str, path: Path) -> None:
+    """What the UNet predicts, when the config names it or a single file is marked; otherwise the
+    scheduler config's (the directory's, or the shipped tree's)."""
+    if family.name not in PREDICTION_FAMILIES:
+        if wanted != "auto":
+            raise ModelError(f"{path}: prediction = {wanted!r} is for UNet models ({', '.join(PREDICTION_FAMILIES)}); "
+                             f"{family.label} models set their own: remove the model's prediction")
+        return
+    changes: dict[str, Any] = {}
+    if wanted != "auto":
+        changes["prediction_type"] = wanted
+    elif path.is_file():
+        keys = set(file_keys(path))
+        if V_PREDICTION_MARK in keys:
+            changes["prediction_type"] = "v_prediction"
+            if ZERO_SNR_MARK in keys:
+                changes.update(rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    if changes:
+        pipe.scheduler = type(pipe.scheduler).from_config({**pipe.scheduler.config, **changes})
 
 
 def _inference_mode(pipe: DiffusionPipeline) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from daemon.models.detect import detect
 from daemon.models.families import FAMILIES
-from daemon.models.loading import ModelSpec, load_pipeline, resolve, weights_sha256
+from daemon.models.loading import PREDICTION_FAMILIES, ModelSpec, load_pipeline, resolve, weights_sha256
 from daemon.models.performance import Plan, Settings, plan
 from daemon.models.shipped import borrowed_parts
 from daemon.worker.speed import ShapeCompiles, prepare
@@ -40,11 +40,14 @@ class Held:
     tuning: dict[str, Any]
     """What daemon.worker.speed.prepare did, plus the warm-up's seconds: reported in the load event."""
     compiles: ShapeCompiles | None = None
+    prediction: str | None = None
+    """What the UNet predicts (`epsilon`, `v_prediction`), as its scheduler was set; None for the
+    transformer families."""
 
     def serves(self, spec: ModelSpec) -> bool:
         """Whether this pipeline is what `spec` asks for ("auto" family and dtype match what they became)."""
-        return (spec.path, spec.config_dir, spec.scheduler) == (self.spec.path, self.spec.config_dir,
-                                                                 self.spec.scheduler) \
+        return (spec.path, spec.config_dir, spec.scheduler, spec.prediction) == \
+            (self.spec.path, self.spec.config_dir, self.spec.scheduler, self.spec.prediction) \
             and spec.family in ("auto", self.family, self.spec.family) \
             and spec.dtype in ("auto", self.dtype, self.spec.dtype)
 
@@ -52,7 +55,8 @@ class Held:
         return {"ev": "model", "action": action, "name": self.spec.name, "family": self.family,
                 "weights_sha256": self.weights_sha256, "device": self.device, "dtype": self.dtype,
                 "bytes": self.bytes, "seconds": round(seconds, 3), "guidance": self.guidance,
-                "path": str(self.path), **(self.tuning if action == "load" else {})}
+                "path": str(self.path), **({"prediction": self.prediction} if self.prediction else {}),
+                **(self.tuning if action == "load" else {})}
 
 
 def parameter_bytes(pipe: Any) -> int:
@@ -97,6 +101,7 @@ class Models:
         borrowed = borrowed_parts(path, spec.config_dir, family)
         digest = weights_sha256(path, borrowed)
         pipe = load_pipeline(path, family, spec, self.device, borrowed)
+        prediction = pipe.scheduler.config.get("prediction_type") if family in PREDICTION_FAMILIES else None
         chosen = plan(self.settings, spec.name, family, self.device, spec.dtype)
         tuning = prepare(pipe, family, chosen, self.settings)
         if self._wrapper:
@@ -104,7 +109,8 @@ class Models:
             pipe = getattr(importlib.import_module(module), name)(pipe)
         held = Held(spec, family, pipe, path, digest, self.device, chosen.dtype,
                     parameter_bytes(pipe), guidance_mode(family, pipe), chosen, tuning,
-                    ShapeCompiles(spec.name, self.settings.compile_max_shapes) if chosen.compile else None)
+                    ShapeCompiles(spec.name, self.settings.compile_max_shapes) if chosen.compile else None,
+                    prediction)
         loaded = time.monotonic() - started
         if chosen.warmup:
             self._warm(held)

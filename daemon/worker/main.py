@@ -130,9 +130,7 @@ class Worker:
         self.models = Models(Path(self.spec["state_dir"]), self.device, self.out.send,
                              self.spec.get("pipeline_wrapper") or "", Settings.from_spec(self.spec.get("performance")),
                              self.warm_up)
-        self.default = ModelSpec(self.spec["model"], self.spec.get("path", ""), self.spec.get("config_dir", ""),
-                                 self.spec.get("family") or "auto", self.spec.get("dtype") or "auto",
-                                 self.spec.get("scheduler") or "euler")
+        self.default = ModelSpec.from_message({**self.spec, "name": self.spec["model"]})
         started = time.monotonic()
         held = self.models.get(self.default)
         headroom = int(self.spec.get("memory_headroom_mb", 0))

@@ -10,7 +10,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from safetensors.numpy import load_file, save_file
 
 from tests.models.worker_helpers import TINY_FAMILIES, OfflineWorker, batch, model_fields, write_single_in_subprocess
 
@@ -148,3 +150,42 @@ def write_keys(path: Path, keys: list[str]) -> Path:
     raw += b" " * (-len(raw) % 8)
     path.write_bytes(len(raw).to_bytes(8, "little") + raw + b"\0" * (4 * len(keys)))
     return path
+
+
+def test_a_file_marked_v_pred_is_v_prediction_unless_the_config_says_otherwise(
+        worker_for, built: dict[str, Path], tmp_path: Path) -> None:
+    """SDXL v-prediction fine-tunes carry an empty `v_pred` tensor (`ztsnr` too when trained with zero
+    terminal SNR), and an SD 2.x 512 file has the 768 v model's shapes: read as marked, `prediction`
+    in the config overrides. Same weights, so epsilon named in the config paints the plain file's pixels."""
+    plain = write_single_in_subprocess("sd15", built["tiny"], tmp_path / "plain.safetensors")
+    weights = load_file(plain)
+    marked, zero_snr = tmp_path / "v-pred.safetensors", tmp_path / "v-pred-ztsnr.safetensors"
+    save_file({**weights, "v_pred": np.zeros(0, np.float32)}, str(marked))
+    save_file({**weights, "v_pred": np.zeros(0, np.float32), "ztsnr": np.zeros(0, np.float32)}, str(zero_snr))
+    worker = worker_for("tiny")
+    worker.until("ready")
+    runs = {"plain": (plain, "auto"), "marked": (marked, "auto"), "told epsilon": (marked, "epsilon"),
+            "zero snr": (zero_snr, "auto")}
+    images, predictions = {}, {}
+    for name, (path, prediction) in runs.items():
+        worker.send(batch({**model_fields(name, str(path)), "prediction": prediction}, ["a brass key"], steps=2))
+        events = worker.until("done", "failed")
+        assert events[-1][0]["ev"] == "done", events[-1][0]
+        [load] = [m for m, _ in events if m["ev"] == "model"]
+        predictions[name] = load["prediction"]
+        [images[name]] = [p for m, p in events if m["ev"] == "image"]
+    assert predictions == {"plain": "epsilon", "marked": "v_prediction", "told epsilon": "epsilon",
+                           "zero snr": "v_prediction"}
+    assert images["told epsilon"] == images["plain"]
+    assert images["marked"] != images["plain"] and images["zero snr"] != images["marked"]
+
+
+def test_prediction_on_a_transformer_family_fails_its_load_naming_the_key(worker_for) -> None:
+    worker = worker_for("tiny")
+    worker.until("ready")
+    worker.send(batch({**model_fields("tiny-flux"), "prediction": "v_prediction"}, ["x"], steps=1))
+    failed = worker.until("failed", "done")[-1][0]
+    assert failed["ev"] == "failed" and failed["kind"] == "load"
+    assert "prediction = 'v_prediction' is for UNet models (sd15, sd2, sdxl)" in failed["error"]
+    worker.send(batch(model_fields("tiny-flux"), ["without it"], steps=1))
+    assert worker.until("failed", "done")[-1][0]["ev"] == "done"

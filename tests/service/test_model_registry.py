@@ -49,6 +49,8 @@ def test_model_tables_are_held_to_the_settings_schema(tmp_path: Path) -> None:
         '[models.other]\nfamily = "sdxl"\n': ("models.other.path", "missing"),
         '[models.other]\npath = "/srv/m"\nsteps = 0\n': ("models.other.steps", "greater than 0"),
         '[models.other]\npath = "/srv/m"\nsteps = "many"\n': ("models.other.steps", "must be an integer"),
+        '[models.other]\npath = "/srv/m"\nprediction = "sample"\n': ("models.other.prediction",
+                                                                 "must be one of auto, epsilon, v_prediction"),
         '[models.other]\npath = "/srv/m"\ndevice = "cuda"\n': ("models.other.device", "unknown key"),
         '[models.tiny]\n': ("models.tiny", "already the default model's name"),
         '[models]\nother = 3\n': ("models.other", "must be a table"),
@@ -123,6 +125,22 @@ async def test_jobs_of_two_models_never_share_a_batch(make_daemon: Any, client_o
     batches = {tuple(e["details"]["batch"]) for e in starts}
     assert all(len({jobs[j] for j in batch}) == 1 for batch in batches), batches
     assert any(len(batch) > 1 for batch in batches), "same-model jobs should still share a batch"
+
+
+async def test_prediction_in_config_reaches_the_models_scheduler_and_the_audit(make_daemon: Any, client_of: Any,
+                                                                               wait_for: Any, other_model: Path) -> None:
+    """Through the real daemon: the default model's (from [model]) and another's (from its table),
+    each reported by the worker's load and audited (what it does to the pixels:
+    tests/models/test_worker_families.py)."""
+    daemon = make_daemon({**with_other(other_model, prediction="v_prediction"), "model": {"prediction": "epsilon"}})
+    client = await client_of(daemon)
+    jobs = [await wait_for(client, (await client.call("job.submit", prompt="a fox", seed=3, model=name))["job_id"])
+            for name in ("tiny", "other")]
+    assert [job["state"] for job in jobs] == ["succeeded", "succeeded"]
+    loads = {e["subject"]: e["details"] for e in (await client.call("audit.tail", limit=100))["entries"]
+             if e["action"] == "model.load"}
+    assert loads["tiny"]["prediction"] == "epsilon" and loads["other"]["prediction"] == "v_prediction"
+    assert loads["tiny"]["weights_sha256"] == loads["other"]["weights_sha256"]  # the same weights, told otherwise
 
 
 async def test_model_list_before_and_after_a_load_and_the_records_of_a_job(make_daemon: Any, client_of: Any,
