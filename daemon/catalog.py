@@ -23,7 +23,7 @@ from typing import Any
 from daemon.config import MODELS, Config, ConfigError
 from daemon.models.detect import family_from_keys
 from daemon.models.errors import ModelError
-from daemon.models.families import BUILT_IN, FAMILY_NAMES, PIPELINE_FAMILIES, check_params
+from daemon.models.families import BUILT_IN, FAMILIES, FAMILY_NAMES, PIPELINE_FAMILIES, check_params
 from daemon.models.performance import choose_dtype
 from daemon.models.shipped import Shapes, borrowed_parts, header_shapes
 
@@ -64,6 +64,17 @@ class ModelEntry:
     """Bytes of its weight files on disk (None until they exist: a built-in before its first build)."""
     parameters: int | None = None
     """Weights in its files, from their headers (EMA copies, which diffusers does not load, left out)."""
+    guidance_mode: str | None = None
+    """How a Flux model takes guidance, from its files at start, then from the worker's load:
+    `embedded`, or `none` for a distilled one without a guidance embedding (FLUX.1 [schnell])."""
+
+    @property
+    def guidance(self) -> str | None:
+        """`cfg`, `embedded` or `none` (a job's guidance is ignored); None: not known yet."""
+        if self.guidance_mode:
+            return self.guidance_mode
+        family = FAMILIES.get(self.family_now)
+        return family.guidance if family is not None and family.guidance != "embedded" else None
 
     @property
     def family_now(self) -> str:
@@ -89,7 +100,7 @@ class ModelEntry:
         return {"name": self.name, "family": self.family_now, "path": self.path, "default": self.default,
                 "loaded": self.loaded, "device": self.device if self.loaded else None,
                 "dtype": self.loaded_dtype if self.loaded else None, "weights_sha256": self.weights_sha256,
-                "size_bytes": self.size_bytes, "defaults": dict(self.defaults)}
+                "size_bytes": self.size_bytes, "defaults": dict(self.defaults), "guidance": self.guidance}
 
 
 def family_problems(family: str, params: dict[str, Any]) -> list[tuple[str, str]]:
@@ -110,6 +121,21 @@ def _parameters(headers: Sequence[Shapes]) -> int:
     """The weights in .safetensors files, counted from their headers (shipped.header_shapes)."""
     return sum(math.prod(shape) for shapes in headers for key, shape in shapes.items()
                if not key.startswith(EMA_PREFIX))
+
+
+FLUX_GUIDANCE_KEYS = ("guidance_in.in_layer.weight", "guidance_embedder.linear_1.weight")
+"""A Flux transformer's guidance embedding, in Black Forest Labs' layout and in diffusers'."""
+
+
+def _flux_guidance(files: Path, headers: Sequence[Shapes]) -> str | None:
+    """Whether a Flux model's transformer embeds guidance (FLUX.1 [dev]) or has none ([schnell])."""
+    if files.is_file():
+        return "embedded" if any(key.endswith(FLUX_GUIDANCE_KEYS) for key in headers[0]) else "none"
+    try:
+        config = json.loads((files / "transformer" / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return "embedded" if config.get("guidance_embeds") else "none"
 
 
 class DoesNotFit(Exception):
@@ -222,6 +248,8 @@ class ModelCatalog:
                 entry.found_family = PIPELINE_FAMILIES.get(str(class_name))
             elif entry.found_family is None and files.is_file():
                 entry.found_family = family_from_keys(files, list(headers[0]))
+            if entry.family_now == "flux":
+                entry.guidance_mode = _flux_guidance(files, headers)
             if files.is_file() and entry.config_dir and entry.family_now != "auto":
                 borrowed = borrowed_parts(files, entry.config_dir, entry.family_now).values()
                 lent = [f for folder in borrowed for f in folder.glob("*.safetensors")]
@@ -277,6 +305,8 @@ class ModelCatalog:
             again = worker in entry.holders and entry.weights_sha256 == message.get("weights_sha256")
             self._loaded(entry, message.get("weights_sha256"), message.get("device"), message.get("dtype"),
                          message.get("family"), message.get("bytes"), worker)
+            if message.get("guidance") in ("embedded", "none"):
+                entry.guidance_mode = str(message["guidance"])
             if again:  # the start-up load, already recorded from the worker's `ready`
                 return
         elif action == "unload":

@@ -27,8 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _defaults(model: dict[str, Any]) -> str:
     d = model.get("defaults") or {}
-    return (f"{d.get('width')}x{d.get('height')} {d.get('steps')} steps guidance {d.get('guidance')} "
-            f"{d.get('scheduler')}")
+    guidance = "ignored" if model.get("guidance") == "none" else d.get("guidance")
+    return f"{d.get('width')}x{d.get('height')} {d.get('steps')} steps guidance {guidance} {d.get('scheduler')}"
 
 
 def row(model: dict[str, Any]) -> tuple[str, ...]:

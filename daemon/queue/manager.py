@@ -229,8 +229,12 @@ class QueueManager:
 
     async def _admit_and_queue(self, peer: Peer, client_token: str | None, params: dict[str, Any]) -> Job:
         try:
+            asked_guidance = params.get("guidance") is not None
             model = self._model_for(params)
             admitted = self.admission.admit(**params, tokens=await self.tokens.of(model))
+            if asked_guidance and model.guidance == "none":
+                admitted.warnings.append(f"guidance is ignored: model {model.name} is a distilled Flux without a "
+                                         "guidance embedding (like FLUX.1 [schnell])")
             for field, reason in family_problems(model.family_now, {**admitted.params,
                                                                      "negative_prompt": admitted.negative_prompt}):
                 raise invalid_params(field, f"{reason} (model {model.name})")

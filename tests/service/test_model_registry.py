@@ -21,6 +21,7 @@ from daemon.protocol import INVALID_PARAMS, RpcError
 from daemon.queue.store import SCHEMA, SCHEMA_VERSION, JobStore
 from tests.configs import NO_WORKER
 from tests.harness import run_sai, to_toml
+from tests.models.worker_helpers import build_in_subprocess
 
 
 def with_other(other: Path, **extra: Any) -> dict[str, dict[str, Any]]:
@@ -165,6 +166,37 @@ async def test_model_list_before_and_after_a_load_and_the_records_of_a_job(make_
     assert (manifest["model_id"], manifest["model_family"], manifest["weights_sha256"]) == ("tiny", "sd15", digest)
     loads = [e for e in (await client.call("audit.tail", limit=100))["entries"] if e["action"] == "model.load"]
     assert [(e["subject"], e["details"]["weights_sha256"]) for e in loads] == [("tiny", digest)]
+
+
+@pytest.fixture(scope="module")
+def schnell_like(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tiny-flux built, its transformer configured without a guidance embedding, as FLUX.1 [schnell]."""
+    target = build_in_subprocess("tiny-flux", tmp_path_factory.mktemp("schnell") / "schnell")
+    config = target / "transformer" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "guidance_embeds": False}))
+    return target
+
+
+async def test_guidance_a_model_ignores_is_a_warning_and_sai_models_says_so(make_daemon: Any, client_of: Any,
+                                                                          wait_for: Any, schnell_like: Path) -> None:
+    daemon = make_daemon({"models": {"schnell": {"path": str(schnell_like)}, "tiny-flux": {}}})
+    client = await client_of(daemon)
+    listed = {m["name"]: m["guidance"] for m in (await client.call("model.list"))["models"]}
+    assert listed == {"tiny": "cfg", "schnell": "none", "tiny-flux": None}  # from the files; tiny-flux not built yet
+    small = {"width": 64, "height": 64, "steps": 2}
+    replies = {name: await client.call("job.submit", prompt="a fox", model=model, **small, **extra)
+               for name, model, extra in (("asked", "schnell", {"guidance": 5.0}), ("not asked", "schnell", {}),
+                                          ("embedded", "tiny-flux", {"guidance": 5.0}))}
+    assert [w for w in replies["asked"]["warnings"] if "guidance" in w] == [
+        "guidance is ignored: model schnell is a distilled Flux without a guidance embedding (like FLUX.1 [schnell])"]
+    assert not [w for name in ("not asked", "embedded") for w in replies[name]["warnings"] if "guidance" in w]
+    for reply in replies.values():
+        assert (await wait_for(client, reply["job_id"]))["state"] == "succeeded"
+    listed = {m["name"]: m["guidance"] for m in (await client.call("model.list"))["models"]}
+    assert listed == {"tiny": "cfg", "schnell": "none", "tiny-flux": "embedded"}
+    piped = run_sai("models", socket_path=daemon.socket)
+    defaults = {cells[0]: cells[6] for cells in (line.split("\t") for line in piped.stdout.splitlines())}
+    assert "guidance ignored" in defaults["schnell"] and "guidance 7.5" in defaults["tiny-flux"]
 
 
 async def test_sai_models_prints_the_registry(make_daemon: Any, other_model: Path) -> None:
