@@ -18,6 +18,9 @@ taken between two measurements seconds apart, and the figure is the median of th
   limit is lifted): per family one warm-up job (the load) then `--jobs` jobs submitted to a paused
   queue and timed from resume to the last `succeeded`; the load's seconds come from the worker's
   `model` event as audited (`model.load` details);
+- on both sides, the CPU time per image (the bare child's; the worker's, the daemon's and this
+  client's): what the service adds per image, and so the ratio it allows when generation keeps
+  every core busy (a machine with cores to spare does not pay it in throughput);
 - a `sai daemon` with the pair configured and `worker.models_memory_mb` that holds one but not
   both, so each switch unloads the other (least recently used): jobs run one at a time, first on
   one model, then alternating; the extra time per alternating job is the switch's cost.
@@ -38,6 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -78,7 +82,9 @@ def bare_load(name: str, path: str) -> tuple[Any, float]:
     return pipe, seconds
 
 
-def bare_generate(name: str, pipe: Any, size: int, jobs: int, steps: int, batch: int, guidance: float) -> float:
+def bare_generate(name: str, pipe: Any, size: int, jobs: int, steps: int, batch: int,
+                  guidance: float) -> dict[str, float]:
+    """Images per second, and this process's CPU milliseconds per image (all its threads)."""
     import torch
 
     family = FAMILIES[BUILT_IN[name]]
@@ -93,10 +99,10 @@ def bare_generate(name: str, pipe: Any, size: int, jobs: int, steps: int, batch:
              generator=[torch.Generator().manual_seed(seed + i) for i in range(n)], output_type="np", **extra)
 
     run(1, 0)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for first in range(0, jobs, batch):
         run(min(batch, jobs - first), first)
-    return jobs / (time.perf_counter() - started)
+    return {"img_s": jobs / (time.perf_counter() - started), "cpu_ms": (time.process_time() - cpu) / jobs * 1000}
 
 
 def bare_child(spec: dict[str, Any]) -> None:
@@ -120,8 +126,8 @@ def bare_child(spec: dict[str, Any]) -> None:
             held[command["load"]] = pipe
             answer: dict[str, Any] = {"load_s": seconds}
         elif "run" in command:
-            answer = {"img_s": bare_generate(command["run"], held[command["run"]], spec["size"], spec["jobs"],
-                                             spec["steps"], spec["batch"], spec["guidance"])}
+            answer = bare_generate(command["run"], held[command["run"]], spec["size"], spec["jobs"],
+                                   spec["steps"], spec["batch"], spec["guidance"])
         else:
             answer = {"switch_s": bare_switches(spec, held)}
         print(json.dumps(answer), flush=True)
@@ -184,18 +190,39 @@ async def model_loads(client: DaemonClient) -> list[dict[str, Any]]:
     return [e for e in entries if e["action"] in ("model.load", "model.unload")]
 
 
-async def served_rate(client: DaemonClient, name: str, params: dict[str, int], jobs: int) -> float:
+def cpu_seconds(daemon: DaemonProcess) -> dict[str, float]:
+    """CPU seconds (user + system, all threads) so far of the daemon process, of its worker
+    processes, and of this process (the client)."""
+    assert daemon.proc is not None
+    process = psutil.Process(daemon.proc.pid)
+
+    def used(p: psutil.Process) -> float:
+        times = p.cpu_times()
+        return float(times.user + times.system)
+
+    return {"daemon": used(process), "worker": sum(used(child) for child in process.children(recursive=True)),
+            "client": used(psutil.Process())}
+
+
+async def served_rate(client: DaemonClient, daemon: DaemonProcess, name: str, params: dict[str, int],
+                      jobs: int) -> dict[str, float]:
+    """Images per second from resume to the last `succeeded`, and CPU milliseconds per image of the
+    worker, the daemon and this client over that time."""
     await client.call("queue.pause")
     ids = {(await client.call("job.submit", prompt=f"bench {i}", seed=i, model=name, **params))["job_id"]
            for i in range(jobs)}
+    before = cpu_seconds(daemon)
     started = time.perf_counter()
     await client.call("queue.resume")
     await _wait_all(client, ids, events=True)
-    return jobs / (time.perf_counter() - started)
+    rate = jobs / (time.perf_counter() - started)
+    after = cpu_seconds(daemon)
+    return {"img_s": rate, **{f"{part}_ms": (after[part] - before[part]) / jobs * 1000 for part in after}}
 
 
 Figures = dict[str, dict[str, float]]
-"""Per model name: `img_s`, `load_s`."""
+"""Per model name: `img_s`, `load_s`, and CPU milliseconds per image (`cpu_ms` on the bare side;
+`worker_ms`, `daemon_ms`, `client_ms` through the daemon)."""
 
 
 async def families_paired(daemon: DaemonProcess, bare: BareSide, names: list[str], size: int, jobs: int,
@@ -215,7 +242,7 @@ async def families_paired(daemon: DaemonProcess, bare: BareSide, names: list[str
             if side == "bare":
                 bare_results[name].update(bare.ask(run=name))
             else:
-                served[name]["img_s"] = await served_rate(client, name, params, jobs)
+                served[name].update(await served_rate(client, daemon, name, params, jobs))
     await client.close()
     return bare_results, served
 
@@ -352,6 +379,7 @@ def report(families: list[str], bare_rounds: list[dict[str, Any]], served_rounds
         print(f"{name:<12} {med(bare):>10.2f} {med(served):>13.2f} {med(ratios):>6.3f} "
               f"{'>=' + str(TARGET):>7}   {med(bare_load):>11.3f} {med(served_load):>13.3f} "
               f"{med(load_ratios):>6.2f}   {spread(ratios, '{:.3f}')}; {spread(load_ratios)}")
+    cpu_report(families, bare_rounds, served_rounds)
     bare_switch = [r["switch_s"] for r in bare_rounds]
     served_switch = [r["switch_s"] for r in switch_rounds]
     worker_switch = [r["worker_s"] for r in switch_rounds]
@@ -366,6 +394,21 @@ def report(families: list[str], bare_rounds: list[dict[str, Any]], served_rounds
     seen = " ".join(f"{int(r['loads'])}/{int(r['unloads'])}" for r in switch_rounds)
     print(f"  a same-model job took {med(r['job_s'] for r in switch_rounds):.3f} s; "
           f"loads/unloads seen per round while alternating: {seen}")
+
+def cpu_report(families: list[str], bare_rounds: list[dict[str, Any]],
+               served_rounds: list[dict[str, dict[str, float]]]) -> None:
+    """CPU per image on each side (medians of the rounds): what the service adds per image, and
+    the throughput ratio that leaves on a machine whose cores generation keeps busy."""
+    med = statistics.median
+    print("CPU per image, ms (all threads; medians of the rounds). ceiling: bare / (worker + daemon + client),")
+    print("the throughput ratio the daemon side's CPU allows when generation keeps every core busy")
+    print(f"{'model':<12} {'bare':>7} {'worker':>7} {'daemon':>7} {'client':>7} {'ceiling':>8}")
+    for name in families:
+        bare = med(r["families"][name]["cpu_ms"] for r in bare_rounds)
+        parts = {part: med(r[name][f"{part}_ms"] for r in served_rounds) for part in ("worker", "daemon", "client")}
+        print(f"{name:<12} {bare:>7.1f} {parts['worker']:>7.1f} {parts['daemon']:>7.1f} {parts['client']:>7.1f} "
+              f"{bare / sum(parts.values()):>8.3f}")
+
 
 if __name__ == "__main__":
     sys.exit(main())
