@@ -97,10 +97,13 @@ class ModelEntry:
         return self.size_bytes
 
     def view(self) -> dict[str, Any]:
+        family = FAMILIES.get(self.family_now)
         return {"name": self.name, "family": self.family_now, "path": self.path, "default": self.default,
                 "loaded": self.loaded, "device": self.device if self.loaded else None,
                 "dtype": self.loaded_dtype if self.loaded else None, "weights_sha256": self.weights_sha256,
-                "size_bytes": self.size_bytes, "defaults": dict(self.defaults), "guidance": self.guidance}
+                "size_bytes": self.size_bytes, "defaults": dict(self.defaults), "guidance": self.guidance,
+                "negative_prompt": family.negative_prompt if family else None,
+                "size_multiple": family.size_multiple if family else None}
 
 
 def family_problems(family: str, params: dict[str, Any]) -> list[tuple[str, str]]:

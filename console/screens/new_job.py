@@ -22,6 +22,7 @@ FIELDS = ("model", "prompt", "negative_prompt", "size", "steps", "seed", "priori
 DEFAULT_MODEL: list[tuple[str, str]] = [("daemon default", "")]
 """What the model list offers until the daemon's model.list answers (or when it cannot)."""
 FIELD_OF_PARAM = {"width": "size", "height": "size"}
+NEGATIVE_PLACEHOLDER = "what to avoid (optional)"
 
 
 class FormSelect(Select[str]):
@@ -69,7 +70,7 @@ class NewJobScreen(ModalScreen[str | None]):
             yield from self._row("model", "Model", FormSelect(DEFAULT_MODEL, value="", allow_blank=False, id="model",
                                                                 compact=True))
             yield from self._row("prompt", "Prompt", Input(placeholder="what to draw", id="prompt", compact=True))
-            yield from self._row("negative_prompt", "Negative", Input(placeholder="what to avoid (optional)",
+            yield from self._row("negative_prompt", "Negative", Input(placeholder=NEGATIVE_PLACEHOLDER,
                                                                      id="negative_prompt", compact=True))
             yield from self._row("size", "Size", FormSelect(SIZES, value="", allow_blank=False, id="size",
                                                                       compact=True))
@@ -91,6 +92,8 @@ class NewJobScreen(ModalScreen[str | None]):
         yield Static("", id=f"error-{field}", classes="form-error")
 
     def on_mount(self) -> None:
+        self.models: dict[str, dict[str, Any]] = {}
+        """The daemon's model.list entries by name, once it answered."""
         self._clear_errors()
         self.query_one("#prompt", Input).focus()
         self._load_models()
@@ -105,6 +108,7 @@ class NewJobScreen(ModalScreen[str | None]):
         models = [m for m in reply.get("models") or [] if isinstance(m, dict) and m.get("name")]
         if not models:
             return
+        self.models = {str(m["name"]): m for m in models}
         options = [(model_label(m), str(m["name"])) for m in models]
         chosen = next((str(m["name"]) for m in models if m.get("default")), options[0][1])
         select = self.query_one("#model", Select)
@@ -158,6 +162,19 @@ class NewJobScreen(ModalScreen[str | None]):
         field = event.control.id or ""
         if field in FIELDS:
             self._hide_error(field)
+        if field == "model":
+            self._fit_to_model(str(event.control.value))
+
+    def _fit_to_model(self, name: str) -> None:
+        """The negative prompt field off for a model whose family takes none (Flux), saying why."""
+        model = self.models.get(name) or {}
+        negative = self.query_one("#negative_prompt", Input)
+        takes_none = model.get("negative_prompt") is False
+        negative.disabled = takes_none
+        negative.placeholder = f"{model.get('family')} models take no negative prompt" if takes_none \
+            else NEGATIVE_PLACEHOLDER
+        if takes_none:
+            negative.value = ""
 
     def _hide_error(self, field: str) -> None:
         widget = self.query_one(f"#error-{field}", Static)

@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 from tokenizers import Tokenizer
 
+from daemon.models.loading import weights_sha256
 from tests.configs import NO_WORKER
-from tests.models.worker_helpers import build_in_subprocess
+from tests.models.worker_helpers import build_in_subprocess, write_single_in_subprocess
 
 BUILT = ("tiny-flux", "tiny-pixart")
 
@@ -101,3 +102,25 @@ async def test_a_single_file_is_counted_with_the_shipped_tree_it_loads_with(make
     reply = await client.call("job.submit", prompt=prompt, model="sd3")
     assert limits(reply["warnings"]) == {"CLIP": (count(CONFIGS / "sd3", "tokenizer", prompt), 77)}
     assert not any("about" in warning for warning in reply["warnings"]), reply["warnings"]
+
+
+async def test_a_pixart_single_file_through_the_daemon_borrows_counts_and_runs(make_daemon: Any, client_of: Any,
+                                                                               wait_for: Any, built: dict[str, Path],
+                                                                               tmp_path: Path) -> None:
+    """A PixArt-Σ transformer file with a config_dir: its family read from the header before any
+    load, its size with the T5 and VAE it borrows, T5 counted exactly with the config_dir's
+    tokenizer, and a job whose weights hash covers the file and the borrowed weights."""
+    pixart = built["tiny-pixart"]
+    single = write_single_in_subprocess("pixart", pixart, tmp_path / "pixart-ft.safetensors")
+    parts = {name: pixart / name for name in ("text_encoder", "vae")}
+    client = await client_of(make_daemon({"models": {"pixart-ft": {"path": str(single), "config_dir": str(pixart)}}}))
+    [entry] = [m for m in (await client.call("model.list"))["models"] if m["name"] == "pixart-ft"]
+    borrowed = sum(f.stat().st_size for folder in parts.values() for f in folder.glob("*.safetensors"))
+    assert entry["family"] == "pixart" and entry["size_bytes"] == single.stat().st_size + borrowed
+    assert entry["negative_prompt"] is True and entry["size_multiple"] == 16 and entry["guidance"] == "cfg"
+    medium = " ".join(["a red fox in the snow"] * 16)
+    reply = await client.call("job.submit", prompt=medium, model="pixart-ft", width=64, height=64, steps=2)
+    assert limits(reply["warnings"]) == {"T5": (count(pixart, "tokenizer", medium), 300)}
+    job = await wait_for(client, reply["job_id"])
+    assert job["state"] == "succeeded", job["error"]
+    assert job["model_family"] == "pixart" and job["weights_sha256"] == weights_sha256(single, parts)
