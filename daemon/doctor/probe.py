@@ -72,12 +72,15 @@ def _component_problems(root: Path) -> tuple[list[str], int]:
     return problems, read
 
 
-def check_model(name: str, path: str, config_dir: str, state_dir: Path) -> Check:
+def check_model(name: str, path: str, config_dir: str, state_dir: Path, prediction: str = "auto") -> Check:
     from daemon.models.builders import BUILT_IN
+    from daemon.models.detect import detect
     from daemon.models.loading import ModelError, ModelSpec, resolve
 
     label = f"model {name}"
     if name in BUILT_IN and not path:
+        if wrong := _prediction_problem(label, BUILT_IN[name], prediction):
+            return wrong
         built = state_dir / "models" / name
         if not (built / "model_index.json").is_file():
             return ok(label, f"built-in, built offline from code on the daemon's first start into {built}")
@@ -89,8 +92,11 @@ def check_model(name: str, path: str, config_dir: str, state_dir: Path) -> Check
     fix = "set model.path to a local diffusers directory or .safetensors file (or model.name = \"tiny\")"
     try:
         target = resolve(ModelSpec(name, path, config_dir), state_dir)
+        family = detect(target) if prediction != "auto" else None
     except ModelError as exc:
         return fail(label, str(exc), fix)
+    if family and (wrong := _prediction_problem(label, family, prediction)):
+        return wrong
     if target.is_file():
         count, reason = _header(target)
         if reason:
@@ -110,6 +116,16 @@ def check_model(name: str, path: str, config_dir: str, state_dir: Path) -> Check
     if not read:
         return warn(label, f"{target}: no .safetensors weights found", "check the model directory is complete")
     return ok(label, f"{target}: every component present, {read} weight files read")
+
+
+def _prediction_problem(label: str, family: str, prediction: str) -> Check | None:
+    """A `prediction` other than auto on a family that sets its own fails its load: said here first."""
+    from daemon.models.loading import PREDICTION_FAMILIES
+
+    if prediction == "auto" or family in PREDICTION_FAMILIES:
+        return None
+    return fail(label, f"prediction = {prediction!r} is for UNet models ({', '.join(PREDICTION_FAMILIES)}); "
+                f"this is a {family} model, which sets its own", "remove the model's prediction (or set it to auto)")
 
 
 def _borrowing_check(label: str, target: Path, count: int, spec: ModelSpec) -> Check:
@@ -146,7 +162,8 @@ def main() -> int:
     spec = json.loads(sys.argv[1])
     sys.path.extend(entry for entry in spec.get("sys_path", []) if entry not in sys.path)
     state_dir = Path(spec["state_dir"])
-    models = [check_model(m["name"], m["path"], m["config_dir"], state_dir).as_dict() for m in spec["models"]]
+    models = [check_model(m["name"], m["path"], m["config_dir"], state_dir, m.get("prediction", "auto")).as_dict()
+              for m in spec["models"]]
     print(json.dumps({"torch": torch_facts(), "models": models}))
     return 0
 

@@ -105,9 +105,11 @@ def workers(cfg: config.Config, facts: dict[str, Any], gpus: int, cores: int | N
 
 def configured_models(cfg: config.Config) -> list[dict[str, str]]:
     """The default model and every `[models.NAME]` table: each is checked as the daemon would load it."""
-    extra = [{"name": name, "path": str(table.get("path", "")), "config_dir": str(table.get("config_dir", ""))}
+    extra = [{"name": name, "path": str(table.get("path", "")), "config_dir": str(table.get("config_dir", "")),
+              "prediction": str(table.get("prediction", "auto"))}
              for name, table in cfg.values[config.MODELS].items()]
-    return [{"name": cfg.model.name, "path": cfg.model.path, "config_dir": cfg.model.config_dir}, *extra]
+    return [{"name": cfg.model.name, "path": cfg.model.path, "config_dir": cfg.model.config_dir,
+             "prediction": cfg.model.prediction}, *extra]
 
 
 def run_checks(config_file: str | None, state_dir: str | None, lock: str | None, uid: int) -> list[Check]:

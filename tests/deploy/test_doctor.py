@@ -193,6 +193,16 @@ def test_every_configured_model_is_checked_not_only_the_default(state: Path, tmp
     assert checks["model tiny-flux"]["status"] == "OK" and "built-in" in checks["model tiny-flux"]["detail"], checks
 
 
+def test_a_prediction_on_a_family_that_sets_its_own_fails_the_model(state: Path, tmp_path: Path) -> None:
+    config = config_with(tmp_path, {"models": {"tiny-flux": {"prediction": "v_prediction"},
+                                               "tiny-sdxl": {"prediction": "v_prediction"}}})
+    code, checks = doctor(state, config)
+    assert code == 11 and failed(checks) == ["model tiny-flux"], checks
+    assert "prediction = 'v_prediction' is for UNet models (sd15, sd2, sdxl); this is a flux model" in \
+        checks["model tiny-flux"]["detail"]
+    assert "remove the model's prediction" in checks["model tiny-flux"]["fix"]
+
+
 def test_single_file_without_config_dir_is_checked_against_the_shipped_trees(state: Path, tmp_path: Path,
                                                                              tiny_model: Path) -> None:
     single = write_single_in_subprocess("sd15", tiny_model, tmp_path / "tiny-original.safetensors")
