@@ -120,12 +120,10 @@ def check_model(name: str, path: str, config_dir: str, state_dir: Path, predicti
 
 def _prediction_problem(label: str, family: str, prediction: str) -> Check | None:
     """A `prediction` other than auto on a family that sets its own fails its load: said here first."""
-    from daemon.models.loading import PREDICTION_FAMILIES
+    from daemon.models.loading import prediction_problem
 
-    if prediction == "auto" or family in PREDICTION_FAMILIES:
-        return None
-    return fail(label, f"prediction = {prediction!r} is for UNet models ({', '.join(PREDICTION_FAMILIES)}); "
-                f"this is a {family} model, which sets its own", "remove the model's prediction (or set it to auto)")
+    problem = prediction_problem(family, prediction)
+    return fail(label, problem, "remove the model's prediction (or set it to auto)") if problem else None
 
 
 def _borrowing_check(label: str, target: Path, count: int, spec: ModelSpec) -> Check:

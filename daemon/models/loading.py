@@ -268,13 +268,21 @@ def _set_scheduler(pipe: DiffusionPipeline, family: Family, name: str, path: Pat
         pipe.scheduler = wanted.from_config(pipe.scheduler.config)
 
 
+def prediction_problem(family: str, wanted: str) -> str | None:
+    """Why a configured `prediction` cannot apply to a `family` model (the worker's load and
+    `sai doctor` say the same), or None."""
+    if wanted == "auto" or family in PREDICTION_FAMILIES:
+        return None
+    return (f"prediction = {wanted!r} is for UNet models ({', '.join(PREDICTION_FAMILIES)}); this is a {family} "
+            "model, which sets its own")
+
+
 def _set_prediction(pipe: DiffusionPipeline, family: Family, wanted: str, path: Path) -> None:
     """What the UNet predicts, when the config names it or a single file is marked; otherwise the
     scheduler config's (the directory's, or the shipped tree's)."""
+    if problem := prediction_problem(family.name, wanted):
+        raise ModelError(f"{path}: {problem}: remove the model's prediction")
     if family.name not in PREDICTION_FAMILIES:
-        if wanted != "auto":
-            raise ModelError(f"{path}: prediction = {wanted!r} is for UNet models ({', '.join(PREDICTION_FAMILIES)}); "
-                             f"{family.label} models set their own: remove the model's prediction")
         return
     changes: dict[str, Any] = {}
     if wanted != "auto":
